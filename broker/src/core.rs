@@ -1,0 +1,606 @@
+//! The broker core: the one place that applies every request.
+//!
+//! Transports (the Unix socket today, HTTP later) decode bytes into an
+//! [`Op`], name the [`Caller`] as the kernel identified it, and hand both to
+//! [`Core::apply`]. Every rule (validation, ownership, limits, allocation)
+//! lives here or in the modules it calls, never in a transport.
+//!
+//! The core is synchronous and owned behind one mutex: each operation is a
+//! few syscalls and one SQLite transaction, far shorter than any lock
+//! hand-off a finer scheme would need.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use pb_platform::{BindError, LoopbackSockets, ProcessId};
+use pb_proto::{
+    ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, Owner, ReleaseReply, StatusReply,
+    WireError, PROTOCOL_VERSION,
+};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::ids::{self, Pattern};
+use crate::rules;
+use crate::store::{LeaseRecord, Store, StoreError};
+
+/// Who sent a request, as the kernel (not the client) says.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub process: Option<ProcessId>,
+    /// The connection, for leases that end when it closes.
+    pub session: Option<SessionId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+/// What applying an operation produced, for the transport to send.
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: Value,
+    /// Descriptors to attach to the reply; the transport closes its copies
+    /// once sent.
+    pub fds: Vec<OwnedFd>,
+    /// The broker should stop once this reply is sent.
+    pub shutdown: bool,
+}
+
+impl Outcome {
+    fn of(v: impl serde::Serialize) -> Outcome {
+        Outcome {
+            result: serde_json::to_value(v).expect("replies serialize"),
+            fds: Vec::new(),
+            shutdown: false,
+        }
+    }
+}
+
+/// A port held for an id.
+struct Lease {
+    record: LeaseRecord,
+    /// The reservation in the kernel: `None` only after a restart found the
+    /// port held by someone else (its owner, normally).
+    sockets: Option<LoopbackSockets>,
+    session: Option<SessionId>,
+}
+
+impl Lease {
+    fn info(&self) -> LeaseInfo {
+        let r = &self.record;
+        LeaseInfo {
+            id: r.id.clone(),
+            port: r.port,
+            uid: r.uid,
+            pid: r.owner_pid,
+            created_ms: r.created_ms,
+            expires_ms: r.expires_ms,
+            ttl_ms: r.ttl_ms,
+            held: self.sockets.is_some(),
+            listening: self.sockets.as_ref().is_some_and(|s| s.is_listening()),
+            session: self.session.is_some(),
+            metadata: r.metadata.clone(),
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn internal(e: StoreError) -> WireError {
+    WireError::new(ErrorCode::Internal, e.to_string())
+}
+
+pub struct Core {
+    cfg: Config,
+    store: Store,
+    leases: HashMap<String, Lease>,
+    by_port: HashMap<u16, String>,
+    /// Each id's last port, kept after release so a re-claim gets it back.
+    sticky: HashMap<String, u16>,
+    sticky_owner: HashMap<u16, String>,
+    started: Instant,
+    next_session: u64,
+    connections: usize,
+}
+
+impl Core {
+    /// Loads the stored leases and reserves their ports again. A lease whose
+    /// owner has died, or that expired while the broker was down, ends here.
+    pub fn open(cfg: Config, store: Store) -> Result<Core, StoreError> {
+        let mut core = Core {
+            cfg,
+            store,
+            leases: HashMap::new(),
+            by_port: HashMap::new(),
+            sticky: HashMap::new(),
+            sticky_owner: HashMap::new(),
+            started: Instant::now(),
+            next_session: 1,
+            connections: 0,
+        };
+        for (id, port) in core.store.load_sticky()?.into_iter().rev() {
+            core.remember(id, port);
+        }
+        let now = now_ms();
+        let mut ended = Vec::new();
+        for record in core.store.load_leases()? {
+            let owner_dead = match (record.owner_pid, record.owner_start) {
+                (Some(pid), Some(start_time)) => !ProcessId { pid, start_time }.is_alive(),
+                _ => false,
+            };
+            if owner_dead || record.expires_ms.is_some_and(|e| e <= now) {
+                ended.push(record.id.clone());
+                continue;
+            }
+            // Rebind as a placeholder: a client may still hold the
+            // listener we handed it, in which case it holds the port.
+            let sockets = match LoopbackSockets::bind(record.port, false) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!(
+                        "pb: lease {} keeps port {} but cannot hold it: {e}",
+                        record.id, record.port
+                    );
+                    None
+                }
+            };
+            core.by_port.insert(record.port, record.id.clone());
+            core.leases.insert(
+                record.id.clone(),
+                Lease {
+                    record,
+                    sockets,
+                    session: None,
+                },
+            );
+        }
+        let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
+        core.store.delete_leases(&refs)?;
+        Ok(core)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// A new connection: a session id, or `Limit` when there are too many.
+    pub fn open_session(&mut self) -> Result<SessionId, WireError> {
+        if self.connections >= self.cfg.max_connections {
+            return Err(WireError::new(
+                ErrorCode::Limit,
+                format!("too many connections (limit {})", self.cfg.max_connections),
+            ));
+        }
+        self.connections += 1;
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        Ok(id)
+    }
+
+    /// A connection closed: its session leases end.
+    pub fn close_session(&mut self, session: SessionId) {
+        self.connections = self.connections.saturating_sub(1);
+        let ids: Vec<String> = self
+            .leases
+            .values()
+            .filter(|l| l.session == Some(session))
+            .map(|l| l.record.id.clone())
+            .collect();
+        if let Err(e) = self.end_leases(&ids) {
+            eprintln!("pb: cannot end session leases: {}", e.message);
+        }
+    }
+
+    pub fn apply(&mut self, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
+        match op {
+            Op::Status => Ok(Outcome::of(self.status())),
+            Op::Claim(args) => self.claim(caller, args),
+            Op::Release { target } => self.release(caller, &target),
+            Op::Find { pattern } => self.find(pattern.as_deref()),
+            Op::Get { id } => {
+                ids::check_id(&id)?;
+                Ok(Outcome::of(self.lease(&id)?.info()))
+            }
+            Op::Heartbeat { id, ttl_ms } => self.heartbeat(caller, &id, ttl_ms),
+            Op::Shutdown => Ok(Outcome {
+                shutdown: true,
+                ..Outcome::of(serde_json::json!({"stopping": true}))
+            }),
+        }
+    }
+
+    fn status(&self) -> StatusReply {
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            leases: self.leases.len(),
+            connections: self.connections,
+            socket: self.cfg.paths.socket().display().to_string(),
+            database: self.cfg.paths.database().display().to_string(),
+            range: self.cfg.range,
+            reserved: self.cfg.reserved.clone(),
+        }
+    }
+
+    fn lease(&self, id: &str) -> Result<&Lease, WireError> {
+        self.leases
+            .get(id)
+            .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no service {id:?}")))
+    }
+
+    fn owned_by_caller(lease: &Lease, caller: &Caller) -> Result<(), WireError> {
+        if lease.record.uid != caller.uid {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                format!("{} belongs to uid {}", lease.record.id, lease.record.uid),
+            ));
+        }
+        Ok(())
+    }
+
+    fn resolve_owner(caller: &Caller, owner: Owner) -> Result<Option<ProcessId>, WireError> {
+        match owner {
+            Owner::None => Ok(None),
+            Owner::Caller => caller.process.map(Some).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::InvalidRequest,
+                    "the caller's process is not visible to the broker",
+                )
+            }),
+            Owner::Pid(pid) => {
+                let p = ProcessId::of(pid)
+                    .filter(ProcessId::is_alive)
+                    .ok_or_else(|| {
+                        WireError::new(
+                            ErrorCode::InvalidRequest,
+                            format!("no process with pid {pid}"),
+                        )
+                    })?;
+                if pb_platform::process::uid_of(pid) != Some(caller.uid) {
+                    return Err(WireError::new(
+                        ErrorCode::Forbidden,
+                        format!("process {pid} belongs to another user"),
+                    ));
+                }
+                Ok(Some(p))
+            }
+        }
+    }
+
+    fn claim(&mut self, caller: &Caller, a: ClaimArgs) -> Result<Outcome, WireError> {
+        // Validate everything before touching anything.
+        ids::check_id(&a.id)?;
+        let want_port = a.port.map(rules::check_port).transpose()?;
+        let range = match a.range {
+            Some((s, e)) => rules::check_range(s, e)?,
+            None => self.cfg.range,
+        };
+        let ttl = a.expires_ms.map(rules::check_ttl).transpose()?;
+        let metadata = rules::check_metadata(a.metadata)?;
+        let owner = Self::resolve_owner(caller, a.owner)?;
+        if a.session && caller.session.is_none() {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "session leases need a connection",
+            ));
+        }
+        if let Some(p) = want_port {
+            if self.cfg.reserved.contains(&p) {
+                return Err(WireError::new(
+                    ErrorCode::ReservedPort,
+                    format!("port {p} is reserved"),
+                ));
+            }
+        }
+
+        if let Some(lease) = self.leases.get_mut(&a.id) {
+            Self::owned_by_caller(lease, caller)?;
+            if let Some(p) = want_port.filter(|p| *p != lease.record.port) {
+                return Err(WireError::new(
+                    ErrorCode::IdConflict,
+                    format!("{} already holds port {}, not {p}", a.id, lease.record.port),
+                ));
+            }
+            let (fds, addrs) = if a.fds {
+                hand_over(lease)?
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let reply = ClaimReply {
+                lease: lease.info(),
+                existing: true,
+                fds: addrs,
+            };
+            return Ok(Outcome {
+                fds,
+                ..Outcome::of(reply)
+            });
+        }
+
+        if self.leases.len() >= self.cfg.max_leases {
+            return Err(WireError::new(
+                ErrorCode::Limit,
+                format!("too many leases (limit {})", self.cfg.max_leases),
+            ));
+        }
+
+        let sockets = match want_port {
+            Some(p) => match self.reserve_exact(p, a.fds) {
+                Ok(s) => s,
+                Err(e) if a.fallback && e.code == ErrorCode::PortTaken => {
+                    self.allocate(&a.id, range, a.fds)?
+                }
+                Err(e) => return Err(e),
+            },
+            None => self.allocate(&a.id, range, a.fds)?,
+        };
+
+        let now = now_ms();
+        let record = LeaseRecord {
+            id: a.id.clone(),
+            port: sockets.port,
+            uid: caller.uid,
+            owner_pid: owner.map(|o| o.pid),
+            owner_start: owner.map(|o| o.start_time),
+            created_ms: now,
+            expires_ms: ttl.map(|t| now + t),
+            ttl_ms: ttl,
+            metadata,
+        };
+        // Persist first: if the disk refuses, the sockets close on drop and
+        // nothing changed.
+        self.store.insert_lease(&record).map_err(internal)?;
+        let port = record.port;
+        self.remember(a.id.clone(), port);
+        self.by_port.insert(port, a.id.clone());
+        let lease = self.leases.entry(a.id.clone()).or_insert(Lease {
+            record,
+            sockets: Some(sockets),
+            session: if a.session { caller.session } else { None },
+        });
+        let (fds, addrs) = if a.fds {
+            hand_over(lease)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let reply = ClaimReply {
+            lease: lease.info(),
+            existing: false,
+            fds: addrs,
+        };
+        self.trim_sticky();
+        Ok(Outcome {
+            fds,
+            ..Outcome::of(reply)
+        })
+    }
+
+    fn reserve_exact(&self, port: u16, listen: bool) -> Result<LoopbackSockets, WireError> {
+        if let Some(holder) = self.by_port.get(&port) {
+            return Err(WireError::new(
+                ErrorCode::PortTaken,
+                format!("port {port} is leased to {holder}"),
+            ));
+        }
+        LoopbackSockets::bind(port, listen).map_err(bind_error)
+    }
+
+    /// Finds and binds a free port for `id` in `range`: its sticky port
+    /// first, then the lowest port nobody leases or remembers, then ports
+    /// other ids remember. A port some other process holds fails to bind and
+    /// is skipped.
+    fn allocate(
+        &self,
+        id: &str,
+        range: (u16, u16),
+        listen: bool,
+    ) -> Result<LoopbackSockets, WireError> {
+        let usable = |p: u16| !self.cfg.reserved.contains(&p) && !self.by_port.contains_key(&p);
+        let sticky = self
+            .sticky
+            .get(id)
+            .copied()
+            .filter(|p| (range.0..=range.1).contains(p) && usable(*p));
+        let fresh =
+            (range.0..=range.1).filter(|p| usable(*p) && !self.sticky_owner.contains_key(p));
+        let remembered = (range.0..=range.1)
+            .filter(|p| usable(*p) && self.sticky_owner.get(p).is_some_and(|o| o != id));
+        let mut last_error = None;
+        for port in sticky.into_iter().chain(fresh).chain(remembered) {
+            match LoopbackSockets::bind(port, listen) {
+                Ok(s) => return Ok(s),
+                Err(BindError::InUse { .. }) => continue,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(match last_error {
+            Some(e) => WireError::new(ErrorCode::Internal, e.to_string()),
+            None => WireError::new(
+                ErrorCode::Exhausted,
+                format!("no free port in {}-{}", range.0, range.1),
+            ),
+        })
+    }
+
+    fn remember(&mut self, id: String, port: u16) {
+        if let Some(old) = self.sticky.insert(id.clone(), port) {
+            if self.sticky_owner.get(&old) == Some(&id) {
+                self.sticky_owner.remove(&old);
+            }
+        }
+        self.sticky_owner.insert(port, id);
+    }
+
+    fn trim_sticky(&mut self) {
+        if self.sticky.len() <= self.cfg.max_sticky + self.cfg.max_sticky / 8 {
+            return;
+        }
+        match self.store.trim_sticky(self.cfg.max_sticky) {
+            Ok(gone) => {
+                for id in gone {
+                    if let Some(p) = self.sticky.remove(&id) {
+                        if self.sticky_owner.get(&p) == Some(&id) {
+                            self.sticky_owner.remove(&p);
+                        }
+                    }
+                }
+            }
+            Err(e) => eprintln!("pb: cannot trim sticky ports: {e}"),
+        }
+    }
+
+    fn release(&mut self, caller: &Caller, target: &str) -> Result<Outcome, WireError> {
+        let target = target.trim();
+        let ids: Vec<String> = if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
+            let port = rules::check_port(target.parse::<i64>().unwrap_or(-1))?;
+            let id = self.by_port.get(&port).ok_or_else(|| {
+                WireError::new(ErrorCode::NotFound, format!("port {port} is not leased"))
+            })?;
+            Self::owned_by_caller(&self.leases[id], caller)?;
+            vec![id.clone()]
+        } else {
+            let pattern = Pattern::parse(target)?;
+            if pattern.is_literal() {
+                ids::check_id(target)?;
+                Self::owned_by_caller(self.lease(target)?, caller)?;
+                vec![target.to_string()]
+            } else {
+                // A pattern only ever reaches the caller's own leases.
+                self.leases
+                    .values()
+                    .filter(|l| l.record.uid == caller.uid && pattern.matches(&l.record.id))
+                    .map(|l| l.record.id.clone())
+                    .collect()
+            }
+        };
+        let released = self.end_leases(&ids)?;
+        Ok(Outcome::of(ReleaseReply { released }))
+    }
+
+    /// Ends leases: the store first, then memory and the kernel sockets.
+    fn end_leases(&mut self, ids: &[String]) -> Result<Vec<LeaseInfo>, WireError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.store.delete_leases(&refs).map_err(internal)?;
+        let mut infos = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(lease) = self.leases.remove(id) {
+                self.by_port.remove(&lease.record.port);
+                infos.push(lease.info());
+            }
+        }
+        infos.sort_by_key(|l| l.port);
+        Ok(infos)
+    }
+
+    fn find(&self, pattern: Option<&str>) -> Result<Outcome, WireError> {
+        let pattern = pattern.map(Pattern::parse).transpose()?;
+        let mut services: Vec<LeaseInfo> = self
+            .leases
+            .values()
+            .filter(|l| pattern.as_ref().is_none_or(|p| p.matches(&l.record.id)))
+            .map(Lease::info)
+            .collect();
+        services.sort_by_key(|l| l.port);
+        Ok(Outcome::of(FindReply { services }))
+    }
+
+    fn heartbeat(
+        &mut self,
+        caller: &Caller,
+        id: &str,
+        ttl_ms: Option<i64>,
+    ) -> Result<Outcome, WireError> {
+        ids::check_id(id)?;
+        let ttl = ttl_ms.map(rules::check_ttl).transpose()?;
+        let lease = self.lease(id)?;
+        Self::owned_by_caller(lease, caller)?;
+        let ttl = ttl.or(lease.record.ttl_ms).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("{id} has no TTL to renew; pass ttl_ms"),
+            )
+        })?;
+        let expires = now_ms() + ttl;
+        self.store.set_expiry(id, expires).map_err(internal)?;
+        let lease = self.leases.get_mut(id).expect("checked above");
+        lease.record.expires_ms = Some(expires);
+        lease.record.ttl_ms = Some(ttl);
+        Ok(Outcome::of(lease.info()))
+    }
+
+    /// The earliest expiry of any lease, in ms since the epoch.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.leases
+            .values()
+            .filter_map(|l| l.record.expires_ms)
+            .min()
+    }
+
+    /// Ends every lease whose expiry has passed.
+    pub fn expire_due(&mut self, now: u64) -> Vec<LeaseInfo> {
+        let due: Vec<String> = self
+            .leases
+            .values()
+            .filter(|l| l.record.expires_ms.is_some_and(|e| e <= now))
+            .map(|l| l.record.id.clone())
+            .collect();
+        self.end_leases(&due).unwrap_or_else(|e| {
+            eprintln!("pb: cannot expire leases: {}", e.message);
+            Vec::new()
+        })
+    }
+}
+
+/// Makes the lease's sockets listen and duplicates them for a client.
+fn hand_over(lease: &mut Lease) -> Result<(Vec<OwnedFd>, Vec<String>), WireError> {
+    let port = lease.record.port;
+    if lease.sockets.is_none() {
+        lease.sockets = Some(LoopbackSockets::bind(port, true).map_err(bind_error)?);
+    }
+    let sockets = lease.sockets.as_mut().expect("bound above");
+    sockets.listen().map_err(|e| match e {
+        BindError::InUse { .. } => WireError::new(
+            ErrorCode::PortTaken,
+            format!("port {port} is being served by another process"),
+        ),
+        other => bind_error(other),
+    })?;
+    let mut fds = Vec::new();
+    for fd in sockets.fds() {
+        fds.push(
+            fd.try_clone_to_owned()
+                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?,
+        );
+    }
+    let mut addrs = vec![format!("127.0.0.1:{port}")];
+    if sockets.v6.is_some() {
+        addrs.push(format!("[::1]:{port}"));
+    }
+    Ok((fds, addrs))
+}
+
+fn bind_error(e: BindError) -> WireError {
+    match e {
+        BindError::InUse { port, addr } => WireError::new(
+            ErrorCode::PortTaken,
+            format!("port {port} is in use by another process ({addr})"),
+        ),
+        other => WireError::new(ErrorCode::Internal, other.to_string()),
+    }
+}

@@ -1,0 +1,135 @@
+//! Starting and stopping the broker: private directories, the single-instance
+//! lock, the store, the socket, the expiry timer and signal handling.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::core::{now_ms, Core};
+use crate::ipc::{self, SharedCore};
+use crate::store::Store;
+
+/// The longest the expiry timer sleeps, so a lease claimed with an earlier
+/// expiry than any other is still ended within this much of its time.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+
+/// Creates `dir` if needed and makes sure it is ours and private (0700).
+fn private_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let meta = fs::metadata(dir)?;
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        bail!(
+            "{} belongs to uid {}, not to us ({me}); refusing to use it",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Holds the daemon lock for the life of the process.
+struct InstanceLock(#[allow(dead_code)] fs::File);
+
+fn take_lock(path: &Path) -> Result<InstanceLock> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another broker is already running for {}",
+            path.parent().unwrap_or(path).display()
+        );
+    }
+    Ok(InstanceLock(file))
+}
+
+/// Runs the broker in the foreground until SIGTERM, SIGINT or a shutdown
+/// request.
+pub fn run(cfg: Config) -> Result<()> {
+    private_dir(&cfg.paths.runtime_dir)?;
+    private_dir(&cfg.paths.state_dir)?;
+    let _lock = take_lock(&cfg.paths.lock_file())?;
+    let nofile = pb_platform::raise_open_file_limit().context("raising the open-file limit")?;
+    let needed = 2 * cfg.max_leases + cfg.max_connections + 64;
+    if (nofile as usize) < needed {
+        eprintln!("pb: warning: open-file limit {nofile} is below the {needed} the configured limits may need");
+    }
+    let store = Store::open(&cfg.paths.database())
+        .with_context(|| format!("opening {}", cfg.paths.database().display()))?;
+    let socket_path = cfg.paths.socket();
+    let core = Core::open(cfg, store)?;
+    eprintln!(
+        "pb: broker {} up with {} leases",
+        std::process::id(),
+        core.lease_count()
+    );
+    let core: SharedCore = Arc::new(Mutex::new(core));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // We hold the lock, so a socket file left here belongs to a broker
+        // that died; replace it. The umask keeps it private from birth.
+        let _ = fs::remove_file(&socket_path);
+        let old = unsafe { libc::umask(0o177) };
+        let listener = UnixListener::bind(&socket_path);
+        unsafe { libc::umask(old) };
+        let listener = listener.with_context(|| format!("binding {}", socket_path.display()))?;
+
+        let shutdown = Arc::new(Notify::new());
+        let stop_accepting = Arc::new(Notify::new());
+        tokio::spawn(expiry_timer(core.clone()));
+        let server = tokio::spawn(ipc::serve(
+            listener,
+            core.clone(),
+            shutdown.clone(),
+            stop_accepting.clone(),
+        ));
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = shutdown.notified() => {}
+        }
+        stop_accepting.notify_one();
+        let _ = server.await;
+        let _ = fs::remove_file(&socket_path);
+        eprintln!("pb: broker {} stopped", std::process::id());
+        Ok(())
+    })
+}
+
+async fn expiry_timer(core: SharedCore) {
+    loop {
+        let next = ipc::lock(&core).next_expiry();
+        let wait = next
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms())))
+            .unwrap_or(EXPIRY_TICK)
+            .min(EXPIRY_TICK);
+        tokio::time::sleep(wait).await;
+        let ended = ipc::lock(&core).expire_due(now_ms());
+        for l in ended {
+            eprintln!("pb: lease {} on port {} expired", l.id, l.port);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The Unix-socket transport: frames in, typed ops to the core, frames (and
+//! SCM_RIGHTS descriptors) out. It holds no rules of its own beyond framing.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pb_platform::PeerIdentity;
+use pb_proto::frame;
+use pb_proto::{ErrorCode, Op, Reply, Request, WireError};
+use sendfd::SendWithFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+
+use crate::core::{Caller, Core};
+
+/// How long the rest of a frame may take once its first byte arrived.
+/// Between frames a connection may idle forever: it may carry session leases.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reply may wait for a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type SharedCore = Arc<Mutex<Core>>;
+
+pub fn lock(core: &SharedCore) -> std::sync::MutexGuard<'_, Core> {
+    // A panic inside apply must not take every later request down with it.
+    core.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Accepts connections until `stop` fires.
+pub async fn serve(
+    listener: UnixListener,
+    core: SharedCore,
+    shutdown: Arc<Notify>,
+    stop: Arc<Notify>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.notified() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, core.clone(), shutdown.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors, most likely: back off instead of spinning.
+                eprintln!("pb: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Notify>) {
+    let Ok(peer) = PeerIdentity::of_unix_peer(&stream) else {
+        return;
+    };
+    let me = nix_geteuid();
+    if peer.uid != me && peer.uid != 0 {
+        let e = WireError::new(ErrorCode::Forbidden, "this broker serves only its own user");
+        let _ = write_reply(&mut stream, &Reply::err(None, e), &[]).await;
+        return;
+    }
+    let opened = lock(&core).open_session();
+    let session = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = write_reply(&mut stream, &Reply::err(None, e), &[]).await;
+            return;
+        }
+    };
+    let caller = Caller {
+        uid: peer.uid,
+        process: peer.process,
+        session: Some(session),
+    };
+    loop {
+        let mut header = [0u8; 4];
+        if stream.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let len = match frame::payload_len(header) {
+            Ok(len) => len,
+            Err(why) => {
+                // The stream has lost its framing: say why, then hang up.
+                let e = WireError::new(ErrorCode::InvalidFrame, why);
+                let _ = write_reply(&mut stream, &Reply::err(None, e), &[]).await;
+                break;
+            }
+        };
+        let mut payload = vec![0u8; len];
+        match tokio::time::timeout(FRAME_TIMEOUT, stream.read_exact(&mut payload)).await {
+            Ok(Ok(_)) => {}
+            // Gone or stalled mid-frame: nothing was applied.
+            _ => break,
+        }
+        let (reply, fds, stop, created) = match Request::from_json(&payload) {
+            Err((tag, e)) => (Reply::err(tag, e), Vec::new(), false, None),
+            Ok(req) => {
+                let claimed = match &req.op {
+                    Op::Claim(a) => Some(a.id.clone()),
+                    _ => None,
+                };
+                match lock(&core).apply(&caller, req.op) {
+                    Ok(out) => {
+                        let existing = out.result.get("existing").and_then(|v| v.as_bool());
+                        let created = claimed.filter(|_| existing == Some(false));
+                        (
+                            Reply::ok(req.tag, out.result, out.fds.len()),
+                            out.fds,
+                            out.shutdown,
+                            created,
+                        )
+                    }
+                    Err(e) => (Reply::err(req.tag, e), Vec::new(), false, None),
+                }
+            }
+        };
+        if write_reply(&mut stream, &reply, &fds).await.is_err() {
+            // The claimant never learned of its lease: take it back, so a
+            // request that was not acknowledged leaves no trace.
+            if let Some(id) = created {
+                let _ = lock(&core).apply(&caller, Op::Release { target: id });
+            }
+            break;
+        }
+        drop(fds);
+        if stop {
+            shutdown.notify_one();
+        }
+    }
+    lock(&core).close_session(session);
+}
+
+fn nix_geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+async fn write_reply(
+    stream: &mut UnixStream,
+    reply: &Reply,
+    fds: &[OwnedFd],
+) -> std::io::Result<()> {
+    let bytes = frame::encode(&serde_json::to_vec(reply).expect("replies serialize"));
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        let mut sent = 0;
+        if !fds.is_empty() {
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            // The descriptors ride on the first byte of the frame.
+            sent = stream
+                .async_io(Interest::WRITABLE, || stream.send_with_fd(&bytes, &raw))
+                .await?;
+        }
+        stream.write_all(&bytes[sent..]).await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read"))?
+}

@@ -1,0 +1,362 @@
+//! `pb`: the command-line client of the port broker, and (`pb daemon`) the
+//! broker itself. Each subcommand is one request to the broker's core; this
+//! file only parses arguments and prints results.
+
+mod connect;
+mod exec;
+mod output;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use pb_proto::client::ClientError;
+use pb_proto::paths::Paths;
+use pb_proto::{ClaimArgs, ClaimReply, FindReply, LeaseInfo, Op, Owner, ReleaseReply, StatusReply};
+
+#[derive(Parser)]
+#[command(
+    name = "pb",
+    version,
+    about = "A kernel-aware port broker: race-free ports for dev servers, tests and agents"
+)]
+struct Cli {
+    /// Print JSON.
+    #[arg(short = 'j', long, global = true)]
+    json: bool,
+    /// Print only the value.
+    #[arg(short = 'q', long, global = true, conflicts_with = "json")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+    Quiet,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct ClaimOpts {
+    /// A specific port; fails if it is taken (unless --fallback).
+    #[arg(short = 'p', long)]
+    port: Option<i64>,
+    /// Allocate from this range, e.g. 4000-4999.
+    #[arg(long, value_name = "A-B")]
+    range: Option<String>,
+    /// Release automatically after this long: 30m, 2h, 1d.
+    #[arg(long, value_name = "DUR")]
+    expires: Option<String>,
+    /// Like --expires, in seconds (PortManager's option).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "expires")]
+    ttl: Option<u64>,
+    /// With -p: take another port from the range if that one is taken.
+    #[arg(long, requires = "port")]
+    fallback: bool,
+}
+
+impl ClaimOpts {
+    fn to_args(&self, id: &str) -> Result<ClaimArgs> {
+        let range = self
+            .range
+            .as_deref()
+            .map(pb_proto::parse_range_text)
+            .transpose()?;
+        let expires_ms = match (&self.expires, self.ttl) {
+            (Some(d), _) => Some(pb_proto::duration::parse(d)?.as_millis() as i64),
+            (None, Some(s)) => Some((s as i64).saturating_mul(1000)),
+            (None, None) => None,
+        };
+        Ok(ClaimArgs {
+            id: id.to_string(),
+            port: self.port,
+            range,
+            expires_ms,
+            fallback: self.fallback,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Claim a port for a service id (project[:stack[:context]]).
+    #[command(visible_alias = "alloc")]
+    Claim {
+        id: String,
+        #[command(flatten)]
+        opts: ClaimOpts,
+        /// The owning process: the lease ends when it does.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Print `export PORT=N`.
+        #[arg(long)]
+        export: bool,
+    },
+    /// Release services by id, pattern (myapp:*) or port number.
+    Release { target: String },
+    /// List services, optionally matching a pattern.
+    #[command(visible_aliases = ["ps", "list"])]
+    Find { pattern: Option<String> },
+    /// Print a service's port (PortManager's lookup).
+    Lookup { id: String },
+    /// Print a service's URL.
+    Url { id: String },
+    /// Print services as shell export lines.
+    Env { pattern: Option<String> },
+    /// Claim a port and run a command on it; release when it ends.
+    #[command(visible_alias = "run")]
+    Exec {
+        id: String,
+        #[command(flatten)]
+        opts: ClaimOpts,
+        /// The variable that carries the port.
+        #[arg(long, default_value = "PORT")]
+        env_name: String,
+        /// Keep the lease after the command ends.
+        #[arg(long)]
+        keep: bool,
+        /// Pass only $PORT, no sockets: for apps that bind the port
+        /// themselves (with SO_REUSEADDR).
+        #[arg(long)]
+        port_only: bool,
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Show whether the broker is running.
+    Status,
+    /// Start the broker in the background.
+    Start,
+    /// Stop the broker.
+    Stop,
+    /// Stop and start the broker.
+    Restart,
+    /// Run the broker in the foreground.
+    Daemon,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let fmt = if cli.json {
+        Format::Json
+    } else if cli.quiet {
+        Format::Quiet
+    } else {
+        Format::Human
+    };
+    match run(cli.command, fmt) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            let code = exit_code(&e);
+            if fmt == Format::Json {
+                if let Some(ClientError::Wire(w)) = e.downcast_ref::<ClientError>() {
+                    output::print_json(&serde_json::json!({"error": w.message, "code": w.code}));
+                    return ExitCode::from(code as u8);
+                }
+            }
+            eprintln!("pb: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// The exit code for an error; see docs/CLI.md.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if let Some(ClientError::Wire(w)) = e.downcast_ref::<ClientError>() {
+        return w.code.exit_code();
+    }
+    if let Some(w) = e.downcast_ref::<pb_proto::WireError>() {
+        return w.code.exit_code();
+    }
+    if e.downcast_ref::<pb_proto::duration::DurationError>()
+        .is_some()
+    {
+        return 2;
+    }
+    if e.downcast_ref::<connect::Unavailable>().is_some() {
+        return 3;
+    }
+    1
+}
+
+fn run(command: Command, fmt: Format) -> Result<i32> {
+    let paths = Paths::from_env();
+    match command {
+        Command::Daemon => {
+            pb_broker::run(pb_broker::Config::from_env()?)?;
+            Ok(0)
+        }
+        Command::Claim {
+            id,
+            opts,
+            pid,
+            export,
+        } => {
+            let args = ClaimArgs {
+                owner: pid.map(Owner::Pid).unwrap_or(Owner::None),
+                ..opts.to_args(&id)?
+            };
+            let (reply, _): (ClaimReply, _) = connect::connect(&paths)?.call_as(Op::Claim(args))?;
+            let port = reply.lease.port;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                Format::Quiet => println!("{port}"),
+                Format::Human if export => println!("export PORT={port}"),
+                Format::Human => println!("{id} → port {port}"),
+            }
+            Ok(0)
+        }
+        Command::Release { target } => {
+            let (reply, _): (ReleaseReply, _) =
+                connect::connect(&paths)?.call_as(Op::Release { target })?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                Format::Quiet => reply.released.iter().for_each(|l| println!("{}", l.port)),
+                Format::Human if reply.released.is_empty() => eprintln!("nothing to release"),
+                Format::Human => {
+                    for l in &reply.released {
+                        println!("released {} (port {})", l.id, l.port);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Find { pattern } => {
+            let reply = find(&paths, pattern)?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                _ => output::lease_table(&reply.services, fmt),
+            }
+            Ok(0)
+        }
+        Command::Lookup { id } => {
+            let lease = get(&paths, id)?;
+            match fmt {
+                Format::Json => output::print_json(&lease),
+                _ => println!("{}", lease.port),
+            }
+            Ok(0)
+        }
+        Command::Url { id } => {
+            let lease = get(&paths, id)?;
+            match fmt {
+                Format::Json => output::print_json(
+                    &serde_json::json!({"id": lease.id, "url": output::url(lease.port)}),
+                ),
+                _ => println!("{}", output::url(lease.port)),
+            }
+            Ok(0)
+        }
+        Command::Env { pattern } => {
+            let reply = find(&paths, pattern)?;
+            for l in &reply.services {
+                match fmt {
+                    Format::Quiet => println!("{}={}", output::env_name(&l.id), l.port),
+                    _ => println!("export {}={}", output::env_name(&l.id), l.port),
+                }
+            }
+            Ok(0)
+        }
+        Command::Exec {
+            id,
+            opts,
+            env_name,
+            keep,
+            port_only,
+            command,
+        } => exec::run(
+            &paths,
+            exec::ExecOpts {
+                id,
+                claim: opts,
+                env_name,
+                keep,
+                port_only,
+                quiet: fmt == Format::Quiet,
+                command,
+            },
+        ),
+        Command::Status => {
+            let status = connect::existing(&paths)
+                .and_then(|mut c| Ok(c.call_as::<StatusReply>(Op::Status)?.0));
+            match (status, fmt) {
+                (Ok(s), Format::Json) => output::print_json(&s),
+                (Ok(s), Format::Quiet) => println!("{}", s.pid),
+                (Ok(s), Format::Human) => {
+                    println!(
+                        "pb broker running (pid {}, up {})",
+                        s.pid,
+                        output::human_ms(s.uptime_ms)
+                    );
+                    println!("  leases:      {}", s.leases);
+                    println!("  connections: {}", s.connections);
+                    println!("  range:       {}-{}", s.range.0, s.range.1);
+                    println!("  socket:      {}", s.socket);
+                    println!("  database:    {}", s.database);
+                }
+                (Err(e), _) => return Err(e),
+            }
+            Ok(0)
+        }
+        Command::Start => {
+            let (s, _): (StatusReply, _) = connect::connect(&paths)?.call_as(Op::Status)?;
+            if fmt != Format::Quiet {
+                println!("pb broker running (pid {})", s.pid);
+            }
+            Ok(0)
+        }
+        Command::Stop => stop(&paths, fmt),
+        Command::Restart => {
+            stop(&paths, Format::Quiet)?;
+            connect::spawn_daemon(&paths)?;
+            let (s, _): (StatusReply, _) = connect::wait_for(&paths)?.call_as(Op::Status)?;
+            if fmt != Format::Quiet {
+                println!("pb broker running (pid {})", s.pid);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn find(paths: &Paths, pattern: Option<String>) -> Result<FindReply> {
+    Ok(connect::connect(paths)?.call_as(Op::Find { pattern })?.0)
+}
+
+fn get(paths: &Paths, id: String) -> Result<LeaseInfo> {
+    Ok(connect::connect(paths)?.call_as(Op::Get { id })?.0)
+}
+
+fn stop(paths: &Paths, fmt: Format) -> Result<i32> {
+    let mut client = match connect::existing(paths) {
+        Ok(c) => c,
+        Err(e) if e.is::<connect::Unavailable>() => {
+            if fmt == Format::Human {
+                println!("pb broker is not running");
+            }
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
+    let (status, _): (StatusReply, _) = client.call_as(Op::Status)?;
+    client.call(Op::Shutdown)?;
+    // Wait (bounded) until it has let go of its socket and lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pb_platform::ProcessId::of(status.pid).is_some_and(|p| p.is_alive()) {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the broker (pid {}) did not stop within 10s", status.pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if fmt == Format::Human {
+        println!("pb broker stopped (pid {})", status.pid);
+    }
+    Ok(0)
+}

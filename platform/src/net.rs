@@ -1,0 +1,142 @@
+//! Reserving a TCP port in the kernel: the pair of loopback sockets the
+//! broker binds for every lease.
+//!
+//! A lease holds `127.0.0.1:P` and `[::1]:P`, so `localhost:P` reaches the
+//! claimant whichever family the resolver returns first. Both sockets set
+//! SO_REUSEADDR (so an app that also sets it may bind over a placeholder that
+//! is not listening) and never SO_REUSEPORT (which would let any process of
+//! the same user share a listening port).
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrIn, SockaddrIn6,
+};
+
+/// The backlog of a listening lease socket. The kernel caps it at
+/// net.core.somaxconn.
+const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Some other socket holds the port in this family.
+    #[error("port {port} is in use on {addr}")]
+    InUse { port: u16, addr: SocketAddr },
+    #[error("cannot bind {addr}: {source}")]
+    Other {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The sockets that reserve one port: always IPv4 loopback, and IPv6
+/// loopback unless the machine has no IPv6.
+#[derive(Debug)]
+pub struct LoopbackSockets {
+    pub port: u16,
+    pub v4: OwnedFd,
+    pub v6: Option<OwnedFd>,
+    listening: bool,
+}
+
+impl LoopbackSockets {
+    /// Binds `127.0.0.1:port` and `[::1]:port`. With `listen`, both listen;
+    /// otherwise they are placeholders: bound, not listening, which blocks
+    /// every bind without SO_REUSEADDR and every other listener.
+    pub fn bind(port: u16, listen: bool) -> Result<LoopbackSockets, BindError> {
+        let v4addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let v4 = bind_one(v4addr)?;
+        let v6addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let v6 = match bind_one(v6addr) {
+            Ok(fd) => Some(fd),
+            // No IPv6 on this machine (disabled, or no ::1): IPv4 alone is
+            // then all that localhost can mean.
+            Err(BindError::Other { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+                ) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let mut sockets = LoopbackSockets {
+            port,
+            v4,
+            v6,
+            listening: false,
+        };
+        if listen {
+            sockets.listen()?;
+        }
+        Ok(sockets)
+    }
+
+    /// Turns placeholders into listeners. Fails with `InUse` when an app has
+    /// meanwhile bound over the placeholder and listens itself.
+    pub fn listen(&mut self) -> Result<(), BindError> {
+        if self.listening {
+            return Ok(());
+        }
+        for fd in self.fds() {
+            listen(&fd, Backlog::new(LISTEN_BACKLOG).expect("valid backlog"))
+                .map_err(|e| classify(self.addr_of(fd), e))?;
+        }
+        self.listening = true;
+        Ok(())
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening
+    }
+
+    /// The sockets, IPv4 first.
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        std::iter::once(self.v4.as_fd()).chain(self.v6.as_ref().map(|f| f.as_fd()))
+    }
+
+    fn addr_of(&self, fd: BorrowedFd<'_>) -> SocketAddr {
+        if fd.as_raw_fd() == self.v4.as_raw_fd() {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        } else {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, self.port))
+        }
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> Result<OwnedFd, BindError> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| classify(addr, e))?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| classify(addr, e))?;
+    let bound = match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
+        SocketAddr::V6(a) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| classify(addr, e))?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(a))
+        }
+    };
+    bound.map_err(|e| classify(addr, e))?;
+    Ok(fd)
+}
+
+fn classify(addr: SocketAddr, e: nix::Error) -> BindError {
+    if e == nix::Error::EADDRINUSE {
+        BindError::InUse {
+            port: addr.port(),
+            addr,
+        }
+    } else {
+        BindError::Other {
+            addr,
+            source: e.into(),
+        }
+    }
+}

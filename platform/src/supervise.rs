@@ -1,0 +1,294 @@
+//! Running a child with inherited listening sockets, forwarding signals to
+//! it, and reporting how it ended: the process side of `pb exec`.
+//!
+//! The child gets the sockets at fd 3 onwards with close-on-exec cleared and
+//! the systemd socket-activation variables, LISTEN_PID included. LISTEN_PID
+//! must be the child's own pid, which only the child knows, so the child
+//! writes it into a buffer prepared before fork: nothing allocates between
+//! fork and exec, which keeps this safe in a multi-threaded caller too.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+/// The first inherited descriptor, as systemd's sd_listen_fds(3) defines it.
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// Signals passed on to the child when another process sends them to us.
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{0}: command not found")]
+    NotFound(String),
+    #[error("{program}: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SpawnError {
+    /// The exit code a shell would use for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound(_) => 127,
+            _ => 126,
+        }
+    }
+}
+
+/// What to run and what it inherits.
+pub struct ChildSpec {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// Sockets to place at fd 3, 4, ... in order.
+    pub listen_fds: Vec<OwnedFd>,
+    /// One name per socket, for LISTEN_FDNAMES.
+    pub fd_names: Vec<String>,
+    /// Extra environment, applied over ours.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// A running child under supervision.
+pub struct Supervised {
+    pid: Pid,
+    signals: SigSet,
+    old_mask: SigSet,
+}
+
+impl Supervised {
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Forwards signals until the child ends; returns its exit code, or
+    /// 128 + the signal number if a signal ended it (as shells report it).
+    pub fn wait(self) -> std::io::Result<i32> {
+        let result = loop {
+            let info = crate::sys::wait_signal(&self.signals)?;
+            if info.signo == libc::SIGCHLD {
+                match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => break Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
+                    Ok(_) => continue,
+                    Err(e) => break Err(e.into()),
+                }
+            }
+            // A terminal's signal already reached the child, which shares
+            // our foreground process group; only pass on what a process sent.
+            if info.from_process {
+                if let Ok(sig) = Signal::try_from(info.signo) {
+                    let _ = kill(self.pid, sig);
+                }
+            }
+        };
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+        result
+    }
+}
+
+/// Resolves `program` on PATH the way execvp(3) would.
+fn resolve(program: &OsStr) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if program.as_bytes().contains(&b'/') {
+        return Some(p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(p))
+        .find(|cand| is_executable(cand))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn cstring(bytes: Vec<u8>) -> std::io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "argument contains a NUL byte",
+        )
+    })
+}
+
+/// Starts the child. Signals we forward are blocked in this thread from here
+/// until `Supervised::wait` returns, so none is lost in between.
+pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
+    let display = spec.program.to_string_lossy().into_owned();
+    let path = resolve(&spec.program).ok_or_else(|| SpawnError::NotFound(display.clone()))?;
+    let path_c = cstring(path.into_os_string().into_vec())?;
+    let mut argv = vec![cstring(spec.program.clone().into_vec())?];
+    for a in &spec.args {
+        argv.push(cstring(a.clone().into_vec())?);
+    }
+
+    let n = spec.listen_fds.len();
+    let overridden: Vec<&OsStr> = spec.env.iter().map(|(k, _)| k.as_os_str()).collect();
+    let systemd_vars = [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "LISTEN_FDS_FIRST_FD",
+    ];
+    let mut envp: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if overridden.contains(&k.as_os_str()) || systemd_vars.iter().any(|s| k == *s) {
+            continue;
+        }
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend(v.into_vec());
+        envp.push(cstring(kv)?);
+    }
+    for (k, v) in &spec.env {
+        let mut kv = k.clone().into_vec();
+        kv.push(b'=');
+        kv.extend(v.as_bytes());
+        envp.push(cstring(kv)?);
+    }
+    // LISTEN_PID's digits are filled in by the child; 20 spaces of room.
+    let listen_pid_index = if n > 0 {
+        envp.push(cstring(format!("LISTEN_FDS={n}").into_bytes())?);
+        envp.push(cstring(
+            format!("LISTEN_FDNAMES={}", spec.fd_names.join(":")).into_bytes(),
+        )?);
+        envp.push(cstring(
+            format!("LISTEN_FDS_FIRST_FD={LISTEN_FDS_START}").into_bytes(),
+        )?);
+        envp.push(cstring(
+            format!("LISTEN_PID={}", " ".repeat(20)).into_bytes(),
+        )?);
+        Some(envp.len() - 1)
+    } else {
+        None
+    };
+
+    // Move the sockets above the range they will occupy, so the dup2 calls
+    // in the child cannot clobber one another.
+    let floor = LISTEN_FDS_START + n as RawFd;
+    let mut high: Vec<OwnedFd> = Vec::with_capacity(n);
+    for fd in &spec.listen_fds {
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        high.push(unsafe { OwnedFd::from_raw_fd(r) });
+    }
+    drop(spec.listen_fds);
+
+    // exec failures travel back over a close-on-exec pipe.
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        signals.add(s);
+    }
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old_mask))
+        .map_err(std::io::Error::from)?;
+
+    let argv_ptrs: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let high_raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
+    let pid_slot: Option<*mut u8> =
+        listen_pid_index.map(|i| unsafe { (envp[i].as_ptr() as *mut u8).add("LISTEN_PID=".len()) });
+
+    // SAFETY: between fork and exec the child only makes async-signal-safe
+    // calls on memory prepared above; it allocates nothing.
+    match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+        ForkResult::Child => unsafe {
+            libc::sigprocmask(libc::SIG_SETMASK, old_mask.as_ref(), std::ptr::null_mut());
+            for (i, fd) in high_raw.iter().enumerate() {
+                if libc::dup2(*fd, LISTEN_FDS_START + i as RawFd) < 0 {
+                    child_fail(err_w.as_raw_fd());
+                }
+            }
+            if let Some(slot) = pid_slot {
+                write_decimal(slot, libc::getpid() as u64);
+            }
+            libc::execve(path_c.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            child_fail(err_w.as_raw_fd());
+        },
+        ForkResult::Parent { child } => {
+            drop(err_w);
+            drop(high);
+            let mut buf = [0u8; 4];
+            let mut err_r = std::fs::File::from(err_r);
+            let got = std::io::Read::read(&mut err_r, &mut buf).unwrap_or(0);
+            if got == 4 {
+                let _ = waitpid(child, None);
+                let _ =
+                    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+                let errno = i32::from_ne_bytes(buf);
+                return Err(SpawnError::Exec {
+                    program: display,
+                    source: std::io::Error::from_raw_os_error(errno),
+                });
+            }
+            Ok(Supervised {
+                pid: child,
+                signals,
+                old_mask,
+            })
+        }
+    }
+}
+
+/// Reports errno to the parent and exits, without allocating.
+unsafe fn child_fail(fd: RawFd) -> ! {
+    // last_os_error reads errno without allocating.
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let bytes = errno.to_ne_bytes();
+    libc::write(fd, bytes.as_ptr().cast(), 4);
+    libc::_exit(127)
+}
+
+/// Writes `v` in decimal into the space-padded slot (20 bytes).
+unsafe fn write_decimal(slot: *mut u8, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        *slot.add(i) = digits[len - 1 - i];
+    }
+    // Terminate right after the digits; the padding is never read.
+    *slot.add(len) = 0;
+}

@@ -1,0 +1,96 @@
+//! A blocking client for the broker's Unix socket: one request at a time,
+//! descriptors collected with each reply.
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::WireError;
+use crate::frame;
+use crate::message::{Op, Reply, Request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The broker answered with an error.
+    #[error("{}", .0.message)]
+    Wire(WireError),
+    /// The broker's answer did not make sense.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+pub struct Client {
+    stream: UnixStream,
+    next_tag: u64,
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> io::Result<Client> {
+        Ok(Client {
+            stream: UnixStream::connect(socket)?,
+            next_tag: 1,
+        })
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Sends raw bytes; for tests of malformed input.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads one reply frame.
+    pub fn read_reply(&mut self) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        let (payload, fds) = frame::read_blocking(&self.stream)?;
+        let reply: Reply =
+            serde_json::from_slice(&payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if reply.fds != fds.len() {
+            return Err(ClientError::Protocol(format!(
+                "reply announced {} descriptors but {} arrived",
+                reply.fds,
+                fds.len()
+            )));
+        }
+        Ok((reply, fds))
+    }
+
+    /// Sends `op` and returns its result and descriptors, or the broker's
+    /// error.
+    pub fn call(&mut self, op: Op) -> Result<(serde_json::Value, Vec<OwnedFd>), ClientError> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let req = Request { tag: Some(tag), op };
+        self.stream.write_all(&frame::encode(&req.to_json()))?;
+        let (reply, fds) = self.read_reply()?;
+        if reply.tag != Some(tag) {
+            return Err(ClientError::Protocol(format!(
+                "reply tag {:?} does not match request tag {tag}",
+                reply.tag
+            )));
+        }
+        match (reply.ok, reply.result, reply.error) {
+            (true, Some(result), _) => Ok((result, fds)),
+            (false, _, Some(e)) => Err(ClientError::Wire(e)),
+            _ => Err(ClientError::Protocol(
+                "reply has neither result nor error".into(),
+            )),
+        }
+    }
+
+    /// `call`, with the result decoded into `T`.
+    pub fn call_as<T: DeserializeOwned>(
+        &mut self,
+        op: Op,
+    ) -> Result<(T, Vec<OwnedFd>), ClientError> {
+        let (value, fds) = self.call(op)?;
+        let t = serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((t, fds))
+    }
+}

@@ -1,0 +1,38 @@
+//! pb's IPC wire format: the typed requests and replies shared by the
+//! broker, the CLI and (later) the preload shim, the frame codec, and a small
+//! blocking client. docs/PROTOCOL.md is the prose version of this crate.
+
+pub mod client;
+pub mod duration;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod paths;
+
+pub use client::Client;
+pub use error::{ErrorCode, WireError};
+pub use message::*;
+
+/// The protocol version this build speaks. Every request carries it in `v`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame payload either side accepts, in bytes.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// The most file descriptors one reply carries.
+pub const MAX_FDS: usize = 8;
+
+/// Splits range text `A-B` into its two numbers. Whether they make a valid
+/// range is the broker's decision.
+pub fn parse_range_text(text: &str) -> Result<(i64, i64), WireError> {
+    let bad = || {
+        WireError::new(
+            ErrorCode::InvalidRange,
+            format!("invalid range {text:?}: use START-END, such as 3100-3199"),
+        )
+    };
+    let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
+    let a = a.trim().parse::<i64>().map_err(|_| bad())?;
+    let b = b.trim().parse::<i64>().map_err(|_| bad())?;
+    Ok((a, b))
+}

@@ -1,0 +1,285 @@
+//! The typed requests (one `Op` per operation) and replies of protocol
+//! version 1. The broker applies an `Op`; every transport only translates
+//! bytes to and from these types.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ErrorCode, WireError};
+use crate::PROTOCOL_VERSION;
+
+/// One operation. On the wire, a JSON object whose `op` names the variant,
+/// with the variant's fields beside it (plus `v` and `tag`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// The broker's own state: version, pid, counts, paths.
+    Status,
+    Claim(ClaimArgs),
+    /// Releases leases named by an id, a pattern (`*` segments) or a port
+    /// number.
+    Release {
+        target: String,
+    },
+    /// Leases whose id matches `pattern` (all when absent).
+    Find {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pattern: Option<String>,
+    },
+    /// One lease by id.
+    Get {
+        id: String,
+    },
+    /// Renews a lease's expiry: by `ttl_ms` if given, else by the TTL it was
+    /// claimed with.
+    Heartbeat {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<i64>,
+    },
+    /// Stops the broker after replying.
+    Shutdown,
+}
+
+/// Who owns a lease: whose death ends it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// Nobody: the lease lives until released or expired.
+    #[default]
+    None,
+    /// The process on the other end of this connection.
+    Caller,
+    /// Another process of the caller's user.
+    Pid(u32),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimArgs {
+    pub id: String,
+    /// A specific port. Numbers are validated by the broker, so any JSON
+    /// integer is accepted here and a bad one gets `invalid_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+    /// Allocate from `[start, end]` (inclusive) instead of the broker's range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(i64, i64)>,
+    /// The lease ends this many milliseconds from now unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+    /// Attach the listening sockets to the reply (SCM_RIGHTS).
+    #[serde(default)]
+    pub fds: bool,
+    /// Release the lease when this connection closes.
+    #[serde(default)]
+    pub session: bool,
+    /// If `port` is taken, allocate from the range instead of failing.
+    #[serde(default)]
+    pub fallback: bool,
+    #[serde(default)]
+    pub owner: Owner,
+    /// Free-form JSON object kept with the lease (at most 4 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+/// A lease as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub port: u16,
+    pub uid: u32,
+    /// The owning process, if any.
+    pub pid: Option<u32>,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub ttl_ms: Option<u64>,
+    /// The broker holds sockets on the port (placeholders or listeners).
+    pub held: bool,
+    /// The broker's sockets listen (they were handed to a client).
+    pub listening: bool,
+    /// The lease ends when the connection that claimed it closes.
+    pub session: bool,
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimReply {
+    pub lease: LeaseInfo,
+    /// The id was already claimed; this is that lease.
+    pub existing: bool,
+    /// The addresses of the attached descriptors, in order.
+    pub fds: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseReply {
+    pub released: Vec<LeaseInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindReply {
+    pub services: Vec<LeaseInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub version: String,
+    pub protocol: u32,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub leases: usize,
+    pub connections: usize,
+    pub socket: String,
+    pub database: String,
+    pub range: (u16, u16),
+    pub reserved: Vec<u16>,
+}
+
+/// A request frame's payload, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub tag: Option<u64>,
+    pub op: Op,
+}
+
+impl Request {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_value(&self.op).expect("ops serialize");
+        let obj = v.as_object_mut().expect("ops are objects");
+        obj.insert("v".into(), PROTOCOL_VERSION.into());
+        if let Some(tag) = self.tag {
+            obj.insert("tag".into(), tag.into());
+        }
+        serde_json::to_vec(&v).expect("values serialize")
+    }
+
+    /// Decodes a payload. On error, also returns whatever tag could be read,
+    /// so the error reply can still be matched to its request.
+    pub fn from_json(bytes: &[u8]) -> Result<Request, (Option<u64>, WireError)> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            (
+                None,
+                WireError::new(ErrorCode::InvalidFrame, format!("payload is not JSON: {e}")),
+            )
+        })?;
+        let Value::Object(mut obj) = value else {
+            return Err((
+                None,
+                WireError::new(ErrorCode::InvalidFrame, "payload is not a JSON object"),
+            ));
+        };
+        let tag = obj.get("tag").and_then(Value::as_u64);
+        let version = obj.remove("v");
+        obj.remove("tag");
+        match version.as_ref().and_then(Value::as_u64) {
+            Some(v) if v == PROTOCOL_VERSION as u64 => {}
+            Some(v) => {
+                return Err((
+                    tag,
+                    WireError::new(
+                        ErrorCode::UnsupportedVersion,
+                        format!("protocol version {v} is not supported; this broker speaks {PROTOCOL_VERSION}"),
+                    ),
+                ))
+            }
+            None => {
+                return Err((
+                    tag,
+                    WireError::new(ErrorCode::InvalidRequest, "missing or non-integer \"v\" (protocol version)"),
+                ))
+            }
+        }
+        let op = serde_json::from_value(Value::Object(obj)).map_err(|e| {
+            (
+                tag,
+                WireError::new(ErrorCode::InvalidRequest, e.to_string()),
+            )
+        })?;
+        Ok(Request { tag, op })
+    }
+}
+
+/// A reply frame's payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u64>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+    /// How many descriptors travel with this frame (SCM_RIGHTS).
+    #[serde(default)]
+    pub fds: usize,
+}
+
+impl Reply {
+    pub fn ok(tag: Option<u64>, result: Value, fds: usize) -> Reply {
+        Reply {
+            v: PROTOCOL_VERSION,
+            tag,
+            ok: true,
+            result: Some(result),
+            error: None,
+            fds,
+        }
+    }
+
+    pub fn err(tag: Option<u64>, error: WireError) -> Reply {
+        Reply {
+            v: PROTOCOL_VERSION,
+            tag,
+            ok: false,
+            result: None,
+            error: Some(error),
+            fds: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let req = Request {
+            tag: Some(7),
+            op: Op::Claim(ClaimArgs {
+                id: "myapp:api".into(),
+                port: Some(3100),
+                fds: true,
+                owner: Owner::Pid(42),
+                ..Default::default()
+            }),
+        };
+        let bytes = req.to_json();
+        assert_eq!(Request::from_json(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_versions() {
+        let e = Request::from_json(br#"{"v":1,"op":"claim","id":"a","bogus":1}"#).unwrap_err();
+        assert_eq!(e.1.code, ErrorCode::InvalidRequest);
+        let e = Request::from_json(br#"{"v":1,"op":"get","id":"a","bogus":1}"#).unwrap_err();
+        assert_eq!(e.1.code, ErrorCode::InvalidRequest);
+        let e = Request::from_json(br#"{"v":2,"tag":5,"op":"status"}"#).unwrap_err();
+        assert_eq!(
+            e,
+            (
+                Some(5),
+                WireError::new(ErrorCode::UnsupportedVersion, e.1.message.clone())
+            )
+        );
+        let e = Request::from_json(br#"{"op":"status"}"#).unwrap_err();
+        assert_eq!(e.1.code, ErrorCode::InvalidRequest);
+        let e = Request::from_json(b"[1]").unwrap_err();
+        assert_eq!(e.1.code, ErrorCode::InvalidFrame);
+        let e = Request::from_json(br#"{"v":1,"op":"launch"}"#).unwrap_err();
+        assert_eq!(e.1.code, ErrorCode::InvalidRequest);
+    }
+}
