@@ -81,7 +81,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
         if stream.read_exact(&mut header).await.is_err() {
             break;
         }
-        let len = match frame::payload_len(header) {
+        let len = match frame::payload_len(header, pb_proto::MAX_REQUEST) {
             Ok(len) => len,
             Err(why) => {
                 // The stream has lost its framing: say why, then hang up.

@@ -14,7 +14,7 @@ use crate::message::{Op, Reply, Request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The broker answered with an error.
     #[error("{}", .0.message)]

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 
 use sendfd::RecvWithFd;
 
-use crate::{MAX_FDS, MAX_FRAME};
+use crate::{MAX_FDS, MAX_REPLY};
 
 /// The bytes of one frame for `payload`.
 pub fn encode(payload: &[u8]) -> Vec<u8> {
@@ -18,27 +18,26 @@ pub fn encode(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks a frame header; `Err` carries the reason the frame is refused.
-pub fn payload_len(header: [u8; 4]) -> Result<usize, String> {
+/// Checks a frame header against a size limit; `Err` carries the reason
+/// the frame is refused.
+pub fn payload_len(header: [u8; 4], limit: usize) -> Result<usize, String> {
     let len = u32::from_be_bytes(header) as usize;
     if len == 0 {
         return Err("empty frame".into());
     }
-    if len > MAX_FRAME {
-        return Err(format!(
-            "frame of {len} bytes exceeds the limit of {MAX_FRAME}"
-        ));
+    if len > limit {
+        return Err(format!("frame of {len} bytes exceeds the limit of {limit}"));
     }
     Ok(len)
 }
 
-/// Reads one frame from a blocking stream, collecting any descriptors that
+/// Reads one reply frame from a blocking stream, collecting any descriptors that
 /// arrive with it (a plain read would silently close them).
 pub fn read_blocking(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut fds = Vec::new();
     let mut header = [0u8; 4];
     read_exact_with_fds(stream, &mut header, &mut fds)?;
-    let len = payload_len(header).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
+    let len = payload_len(header, MAX_REPLY).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
     let mut payload = vec![0u8; len];
     read_exact_with_fds(stream, &mut payload, &mut fds)?;
     Ok((payload, fds))

@@ -16,8 +16,12 @@ pub use message::*;
 /// The protocol version this build speaks. Every request carries it in `v`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The largest frame payload either side accepts, in bytes.
-pub const MAX_FRAME: usize = 64 * 1024;
+/// The largest request payload the broker accepts, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The largest reply payload a client accepts, in bytes: a `find` over the
+/// most leases the broker allows, each with its largest metadata, fits.
+pub const MAX_REPLY: usize = 64 * 1024 * 1024;
 
 /// The most file descriptors one reply carries.
 pub const MAX_FDS: usize = 8;

@@ -1,1 +1,328 @@
+//! Harness for pb's end-to-end tests: a real broker (`pb daemon`) in a
+//! temporary PB_HOME, the real `pb` binary as client, and helpers to probe
+//! ports the way an outside process would.
+//!
+//! Every process a test starts is recorded by pid and killed on drop; every
+//! wait loop has a deadline.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `pb` binary under test: $PB_BIN, or the one built beside this test.
+pub fn pb_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PB_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/pb
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("pb");
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` first", bin.display());
+    bin
+}
+
+/// The repository's tests/ directory (for helper scripts).
+pub fn tests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for at most `limit`.
+pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A block of ports for one broker's range, chosen so that concurrently
+/// running tests (threads or processes) rarely share one. Sharing would only
+/// make the kernel refuse binds, which the broker handles, but tests that
+/// expect a given port want the block to themselves.
+pub fn port_block(size: u16) -> (u16, u16) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let seed = (nanos as u64) ^ ((std::process::id() as u64) << 20);
+    // Below the usual ephemeral range (32768+), above common dev ports.
+    let blocks = (32000 - 12000) / size as u64;
+    let start = 12000 + (seed % blocks) as u16 * size;
+    (start, start + size - 1)
+}
+
+/// Whether an outside process could bind `addr` right now with a plain
+/// bind(2): no SO_REUSEADDR, as a careful app or another port allocator
+/// probing for a free port would do. (Rust's std `TcpListener::bind` sets
+/// SO_REUSEADDR, so it is not used here.)
+pub fn can_bind(addr: SocketAddr) -> bool {
+    bind_raw(addr, false)
+}
+
+/// Whether a bind with SO_REUSEADDR (Node, Python's http.server, Go, Rust's
+/// std) would succeed, and the socket then listen.
+pub fn can_bind_and_listen_reuseaddr(addr: SocketAddr) -> bool {
+    bind_raw(addr, true)
+}
+
+fn bind_raw(addr: SocketAddr, reuse: bool) -> bool {
+    use std::os::fd::FromRawFd;
+    let (family, storage, len) = sockaddr(addr);
+    // SAFETY: plain socket calls on a descriptor we own and close.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let _owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        if addr.is_ipv6() {
+            libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&one as *const i32).cast(), 4);
+        }
+        if reuse {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
+        }
+        let ok = libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) == 0;
+        ok && (!reuse || libc::listen(fd, 1) == 0)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data, large enough for either family.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            (libc::AF_INET, storage, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            (libc::AF_INET6, storage, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+pub fn v4(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+pub fn v6(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::LOCALHOST, port))
+}
+
+/// A running broker in its own PB_HOME.
+pub struct Broker {
+    pub home: tempfile::TempDir,
+    pub range: (u16, u16),
+    env: Vec<(String, String)>,
+    daemon: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// Starts a broker with extra environment (PB_RANGE defaults to a
+    /// private block).
+    pub fn start_with(env: &[(&str, &str)]) -> Broker {
+        let home = tempfile::Builder::new().prefix("pb-test-").tempdir().expect("temp dir");
+        let range = port_block(200);
+        let mut all: Vec<(String, String)> = vec![
+            ("PB_HOME".into(), home.path().display().to_string()),
+            ("PB_RANGE".into(), format!("{}-{}", range.0, range.1)),
+            ("PB_NO_AUTOSTART".into(), "1".into()),
+        ];
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push((k.to_string(), v.to_string()));
+        }
+        let range = all
+            .iter()
+            .find(|(k, _)| k == "PB_RANGE")
+            .and_then(|(_, v)| pb_proto::parse_range_text(v).ok())
+            .map(|(a, b)| (a as u16, b as u16))
+            .unwrap_or(range);
+        let mut b = Broker {
+            home,
+            range,
+            env: all,
+            daemon: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.path().join("broker.log"))
+            .unwrap();
+        let child = Command::new(pb_bin())
+            .arg("daemon")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn pb daemon");
+        self.daemon = Some(child);
+        let sock = self.socket();
+        let up = wait_until(Duration::from_secs(10), || pb_proto::Client::connect(&sock).ok());
+        assert!(up.is_some(), "broker did not come up; log:\n{}", self.log());
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.home.path().join("pb.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("broker.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("running").id()
+    }
+
+    pub fn client(&self) -> pb_proto::Client {
+        pb_proto::Client::connect(&self.socket()).expect("connect to broker")
+    }
+
+    /// A `pb` command with this broker's environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(pb_bin());
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    pub fn pb(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run pb")
+    }
+
+    /// Runs pb, asserts success, returns stdout.
+    pub fn pb_ok(&self, args: &[&str]) -> String {
+        let out = self.pb(args);
+        assert!(
+            out.status.success(),
+            "pb {args:?} failed ({:?}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn pb_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["-j"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.pb_ok(&a)).expect("pb -j prints JSON")
+    }
+
+    /// `pb claim ID -q ...`, as a port.
+    pub fn claim(&self, id: &str, extra: &[&str]) -> u16 {
+        let mut a = vec!["claim", id, "-q"];
+        a.extend_from_slice(extra);
+        self.pb_ok(&a).trim().parse().expect("a port")
+    }
+
+    /// The ids and ports of every lease, sorted by port.
+    pub fn leases(&self) -> Vec<(String, u16)> {
+        let v = self.pb_json(&["find"]);
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["id"].as_str().unwrap().to_string(), s["port"].as_u64().unwrap() as u16))
+            .collect()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same home.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A child process that is killed (by its pid) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: a pid we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.0.id() as i32, sig);
+        }
+    }
+
+    /// Waits for exit, at most `limit`; kills it past that.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let st = wait_until(limit, || self.0.try_wait().ok().flatten());
+        if st.is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+        st
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// GETs `http://localhost:PORT/` with curl over one family ("-4" or "-6").
+pub fn curl(family: &str, port: u16) -> Option<String> {
+    let out = Command::new("curl")
+        .args([family, "-sS", "--max-time", "5", &format!("http://localhost:{port}/")])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Retries `curl` until it answers (a server that is still starting), at
+/// most 10 s.
+pub fn curl_until(family: &str, port: u16) -> Option<String> {
+    wait_until(Duration::from_secs(10), || curl(family, port))
+}
