@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pb_platform::{BindError, LoopbackSockets, ProcessId};
+use pb_platform::{BindError, BindMode, LoopbackSockets, ProcessId};
 use pb_proto::{
     ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, Owner, ReleaseReply, StatusReply,
     WireError, PROTOCOL_VERSION,
@@ -141,7 +141,7 @@ impl Core {
             }
             // Rebind as a placeholder: a client may still hold the
             // listener we handed it, in which case it holds the port.
-            let sockets = match LoopbackSockets::bind(record.port, false) {
+            let sockets = match bind_wanted(record.port, false) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     eprintln!(
@@ -395,13 +395,14 @@ impl Core {
                 format!("port {port} is leased to {holder}"),
             ));
         }
-        LoopbackSockets::bind(port, listen).map_err(bind_error)
+        bind_wanted(port, listen).map_err(bind_error)
     }
 
     /// Finds and binds a free port for `id` in `range`: its sticky port
     /// first, then the lowest port nobody leases or remembers, then ports
     /// other ids remember. A port some other process holds fails to bind and
-    /// is skipped.
+    /// is skipped. Only the sticky port may be bound beside TIME_WAIT
+    /// remnants (the id's own server closing its connections, usually).
     fn allocate(
         &self,
         id: &str,
@@ -419,8 +420,13 @@ impl Core {
         let remembered = (range.0..=range.1)
             .filter(|p| usable(*p) && self.sticky_owner.get(p).is_some_and(|o| o != id));
         let mut last_error = None;
-        for port in sticky.into_iter().chain(fresh).chain(remembered) {
-            match LoopbackSockets::bind(port, listen) {
+        if let Some(port) = sticky {
+            if let Ok(s) = bind_wanted(port, listen) {
+                return Ok(s);
+            }
+        }
+        for port in fresh.chain(remembered) {
+            match LoopbackSockets::bind(port, listen, BindMode::Exclusive) {
                 Ok(s) => return Ok(s),
                 Err(BindError::InUse { .. }) => continue,
                 Err(e) => last_error = Some(e),
@@ -571,7 +577,7 @@ impl Core {
 fn hand_over(lease: &mut Lease) -> Result<(Vec<OwnedFd>, Vec<String>), WireError> {
     let port = lease.record.port;
     if lease.sockets.is_none() {
-        lease.sockets = Some(LoopbackSockets::bind(port, true).map_err(bind_error)?);
+        lease.sockets = Some(bind_wanted(port, true).map_err(bind_error)?);
     }
     let sockets = lease.sockets.as_mut().expect("bound above");
     sockets.listen().map_err(|e| match e {
@@ -593,6 +599,18 @@ fn hand_over(lease: &mut Lease) -> Result<(Vec<OwnedFd>, Vec<String>), WireError
         addrs.push(format!("[::1]:{port}"));
     }
     Ok((fds, addrs))
+}
+
+/// Binds a port wanted by number: exclusively if possible, else beside
+/// TIME_WAIT remnants when the kernel shows some. A port whose only other
+/// holder is invisible (a bound, non-listening socket) stays refused.
+fn bind_wanted(port: u16, listen: bool) -> Result<LoopbackSockets, BindError> {
+    match LoopbackSockets::bind(port, listen, BindMode::Exclusive) {
+        Err(BindError::InUse { .. }) if pb_platform::net::time_wait_on(port) => {
+            LoopbackSockets::bind(port, listen, BindMode::AllowTimeWait)
+        }
+        other => other,
+    }
 }
 
 fn bind_error(e: BindError) -> WireError {

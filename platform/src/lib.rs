@@ -14,7 +14,7 @@ pub mod supervise;
 #[path = "sys/linux.rs"]
 mod sys;
 
-pub use net::{BindError, LoopbackSockets};
+pub use net::{BindError, BindMode, LoopbackSockets};
 pub use process::{PeerIdentity, ProcessId};
 
 /// Raises this process's soft limit on open files to its hard limit.

@@ -2,10 +2,17 @@
 //! broker binds for every lease.
 //!
 //! A lease holds `127.0.0.1:P` and `[::1]:P`, so `localhost:P` reaches the
-//! claimant whichever family the resolver returns first. Both sockets set
+//! claimant whichever family the resolver returns first. Both sockets carry
 //! SO_REUSEADDR (so an app that also sets it may bind over a placeholder that
 //! is not listening) and never SO_REUSEPORT (which would let any process of
 //! the same user share a listening port).
+//!
+//! SO_REUSEADDR is set only *after* an exclusive bind succeeded. Set before,
+//! the bind would also succeed beside another process's non-listening
+//! SO_REUSEADDR socket (another broker's placeholder, say), and two claimants
+//! would share a port. The exclusive bind also fails on a port that still has
+//! TIME_WAIT connections, which is why `BindMode::AllowTimeWait` exists for
+//! ports a caller wants back specifically.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -32,6 +39,23 @@ pub enum BindError {
     },
 }
 
+/// Whether the kernel lists TIME_WAIT connections on local port `port`:
+/// the usual reason an exclusive bind of a just-released port fails.
+pub fn time_wait_on(port: u16) -> bool {
+    crate::sys::time_wait_on(port)
+}
+
+/// How strictly to bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// Only if no socket at all is bound to the port.
+    Exclusive,
+    /// Also beside TIME_WAIT remnants of earlier connections. This cannot
+    /// tell them from another process's non-listening SO_REUSEADDR socket,
+    /// so it is for ports asked for by number or remembered for an id.
+    AllowTimeWait,
+}
+
 /// The sockets that reserve one port: always IPv4 loopback, and IPv6
 /// loopback unless the machine has no IPv6.
 #[derive(Debug)]
@@ -46,11 +70,11 @@ impl LoopbackSockets {
     /// Binds `127.0.0.1:port` and `[::1]:port`. With `listen`, both listen;
     /// otherwise they are placeholders: bound, not listening, which blocks
     /// every bind without SO_REUSEADDR and every other listener.
-    pub fn bind(port: u16, listen: bool) -> Result<LoopbackSockets, BindError> {
+    pub fn bind(port: u16, listen: bool, mode: BindMode) -> Result<LoopbackSockets, BindError> {
         let v4addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let v4 = bind_one(v4addr)?;
+        let v4 = bind_one(v4addr, mode)?;
         let v6addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-        let v6 = match bind_one(v6addr) {
+        let v6 = match bind_one(v6addr, mode) {
             Ok(fd) => Some(fd),
             // No IPv6 on this machine (disabled, or no ::1): IPv4 alone is
             // then all that localhost can mean.
@@ -108,14 +132,16 @@ impl LoopbackSockets {
     }
 }
 
-fn bind_one(addr: SocketAddr) -> Result<OwnedFd, BindError> {
+fn bind_one(addr: SocketAddr, mode: BindMode) -> Result<OwnedFd, BindError> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
     };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
         .map_err(|e| classify(addr, e))?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| classify(addr, e))?;
+    if mode == BindMode::AllowTimeWait {
+        setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| classify(addr, e))?;
+    }
     let bound = match addr {
         SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
         SocketAddr::V6(a) => {
@@ -124,6 +150,9 @@ fn bind_one(addr: SocketAddr) -> Result<OwnedFd, BindError> {
         }
     };
     bound.map_err(|e| classify(addr, e))?;
+    // Now that the port is ours alone, let an app with SO_REUSEADDR bind
+    // over this socket while it is not listening.
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| classify(addr, e))?;
     Ok(fd)
 }
 

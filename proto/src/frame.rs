@@ -37,7 +37,8 @@ pub fn read_blocking(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)>
     let mut fds = Vec::new();
     let mut header = [0u8; 4];
     read_exact_with_fds(stream, &mut header, &mut fds)?;
-    let len = payload_len(header, MAX_REPLY).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
+    let len = payload_len(header, MAX_REPLY)
+        .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
     let mut payload = vec![0u8; len];
     read_exact_with_fds(stream, &mut payload, &mut fds)?;
     Ok((payload, fds))

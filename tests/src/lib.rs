@@ -19,8 +19,16 @@ pub fn pb_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/pb
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("pb");
-    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` first", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("pb");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        bin.display()
+    );
     bin
 }
 
@@ -83,10 +91,22 @@ fn bind_raw(addr: SocketAddr, reuse: bool) -> bool {
         let _owned = std::os::fd::OwnedFd::from_raw_fd(fd);
         let one: libc::c_int = 1;
         if addr.is_ipv6() {
-            libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&one as *const i32).cast(), 4);
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&one as *const i32).cast(),
+                4,
+            );
         }
         if reuse {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const i32).cast(),
+                4,
+            );
         }
         let ok = libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) == 0;
         ok && (!reuse || libc::listen(fd, 1) == 0)
@@ -101,22 +121,34 @@ fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) 
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
                 sin_zero: [0; 8],
             };
             unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            (libc::AF_INET, storage, std::mem::size_of::<libc::sockaddr_in>() as u32)
+            (
+                libc::AF_INET,
+                storage,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
                 sin6_family: libc::AF_INET6 as u16,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: 0,
             };
             unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            (libc::AF_INET6, storage, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+            (
+                libc::AF_INET6,
+                storage,
+                std::mem::size_of::<libc::sockaddr_in6>() as u32,
+            )
         }
     }
 }
@@ -145,7 +177,10 @@ impl Broker {
     /// Starts a broker with extra environment (PB_RANGE defaults to a
     /// private block).
     pub fn start_with(env: &[(&str, &str)]) -> Broker {
-        let home = tempfile::Builder::new().prefix("pb-test-").tempdir().expect("temp dir");
+        let home = tempfile::Builder::new()
+            .prefix("pb-test-")
+            .tempdir()
+            .expect("temp dir");
         let range = port_block(200);
         let mut all: Vec<(String, String)> = vec![
             ("PB_HOME".into(), home.path().display().to_string()),
@@ -188,7 +223,9 @@ impl Broker {
             .expect("spawn pb daemon");
         self.daemon = Some(child);
         let sock = self.socket();
-        let up = wait_until(Duration::from_secs(10), || pb_proto::Client::connect(&sock).ok());
+        let up = wait_until(Duration::from_secs(10), || {
+            pb_proto::Client::connect(&sock).ok()
+        });
         assert!(up.is_some(), "broker did not come up; log:\n{}", self.log());
     }
 
@@ -252,7 +289,12 @@ impl Broker {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| (s["id"].as_str().unwrap().to_string(), s["port"].as_u64().unwrap() as u16))
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    s["port"].as_u64().unwrap() as u16,
+                )
+            })
             .collect()
     }
 
@@ -315,10 +357,18 @@ impl Drop for Proc {
 /// GETs `http://localhost:PORT/` with curl over one family ("-4" or "-6").
 pub fn curl(family: &str, port: u16) -> Option<String> {
     let out = Command::new("curl")
-        .args([family, "-sS", "--max-time", "5", &format!("http://localhost:{port}/")])
+        .args([
+            family,
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://localhost:{port}/"),
+        ])
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Retries `curl` until it answers (a server that is still starting), at

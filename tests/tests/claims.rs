@@ -29,7 +29,11 @@ fn eight_processes_of_250_concurrent_claims_get_distinct_bound_ports() {
     let mut with_fds = 0;
     for p in procs {
         let out = p.wait_with_output().unwrap();
-        assert!(out.status.success(), "load process failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "load process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let rows: Vec<(String, u16, usize)> = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(rows.len(), 250);
         for (_, port, nfds) in rows {
@@ -43,7 +47,10 @@ fn eight_processes_of_250_concurrent_claims_get_distinct_bound_ports() {
     assert_eq!(distinct.len(), 2000, "every port is distinct");
     for &p in &ports {
         assert!((range.0..=range.1).contains(&p));
-        assert!(!can_bind(v4(p)), "port {p} is held by the broker on 127.0.0.1");
+        assert!(
+            !can_bind(v4(p)),
+            "port {p} is held by the broker on 127.0.0.1"
+        );
         assert!(!can_bind(v6(p)), "port {p} is held by the broker on ::1");
     }
     let listed: HashSet<u16> = broker.leases().into_iter().map(|(_, p)| p).collect();
@@ -60,14 +67,20 @@ fn ports_held_by_outside_listeners_are_never_handed_out() {
     let mut foreign = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
         let port = start + i as u16;
-        let l = TcpListener::bind((*a, port)).unwrap_or_else(|e| panic!("test listener on {a}:{port}: {e}"));
+        let l = TcpListener::bind((*a, port))
+            .unwrap_or_else(|e| panic!("test listener on {a}:{port}: {e}"));
         held.push(port);
         foreign.push(l);
     }
     // A claim in exactly that range finds nothing; asking for each fails.
     let range = format!("{}-{}", start, start + 3);
     let out = broker.pb(&["claim", "x", "--range", &range]);
-    assert_eq!(out.status.code(), Some(6), "exhausted: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "exhausted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for p in &held {
         let out = broker.pb(&["claim", "x", "-p", &p.to_string()]);
         assert_eq!(out.status.code(), Some(5), "port {p} is taken");
@@ -120,7 +133,10 @@ fn sticky_ports_specific_ports_and_fallback() {
 fn reserved_ports_are_never_handed_out() {
     let range = port_block(200);
     let reserved = format!("{},{}", range.0, range.0 + 1);
-    let broker = Broker::start_with(&[("PB_RANGE", &format!("{}-{}", range.0, range.1)), ("PB_RESERVED", &reserved)]);
+    let broker = Broker::start_with(&[
+        ("PB_RANGE", &format!("{}-{}", range.0, range.1)),
+        ("PB_RESERVED", &reserved),
+    ]);
     let p = broker.claim("r", &[]);
     assert!(p >= range.0 + 2);
     let out = broker.pb(&["claim", "r2", "-p", &range.0.to_string()]);
@@ -141,13 +157,19 @@ fn release_by_id_pattern_and_port() {
     assert_eq!(v["released"][0]["id"], "myapp:api:feature-auth");
     broker.pb_ok(&["release", &api.to_string()]);
     assert!(!broker.leases().iter().any(|(_, p)| *p == api));
-    assert!(can_bind(v4(api)) && can_bind(v6(api)), "released port is free in the kernel");
+    assert!(
+        can_bind(v4(api)) && can_bind(v6(api)),
+        "released port is free in the kernel"
+    );
     let v = broker.pb_json(&["release", "myapp:*"]);
     assert_eq!(v["released"].as_array().unwrap().len(), 1);
     assert_eq!(broker.leases(), vec![("other:api".to_string(), other)]);
     // Unknown id and unleased port are errors; an empty pattern match is not.
     assert_eq!(broker.pb(&["release", "nope"]).status.code(), Some(4));
-    assert_eq!(broker.pb(&["release", &api.to_string()]).status.code(), Some(4));
+    assert_eq!(
+        broker.pb(&["release", &api.to_string()]).status.code(),
+        Some(4)
+    );
     assert!(broker.pb(&["release", "nope:*"]).status.success());
 }
 
@@ -155,13 +177,28 @@ fn release_by_id_pattern_and_port() {
 fn url_env_lookup_and_export_output() {
     let broker = Broker::start();
     let p = broker.claim("myapp:api", &[]);
-    assert_eq!(broker.pb_ok(&["url", "myapp:api"]).trim(), format!("http://localhost:{p}"));
+    assert_eq!(
+        broker.pb_ok(&["url", "myapp:api"]).trim(),
+        format!("http://localhost:{p}")
+    );
     assert_eq!(broker.pb_ok(&["lookup", "myapp:api"]).trim(), p.to_string());
-    assert_eq!(broker.pb_ok(&["env", "myapp:*"]).trim(), format!("export MYAPP_API_PORT={p}"));
-    assert_eq!(broker.pb_ok(&["claim", "myapp:api", "--export"]).trim(), format!("export PORT={p}"));
-    assert_eq!(broker.pb_ok(&["alloc", "myapp:api"]).trim(), format!("myapp:api → port {p}"));
+    assert_eq!(
+        broker.pb_ok(&["env", "myapp:*"]).trim(),
+        format!("export MYAPP_API_PORT={p}")
+    );
+    assert_eq!(
+        broker.pb_ok(&["claim", "myapp:api", "--export"]).trim(),
+        format!("export PORT={p}")
+    );
+    assert_eq!(
+        broker.pb_ok(&["alloc", "myapp:api"]).trim(),
+        format!("myapp:api → port {p}")
+    );
     let table = broker.pb_ok(&["ps"]);
-    assert!(table.contains("myapp:api") && table.contains(&p.to_string()), "{table}");
+    assert!(
+        table.contains("myapp:api") && table.contains(&p.to_string()),
+        "{table}"
+    );
     assert_eq!(broker.pb(&["url", "missing"]).status.code(), Some(4));
 }
 
@@ -175,7 +212,10 @@ fn expired_leases_end_and_free_their_port() {
     });
     assert!(gone.is_some(), "short lease expired");
     assert!(can_bind(v4(p)));
-    assert!(broker.leases().iter().any(|(id, q)| id == "long" && *q == long));
+    assert!(broker
+        .leases()
+        .iter()
+        .any(|(id, q)| id == "long" && *q == long));
 }
 
 #[test]
@@ -183,16 +223,26 @@ fn heartbeat_renews_a_ttl() {
     let broker = Broker::start();
     broker.claim("hb", &["--ttl", "60"]);
     let mut c = broker.client();
-    let (before, _) = c.call_as::<pb_proto::LeaseInfo>(pb_proto::Op::Get { id: "hb".into() }).unwrap();
+    let (before, _) = c
+        .call_as::<pb_proto::LeaseInfo>(pb_proto::Op::Get { id: "hb".into() })
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let (after, _) = c
-        .call_as::<pb_proto::LeaseInfo>(pb_proto::Op::Heartbeat { id: "hb".into(), ttl_ms: None })
+        .call_as::<pb_proto::LeaseInfo>(pb_proto::Op::Heartbeat {
+            id: "hb".into(),
+            ttl_ms: None,
+        })
         .unwrap();
     assert_eq!(after.ttl_ms, Some(60_000));
     assert!(after.expires_ms.unwrap() > before.expires_ms.unwrap());
     broker.claim("nottl", &[]);
     let e = c
-        .call(pb_proto::Op::Heartbeat { id: "nottl".into(), ttl_ms: None })
+        .call(pb_proto::Op::Heartbeat {
+            id: "nottl".into(),
+            ttl_ms: None,
+        })
         .unwrap_err();
-    assert!(matches!(e, pb_proto::client::ClientError::Wire(w) if w.code == pb_proto::ErrorCode::InvalidRequest));
+    assert!(
+        matches!(e, pb_proto::client::ClientError::Wire(w) if w.code == pb_proto::ErrorCode::InvalidRequest)
+    );
 }

@@ -75,3 +75,20 @@ pub fn wait_signal(set: &nix::sys::signal::SigSet) -> std::io::Result<SignalInfo
         });
     }
 }
+
+/// Whether /proc/net/tcp or tcp6 lists a TIME_WAIT socket whose local port
+/// is `port`. (Sockets that are only bound are not listed at all.)
+pub fn time_wait_on(port: u16) -> bool {
+    const TIME_WAIT: &str = "06";
+    let needle = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|path| {
+        std::fs::read_to_string(path).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let mut cols = line.split_whitespace();
+                let local = cols.nth(1).unwrap_or("");
+                let state = cols.nth(1).unwrap_or("");
+                state == TIME_WAIT && local.ends_with(&needle)
+            })
+        })
+    })
+}

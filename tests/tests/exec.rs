@@ -1,0 +1,260 @@
+//! `pb exec`: real servers (python3, node) serving from the broker's
+//! inherited sockets over IPv4 and IPv6; exit codes; signal forwarding; the
+//! lease's end; and the number-only path with real apps binding the port.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pb_tests::*;
+
+/// Starts `pb exec ID ARGS...` and reads the port from its banner.
+fn exec(broker: &Broker, args: &[&str]) -> (Proc, u16) {
+    let mut child = broker
+        .cmd()
+        .arg("exec")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pb exec");
+    let mut line = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    // Keep draining, so the child's own logging never hits a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in banner {line:?}"));
+    (Proc(child), port)
+}
+
+fn lease_gone(broker: &Broker, id: &str) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        (!broker.leases().iter().any(|(i, _)| i == id)).then_some(())
+    })
+    .is_some()
+}
+
+fn serves_from_inherited_fds(server: &[&str], name: &str) {
+    let broker = Broker::start();
+    let mut args = vec!["web", "--"];
+    args.extend_from_slice(server);
+    let (mut pb, port) = exec(&broker, &args);
+    let v4body = curl_until("-4", port).expect("reachable over IPv4");
+    assert_eq!(v4body.trim(), format!("{name} ipv4 port={port}"));
+    let v6body = curl_until("-6", port).expect("reachable over IPv6");
+    assert_eq!(v6body.trim(), format!("{name} ipv6 port={port}"));
+    let leases = broker.leases();
+    assert_eq!(leases, vec![("web".to_string(), port)]);
+
+    pb.signal(libc::SIGTERM);
+    let st = pb
+        .wait_for(Duration::from_secs(10))
+        .expect("pb exec ends after SIGTERM");
+    assert_eq!(
+        st.code(),
+        Some(128 + libc::SIGTERM),
+        "pb exits as its child did"
+    );
+    assert!(lease_gone(&broker, "web"), "lease released");
+    // Free again for the next server. (Its bind sets SO_REUSEADDR, as every
+    // server does: without it, the TIME_WAIT entries of connections the
+    // server closed would block any bind for a minute, broker or no broker.)
+    assert!(
+        can_bind_and_listen_reuseaddr(v4(port)) && can_bind_and_listen_reuseaddr(v6(port)),
+        "port {port} is free again"
+    );
+}
+
+#[test]
+fn python_server_serves_from_inherited_fds_over_both_families() {
+    let script = tests_dir().join("servers/fd_server.py");
+    serves_from_inherited_fds(&["python3", script.to_str().unwrap()], "python");
+}
+
+#[test]
+fn node_server_serves_from_inherited_fds_over_both_families() {
+    let script = tests_dir().join("servers/fd_server.js");
+    serves_from_inherited_fds(&["node", script.to_str().unwrap()], "node");
+}
+
+#[test]
+fn child_sees_the_socket_activation_environment() {
+    let broker = Broker::start();
+    let out = broker
+        .cmd()
+        .args(["exec", "-q", "app:web", "--env-name", "APP_PORT", "--", "sh", "-c"])
+        .arg("echo $LISTEN_FDS $LISTEN_FDNAMES $LISTEN_FDS_FIRST_FD $APP_PORT; [ \"$LISTEN_PID\" = \"$$\" ] && echo pid-ok; ls /proc/$$/fd")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let first: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_eq!(&first[..3], &["2", "app.web:app.web", "3"]);
+    assert!(first[3].parse::<u16>().is_ok());
+    assert_eq!(lines.next(), Some("pid-ok"));
+    let fds: Vec<u32> = lines.filter_map(|l| l.parse().ok()).collect();
+    assert!(
+        fds.contains(&3) && fds.contains(&4),
+        "fds 3 and 4 are inherited: {fds:?}"
+    );
+    assert!(lease_gone(&broker, "app:web"));
+}
+
+#[test]
+fn exit_codes_are_the_childs() {
+    let broker = Broker::start();
+    let st = broker
+        .cmd()
+        .args(["exec", "-q", "a", "--", "sh", "-c", "exit 7"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(7));
+    let out = broker
+        .cmd()
+        .args(["exec", "-q", "a", "--", "no-such-command-pb"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command not found"));
+    assert!(broker.leases().is_empty(), "a failed exec leaves no lease");
+}
+
+#[test]
+fn signals_sent_to_pb_reach_the_child() {
+    let broker = Broker::start();
+    let (mut pb, _port) = exec(
+        &broker,
+        &[
+            "sig",
+            "--",
+            "python3",
+            "-c",
+            "import signal,sys,time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\nprint('ready', flush=True)\ntime.sleep(60)",
+        ],
+    );
+    let mut line = String::new();
+    BufReader::new(pb.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    pb.signal(libc::SIGTERM);
+    let st = pb.wait_for(Duration::from_secs(10)).expect("exits");
+    assert_eq!(
+        st.code(),
+        Some(42),
+        "the child's handler ran and its code is ours"
+    );
+}
+
+#[test]
+fn killing_pb_exec_releases_the_lease_when_its_connection_closes() {
+    let broker = Broker::start();
+    let (mut pb, port) = exec(&broker, &["victim", "--", "sleep", "60"]);
+    assert_eq!(broker.leases(), vec![("victim".to_string(), port)]);
+    pb.signal(libc::SIGKILL);
+    pb.wait_for(Duration::from_secs(5));
+    assert!(lease_gone(&broker, "victim"));
+}
+
+#[test]
+fn keep_keeps_the_lease() {
+    let broker = Broker::start();
+    let st = broker
+        .cmd()
+        .args(["exec", "-q", "--keep", "kept", "--", "true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let leases = broker.leases();
+    assert_eq!(leases.len(), 1);
+    assert!(!can_bind(v4(leases[0].1)), "still held by the broker");
+}
+
+#[test]
+fn exec_of_an_existing_claim_keeps_that_claim() {
+    let broker = Broker::start();
+    let port = broker.claim("pre", &[]);
+    let st = broker
+        .cmd()
+        .args(["exec", "-q", "pre", "--", "true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(broker.leases(), vec![("pre".to_string(), port)]);
+}
+
+#[test]
+fn port_only_mode_lets_the_app_bind_port_itself() {
+    let broker = Broker::start();
+    let (mut pb, port) = exec(
+        &broker,
+        &[
+            "--port-only",
+            "plain",
+            "--",
+            "sh",
+            "-c",
+            "[ -z \"$LISTEN_FDS\" ] && exec python3 -m http.server $PORT --bind 127.0.0.1",
+        ],
+    );
+    assert!(
+        curl_until("-4", port).is_some(),
+        "python's own bind reached the port"
+    );
+    pb.signal(libc::SIGTERM);
+    pb.wait_for(Duration::from_secs(10)).expect("exits");
+    assert!(lease_gone(&broker, "plain"));
+    assert!(can_bind_and_listen_reuseaddr(v4(port)));
+}
+
+/// `PORT=$(pb claim web -q) app`: the port stays reserved until the app
+/// binds it (with SO_REUSEADDR), with no window in between.
+#[test]
+fn number_only_claims_are_bound_over_by_real_apps() {
+    let broker = Broker::start();
+    for (id, app) in [
+        ("py", vec!["python3", "-m", "http.server", "PORT", "--bind", "127.0.0.1"]),
+        ("node", vec!["node", "-e", "require('http').createServer((q,r)=>r.end('node\\n')).listen(Number(process.argv[1]))", "PORT"]),
+    ] {
+        let port = broker.claim(id, &[]);
+        // Reserved: a plain bind fails until the app comes.
+        assert!(!can_bind(v4(port)) && !can_bind(v6(port)));
+        let args: Vec<String> = app.iter().map(|a| if *a == "PORT" { port.to_string() } else { a.to_string() }).collect();
+        let server = Proc(
+            Command::new(&args[0])
+                .args(&args[1..])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        assert!(curl_until("-4", port).is_some(), "{id} serves on its claimed port");
+        // While it serves, nobody else gets the port, even with SO_REUSEADDR.
+        assert!(!can_bind_and_listen_reuseaddr(v4(port)));
+        drop(server);
+        // The lease still reserves the port after the app is gone.
+        assert!(wait_until(Duration::from_secs(5), || (!can_bind(v4(port))).then_some(())).is_some());
+        broker.pb_ok(&["release", id]);
+    }
+}
+
+#[test]
+fn an_app_without_reuseaddr_sees_eaddrinuse_on_a_reserved_port() {
+    let broker = Broker::start();
+    let port = broker.claim("strict", &[]);
+    let out = Command::new("python3")
+        .args(["-c", &format!("import socket\ntry:\n socket.socket().bind(('127.0.0.1',{port}))\nexcept OSError as e: print(e.errno)")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        libc::EADDRINUSE.to_string()
+    );
+}
