@@ -46,6 +46,16 @@ pub struct Outcome {
     pub fds: Vec<OwnedFd>,
     /// The broker should stop once this reply is sent.
     pub shutdown: bool,
+    /// How to take this outcome back if its reply cannot be delivered.
+    pub undo: Option<Undo>,
+}
+
+/// Takes back a claim whose reply never reached the claimant, so that a
+/// request that was not acknowledged leaves no trace.
+#[derive(Debug)]
+pub struct Undo {
+    id: String,
+    sticky_before: Option<u16>,
 }
 
 impl Outcome {
@@ -54,6 +64,7 @@ impl Outcome {
             result: serde_json::to_value(v).expect("replies serialize"),
             fds: Vec::new(),
             shutdown: false,
+            undo: None,
         }
     }
 }
@@ -363,6 +374,10 @@ impl Core {
         // Persist first: if the disk refuses, the sockets close on drop and
         // nothing changed.
         self.store.insert_lease(&record).map_err(internal)?;
+        let undo = Undo {
+            id: a.id.clone(),
+            sticky_before: self.sticky.get(&a.id).copied(),
+        };
         let port = record.port;
         self.remember(a.id.clone(), port);
         self.by_port.insert(port, a.id.clone());
@@ -384,6 +399,7 @@ impl Core {
         self.trim_sticky();
         Ok(Outcome {
             fds,
+            undo: Some(undo),
             ..Outcome::of(reply)
         })
     }
@@ -548,6 +564,30 @@ impl Core {
         lease.record.expires_ms = Some(expires);
         lease.record.ttl_ms = Some(ttl);
         Ok(Outcome::of(lease.info()))
+    }
+
+    /// Takes back a claim whose reply was not delivered: the lease ends and
+    /// the id remembers the port it remembered before.
+    pub fn undo(&mut self, undo: Undo) {
+        if let Err(e) = self.end_leases(std::slice::from_ref(&undo.id)) {
+            eprintln!("pb: cannot take back {}: {}", undo.id, e.message);
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .set_sticky(&undo.id, undo.sticky_before, now_ms())
+        {
+            eprintln!("pb: cannot restore the sticky port of {}: {e}", undo.id);
+            return;
+        }
+        if let Some(p) = self.sticky.remove(&undo.id) {
+            if self.sticky_owner.get(&p) == Some(&undo.id) {
+                self.sticky_owner.remove(&p);
+            }
+        }
+        if let Some(p) = undo.sticky_before {
+            self.remember(undo.id, p);
+        }
     }
 
     /// The earliest expiry of any lease, in ms since the epoch.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pb_platform::PeerIdentity;
 use pb_proto::frame;
-use pb_proto::{ErrorCode, Op, Reply, Request, WireError};
+use pb_proto::{ErrorCode, Reply, Request, WireError};
 use sendfd::SendWithFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
@@ -96,33 +96,21 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
             // Gone or stalled mid-frame: nothing was applied.
             _ => break,
         }
-        let (reply, fds, stop, created) = match Request::from_json(&payload) {
+        let (reply, fds, stop, undo) = match Request::from_json(&payload) {
             Err((tag, e)) => (Reply::err(tag, e), Vec::new(), false, None),
-            Ok(req) => {
-                let claimed = match &req.op {
-                    Op::Claim(a) => Some(a.id.clone()),
-                    _ => None,
-                };
-                match lock(&core).apply(&caller, req.op) {
-                    Ok(out) => {
-                        let existing = out.result.get("existing").and_then(|v| v.as_bool());
-                        let created = claimed.filter(|_| existing == Some(false));
-                        (
-                            Reply::ok(req.tag, out.result, out.fds.len()),
-                            out.fds,
-                            out.shutdown,
-                            created,
-                        )
-                    }
-                    Err(e) => (Reply::err(req.tag, e), Vec::new(), false, None),
-                }
-            }
+            Ok(req) => match lock(&core).apply(&caller, req.op) {
+                Ok(out) => (
+                    Reply::ok(req.tag, out.result, out.fds.len()),
+                    out.fds,
+                    out.shutdown,
+                    out.undo,
+                ),
+                Err(e) => (Reply::err(req.tag, e), Vec::new(), false, None),
+            },
         };
         if write_reply(&mut stream, &reply, &fds).await.is_err() {
-            // The claimant never learned of its lease: take it back, so a
-            // request that was not acknowledged leaves no trace.
-            if let Some(id) = created {
-                let _ = lock(&core).apply(&caller, Op::Release { target: id });
+            if let Some(undo) = undo {
+                lock(&core).undo(undo);
             }
             break;
         }

@@ -12,7 +12,7 @@ pub const MAX_TTL_MS: i64 = 366 * 86_400_000;
 pub const MAX_METADATA_BYTES: usize = 4096;
 
 pub fn check_port(p: i64) -> Result<u16, WireError> {
-    if p < 1 || p > 65535 {
+    if !(1..=65535).contains(&p) {
         return Err(WireError::new(
             ErrorCode::InvalidPort,
             format!("port {p} is out of range (1024-65535)"),

@@ -170,6 +170,26 @@ impl Store {
         Ok(())
     }
 
+    /// Sets (or, with `None`, forgets) an id's remembered port.
+    pub fn set_sticky(
+        &mut self,
+        id: &str,
+        port: Option<u16>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        match port {
+            Some(p) => self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO sticky (id, port, updated_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(id) DO UPDATE SET port = excluded.port, updated_ms = excluded.updated_ms",
+                )?
+                .execute(params![id, p, now_ms as i64])?,
+            None => self.conn.prepare_cached("DELETE FROM sticky WHERE id = ?1")?.execute([id])?,
+        };
+        Ok(())
+    }
+
     pub fn set_expiry(&mut self, id: &str, expires_ms: u64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE leases SET expires_ms = ?2 WHERE id = ?1")?

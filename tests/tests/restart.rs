@@ -1,0 +1,173 @@
+//! The broker's lifetime: leases survive kill -9 and come back held;
+//! autostart; stop; a dead owner's lease ends at restart.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use pb_tests::*;
+
+#[test]
+fn acknowledged_leases_survive_kill_9_and_are_held_again() {
+    let mut broker = Broker::start();
+    let mut claimed = Vec::new();
+    for i in 0..20 {
+        let id = format!("svc:{i}");
+        let port = broker.claim(&id, &[]);
+        claimed.push((id, port));
+    }
+    // One lease whose listener a client holds: after the crash the client
+    // still serves, and the broker must accept that.
+    let (reply, fds) = broker
+        .client()
+        .call_as::<pb_proto::ClaimReply>(pb_proto::Op::Claim(pb_proto::ClaimArgs {
+            id: "held:by-client".into(),
+            fds: true,
+            ..Default::default()
+        }))
+        .unwrap();
+    claimed.push(("held:by-client".into(), reply.lease.port));
+    broker.pb_ok(&["release", "svc:3"]);
+    claimed.retain(|(id, _)| id != "svc:3");
+    claimed.sort_by_key(|(_, p)| *p);
+
+    broker.kill9();
+    broker.restart();
+    assert_eq!(broker.leases(), claimed, "every acknowledged lease is back");
+    for (id, port) in &claimed {
+        assert!(
+            !can_bind(v4(*port)) && !can_bind(v6(*port)),
+            "{id}'s port {port} is held again"
+        );
+    }
+    let v = broker.pb_json(&["find", "held:*"]);
+    assert_eq!(
+        v["services"][0]["held"], false,
+        "the client, not the broker, holds it now"
+    );
+    drop(fds);
+    // The sticky memory survived too: a released id gets its port back.
+    let svc3 = broker.claim("svc:3", &[]);
+    let again = broker.claim("svc:new", &[]);
+    assert_ne!(svc3, again);
+}
+
+#[test]
+fn a_lease_whose_owner_died_while_the_broker_was_down_ends_at_restart() {
+    let mut broker = Broker::start();
+    let mut sleeper = Proc(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap(),
+    );
+    let port = broker.claim("owned", &["--pid", &sleeper.pid().to_string()]);
+    broker.claim("unowned", &[]);
+    broker.kill9();
+    sleeper.signal(libc::SIGKILL);
+    sleeper.wait_for(Duration::from_secs(5));
+    broker.restart();
+    let ids: Vec<String> = broker.leases().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(ids, vec!["unowned".to_string()]);
+    assert!(can_bind(v4(port)));
+}
+
+#[test]
+fn claim_pid_must_name_a_live_process_of_ours() {
+    let broker = Broker::start();
+    let out = broker.pb(&["claim", "x", "--pid", "999999999"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process"));
+    assert!(broker.leases().is_empty());
+}
+
+#[test]
+fn clients_start_a_broker_when_none_runs_and_only_one_wins() {
+    let home = tempfile::tempdir().unwrap();
+    let range = port_block(200);
+    let spawn = |i: usize| {
+        std::process::Command::new(pb_bin())
+            .args(["claim", &format!("auto:{i}"), "-q"])
+            .env("PB_HOME", home.path())
+            .env("PB_RANGE", format!("{}-{}", range.0, range.1))
+            .env_remove("PB_NO_AUTOSTART")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let racers: Vec<_> = (0..4).map(spawn).collect();
+    let mut ports = Vec::new();
+    for r in racers {
+        let out = r.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ports.push(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .parse::<u16>()
+                .unwrap(),
+        );
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 4);
+    // One broker serves all of them; stop it (by request, then its pid is gone).
+    let status = std::process::Command::new(pb_bin())
+        .args(["-j", "status"])
+        .env("PB_HOME", home.path())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["leases"], 4);
+    let pid = v["pid"].as_u64().unwrap() as u32;
+    let st = std::process::Command::new(pb_bin())
+        .arg("stop")
+        .env("PB_HOME", home.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!pb_platform::ProcessId::of(pid).is_some_and(|p| p.is_alive()));
+    assert!(!home.path().join("pb.sock").exists());
+}
+
+#[test]
+fn no_autostart_means_a_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(pb_bin())
+        .args(["claim", "x"])
+        .env("PB_HOME", home.path())
+        .env("PB_NO_AUTOSTART", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no broker is running"));
+    let out = std::process::Command::new(pb_bin())
+        .arg("status")
+        .env("PB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn a_second_daemon_refuses_to_start() {
+    let broker = Broker::start();
+    let out = broker.pb(&["daemon"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    // The first one still answers.
+    broker.pb_ok(&["status"]);
+}
+
+#[test]
+fn private_directory_and_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = Broker::start();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(broker.home.path()), 0o700);
+    assert_eq!(mode(&broker.socket()), 0o600);
+}
