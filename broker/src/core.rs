@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pb_platform::{BindError, BindMode, LoopbackSockets, ProcessId};
+use pb_platform::{BindError, BindMode, LoopbackSockets, ProcessId, SocketPool};
 use pb_proto::{
     ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, Owner, ReleaseReply, StatusReply,
     WireError, PROTOCOL_VERSION,
@@ -119,6 +119,7 @@ pub struct Core {
     started: Instant,
     next_session: u64,
     connections: usize,
+    pool: SocketPool,
 }
 
 impl Core {
@@ -135,7 +136,9 @@ impl Core {
             started: Instant::now(),
             next_session: 1,
             connections: 0,
+            pool: SocketPool::default(),
         };
+        core.pool.refill();
         for (id, port) in core.store.load_sticky()?.into_iter().rev() {
             core.remember(id, port);
         }
@@ -152,7 +155,7 @@ impl Core {
             }
             // Rebind as a placeholder: a client may still hold the
             // listener we handed it, in which case it holds the port.
-            let sockets = match bind_wanted(record.port, false) {
+            let sockets = match bind_wanted(record.port, false, &mut core.pool) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     eprintln!(
@@ -173,7 +176,7 @@ impl Core {
             );
         }
         let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
-        core.store.delete_leases(&refs)?;
+        core.store.end_leases(&refs)?;
         Ok(core)
     }
 
@@ -326,7 +329,7 @@ impl Core {
                 ));
             }
             let (fds, addrs) = if a.fds {
-                hand_over(lease)?
+                hand_over(lease, &mut self.pool)?
             } else {
                 (Vec::new(), Vec::new())
             };
@@ -387,7 +390,7 @@ impl Core {
             session: if a.session { caller.session } else { None },
         });
         let (fds, addrs) = if a.fds {
-            hand_over(lease)?
+            hand_over(lease, &mut self.pool)?
         } else {
             (Vec::new(), Vec::new())
         };
@@ -404,14 +407,14 @@ impl Core {
         })
     }
 
-    fn reserve_exact(&self, port: u16, listen: bool) -> Result<LoopbackSockets, WireError> {
+    fn reserve_exact(&mut self, port: u16, listen: bool) -> Result<LoopbackSockets, WireError> {
         if let Some(holder) = self.by_port.get(&port) {
             return Err(WireError::new(
                 ErrorCode::PortTaken,
                 format!("port {port} is leased to {holder}"),
             ));
         }
-        bind_wanted(port, listen).map_err(bind_error)
+        bind_wanted(port, listen, &mut self.pool).map_err(bind_error)
     }
 
     /// Finds and binds a free port for `id` in `range`: its sticky port
@@ -420,29 +423,35 @@ impl Core {
     /// is skipped. Only the sticky port may be bound beside TIME_WAIT
     /// remnants (the id's own server closing its connections, usually).
     fn allocate(
-        &self,
+        &mut self,
         id: &str,
         range: (u16, u16),
         listen: bool,
     ) -> Result<LoopbackSockets, WireError> {
-        let usable = |p: u16| !self.cfg.reserved.contains(&p) && !self.by_port.contains_key(&p);
-        let sticky = self
-            .sticky
+        let Core {
+            cfg,
+            by_port,
+            sticky,
+            sticky_owner,
+            pool,
+            ..
+        } = self;
+        let usable = |p: u16| !cfg.reserved.contains(&p) && !by_port.contains_key(&p);
+        let sticky = sticky
             .get(id)
             .copied()
             .filter(|p| (range.0..=range.1).contains(p) && usable(*p));
-        let fresh =
-            (range.0..=range.1).filter(|p| usable(*p) && !self.sticky_owner.contains_key(p));
+        let fresh = (range.0..=range.1).filter(|p| usable(*p) && !sticky_owner.contains_key(p));
         let remembered = (range.0..=range.1)
-            .filter(|p| usable(*p) && self.sticky_owner.get(p).is_some_and(|o| o != id));
+            .filter(|p| usable(*p) && sticky_owner.get(p).is_some_and(|o| o != id));
         let mut last_error = None;
         if let Some(port) = sticky {
-            if let Ok(s) = bind_wanted(port, listen) {
+            if let Ok(s) = bind_wanted(port, listen, pool) {
                 return Ok(s);
             }
         }
         for port in fresh.chain(remembered) {
-            match LoopbackSockets::bind(port, listen, BindMode::Exclusive) {
+            match LoopbackSockets::bind(port, listen, BindMode::Exclusive, pool) {
                 Ok(s) => return Ok(s),
                 Err(BindError::InUse { .. }) => continue,
                 Err(e) => last_error = Some(e),
@@ -518,7 +527,7 @@ impl Core {
             return Ok(Vec::new());
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        self.store.delete_leases(&refs).map_err(internal)?;
+        self.store.end_leases(&refs).map_err(internal)?;
         let mut infos = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(lease) = self.leases.remove(id) {
@@ -559,7 +568,7 @@ impl Core {
             )
         })?;
         let expires = now_ms() + ttl;
-        self.store.set_expiry(id, expires).map_err(internal)?;
+        self.store.set_expiry(id, expires, ttl).map_err(internal)?;
         let lease = self.leases.get_mut(id).expect("checked above");
         lease.record.expires_ms = Some(expires);
         lease.record.ttl_ms = Some(ttl);
@@ -573,10 +582,7 @@ impl Core {
             eprintln!("pb: cannot take back {}: {}", undo.id, e.message);
             return;
         }
-        if let Err(e) = self
-            .store
-            .set_sticky(&undo.id, undo.sticky_before, now_ms())
-        {
+        if let Err(e) = self.store.restore_sticky(&undo.id, undo.sticky_before) {
             eprintln!("pb: cannot restore the sticky port of {}: {e}", undo.id);
             return;
         }
@@ -587,6 +593,13 @@ impl Core {
         }
         if let Some(p) = undo.sticky_before {
             self.remember(undo.id, p);
+        }
+    }
+
+    /// Work that can wait until a reply is out: making spare sockets.
+    pub fn after_reply(&mut self) {
+        if self.pool.needs_refill() {
+            self.pool.refill();
         }
     }
 
@@ -614,10 +627,13 @@ impl Core {
 }
 
 /// Makes the lease's sockets listen and duplicates them for a client.
-fn hand_over(lease: &mut Lease) -> Result<(Vec<OwnedFd>, Vec<String>), WireError> {
+fn hand_over(
+    lease: &mut Lease,
+    pool: &mut SocketPool,
+) -> Result<(Vec<OwnedFd>, Vec<String>), WireError> {
     let port = lease.record.port;
     if lease.sockets.is_none() {
-        lease.sockets = Some(bind_wanted(port, true).map_err(bind_error)?);
+        lease.sockets = Some(bind_wanted(port, true, pool).map_err(bind_error)?);
     }
     let sockets = lease.sockets.as_mut().expect("bound above");
     sockets.listen().map_err(|e| match e {
@@ -644,10 +660,14 @@ fn hand_over(lease: &mut Lease) -> Result<(Vec<OwnedFd>, Vec<String>), WireError
 /// Binds a port wanted by number: exclusively if possible, else beside
 /// TIME_WAIT remnants when the kernel shows some. A port whose only other
 /// holder is invisible (a bound, non-listening socket) stays refused.
-fn bind_wanted(port: u16, listen: bool) -> Result<LoopbackSockets, BindError> {
-    match LoopbackSockets::bind(port, listen, BindMode::Exclusive) {
+fn bind_wanted(
+    port: u16,
+    listen: bool,
+    pool: &mut SocketPool,
+) -> Result<LoopbackSockets, BindError> {
+    match LoopbackSockets::bind(port, listen, BindMode::Exclusive, pool) {
         Err(BindError::InUse { .. }) if pb_platform::net::time_wait_on(port) => {
-            LoopbackSockets::bind(port, listen, BindMode::AllowTimeWait)
+            LoopbackSockets::bind(port, listen, BindMode::AllowTimeWait, pool)
         }
         other => other,
     }

@@ -81,8 +81,7 @@ pub fn run(cfg: Config) -> Result<()> {
     );
     let core: SharedCore = Arc::new(Mutex::new(core));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {

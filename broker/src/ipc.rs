@@ -76,26 +76,18 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
         process: peer.process,
         session: Some(session),
     };
+    let mut inbox = Inbox::default();
     loop {
-        let mut header = [0u8; 4];
-        if stream.read_exact(&mut header).await.is_err() {
-            break;
-        }
-        let len = match frame::payload_len(header, pb_proto::MAX_REQUEST) {
-            Ok(len) => len,
-            Err(why) => {
+        let payload = match inbox.next_frame(&mut stream).await {
+            Incoming::Frame(p) => p,
+            Incoming::Closed => break,
+            Incoming::Bad(why) => {
                 // The stream has lost its framing: say why, then hang up.
                 let e = WireError::new(ErrorCode::InvalidFrame, why);
                 let _ = write_reply(&mut stream, &Reply::err(None, e), &[]).await;
                 break;
             }
         };
-        let mut payload = vec![0u8; len];
-        match tokio::time::timeout(FRAME_TIMEOUT, stream.read_exact(&mut payload)).await {
-            Ok(Ok(_)) => {}
-            // Gone or stalled mid-frame: nothing was applied.
-            _ => break,
-        }
         let (reply, fds, stop, undo) = match Request::from_json(&payload) {
             Err((tag, e)) => (Reply::err(tag, e), Vec::new(), false, None),
             Ok(req) => match lock(&core).apply(&caller, req.op) {
@@ -118,8 +110,65 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
         if stop {
             shutdown.notify_one();
         }
+        lock(&core).after_reply();
     }
     lock(&core).close_session(session);
+}
+
+/// Bytes received on a connection and not yet taken as frames. Reading in
+/// chunks rather than header-then-payload saves a syscall per request.
+#[derive(Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    /// When the frame whose first bytes are in `buf` must be complete.
+    deadline: Option<tokio::time::Instant>,
+}
+
+enum Incoming {
+    Frame(Vec<u8>),
+    /// The header is unacceptable; framing is lost.
+    Bad(String),
+    /// EOF, an error, or a frame that stalled past its deadline.
+    Closed,
+}
+
+impl Inbox {
+    async fn next_frame(&mut self, stream: &mut UnixStream) -> Incoming {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if self.buf.len() >= 4 {
+                let header = [self.buf[0], self.buf[1], self.buf[2], self.buf[3]];
+                let len = match frame::payload_len(header, pb_proto::MAX_REQUEST) {
+                    Ok(len) => len,
+                    Err(why) => return Incoming::Bad(why),
+                };
+                if self.buf.len() >= 4 + len {
+                    let payload = self.buf[4..4 + len].to_vec();
+                    self.buf.drain(..4 + len);
+                    self.deadline =
+                        (!self.buf.is_empty()).then(|| tokio::time::Instant::now() + FRAME_TIMEOUT);
+                    return Incoming::Frame(payload);
+                }
+            }
+            // Between frames a connection may idle; within one it may not.
+            let n = match self.deadline {
+                None => stream.read(&mut chunk).await,
+                Some(d) => match tokio::time::timeout_at(d, stream.read(&mut chunk)).await {
+                    Ok(r) => r,
+                    Err(_) => return Incoming::Closed,
+                },
+            };
+            match n {
+                Ok(0) | Err(_) => return Incoming::Closed,
+                Ok(n) => {
+                    if self.buf.is_empty() {
+                        self.deadline = Some(tokio::time::Instant::now() + FRAME_TIMEOUT);
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
 }
 
 fn nix_geteuid() -> u32 {

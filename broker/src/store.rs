@@ -5,10 +5,15 @@
 //! of the whole machine can lose the last commits, and that also ends every
 //! process and socket the leases describe. Schema changes are numbered
 //! migrations tracked in `PRAGMA user_version`.
+//!
+//! The broker is the database's only user (it holds the instance lock), so
+//! the connection takes SQLite's exclusive locking mode: no fcntl lock and
+//! unlock around every transaction, no shared-memory index. Other programs
+//! cannot read the file while the broker runs; they ask the broker.
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,24 +39,25 @@ pub struct LeaseRecord {
 }
 
 const MIGRATIONS: &[&str] = &[
-    // 1: leases and sticky ports.
-    "CREATE TABLE leases (
+    // 1: one row per id ever claimed. While `active`, the row is a lease;
+    // after release it keeps `port` as the id's sticky memory. One table
+    // and no secondary index keep a claim or a release to one statement that
+    // writes one page. (One live lease per port is the core's invariant,
+    // kept in memory where every claim checks it.)
+    "CREATE TABLE services (
         id TEXT PRIMARY KEY,
-        port INTEGER NOT NULL UNIQUE,
+        port INTEGER NOT NULL,
+        active INTEGER NOT NULL,
         uid INTEGER NOT NULL,
         owner_pid INTEGER,
         owner_start INTEGER,
         created_ms INTEGER NOT NULL,
         expires_ms INTEGER,
         ttl_ms INTEGER,
-        metadata TEXT
-    );
-    CREATE TABLE sticky (
-        id TEXT PRIMARY KEY,
-        port INTEGER NOT NULL,
-        updated_ms INTEGER NOT NULL
-    );
-    CREATE INDEX sticky_by_age ON sticky(updated_ms);",
+        metadata TEXT,
+        port_since_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+",
 ];
 
 pub struct Store {
@@ -69,9 +75,13 @@ impl Store {
     }
 
     fn init(conn: Connection) -> Result<Store, StoreError> {
+        // Rows are small; small pages mean fewer bytes written a commit.
+        conn.pragma_update(None, "page_size", 1024)?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Checkpoints fsync; fewer, larger ones keep that off most requests.
+        conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Store { conn };
         store.migrate()?;
@@ -80,9 +90,7 @@ impl Store {
 
     fn migrate(&mut self) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
-        let found: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let found = self.schema_version()?;
         if found > known {
             return Err(StoreError::TooNew { found, known });
         }
@@ -103,7 +111,8 @@ impl Store {
 
     pub fn load_leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata FROM leases",
+            "SELECT id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata
+             FROM services WHERE active = 1",
         )?;
         let rows = st.query_map([], |r| {
             let metadata: Option<String> = r.get(8)?;
@@ -122,46 +131,55 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every remembered (id, port), newest first.
+    /// Every id's last port, newest first.
     pub fn load_sticky(&self) -> Result<Vec<(String, u16)>, StoreError> {
         let mut st = self
             .conn
-            .prepare("SELECT id, port FROM sticky ORDER BY updated_ms DESC")?;
+            .prepare("SELECT id, port FROM services ORDER BY port_since_ms DESC")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Inserts a lease and remembers its port for its id, in one transaction.
+    /// Records a lease; its port becomes the id's sticky port. An id's
+    /// sticky age is the time it was last given a *different* port.
     pub fn insert_lease(&mut self, l: &LeaseRecord) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO leases (id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            l.id,
-            l.port,
-            l.uid,
-            l.owner_pid,
-            l.owner_start.map(|v| v as i64),
-            l.created_ms as i64,
-            l.expires_ms.map(|v| v as i64),
-            l.ttl_ms.map(|v| v as i64),
-            l.metadata.as_ref().map(|m| m.to_string()),
-        ])?;
-        tx.prepare_cached(
-            "INSERT INTO sticky (id, port, updated_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(id) DO UPDATE SET port = excluded.port, updated_ms = excluded.updated_ms",
-        )?
-        .execute(params![l.id, l.port, l.created_ms as i64])?;
-        tx.commit()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO services (id, port, active, uid, owner_pid, owner_start, created_ms,
+                                       expires_ms, ttl_ms, metadata, port_since_ms)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?6)
+                 ON CONFLICT(id) DO UPDATE SET
+                    port = excluded.port, active = 1, uid = excluded.uid,
+                    owner_pid = excluded.owner_pid, owner_start = excluded.owner_start,
+                    created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
+                    ttl_ms = excluded.ttl_ms, metadata = excluded.metadata,
+                    port_since_ms = CASE WHEN services.port = excluded.port
+                                         THEN services.port_since_ms ELSE excluded.port_since_ms END",
+            )?
+            .execute(params![
+                l.id,
+                l.port,
+                l.uid,
+                l.owner_pid,
+                l.owner_start.map(|v| v as i64),
+                l.created_ms as i64,
+                l.expires_ms.map(|v| v as i64),
+                l.ttl_ms.map(|v| v as i64),
+                l.metadata.as_ref().map(|m| m.to_string()),
+            ])?;
         Ok(())
     }
 
-    pub fn delete_leases(&mut self, ids: &[&str]) -> Result<(), StoreError> {
+    /// Ends leases; their ids keep their ports as sticky memory.
+    pub fn end_leases(&mut self, ids: &[&str]) -> Result<(), StoreError> {
+        let end = "UPDATE services SET active = 0 WHERE id = ?1";
+        if let [id] = ids {
+            self.conn.prepare_cached(end)?.execute([id])?;
+            return Ok(());
+        }
         let tx = self.conn.transaction()?;
         {
-            let mut st = tx.prepare_cached("DELETE FROM leases WHERE id = ?1")?;
+            let mut st = tx.prepare_cached(end)?;
             for id in ids {
                 st.execute([id])?;
             }
@@ -170,58 +188,48 @@ impl Store {
         Ok(())
     }
 
-    /// Sets (or, with `None`, forgets) an id's remembered port.
-    pub fn set_sticky(
-        &mut self,
-        id: &str,
-        port: Option<u16>,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
+    /// Puts an ended lease's id back to the sticky port it had before
+    /// (`None`: the id was never claimed, so it is forgotten).
+    pub fn restore_sticky(&mut self, id: &str, port: Option<u16>) -> Result<(), StoreError> {
         match port {
             Some(p) => self
                 .conn
-                .prepare_cached(
-                    "INSERT INTO sticky (id, port, updated_ms) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(id) DO UPDATE SET port = excluded.port, updated_ms = excluded.updated_ms",
-                )?
-                .execute(params![id, p, now_ms as i64])?,
-            None => self.conn.prepare_cached("DELETE FROM sticky WHERE id = ?1")?.execute([id])?,
+                .prepare_cached("UPDATE services SET port = ?2 WHERE id = ?1 AND active = 0")?
+                .execute(params![id, p])?,
+            None => self
+                .conn
+                .prepare_cached("DELETE FROM services WHERE id = ?1 AND active = 0")?
+                .execute([id])?,
         };
         Ok(())
     }
 
-    pub fn set_expiry(&mut self, id: &str, expires_ms: u64) -> Result<(), StoreError> {
+    pub fn set_expiry(&mut self, id: &str, expires_ms: u64, ttl_ms: u64) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("UPDATE leases SET expires_ms = ?2 WHERE id = ?1")?
-            .execute(params![id, expires_ms as i64])?;
+            .prepare_cached(
+                "UPDATE services SET expires_ms = ?2, ttl_ms = ?3 WHERE id = ?1 AND active = 1",
+            )?
+            .execute(params![id, expires_ms as i64, ttl_ms as i64])?;
         Ok(())
     }
 
-    /// Forgets the oldest sticky ports beyond `keep`, except those of live
+    /// Forgets the oldest sticky ports beyond `keep`, never those of live
     /// leases. Returns the ids forgotten.
     pub fn trim_sticky(&mut self, keep: usize) -> Result<Vec<String>, StoreError> {
         let tx = self.conn.transaction()?;
         let doomed: Vec<String> = {
             let mut st = tx.prepare(
-                "SELECT id FROM sticky WHERE id NOT IN (SELECT id FROM leases)
-                 ORDER BY updated_ms DESC LIMIT -1 OFFSET ?1",
+                "SELECT id FROM services WHERE active = 0
+                 ORDER BY port_since_ms DESC LIMIT -1 OFFSET ?1",
             )?;
             let rows = st.query_map([keep as i64], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
         for id in &doomed {
-            tx.execute("DELETE FROM sticky WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM services WHERE id = ?1", [id])?;
         }
         tx.commit()?;
         Ok(doomed)
-    }
-
-    pub fn lease_exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM leases WHERE id = ?1", [id], |_| Ok(()))
-            .optional()?
-            .is_some())
     }
 }
 
@@ -250,16 +258,14 @@ mod tests {
         {
             let mut s = Store::open(&path).unwrap();
             s.insert_lease(&rec("a", 3100)).unwrap();
-            assert!(s.insert_lease(&rec("b", 3100)).is_err(), "port is unique");
             s.insert_lease(&rec("b", 3101)).unwrap();
-            s.delete_leases(&["b"]).unwrap();
+            s.end_leases(&["b"]).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(s.load_leases().unwrap(), vec![rec("a", 3100)]);
         let sticky = s.load_sticky().unwrap();
         assert!(sticky.contains(&("b".into(), 3101)) && sticky.contains(&("a".into(), 3100)));
-        assert!(s.lease_exists("a").unwrap() && !s.lease_exists("b").unwrap());
     }
 
     #[test]
@@ -285,7 +291,7 @@ mod tests {
             r.created_ms = i as u64;
             s.insert_lease(&r).unwrap();
         }
-        s.delete_leases(&["a", "b", "c"]).unwrap();
+        s.end_leases(&["a", "b", "c"]).unwrap();
         // d is live; of a, b, c keep the newest one (c).
         let gone = s.trim_sticky(1).unwrap();
         assert_eq!(gone.len(), 2);

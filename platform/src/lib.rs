@@ -6,6 +6,7 @@
 //! OS-specific lives in a `sys` module per OS; today only Linux exists, so
 //! macOS support means adding `sys/macos.rs`, not touching the callers.
 
+pub mod fdpass;
 pub mod net;
 pub mod process;
 pub mod supervise;
@@ -14,7 +15,7 @@ pub mod supervise;
 #[path = "sys/linux.rs"]
 mod sys;
 
-pub use net::{BindError, BindMode, LoopbackSockets};
+pub use net::{BindError, BindMode, LoopbackSockets, SocketPool};
 pub use process::{PeerIdentity, ProcessId};
 
 /// Raises this process's soft limit on open files to its hard limit.

@@ -39,6 +39,72 @@ pub enum BindError {
     },
 }
 
+/// Unbound sockets made ahead of need. socket(2) is the costliest call in a
+/// claim (an inode and a file each time), so the broker makes them after it
+/// has replied, and a claim only binds. A socket whose exclusive bind failed
+/// is still unbound and option-free, so it goes back for the next port.
+#[derive(Debug, Default)]
+pub struct SocketPool {
+    v4: Vec<OwnedFd>,
+    v6: Vec<OwnedFd>,
+    /// socket(AF_INET6) failed: this machine has no IPv6.
+    no_v6: bool,
+}
+
+/// How many spare sockets of each family the pool keeps.
+pub const POOL_SIZE: usize = 16;
+
+impl SocketPool {
+    pub fn needs_refill(&self) -> bool {
+        self.v4.len() < POOL_SIZE || (!self.no_v6 && self.v6.len() < POOL_SIZE)
+    }
+
+    /// Tops the pool up. Failures (out of descriptors) just leave it short:
+    /// `take` then makes sockets on demand and reports the error there.
+    pub fn refill(&mut self) {
+        while self.v4.len() < POOL_SIZE {
+            match fresh_socket(false) {
+                Ok(fd) => self.v4.push(fd),
+                Err(_) => break,
+            }
+        }
+        while !self.no_v6 && self.v6.len() < POOL_SIZE {
+            match fresh_socket(true) {
+                Ok(fd) => self.v6.push(fd),
+                Err(nix::Error::EAFNOSUPPORT) => self.no_v6 = true,
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn take(&mut self, v6: bool) -> nix::Result<OwnedFd> {
+        let spare = if v6 { self.v6.pop() } else { self.v4.pop() };
+        spare.map_or_else(|| fresh_socket(v6), Ok)
+    }
+
+    fn give_back(&mut self, fd: OwnedFd, v6: bool) {
+        let list = if v6 { &mut self.v6 } else { &mut self.v4 };
+        if list.len() < POOL_SIZE {
+            list.push(fd);
+        }
+    }
+}
+
+/// A new TCP socket: close-on-exec, and for IPv6 never dual-stack (the
+/// IPv4 side is reserved by its own socket).
+fn fresh_socket(v6: bool) -> nix::Result<OwnedFd> {
+    let family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    if v6 {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    Ok(fd)
+}
+
 /// Whether the kernel lists TIME_WAIT connections on local port `port`:
 /// the usual reason an exclusive bind of a just-released port fails.
 pub fn time_wait_on(port: u16) -> bool {
@@ -70,11 +136,16 @@ impl LoopbackSockets {
     /// Binds `127.0.0.1:port` and `[::1]:port`. With `listen`, both listen;
     /// otherwise they are placeholders: bound, not listening, which blocks
     /// every bind without SO_REUSEADDR and every other listener.
-    pub fn bind(port: u16, listen: bool, mode: BindMode) -> Result<LoopbackSockets, BindError> {
+    pub fn bind(
+        port: u16,
+        listen: bool,
+        mode: BindMode,
+        pool: &mut SocketPool,
+    ) -> Result<LoopbackSockets, BindError> {
         let v4addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let v4 = bind_one(v4addr, mode)?;
+        let v4 = bind_one(v4addr, mode, pool)?;
         let v6addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-        let v6 = match bind_one(v6addr, mode) {
+        let v6 = match bind_one(v6addr, mode, pool) {
             Ok(fd) => Some(fd),
             // No IPv6 on this machine (disabled, or no ::1): IPv4 alone is
             // then all that localhost can mean.
@@ -132,24 +203,22 @@ impl LoopbackSockets {
     }
 }
 
-fn bind_one(addr: SocketAddr, mode: BindMode) -> Result<OwnedFd, BindError> {
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::Inet,
-        SocketAddr::V6(_) => AddressFamily::Inet6,
-    };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| classify(addr, e))?;
+fn bind_one(addr: SocketAddr, mode: BindMode, pool: &mut SocketPool) -> Result<OwnedFd, BindError> {
+    let v6 = addr.is_ipv6();
+    let fd = pool.take(v6).map_err(|e| classify(addr, e))?;
     if mode == BindMode::AllowTimeWait {
         setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| classify(addr, e))?;
     }
     let bound = match addr {
         SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
-        SocketAddr::V6(a) => {
-            setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| classify(addr, e))?;
-            bind(fd.as_raw_fd(), &SockaddrIn6::from(a))
-        }
+        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
     };
-    bound.map_err(|e| classify(addr, e))?;
+    if let Err(e) = bound {
+        if mode == BindMode::Exclusive {
+            pool.give_back(fd, v6);
+        }
+        return Err(classify(addr, e));
+    }
     // Now that the port is ours alone, let an app with SO_REUSEADDR bind
     // over this socket while it is not listening.
     setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| classify(addr, e))?;

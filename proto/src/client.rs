@@ -26,6 +26,7 @@ pub enum ClientError {
 
 pub struct Client {
     stream: UnixStream,
+    reader: frame::FrameReader,
     next_tag: u64,
 }
 
@@ -33,6 +34,7 @@ impl Client {
     pub fn connect(socket: &Path) -> io::Result<Client> {
         Ok(Client {
             stream: UnixStream::connect(socket)?,
+            reader: frame::FrameReader::default(),
             next_tag: 1,
         })
     }
@@ -48,7 +50,7 @@ impl Client {
 
     /// Reads one reply frame.
     pub fn read_reply(&mut self) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
-        let (payload, fds) = frame::read_blocking(&self.stream)?;
+        let (payload, fds) = self.reader.read(&self.stream, crate::MAX_REPLY)?;
         let reply: Reply =
             serde_json::from_slice(&payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if reply.fds != fds.len() {

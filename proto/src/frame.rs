@@ -3,12 +3,10 @@
 //! that announces them.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
-use sendfd::RecvWithFd;
-
-use crate::{MAX_FDS, MAX_REPLY};
+use crate::MAX_REPLY;
 
 /// The bytes of one frame for `payload`.
 pub fn encode(payload: &[u8]) -> Vec<u8> {
@@ -31,56 +29,49 @@ pub fn payload_len(header: [u8; 4], limit: usize) -> Result<usize, String> {
     Ok(len)
 }
 
-/// Reads one reply frame from a blocking stream, collecting any descriptors that
-/// arrive with it (a plain read would silently close them).
+/// Reads frames from a blocking stream, collecting the descriptors that
+/// arrive with them (a plain read would silently close them). Bytes are read
+/// in chunks, so a reply usually takes one recvmsg.
+///
+/// Descriptors are credited to the frame being assembled when they arrive,
+/// which is exact for a client with one request in flight at a time.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    pub fn read(
+        &mut self,
+        stream: &UnixStream,
+        limit: usize,
+    ) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let mut fds = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if self.buf.len() >= 4 {
+                let header = [self.buf[0], self.buf[1], self.buf[2], self.buf[3]];
+                let len = payload_len(header, limit)
+                    .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
+                if self.buf.len() >= 4 + len {
+                    let payload = self.buf[4..4 + len].to_vec();
+                    self.buf.drain(..4 + len);
+                    return Ok((payload, fds));
+                }
+            }
+            let n = pb_platform::fdpass::recv_with_fds(stream, &mut chunk, &mut fds)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-frame",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Reads one reply frame (for callers that read a single frame).
 pub fn read_blocking(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut fds = Vec::new();
-    let mut header = [0u8; 4];
-    read_exact_with_fds(stream, &mut header, &mut fds)?;
-    let len = payload_len(header, MAX_REPLY)
-        .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
-    let mut payload = vec![0u8; len];
-    read_exact_with_fds(stream, &mut payload, &mut fds)?;
-    Ok((payload, fds))
-}
-
-fn read_exact_with_fds(
-    stream: &UnixStream,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let mut raw: [RawFd; MAX_FDS] = [-1; MAX_FDS];
-        let (n, nfds) = match stream.recv_with_fd(&mut buf[filled..], &mut raw) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        for fd in &raw[..nfds] {
-            // SAFETY: the kernel just installed these descriptors for us.
-            let owned = unsafe { OwnedFd::from_raw_fd(*fd) };
-            set_cloexec(*fd);
-            fds.push(owned);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed mid-frame",
-            ));
-        }
-        filled += n;
-    }
-    Ok(())
-}
-
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: fd is open and ours. sendfd may not ask for MSG_CMSG_CLOEXEC,
-    // and a listener leaking into unrelated children would hold the port.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
-    }
+    FrameReader::default().read(stream, MAX_REPLY)
 }
