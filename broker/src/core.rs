@@ -10,7 +10,7 @@
 //! hand-off a finer scheme would need.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pb_platform::{BindError, BindMode, LoopbackSockets, ProcessId, SocketPool};
@@ -41,9 +41,10 @@ pub struct SessionId(pub u64);
 #[derive(Debug)]
 pub struct Outcome {
     pub result: Value,
-    /// Descriptors to attach to the reply; the transport closes its copies
-    /// once sent.
-    pub fds: Vec<OwnedFd>,
+    /// Sockets whose descriptors go with the reply. Shared with the lease,
+    /// not duplicated: the transport sends straight from them, and the
+    /// lease's own sockets stay open at least until the send is done.
+    pub sockets: Option<Arc<LoopbackSockets>>,
     /// The broker should stop once this reply is sent.
     pub shutdown: bool,
     /// How to take this outcome back if its reply cannot be delivered.
@@ -62,7 +63,7 @@ impl Outcome {
     fn of(v: impl serde::Serialize) -> Outcome {
         Outcome {
             result: serde_json::to_value(v).expect("replies serialize"),
-            fds: Vec::new(),
+            sockets: None,
             shutdown: false,
             undo: None,
         }
@@ -74,7 +75,7 @@ struct Lease {
     record: LeaseRecord,
     /// The reservation in the kernel: `None` only after a restart found the
     /// port held by someone else (its owner, normally).
-    sockets: Option<LoopbackSockets>,
+    sockets: Option<Arc<LoopbackSockets>>,
     session: Option<SessionId>,
 }
 
@@ -156,7 +157,7 @@ impl Core {
             // Rebind as a placeholder: a client may still hold the
             // listener we handed it, in which case it holds the port.
             let sockets = match bind_wanted(record.port, false, &mut core.pool) {
-                Ok(s) => Some(s),
+                Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     eprintln!(
                         "pb: lease {} keeps port {} but cannot hold it: {e}",
@@ -328,10 +329,10 @@ impl Core {
                     format!("{} already holds port {}, not {p}", a.id, lease.record.port),
                 ));
             }
-            let (fds, addrs) = if a.fds {
+            let (handed, addrs) = if a.fds {
                 hand_over(lease, &mut self.pool)?
             } else {
-                (Vec::new(), Vec::new())
+                (None, Vec::new())
             };
             let reply = ClaimReply {
                 lease: lease.info(),
@@ -339,7 +340,7 @@ impl Core {
                 fds: addrs,
             };
             return Ok(Outcome {
-                fds,
+                sockets: handed,
                 ..Outcome::of(reply)
             });
         }
@@ -386,13 +387,13 @@ impl Core {
         self.by_port.insert(port, a.id.clone());
         let lease = self.leases.entry(a.id.clone()).or_insert(Lease {
             record,
-            sockets: Some(sockets),
+            sockets: Some(Arc::new(sockets)),
             session: if a.session { caller.session } else { None },
         });
-        let (fds, addrs) = if a.fds {
+        let (handed, addrs) = if a.fds {
             hand_over(lease, &mut self.pool)?
         } else {
-            (Vec::new(), Vec::new())
+            (None, Vec::new())
         };
         let reply = ClaimReply {
             lease: lease.info(),
@@ -401,7 +402,7 @@ impl Core {
         };
         self.trim_sticky();
         Ok(Outcome {
-            fds,
+            sockets: handed,
             undo: Some(undo),
             ..Outcome::of(reply)
         })
@@ -626,16 +627,16 @@ impl Core {
     }
 }
 
-/// Makes the lease's sockets listen and duplicates them for a client.
+/// Makes the lease's sockets listen and shares them for a reply.
 fn hand_over(
     lease: &mut Lease,
     pool: &mut SocketPool,
-) -> Result<(Vec<OwnedFd>, Vec<String>), WireError> {
+) -> Result<(Option<Arc<LoopbackSockets>>, Vec<String>), WireError> {
     let port = lease.record.port;
     if lease.sockets.is_none() {
-        lease.sockets = Some(bind_wanted(port, true, pool).map_err(bind_error)?);
+        lease.sockets = Some(Arc::new(bind_wanted(port, true, pool).map_err(bind_error)?));
     }
-    let sockets = lease.sockets.as_mut().expect("bound above");
+    let sockets = lease.sockets.as_ref().expect("bound above");
     sockets.listen().map_err(|e| match e {
         BindError::InUse { .. } => WireError::new(
             ErrorCode::PortTaken,
@@ -643,18 +644,11 @@ fn hand_over(
         ),
         other => bind_error(other),
     })?;
-    let mut fds = Vec::new();
-    for fd in sockets.fds() {
-        fds.push(
-            fd.try_clone_to_owned()
-                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?,
-        );
-    }
     let mut addrs = vec![format!("127.0.0.1:{port}")];
     if sockets.v6.is_some() {
         addrs.push(format!("[::1]:{port}"));
     }
-    Ok((fds, addrs))
+    Ok((Some(sockets.clone()), addrs))
 }
 
 /// Binds a port wanted by number: exclusively if possible, else beside

@@ -1,11 +1,11 @@
 //! The Unix-socket transport: frames in, typed ops to the core, frames (and
 //! SCM_RIGHTS descriptors) out. It holds no rules of its own beyond framing.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pb_platform::PeerIdentity;
+use pb_platform::{LoopbackSockets, PeerIdentity};
 use pb_proto::frame;
 use pb_proto::{ErrorCode, Reply, Request, WireError};
 use sendfd::SendWithFd;
@@ -60,14 +60,14 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
     let me = nix_geteuid();
     if peer.uid != me && peer.uid != 0 {
         let e = WireError::new(ErrorCode::Forbidden, "this broker serves only its own user");
-        let _ = write_reply(&mut stream, &Reply::err(None, e), &[]).await;
+        let _ = write_reply(&mut stream, &Reply::err(None, e), None).await;
         return;
     }
     let opened = lock(&core).open_session();
     let session = match opened {
         Ok(s) => s,
         Err(e) => {
-            let _ = write_reply(&mut stream, &Reply::err(None, e), &[]).await;
+            let _ = write_reply(&mut stream, &Reply::err(None, e), None).await;
             return;
         }
     };
@@ -84,23 +84,30 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
             Incoming::Bad(why) => {
                 // The stream has lost its framing: say why, then hang up.
                 let e = WireError::new(ErrorCode::InvalidFrame, why);
-                let _ = write_reply(&mut stream, &Reply::err(None, e), &[]).await;
+                let _ = write_reply(&mut stream, &Reply::err(None, e), None).await;
                 break;
             }
         };
         let (reply, fds, stop, undo) = match Request::from_json(&payload) {
-            Err((tag, e)) => (Reply::err(tag, e), Vec::new(), false, None),
+            Err((tag, e)) => (Reply::err(tag, e), None, false, None),
             Ok(req) => match lock(&core).apply(&caller, req.op) {
                 Ok(out) => (
-                    Reply::ok(req.tag, out.result, out.fds.len()),
-                    out.fds,
+                    Reply::ok(
+                        req.tag,
+                        out.result,
+                        out.sockets.as_ref().map_or(0, |s| s.fds().count()),
+                    ),
+                    out.sockets,
                     out.shutdown,
                     out.undo,
                 ),
-                Err(e) => (Reply::err(req.tag, e), Vec::new(), false, None),
+                Err(e) => (Reply::err(req.tag, e), None, false, None),
             },
         };
-        if write_reply(&mut stream, &reply, &fds).await.is_err() {
+        if write_reply(&mut stream, &reply, fds.as_deref())
+            .await
+            .is_err()
+        {
             if let Some(undo) = undo {
                 lock(&core).undo(undo);
             }
@@ -179,13 +186,13 @@ fn nix_geteuid() -> u32 {
 async fn write_reply(
     stream: &mut UnixStream,
     reply: &Reply,
-    fds: &[OwnedFd],
+    sockets: Option<&LoopbackSockets>,
 ) -> std::io::Result<()> {
     let bytes = frame::encode(&serde_json::to_vec(reply).expect("replies serialize"));
     tokio::time::timeout(WRITE_TIMEOUT, async {
         let mut sent = 0;
-        if !fds.is_empty() {
-            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        if let Some(sockets) = sockets {
+            let raw: Vec<RawFd> = sockets.fds().map(|f| f.as_raw_fd()).collect();
             // The descriptors ride on the first byte of the frame.
             sent = stream
                 .async_io(Interest::WRITABLE, || stream.send_with_fd(&bytes, &raw))

@@ -129,7 +129,7 @@ pub struct LoopbackSockets {
     pub port: u16,
     pub v4: OwnedFd,
     pub v6: Option<OwnedFd>,
-    listening: bool,
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl LoopbackSockets {
@@ -159,11 +159,11 @@ impl LoopbackSockets {
             }
             Err(e) => return Err(e),
         };
-        let mut sockets = LoopbackSockets {
+        let sockets = LoopbackSockets {
             port,
             v4,
             v6,
-            listening: false,
+            listening: std::sync::atomic::AtomicBool::new(false),
         };
         if listen {
             sockets.listen()?;
@@ -173,20 +173,21 @@ impl LoopbackSockets {
 
     /// Turns placeholders into listeners. Fails with `InUse` when an app has
     /// meanwhile bound over the placeholder and listens itself.
-    pub fn listen(&mut self) -> Result<(), BindError> {
-        if self.listening {
+    pub fn listen(&self) -> Result<(), BindError> {
+        use std::sync::atomic::Ordering;
+        if self.listening.load(Ordering::Acquire) {
             return Ok(());
         }
         for fd in self.fds() {
             listen(&fd, Backlog::new(LISTEN_BACKLOG).expect("valid backlog"))
                 .map_err(|e| classify(self.addr_of(fd), e))?;
         }
-        self.listening = true;
+        self.listening.store(true, Ordering::Release);
         Ok(())
     }
 
     pub fn is_listening(&self) -> bool {
-        self.listening
+        self.listening.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The sockets, IPv4 first.
