@@ -261,10 +261,11 @@ impl Broker {
         let out = self.pb(args);
         assert!(
             out.status.success(),
-            "pb {args:?} failed ({:?}): {}{}",
+            "pb {args:?} failed ({:?}): {}{}\nbroker log:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
         String::from_utf8(out.stdout).unwrap()
     }

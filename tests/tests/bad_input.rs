@@ -11,13 +11,16 @@ use pb_proto::{frame, ClaimArgs, ErrorCode, Op, Reply};
 use pb_tests::*;
 use serde_json::{json, Value};
 
-/// The leases table, read by an independent SQLite client (python3).
-fn stored(broker: &Broker) -> String {
+/// The stored services, read by an independent SQLite client (python3).
+/// The broker holds its database exclusively, so it is killed (-9, which
+/// also proves what was acknowledged is on disk) and started again.
+fn stored(broker: &mut Broker) -> String {
+    broker.kill9();
     let db = broker.home.path().join("pb.db");
     let out = Command::new("python3")
         .args([
             "-c",
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select id,port,uid,owner_pid,expires_ms,metadata from leases order by id').fetchall()); print(c.execute('select id,port from sticky order by id').fetchall())",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select * from services order by id').fetchall())",
         ])
         .arg(db)
         .output()
@@ -27,6 +30,7 @@ fn stored(broker: &Broker) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    broker.restart();
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -38,17 +42,17 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let broker = Broker::start();
+        let mut broker = Broker::start();
         broker.claim("keep:a", &[]);
         broker.claim("keep:b", &["--expires", "1d"]);
-        let before = (stored(&broker), broker.leases());
+        let before = (stored(&mut broker), broker.leases());
         Fixture { broker, before }
     }
 
-    fn assert_unchanged(&self) {
+    fn assert_unchanged(mut self) {
         // Still serving, and nothing changed.
         assert_eq!(self.broker.leases(), self.before.1);
-        assert_eq!(stored(&self.broker), self.before.0);
+        assert_eq!(stored(&mut self.broker), self.before.0);
     }
 }
 
@@ -310,16 +314,17 @@ fn other_users_leases_are_refused_by_the_core() {
     // even connect; this checks the core's own rule behind that, through a
     // lease stored with another uid.
     let f = Fixture::new();
-    let db = f.broker.home.path().join("pb.db");
-    let port = f.broker.range.1;
+    let mut broker = f.broker;
+    broker.kill9();
+    let db = broker.home.path().join("pb.db");
+    let port = broker.range.1;
     let st = Command::new("python3")
-        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('insert into leases (id,port,uid,created_ms) values (?,?,?,?)', ('theirs', int(sys.argv[2]), 4242, 1)); c.commit()"])
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('insert into services (id,port,active,uid,created_ms,port_since_ms) values (?,?,1,?,1,1)', ('theirs', int(sys.argv[2]), 4242)); c.commit()"])
         .arg(&db)
         .arg(port.to_string())
         .status()
         .unwrap();
     assert!(st.success());
-    let mut broker = f.broker;
     broker.restart();
     let out = broker.pb(&["release", "theirs"]);
     assert_eq!(out.status.code(), Some(5));
