@@ -51,20 +51,58 @@ pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// A block of ports for one broker's range, chosen so that concurrently
-/// running tests (threads or processes) rarely share one. Sharing would only
-/// make the kernel refuse binds, which the broker handles, but tests that
-/// expect a given port want the block to themselves.
-pub fn port_block(size: u16) -> (u16, u16) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let seed = (nanos as u64) ^ ((std::process::id() as u64) << 20);
-    // Below the usual ephemeral range (32768+), above common dev ports.
-    let blocks = (32000 - 12000) / size as u64;
-    let start = 12000 + (seed % blocks) as u16 * size;
-    (start, start + size - 1)
+/// Ports handed to test brokers: 12000-31999, below the usual ephemeral
+/// range (32768+) and above common dev ports, in blocks of 100.
+const BLOCKS_START: u16 = 12000;
+const BLOCK: u16 = 100;
+const BLOCKS: u16 = 200;
+
+/// A range of ports reserved for one test broker. Tests run in parallel
+/// threads and processes; each block is claimed with an flock on a file in
+/// the temp dir, held until this value is dropped, so no two running tests
+/// ever share a port.
+pub struct PortBlock {
+    pub range: (u16, u16),
+    _locks: Vec<std::fs::File>,
+}
+
+impl PortBlock {
+    pub fn take(size: u16) -> PortBlock {
+        use std::os::fd::AsRawFd;
+        let n = size.div_ceil(BLOCK).max(1);
+        let dir = std::env::temp_dir().join("pb-test-ports");
+        std::fs::create_dir_all(&dir).expect("port lock dir");
+        let seed = std::process::id() as u16
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u16;
+        for attempt in 0..BLOCKS {
+            let first = (seed.wrapping_add(attempt)) % (BLOCKS - n + 1);
+            let mut locks = Vec::new();
+            for b in first..first + n {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join(format!("block-{b}")))
+                    .expect("port lock file");
+                // SAFETY: flock on a file we own; released when it closes.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                    break;
+                }
+                locks.push(f);
+            }
+            if locks.len() == n as usize {
+                let start = BLOCKS_START + first * BLOCK;
+                return PortBlock {
+                    range: (start, start + size - 1),
+                    _locks: locks,
+                };
+            }
+        }
+        panic!("no free block of {size} test ports");
+    }
 }
 
 /// Whether an outside process could bind `addr` right now with a plain
@@ -165,6 +203,7 @@ pub fn v6(port: u16) -> SocketAddr {
 pub struct Broker {
     pub home: tempfile::TempDir,
     pub range: (u16, u16),
+    _ports: PortBlock,
     env: Vec<(String, String)>,
     daemon: Option<Child>,
 }
@@ -174,14 +213,23 @@ impl Broker {
         Broker::start_with(&[])
     }
 
-    /// Starts a broker with extra environment (PB_RANGE defaults to a
-    /// private block).
+    /// Starts a broker with extra environment, on a private block of 200
+    /// ports.
     pub fn start_with(env: &[(&str, &str)]) -> Broker {
+        Broker::start_in(PortBlock::take(200), env)
+    }
+
+    /// Starts a broker whose PB_RANGE is `block`.
+    pub fn start_in(block: PortBlock, env: &[(&str, &str)]) -> Broker {
+        assert!(
+            env.iter().all(|(k, _)| *k != "PB_RANGE"),
+            "the range comes from the block"
+        );
         let home = tempfile::Builder::new()
             .prefix("pb-test-")
             .tempdir()
             .expect("temp dir");
-        let range = port_block(200);
+        let range = block.range;
         let mut all: Vec<(String, String)> = vec![
             ("PB_HOME".into(), home.path().display().to_string()),
             ("PB_RANGE".into(), format!("{}-{}", range.0, range.1)),
@@ -191,15 +239,10 @@ impl Broker {
             all.retain(|(key, _)| key != k);
             all.push((k.to_string(), v.to_string()));
         }
-        let range = all
-            .iter()
-            .find(|(k, _)| k == "PB_RANGE")
-            .and_then(|(_, v)| pb_proto::parse_range_text(v).ok())
-            .map(|(a, b)| (a as u16, b as u16))
-            .unwrap_or(range);
         let mut b = Broker {
             home,
             range,
+            _ports: block,
             env: all,
             daemon: None,
         };

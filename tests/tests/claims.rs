@@ -9,8 +9,8 @@ use pb_tests::*;
 
 #[test]
 fn eight_processes_of_250_concurrent_claims_get_distinct_bound_ports() {
-    let range = port_block(2500);
-    let broker = Broker::start_with(&[("PB_RANGE", &format!("{}-{}", range.0, range.1))]);
+    let broker = Broker::start_in(PortBlock::take(2500), &[]);
+    let range = broker.range;
     let script = tests_dir().join("clients/claim_load.py");
     let procs: Vec<_> = (0..8)
         .map(|p| {
@@ -131,12 +131,10 @@ fn sticky_ports_specific_ports_and_fallback() {
 
 #[test]
 fn reserved_ports_are_never_handed_out() {
-    let range = port_block(200);
+    let block = PortBlock::take(200);
+    let range = block.range;
     let reserved = format!("{},{}", range.0, range.0 + 1);
-    let broker = Broker::start_with(&[
-        ("PB_RANGE", &format!("{}-{}", range.0, range.1)),
-        ("PB_RESERVED", &reserved),
-    ]);
+    let broker = Broker::start_in(block, &[("PB_RESERVED", &reserved)]);
     let p = broker.claim("r", &[]);
     assert!(p >= range.0 + 2);
     let out = broker.pb(&["claim", "r2", "-p", &range.0.to_string()]);

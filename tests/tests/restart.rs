@@ -83,7 +83,8 @@ fn claim_pid_must_name_a_live_process_of_ours() {
 #[test]
 fn clients_start_a_broker_when_none_runs_and_only_one_wins() {
     let home = tempfile::tempdir().unwrap();
-    let range = port_block(200);
+    let block = PortBlock::take(200);
+    let range = block.range;
     let spawn = |i: usize| {
         std::process::Command::new(pb_bin())
             .args(["claim", &format!("auto:{i}"), "-q"])
