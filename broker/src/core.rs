@@ -329,20 +329,7 @@ impl Core {
                     format!("{} already holds port {}, not {p}", a.id, lease.record.port),
                 ));
             }
-            let (handed, addrs) = if a.fds {
-                hand_over(lease, &mut self.pool)?
-            } else {
-                (None, Vec::new())
-            };
-            let reply = ClaimReply {
-                lease: lease.info(),
-                existing: true,
-                fds: addrs,
-            };
-            return Ok(Outcome {
-                sockets: handed,
-                ..Outcome::of(reply)
-            });
+            return claim_outcome(lease, true, a.fds, &mut self.pool);
         }
 
         if self.leases.len() >= self.cfg.max_leases {
@@ -390,21 +377,13 @@ impl Core {
             sockets: Some(Arc::new(sockets)),
             session: if a.session { caller.session } else { None },
         });
-        let (handed, addrs) = if a.fds {
-            hand_over(lease, &mut self.pool)?
-        } else {
-            (None, Vec::new())
-        };
-        let reply = ClaimReply {
-            lease: lease.info(),
-            existing: false,
-            fds: addrs,
-        };
+        // The sockets were bound listening when `fds` was asked for, so
+        // this cannot fail after the lease was stored.
+        let outcome = claim_outcome(lease, false, a.fds, &mut self.pool)?;
         self.trim_sticky();
         Ok(Outcome {
-            sockets: handed,
             undo: Some(undo),
-            ..Outcome::of(reply)
+            ..outcome
         })
     }
 
@@ -625,6 +604,29 @@ impl Core {
             Vec::new()
         })
     }
+}
+
+/// The reply to a claim of `lease`, with its sockets when `fds` is asked.
+fn claim_outcome(
+    lease: &mut Lease,
+    existing: bool,
+    fds: bool,
+    pool: &mut SocketPool,
+) -> Result<Outcome, WireError> {
+    let (sockets, addrs) = if fds {
+        hand_over(lease, pool)?
+    } else {
+        (None, Vec::new())
+    };
+    let reply = ClaimReply {
+        lease: lease.info(),
+        existing,
+        fds: addrs,
+    };
+    Ok(Outcome {
+        sockets,
+        ..Outcome::of(reply)
+    })
 }
 
 /// Makes the lease's sockets listen and shares them for a reply.
