@@ -19,6 +19,9 @@ pub struct Config {
     pub max_connections: usize,
     /// How many released ids keep their sticky port in memory and on disk.
     pub max_sticky: usize,
+    /// How often the reaper scans the socket tables (PB_SCAN_INTERVAL, in
+    /// milliseconds or with a unit).
+    pub scan_interval: std::time::Duration,
 }
 
 pub const DEFAULT_RANGE: (u16, u16) = (3100, 9999);
@@ -50,6 +53,23 @@ impl Config {
             max_leases: env_usize("PB_MAX_LEASES", 8000),
             max_connections: env_usize("PB_MAX_CONNECTIONS", 2048),
             max_sticky: env_usize("PB_MAX_STICKY", 10_000),
+            scan_interval: match std::env::var("PB_SCAN_INTERVAL") {
+                Ok(text) if !text.is_empty() => {
+                    let d = pb_proto::duration::parse(&text).map_err(|e| {
+                        WireError::new(pb_proto::ErrorCode::InvalidDuration, e.to_string())
+                    })?;
+                    if d < std::time::Duration::from_millis(100)
+                        || d > std::time::Duration::from_secs(3600)
+                    {
+                        return Err(WireError::new(
+                            pb_proto::ErrorCode::InvalidDuration,
+                            "PB_SCAN_INTERVAL must be between 100ms and 1h",
+                        ));
+                    }
+                    d
+                }
+                _ => std::time::Duration::from_secs(2),
+            },
         })
     }
 }

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pb_platform::{BindError, BindMode, LoopbackSockets, ProcessId, SocketPool};
+use pb_platform::{
+    BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, ProcessInfo, SocketPool,
+};
 use pb_proto::{
     ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, Owner, ReleaseReply, StatusReply,
     WireError, PROTOCOL_VERSION,
@@ -22,16 +24,20 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::ids::{self, Pattern};
+use crate::reaper::{LeaseView, ReaperJob};
 use crate::rules;
 use crate::store::{LeaseRecord, Store, StoreError};
 
 /// Who sent a request, as the kernel (not the client) says.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     pub uid: u32,
     pub process: Option<ProcessId>,
     /// The connection, for leases that end when it closes.
     pub session: Option<SessionId>,
+    /// The peer's pidfd, taken from the connection (SO_PEERPIDFD) where the
+    /// kernel offers it.
+    pub exit_watch: Option<Arc<ExitWatch>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,7 +66,7 @@ pub struct Undo {
 }
 
 impl Outcome {
-    fn of(v: impl serde::Serialize) -> Outcome {
+    pub fn of(v: impl serde::Serialize) -> Outcome {
         Outcome {
             result: serde_json::to_value(v).expect("replies serialize"),
             sockets: None,
@@ -77,9 +83,64 @@ struct Lease {
     /// port held by someone else (its owner, normally).
     sockets: Option<Arc<LoopbackSockets>>,
     session: Option<SessionId>,
+    /// The owner was found listening on the port, not named by the claim:
+    /// the lease ends when it stops listening.
+    adopted: bool,
+    /// Whether a process other than the broker serves the port, as of the
+    /// reaper's last scan (`None` before the first).
+    served: Option<bool>,
+    /// The owner's command line, read when it became the owner.
+    owner_command: Option<String>,
 }
 
 impl Lease {
+    fn new(
+        record: LeaseRecord,
+        sockets: Option<LoopbackSockets>,
+        session: Option<SessionId>,
+    ) -> Lease {
+        let owner_command = record
+            .owner_pid
+            .and_then(ProcessInfo::of)
+            .map(|i| i.command());
+        Lease {
+            record,
+            sockets: sockets.map(Arc::new),
+            session,
+            adopted: false,
+            served: None,
+            owner_command,
+        }
+    }
+
+    fn owner(&self) -> Option<ProcessId> {
+        match (self.record.owner_pid, self.record.owner_start) {
+            (Some(pid), Some(start_time)) => Some(ProcessId { pid, start_time }),
+            _ => None,
+        }
+    }
+
+    fn view(&self) -> LeaseView {
+        LeaseView {
+            id: self.record.id.clone(),
+            port: self.record.port,
+            owner: self.owner(),
+            inodes: self
+                .sockets
+                .iter()
+                .flat_map(|s| {
+                    s.fds()
+                        .filter_map(|fd| pb_platform::sockets::inode_of(fd).ok())
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            adopted: self.adopted,
+            listening: self.sockets.as_ref().is_some_and(|s| s.is_listening()),
+            session: self.session.is_some(),
+            created_ms: self.record.created_ms,
+        }
+    }
+
     fn info(&self) -> LeaseInfo {
         let r = &self.record;
         LeaseInfo {
@@ -94,6 +155,8 @@ impl Lease {
             listening: self.sockets.as_ref().is_some_and(|s| s.is_listening()),
             session: self.session.is_some(),
             metadata: r.metadata.clone(),
+            served: self.served,
+            command: self.owner_command.clone(),
         }
     }
 }
@@ -121,6 +184,9 @@ pub struct Core {
     next_session: u64,
     connections: usize,
     pool: SocketPool,
+    /// Where owner watches and reclaims go; `None` until the daemon starts
+    /// the reaper (and in benchmarks of the core alone).
+    reaper: Option<tokio::sync::mpsc::Sender<ReaperJob>>,
 }
 
 impl Core {
@@ -138,6 +204,7 @@ impl Core {
             next_session: 1,
             connections: 0,
             pool: SocketPool::default(),
+            reaper: None,
         };
         core.pool.refill();
         for (id, port) in core.store.load_sticky()?.into_iter().rev() {
@@ -157,7 +224,7 @@ impl Core {
             // Rebind as a placeholder: a client may still hold the
             // listener we handed it, in which case it holds the port.
             let sockets = match bind_wanted(record.port, false, &mut core.pool) {
-                Ok(s) => Some(Arc::new(s)),
+                Ok(s) => Some(s),
                 Err(e) => {
                     eprintln!(
                         "pb: lease {} keeps port {} but cannot hold it: {e}",
@@ -167,14 +234,8 @@ impl Core {
                 }
             };
             core.by_port.insert(record.port, record.id.clone());
-            core.leases.insert(
-                record.id.clone(),
-                Lease {
-                    record,
-                    sockets,
-                    session: None,
-                },
-            );
+            core.leases
+                .insert(record.id.clone(), Lease::new(record, sockets, None));
         }
         let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
         core.store.end_leases(&refs)?;
@@ -203,18 +264,135 @@ impl Core {
         Ok(id)
     }
 
-    /// A connection closed: its session leases end.
+    /// A connection closed. Its session leases end, unless another live
+    /// process holds their sockets (the child `pb exec` started, say): then
+    /// ownership follows the socket. The reaper decides, off this thread.
     pub fn close_session(&mut self, session: SessionId) {
         self.connections = self.connections.saturating_sub(1);
-        let ids: Vec<String> = self
+        let mut ids = Vec::new();
+        for l in self
             .leases
-            .values()
+            .values_mut()
             .filter(|l| l.session == Some(session))
-            .map(|l| l.record.id.clone())
-            .collect();
-        if let Err(e) = self.end_leases(&ids) {
-            eprintln!("pb: cannot end session leases: {}", e.message);
+        {
+            l.session = None;
+            ids.push(l.record.id.clone());
         }
+        if ids.is_empty() {
+            return;
+        }
+        if !self.send_to_reaper(ReaperJob::Reclaim {
+            ids: ids.clone(),
+            gone: None,
+        }) {
+            // No reaper to ask: end them here, as before it existed.
+            if let Err(e) = self.end_leases(&ids) {
+                eprintln!("pb: cannot end session leases: {}", e.message);
+            }
+        }
+    }
+
+    /// Connects the reaper and asks it to watch every owner already known.
+    pub fn set_reaper(&mut self, tx: tokio::sync::mpsc::Sender<ReaperJob>) {
+        self.reaper = Some(tx);
+        let owners: Vec<ProcessId> = self.leases.values().filter_map(Lease::owner).collect();
+        for p in owners {
+            self.send_to_reaper(ReaperJob::Watch(p, None));
+        }
+    }
+
+    /// False when there is no reaper or its queue is full; the periodic
+    /// scan then catches what the job was for.
+    fn send_to_reaper(&self, job: ReaperJob) -> bool {
+        match &self.reaper {
+            Some(tx) => tx.try_send(job).is_ok(),
+            None => false,
+        }
+    }
+
+    /// What the reaper needs to know of the named leases (all when `None`).
+    pub fn views(&self, ids: Option<&[String]>) -> Vec<LeaseView> {
+        match ids {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| self.leases.get(id))
+                .map(Lease::view)
+                .collect(),
+            None => self.leases.values().map(Lease::view).collect(),
+        }
+    }
+
+    pub fn lease_on_port(&self, port: u16) -> Option<LeaseInfo> {
+        self.by_port.get(&port).map(|id| self.leases[id].info())
+    }
+
+    pub fn leases_owned_by(&self, p: ProcessId) -> Vec<String> {
+        self.leases
+            .values()
+            .filter(|l| l.owner() == Some(p))
+            .map(|l| l.record.id.clone())
+            .collect()
+    }
+
+    pub fn set_served(&mut self, id: &str, served: bool) {
+        if let Some(l) = self.leases.get_mut(id) {
+            l.served = Some(served);
+        }
+    }
+
+    /// Applies the reaper's verdict on a lease whose owner was `expected`
+    /// when it looked: ownership moves to `holder`, or the lease ends. A
+    /// lease that changed meanwhile is left alone.
+    pub fn settle(&mut self, id: &str, expected: Option<ProcessId>, holder: Option<ProcessId>) {
+        let Some(lease) = self.leases.get(id) else {
+            return;
+        };
+        if lease.owner() != expected || lease.session.is_some() {
+            return;
+        }
+        match holder {
+            Some(p) => {
+                let adopted = lease.adopted;
+                self.set_owner(id, p, adopted, "follows its socket to");
+            }
+            None => match self.end_leases(&[id.to_string()]) {
+                Ok(_) => eprintln!(
+                    "pb: reclaimed {id}: its owner {} is gone and nobody holds its socket",
+                    expected.map_or("(none)".to_string(), |p| p.pid.to_string())
+                ),
+                Err(e) => eprintln!("pb: cannot reclaim {id}: {}", e.message),
+            },
+        }
+    }
+
+    /// A number-only lease whose port `p` now listens on becomes `p`'s.
+    pub fn adopt(&mut self, id: &str, p: ProcessId) {
+        let Some(lease) = self.leases.get(id) else {
+            return;
+        };
+        if lease.owner().is_some() || pb_platform::process::uid_of(p.pid) != Some(lease.record.uid)
+        {
+            return;
+        }
+        self.set_owner(id, p, true, "is adopted by");
+    }
+
+    fn set_owner(&mut self, id: &str, p: ProcessId, adopted: bool, how: &str) {
+        if let Err(e) = self.store.set_owner(id, Some(p.pid), Some(p.start_time)) {
+            eprintln!("pb: cannot record the new owner of {id}: {e}");
+            return;
+        }
+        let lease = self.leases.get_mut(id).expect("checked by the callers");
+        lease.record.owner_pid = Some(p.pid);
+        lease.record.owner_start = Some(p.start_time);
+        lease.adopted = adopted;
+        lease.owner_command = ProcessInfo::of(p.pid).map(|i| i.command());
+        eprintln!(
+            "pb: {id} {how} pid {} ({})",
+            p.pid,
+            lease.owner_command.as_deref().unwrap_or("?")
+        );
+        self.send_to_reaper(ReaperJob::Watch(p, None));
     }
 
     pub fn apply(&mut self, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
@@ -228,6 +406,10 @@ impl Core {
                 Ok(Outcome::of(self.lease(&id)?.info()))
             }
             Op::Heartbeat { id, ttl_ms } => self.heartbeat(caller, &id, ttl_ms),
+            Op::Who { .. } | Op::Listeners => Err(WireError::new(
+                ErrorCode::Internal,
+                "inspections are answered by service::dispatch, not the core",
+            )),
             Op::Shutdown => Ok(Outcome {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))
@@ -372,11 +554,17 @@ impl Core {
         let port = record.port;
         self.remember(a.id.clone(), port);
         self.by_port.insert(port, a.id.clone());
-        let lease = self.leases.entry(a.id.clone()).or_insert(Lease {
-            record,
-            sockets: Some(Arc::new(sockets)),
-            session: if a.session { caller.session } else { None },
-        });
+        if let Some(p) = owner {
+            let from_connection = (a.owner == Owner::Caller)
+                .then(|| caller.exit_watch.clone())
+                .flatten();
+            self.send_to_reaper(ReaperJob::Watch(p, from_connection));
+        }
+        let session = if a.session { caller.session } else { None };
+        let lease =
+            self.leases
+                .entry(a.id.clone())
+                .or_insert(Lease::new(record, Some(sockets), session));
         // The sockets were bound listening when `fds` was asked for, so
         // this cannot fail after the lease was stored.
         let outcome = claim_outcome(lease, false, a.fds, &mut self.pool)?;

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::core::{now_ms, Core};
 use crate::ipc::{self, SharedCore};
+use crate::reaper;
 use crate::store::Store;
 
 /// The longest the expiry timer sleeps, so a lease claimed with an earlier
@@ -73,7 +74,10 @@ pub fn run(cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.paths.database())
         .with_context(|| format!("opening {}", cfg.paths.database().display()))?;
     let socket_path = cfg.paths.socket();
-    let core = Core::open(cfg, store)?;
+    let scan_interval = cfg.scan_interval;
+    let mut core = Core::open(cfg, store)?;
+    let (reaper_tx, reaper_rx) = tokio::sync::mpsc::channel(reaper::QUEUE);
+    core.set_reaper(reaper_tx);
     eprintln!(
         "pb: broker {} up with {} leases",
         std::process::id(),
@@ -96,6 +100,7 @@ pub fn run(cfg: Config) -> Result<()> {
         let shutdown = Arc::new(Notify::new());
         let stop_accepting = Arc::new(Notify::new());
         tokio::spawn(expiry_timer(core.clone()));
+        tokio::spawn(reaper::run(core.clone(), reaper_rx, scan_interval));
         let server = tokio::spawn(ipc::serve(
             listener,
             core.clone(),

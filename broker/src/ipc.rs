@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pb_platform::{LoopbackSockets, PeerIdentity};
+use pb_platform::{ExitWatch, LoopbackSockets, PeerIdentity};
 use pb_proto::frame;
 use pb_proto::{ErrorCode, Reply, Request, WireError};
 use sendfd::SendWithFd;
@@ -14,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::core::{Caller, Core};
+use crate::service;
 
 /// How long the rest of a frame may take once its first byte arrived.
 /// Between frames a connection may idle forever: it may carry session leases.
@@ -75,6 +76,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
         uid: peer.uid,
         process: peer.process,
         session: Some(session),
+        exit_watch: ExitWatch::of_unix_peer(&stream).map(Arc::new),
     };
     let mut inbox = Inbox::default();
     loop {
@@ -90,7 +92,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
         };
         let (reply, fds, stop, undo) = match Request::from_json(&payload) {
             Err((tag, e)) => (Reply::err(tag, e), None, false, None),
-            Ok(req) => match lock(&core).apply(&caller, req.op) {
+            Ok(req) => match service::dispatch(&core, &caller, req.op).await {
                 Ok(out) => (
                     Reply::ok(
                         req.tag,

@@ -8,8 +8,11 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod ids;
+pub mod inspect;
 pub mod ipc;
+pub mod reaper;
 pub mod rules;
+pub mod service;
 pub mod store;
 
 pub use config::Config;

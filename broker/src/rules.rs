@@ -27,6 +27,17 @@ pub fn check_port(p: i64) -> Result<u16, WireError> {
     Ok(p as u16)
 }
 
+/// Any TCP port, privileged ones included: for questions, not claims.
+pub fn check_any_port(p: i64) -> Result<u16, WireError> {
+    if !(1..=65535).contains(&p) {
+        return Err(WireError::new(
+            ErrorCode::InvalidPort,
+            format!("port {p} is out of range (1-65535)"),
+        ));
+    }
+    Ok(p as u16)
+}
+
 pub fn check_range(a: i64, b: i64) -> Result<(u16, u16), WireError> {
     let bad = |why: String| WireError::new(ErrorCode::InvalidRange, why);
     let a = check_port(a).map_err(|e| bad(format!("range start: {}", e.message)))?;

@@ -204,6 +204,20 @@ impl Store {
         Ok(())
     }
 
+    pub fn set_owner(
+        &mut self,
+        id: &str,
+        pid: Option<u32>,
+        start: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE services SET owner_pid = ?2, owner_start = ?3 WHERE id = ?1 AND active = 1",
+            )?
+            .execute(params![id, pid, start.map(|v| v as i64)])?;
+        Ok(())
+    }
+
     pub fn set_expiry(&mut self, id: &str, expires_ms: u64, ttl_ms: u64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(

@@ -13,7 +13,10 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
-use pb_proto::{ClaimArgs, ClaimReply, FindReply, LeaseInfo, Op, Owner, ReleaseReply, StatusReply};
+use pb_proto::{
+    ClaimArgs, ClaimReply, FindReply, LeaseInfo, ListenersReply, Op, Owner, ReleaseReply,
+    StatusReply, WhoReply,
+};
 
 #[derive(Parser)]
 #[command(
@@ -100,7 +103,14 @@ enum Command {
     Release { target: String },
     /// List services, optionally matching a pattern.
     #[command(visible_aliases = ["ps", "list"])]
-    Find { pattern: Option<String> },
+    Find {
+        pattern: Option<String>,
+        /// Every listener on the machine, brokered or not, with its process.
+        #[arg(short = 'a', long, conflicts_with = "pattern")]
+        all: bool,
+    },
+    /// Who holds a port: its service, and the processes with a socket on it.
+    Who { port: i64 },
     /// Print a service's port (PortManager's lookup).
     Lookup { id: String },
     /// Print a service's URL.
@@ -229,7 +239,24 @@ fn run(command: Command, fmt: Format) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Find { pattern } => {
+        Command::Find { all: true, .. } => {
+            let (reply, _): (ListenersReply, _) =
+                connect::connect(&paths)?.call_as(Op::Listeners)?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                _ => output::listener_table(&reply.listeners, fmt),
+            }
+            Ok(0)
+        }
+        Command::Who { port } => {
+            let (reply, _): (WhoReply, _) = connect::connect(&paths)?.call_as(Op::Who { port })?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                _ => output::who(&reply, fmt),
+            }
+            Ok(0)
+        }
+        Command::Find { pattern, .. } => {
             let reply = find(&paths, pattern)?;
             match fmt {
                 Format::Json => output::print_json(&reply),

@@ -1,7 +1,7 @@
 //! How results are printed: tables for people, `-j` JSON for programs, `-q`
 //! bare values for shells.
 
-use pb_proto::LeaseInfo;
+use pb_proto::{LeaseInfo, ListenerInfo, WhoReply};
 
 use crate::Format;
 
@@ -63,8 +63,8 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
     }
     let width = leases.iter().map(|l| l.id.len()).max().unwrap_or(2).max(2);
     println!(
-        "{:<width$}  {:>5}  {:>7}  {:>7}  {:>5}  STATE",
-        "ID", "PORT", "PID", "EXPIRES", "AGE"
+        "{:<width$}  {:>5}  {:<14}  {:<6}  {:>7}  {:>7}  {:>5}  COMMAND",
+        "ID", "PORT", "STATE", "SERVED", "PID", "EXPIRES", "AGE"
     );
     let now = now_ms();
     for l in leases {
@@ -78,13 +78,125 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
             (true, false) => "reserved",
             (false, _) => "held-elsewhere",
         };
+        let served = match l.served {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        };
         println!(
-            "{:<width$}  {:>5}  {:>7}  {:>7}  {:>5}  {state}",
+            "{:<width$}  {:>5}  {state:<14}  {served:<6}  {:>7}  {:>7}  {:>5}  {}",
             l.id,
             l.port,
             pid,
             expires,
-            human_ms(now.saturating_sub(l.created_ms))
+            human_ms(now.saturating_sub(l.created_ms)),
+            l.command.as_deref().unwrap_or("-")
         );
+    }
+}
+
+/// A user name for `uid`, or the number.
+fn user(uid: u32) -> String {
+    nix_user(uid).unwrap_or_else(|| uid.to_string())
+}
+
+fn nix_user(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let id = f.nth(1)?;
+        (id.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+pub fn listener_table(listeners: &[ListenerInfo], fmt: Format) {
+    if fmt == Format::Quiet {
+        for l in listeners {
+            let pids: Vec<String> = l.holders.iter().map(|h| h.pid.to_string()).collect();
+            println!("{}\t{}\t{}", l.port, l.addr, pids.join(","));
+        }
+        return;
+    }
+    println!(
+        "{:>5}  {:<22}  {:>7}  {:<10}  {:<16}  COMMAND",
+        "PORT", "ADDRESS", "PID", "USER", "SERVICE"
+    );
+    for l in listeners {
+        let service = match (&l.service, l.brokered) {
+            (Some(s), _) => s.clone(),
+            (None, _) => "-".into(),
+        };
+        if l.holders.is_empty() {
+            println!(
+                "{:>5}  {:<22}  {:>7}  {:<10}  {service:<16}  (not visible to pb)",
+                l.port,
+                l.addr,
+                "-",
+                user(l.uid)
+            );
+        }
+        for h in &l.holders {
+            println!(
+                "{:>5}  {:<22}  {:>7}  {:<10}  {service:<16}  {}",
+                l.port,
+                l.addr,
+                h.pid,
+                user(h.uid),
+                h.command
+            );
+        }
+    }
+}
+
+pub fn who(reply: &WhoReply, fmt: Format) {
+    if fmt == Format::Quiet {
+        let mut pids: Vec<u32> = reply
+            .listeners
+            .iter()
+            .flat_map(|l| l.holders.iter().map(|h| h.pid))
+            .collect();
+        pids.sort();
+        pids.dedup();
+        for p in pids {
+            println!("{p}");
+        }
+        return;
+    }
+    let now = now_ms();
+    match &reply.service {
+        Some(l) => println!(
+            "port {}: service {} (pb lease{})",
+            reply.port,
+            l.id,
+            l.pid
+                .map(|p| format!(", owner pid {p}"))
+                .unwrap_or_default()
+        ),
+        None => println!("port {}: not leased from pb", reply.port),
+    }
+    if reply.listeners.is_empty() {
+        println!("  nothing listens on it");
+    }
+    for l in &reply.listeners {
+        if l.holders.is_empty() {
+            println!(
+                "  {} listened on by uid {} (process not visible to pb)",
+                l.addr, l.uid
+            );
+        }
+        for h in &l.holders {
+            let since = h
+                .since_ms
+                .map(|s| format!(", running for {}", human_ms(now.saturating_sub(s))))
+                .unwrap_or_default();
+            println!(
+                "  {} pid {} ({}) {}{since}",
+                l.addr,
+                h.pid,
+                user(h.uid),
+                h.command
+            );
+        }
     }
 }

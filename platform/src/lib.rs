@@ -9,6 +9,7 @@
 pub mod fdpass;
 pub mod net;
 pub mod process;
+pub mod sockets;
 pub mod supervise;
 
 #[cfg(target_os = "linux")]
@@ -16,7 +17,7 @@ pub mod supervise;
 mod sys;
 
 pub use net::{BindError, BindMode, LoopbackSockets, SocketPool};
-pub use process::{PeerIdentity, ProcessId};
+pub use process::{ExitWatch, PeerIdentity, ProcessId, ProcessInfo};
 
 /// Raises this process's soft limit on open files to its hard limit.
 ///

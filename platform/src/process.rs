@@ -24,6 +24,11 @@ impl ProcessId {
         ProcessId::of(std::process::id()).expect("the current process exists")
     }
 
+    /// When the process started, in ms since the epoch.
+    pub fn started_at_ms(&self) -> Option<u64> {
+        crate::sys::started_at_ms(self.start_time)
+    }
+
     /// Whether this exact process (not merely this pid) is still alive.
     /// A zombie counts as dead: it can no longer use any port.
     pub fn is_alive(&self) -> bool {
@@ -52,4 +57,71 @@ impl PeerIdentity {
 /// The uid owning process `pid`, if it exists.
 pub fn uid_of(pid: u32) -> Option<u32> {
     crate::sys::process_uid(pid)
+}
+
+/// What pb shows about a process: who it is and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub id: ProcessId,
+    pub uid: u32,
+    pub cmdline: Vec<String>,
+    pub exe: Option<std::path::PathBuf>,
+    pub cwd: Option<std::path::PathBuf>,
+}
+
+impl ProcessInfo {
+    /// `None` if the process is gone (or unreadable).
+    pub fn of(pid: u32) -> Option<ProcessInfo> {
+        let id = ProcessId::of(pid)?;
+        let uid = uid_of(pid)?;
+        let (cmdline, exe, cwd) = crate::sys::process_details(pid)?;
+        Some(ProcessInfo {
+            id,
+            uid,
+            cmdline,
+            exe,
+            cwd,
+        })
+    }
+
+    /// The command line as one string, or the executable's name.
+    pub fn command(&self) -> String {
+        if self.cmdline.is_empty() {
+            return self
+                .exe
+                .as_ref()
+                .and_then(|e| e.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        self.cmdline.join(" ")
+    }
+}
+
+/// A descriptor that becomes readable when a process exits.
+#[derive(Debug)]
+pub struct ExitWatch {
+    pub fd: std::os::fd::OwnedFd,
+}
+
+impl ExitWatch {
+    /// Watches `p`, or `None` where the kernel offers no pidfd (the caller
+    /// then polls `ProcessId::is_alive`). Fails if `p` is already gone.
+    /// The start time is checked after the pidfd is open, so the watch is
+    /// on `p` itself, never on a process that reused its pid.
+    pub fn open(p: ProcessId) -> std::io::Result<Option<ExitWatch>> {
+        let Some(fd) = crate::sys::pidfd_open(p.pid)? else {
+            return Ok(None);
+        };
+        if !p.is_alive() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        Ok(Some(ExitWatch { fd }))
+    }
+
+    /// The peer of a Unix socket, from SO_PEERPIDFD where the kernel has it:
+    /// no window for pid reuse between connect and watch.
+    pub fn of_unix_peer(sock: &impl AsFd) -> Option<ExitWatch> {
+        crate::sys::peer_pidfd(sock.as_fd()).map(|fd| ExitWatch { fd })
+    }
 }

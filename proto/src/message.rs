@@ -37,6 +37,13 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl_ms: Option<i64>,
     },
+    /// Who holds `port`: its lease, if any, and the processes with a socket
+    /// on it.
+    Who {
+        port: i64,
+    },
+    /// Every listening TCP socket on the machine, brokered or not.
+    Listeners,
     /// Stops the broker after replying.
     Shutdown,
 }
@@ -102,6 +109,13 @@ pub struct LeaseInfo {
     /// The lease ends when the connection that claimed it closes.
     pub session: bool,
     pub metadata: Option<Value>,
+    /// Whether a process other than the broker serves the port, as of the
+    /// broker's last scan (null before the first, within seconds of a claim).
+    #[serde(default)]
+    pub served: Option<bool>,
+    /// The owning process's command line.
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +135,46 @@ pub struct ReleaseReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FindReply {
     pub services: Vec<LeaseInfo>,
+}
+
+/// A process holding a socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub uid: u32,
+    pub command: String,
+    /// When the process started, in ms since the epoch.
+    pub since_ms: Option<u64>,
+}
+
+/// A listening socket on the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    pub port: u16,
+    /// The local address, e.g. `0.0.0.0:3000` or `[::1]:3100`.
+    pub addr: String,
+    /// The uid that created the socket.
+    pub uid: u32,
+    /// The processes that hold it (those the broker may inspect).
+    pub holders: Vec<Holder>,
+    /// The service id, when the port is leased from this broker.
+    pub service: Option<String>,
+    /// The socket is the broker's own (a lease handed to a client).
+    pub brokered: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhoReply {
+    pub port: u16,
+    /// The lease on the port, if any.
+    pub service: Option<LeaseInfo>,
+    /// Listening sockets on the port, each with its holders.
+    pub listeners: Vec<ListenerInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenersReply {
+    pub listeners: Vec<ListenerInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -390,10 +390,12 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so a `pb exec` passes it on to its child and nothing
+    /// outlives the test; SIGKILL if it has not gone within 5 s.
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            self.signal(libc::SIGTERM);
+            self.wait_for(Duration::from_secs(5));
         }
     }
 }

@@ -156,7 +156,11 @@ fn signals_sent_to_pb_reach_the_child() {
 #[test]
 fn killing_pb_exec_releases_the_lease_when_its_connection_closes() {
     let broker = Broker::start();
-    let (mut pb, port) = exec(&broker, &["victim", "--", "sleep", "60"]);
+    // The child lets go of the sockets, so nobody else holds them.
+    let (mut pb, port) = exec(
+        &broker,
+        &["victim", "--", "sh", "-c", "exec sleep 60 3>&- 4>&-"],
+    );
     assert_eq!(broker.leases(), vec![("victim".to_string(), port)]);
     pb.signal(libc::SIGKILL);
     pb.wait_for(Duration::from_secs(5));

@@ -1,12 +1,16 @@
 //! Linux answers to the questions in this crate: procfs for processes,
 //! SO_PEERCRED for Unix-socket peers, sigwaitinfo for supervision.
 
-use std::os::fd::BorrowedFd;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 
 use nix::sys::socket::{getsockopt, sockopt};
-use procfs::process::{ProcState, Process};
+use procfs::net::TcpState;
+use procfs::process::{FDTarget, ProcState, Process};
 
 use crate::process::{PeerIdentity, ProcessId};
+use crate::sockets::{SocketEntry, SocketState};
 
 fn stat(pid: u32) -> Option<procfs::process::Stat> {
     let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
@@ -76,19 +80,126 @@ pub fn wait_signal(set: &nix::sys::signal::SigSet) -> std::io::Result<SignalInfo
     }
 }
 
-/// Whether /proc/net/tcp or tcp6 lists a TIME_WAIT socket whose local port
-/// is `port`. (Sockets that are only bound are not listed at all.)
+pub fn tcp_sockets() -> std::io::Result<Vec<SocketEntry>> {
+    let mut out = Vec::new();
+    for table in [procfs::net::tcp(), procfs::net::tcp6()] {
+        let entries = match table {
+            Ok(e) => e,
+            // No IPv6 in this kernel: no tcp6 table.
+            Err(procfs::ProcError::NotFound(_)) => continue,
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        };
+        out.extend(entries.into_iter().map(|e| SocketEntry {
+            local: e.local_address,
+            state: match e.state {
+                TcpState::Listen => SocketState::Listen,
+                TcpState::Established => SocketState::Established,
+                TcpState::TimeWait => SocketState::TimeWait,
+                _ => SocketState::Other,
+            },
+            inode: e.inode,
+            uid: e.uid,
+        }));
+    }
+    Ok(out)
+}
+
+pub fn socket_holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<ProcessId>> {
+    let mut found: HashMap<u64, Vec<ProcessId>> = HashMap::new();
+    let Ok(all) = procfs::process::all_processes() else {
+        return found;
+    };
+    for proc in all.flatten() {
+        // Any step can fail because the process just exited: skip it.
+        let Ok(fds) = proc.fd() else { continue };
+        let mut mine = Vec::new();
+        for fd in fds.flatten() {
+            if let FDTarget::Socket(inode) = fd.target {
+                if inodes.contains(&inode) && !mine.contains(&inode) {
+                    mine.push(inode);
+                }
+            }
+        }
+        if mine.is_empty() {
+            continue;
+        }
+        let Some(id) = u32::try_from(proc.pid)
+            .ok()
+            .and_then(ProcessId::of)
+            .filter(ProcessId::is_alive)
+        else {
+            continue;
+        };
+        for inode in mine {
+            found.entry(inode).or_default().push(id);
+        }
+    }
+    found
+}
+
+pub fn holds_any(pid: u32, inodes: &HashSet<u64>) -> bool {
+    let Some(p) = i32::try_from(pid).ok().and_then(|p| Process::new(p).ok()) else {
+        return false;
+    };
+    let Ok(fds) = p.fd() else { return false };
+    fds.flatten()
+        .any(|fd| matches!(fd.target, FDTarget::Socket(i) if inodes.contains(&i)))
+}
+
+pub fn process_details(pid: u32) -> Option<(Vec<String>, Option<PathBuf>, Option<PathBuf>)> {
+    let p = Process::new(i32::try_from(pid).ok()?).ok()?;
+    let cmdline = p.cmdline().ok()?;
+    Some((cmdline, p.exe().ok(), p.cwd().ok()))
+}
+
+/// A pidfd for `pid` (Linux 5.3+), or `None` where the kernel has none.
+pub fn pidfd_open(pid: u32) -> std::io::Result<Option<OwnedFd>> {
+    // SAFETY: a plain syscall; on success it returns a new descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0 as libc::c_uint) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOSYS) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the kernel just gave us this descriptor, close-on-exec.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(r as i32) }))
+}
+
+/// SO_PEERPIDFD: the pidfd of a Unix socket's peer (Linux 6.5+), taken by
+/// the kernel at connect time, so the pid cannot be reused in between.
+pub fn peer_pidfd(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `pidfd`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel installed a new descriptor for us.
+    (r == 0 && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
+}
+
+/// Whether the kernel lists a TIME_WAIT socket whose local port is `port`.
+/// (Sockets that are only bound are not listed at all.)
 pub fn time_wait_on(port: u16) -> bool {
-    const TIME_WAIT: &str = "06";
-    let needle = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|path| {
-        std::fs::read_to_string(path).is_ok_and(|text| {
-            text.lines().skip(1).any(|line| {
-                let mut cols = line.split_whitespace();
-                let local = cols.nth(1).unwrap_or("");
-                let state = cols.nth(1).unwrap_or("");
-                state == TIME_WAIT && local.ends_with(&needle)
-            })
-        })
+    tcp_sockets().is_ok_and(|all| {
+        all.iter()
+            .any(|s| s.state == SocketState::TimeWait && s.local.port() == port)
     })
+}
+
+/// When a process started, in ms since the epoch, from its start time in
+/// clock ticks since boot.
+pub fn started_at_ms(start_ticks: u64) -> Option<u64> {
+    let boot = procfs::boot_time_secs().ok()?;
+    let hz = procfs::ticks_per_second().max(1);
+    Some(boot * 1000 + start_ticks * 1000 / hz)
 }

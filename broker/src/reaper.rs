@@ -1,0 +1,253 @@
+//! The Reaper: it learns from the kernel that a lease's owner died, and
+//! frees the port at once, or moves the lease to whoever still holds its
+//! socket; it adopts number-only leases for the app that binds their port.
+//!
+//! Each owner gets an exit watch (a pidfd, readable when the process ends),
+//! so a death is seen the moment it happens. A periodic scan catches what
+//! watches cannot: kernels without pidfd, a full job queue, an owner that
+//! closed its listener (or the sockets it was handed) without exiting, and
+//! apps that start listening on a reserved port. The expensive question, "who holds this socket?",
+//! is asked on a blocking thread, outside the core's lock; the core then
+//! settles the lease only if it has not changed meanwhile.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pb_platform::sockets::{self, SocketEntry};
+use pb_platform::{ExitWatch, ProcessId};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+use crate::core::now_ms;
+use crate::ipc::{lock, SharedCore};
+
+/// Most jobs queued for the reaper; past that the scan catches up.
+pub const QUEUE: usize = 4096;
+
+#[derive(Debug)]
+pub enum ReaperJob {
+    /// Watch this owner; with a pidfd already taken from its connection.
+    Watch(ProcessId, Option<Arc<ExitWatch>>),
+    /// These leases lost their owner (`gone`, or their session): move or end.
+    Reclaim {
+        ids: Vec<String>,
+        gone: Option<ProcessId>,
+    },
+}
+
+/// What the reaper needs to know of a lease, copied out of the core.
+#[derive(Debug, Clone)]
+pub struct LeaseView {
+    pub id: String,
+    pub port: u16,
+    pub owner: Option<ProcessId>,
+    /// Inodes of the broker's own sockets for the lease.
+    pub inodes: Vec<u64>,
+    pub adopted: bool,
+    /// The broker's sockets listen: they were handed to a client.
+    pub listening: bool,
+    pub session: bool,
+    pub created_ms: u64,
+}
+
+pub async fn run(core: SharedCore, mut jobs: mpsc::Receiver<ReaperJob>, interval: Duration) {
+    let watching: Arc<Mutex<HashSet<ProcessId>>> = Arc::default();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            job = jobs.recv() => match job {
+                None => return,
+                Some(ReaperJob::Watch(p, fd)) => {
+                    if watching.lock().unwrap_or_else(|e| e.into_inner()).insert(p) {
+                        tokio::spawn(watch(core.clone(), p, fd, watching.clone()));
+                    }
+                }
+                Some(ReaperJob::Reclaim { ids, gone }) => {
+                    tokio::spawn(reclaim(core.clone(), ids, gone));
+                }
+            },
+            _ = tick.tick() => {
+                let core = core.clone();
+                let _ = tokio::task::spawn_blocking(move || scan(&core, interval)).await;
+            }
+        }
+    }
+}
+
+/// Waits for `p` to exit, then reclaims its leases.
+async fn watch(
+    core: SharedCore,
+    p: ProcessId,
+    given: Option<Arc<ExitWatch>>,
+    watching: Arc<Mutex<HashSet<ProcessId>>>,
+) {
+    let own = match given {
+        Some(_) => None,
+        None => match ExitWatch::open(p) {
+            Ok(Some(w)) => Some(w),
+            // No pidfd on this kernel: the periodic scan polls instead.
+            Ok(None) => {
+                watching
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&p);
+                return;
+            }
+            // Already gone.
+            Err(_) => None,
+        },
+    };
+    let fd = given
+        .as_ref()
+        .map(|w| w.fd.as_fd())
+        .or(own.as_ref().map(|w| w.fd.as_fd()));
+    if let Some(fd) = fd {
+        if let Ok(dup) = fd.try_clone_to_owned() {
+            // SAFETY: the AsyncFd owns `dup` and deregisters it before the
+            // descriptor closes on drop.
+            if let Ok(afd) = unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) } {
+                let _ = afd.readable().await;
+            }
+        }
+    }
+    watching
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&p);
+    let ids = lock(&core).leases_owned_by(p);
+    reclaim(core, ids, Some(p)).await;
+}
+
+/// Decides, off the core's thread, who (if anyone) holds each lease now.
+async fn reclaim(core: SharedCore, ids: Vec<String>, gone: Option<ProcessId>) {
+    if ids.is_empty() {
+        return;
+    }
+    let views = lock(&core).views(Some(&ids));
+    let decided = tokio::task::spawn_blocking(move || {
+        let listening = sockets::listeners().unwrap_or_default();
+        views
+            .into_iter()
+            .map(|v| {
+                let holder = holder(&v, &listening, gone);
+                (v.id, v.owner, holder)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    if let Ok(decided) = decided {
+        let mut core = lock(&core);
+        for (id, owner, holder) in decided {
+            core.settle(&id, owner, holder);
+        }
+    }
+}
+
+/// Sockets listening on `port` on an address that covers loopback, other
+/// than the broker's own.
+fn foreign_listeners<'a>(
+    listening: &'a [SocketEntry],
+    v: &'a LeaseView,
+) -> impl Iterator<Item = u64> + 'a {
+    listening
+        .iter()
+        .filter(move |s| {
+            s.local.port() == v.port && s.covers_loopback() && !v.inodes.contains(&s.inode)
+        })
+        .map(|s| s.inode)
+}
+
+/// The live process (not the broker, not `gone`) that holds the lease's
+/// sockets or listens on its port; the oldest, so a pre-forking server's
+/// master is chosen over its workers.
+fn holder(v: &LeaseView, listening: &[SocketEntry], gone: Option<ProcessId>) -> Option<ProcessId> {
+    let mut inodes: HashSet<u64> = v.inodes.iter().copied().collect();
+    inodes.extend(foreign_listeners(listening, v));
+    let me = std::process::id();
+    sockets::holders(&inodes)
+        .into_values()
+        .flatten()
+        .filter(|p| p.pid != me && Some(*p) != gone && p.is_alive())
+        .min_by_key(|p| (p.start_time, p.pid))
+}
+
+/// The periodic pass: dead owners the watches missed, adopted owners that
+/// stopped listening, number-only leases whose app started, and whether
+/// each port is served.
+fn scan(core: &SharedCore, interval: Duration) {
+    let views = lock(core).views(None);
+    if views.is_empty() {
+        return;
+    }
+    let Ok(listening) = sockets::listeners() else {
+        return;
+    };
+    let settled_before = now_ms().saturating_sub(interval.as_millis() as u64);
+    let mut served = Vec::with_capacity(views.len());
+    let mut verdicts = Vec::new();
+    let mut adoptions = Vec::new();
+    for v in &views {
+        let foreign: Vec<u64> = foreign_listeners(&listening, v).collect();
+        let owner_alive = v.owner.is_some_and(|o| o.is_alive());
+        served.push((v.id.clone(), !foreign.is_empty() || owner_alive));
+        if v.session {
+            continue;
+        }
+        match v.owner {
+            Some(o) if !owner_alive => {
+                verdicts.push((v.id.clone(), v.owner, holder(v, &listening, Some(o))))
+            }
+            Some(_) if v.adopted && foreign.is_empty() && v.created_ms < settled_before => {
+                // Alive but no longer listening: the port is free to go.
+                verdicts.push((v.id.clone(), v.owner, None))
+            }
+            Some(o)
+                if v.listening
+                    && !v.inodes.is_empty()
+                    && v.created_ms < settled_before
+                    && !sockets::held_by(o.pid, &v.inodes.iter().copied().collect()) =>
+            {
+                // The owner closed the sockets it was handed, without
+                // exiting: they follow whoever else holds them, or end.
+                verdicts.push((v.id.clone(), v.owner, holder(v, &listening, Some(o))))
+            }
+            None if !foreign.is_empty() => adoptions.push((v.id.clone(), foreign)),
+            _ => {}
+        }
+    }
+    let adopters: HashMap<String, ProcessId> = if adoptions.is_empty() {
+        HashMap::new()
+    } else {
+        let wanted: HashSet<u64> = adoptions
+            .iter()
+            .flat_map(|(_, f)| f.iter().copied())
+            .collect();
+        let held = sockets::holders(&wanted);
+        adoptions
+            .into_iter()
+            .filter_map(|(id, foreign)| {
+                foreign
+                    .iter()
+                    .filter_map(|i| held.get(i))
+                    .flatten()
+                    .filter(|p| p.is_alive())
+                    .min_by_key(|p| (p.start_time, p.pid))
+                    .map(|p| (id, *p))
+            })
+            .collect()
+    };
+    let mut core = lock(core);
+    for (id, s) in served {
+        core.set_served(&id, s);
+    }
+    for (id, owner, holder) in verdicts {
+        core.settle(&id, owner, holder);
+    }
+    for (id, p) in adopters {
+        core.adopt(&id, p);
+    }
+}

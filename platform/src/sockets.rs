@@ -1,0 +1,85 @@
+//! The machine's TCP sockets as the kernel lists them, and which processes
+//! hold them.
+//!
+//! Listing the socket tables is cheap (one read of a few /proc files); the
+//! walk over every process's descriptors that maps a socket inode to its
+//! holders is the expensive part, so it is a separate call that takes the
+//! inodes it should look for and is made only when an answer needs it.
+//! Processes and descriptors that vanish mid-walk are skipped, never errors.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
+
+use crate::process::ProcessId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketState {
+    Listen,
+    Established,
+    TimeWait,
+    Other,
+}
+
+/// One TCP socket from the kernel's tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketEntry {
+    pub local: SocketAddr,
+    pub state: SocketState,
+    /// The socket's inode: how descriptors in /proc/PID/fd name it.
+    pub inode: u64,
+    /// The uid that created the socket.
+    pub uid: u32,
+}
+
+impl SocketEntry {
+    /// Whether this socket's address covers loopback, where pb's ports live:
+    /// a wildcard (0.0.0.0, ::) or a loopback address (127.0.0.0/8, ::1,
+    /// ::ffff:127.x).
+    pub fn covers_loopback(&self) -> bool {
+        match self.local.ip() {
+            std::net::IpAddr::V4(a) => a.is_unspecified() || a.is_loopback(),
+            std::net::IpAddr::V6(a) => {
+                a.is_unspecified()
+                    || a.is_loopback()
+                    || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        }
+    }
+}
+
+/// Every TCP socket (IPv4 and IPv6) in this network namespace.
+pub fn tcp_sockets() -> std::io::Result<Vec<SocketEntry>> {
+    crate::sys::tcp_sockets()
+}
+
+/// Listening sockets only.
+pub fn listeners() -> std::io::Result<Vec<SocketEntry>> {
+    Ok(tcp_sockets()?
+        .into_iter()
+        .filter(|s| s.state == SocketState::Listen)
+        .collect())
+}
+
+/// For each of `inodes`, the live processes that hold a descriptor to it.
+/// Only processes whose /proc entries this process may read are seen
+/// (its own user's, or all for root).
+pub fn holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<ProcessId>> {
+    if inodes.is_empty() {
+        return HashMap::new();
+    }
+    crate::sys::socket_holders(inodes)
+}
+
+/// Whether process `pid` holds a descriptor to any of `inodes`: the cheap
+/// question, one process's descriptors instead of every process's.
+pub fn held_by(pid: u32, inodes: &HashSet<u64>) -> bool {
+    crate::sys::holds_any(pid, inodes)
+}
+
+/// The inode of a socket descriptor.
+pub fn inode_of(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    Ok(st.st_ino)
+}

@@ -1,0 +1,301 @@
+//! Kernel awareness: dead owners' ports are freed at once, ownership follows
+//! the socket, number-only claims are adopted by the app that binds them,
+//! and `pb who` / `pb ps --all` name the real processes behind ports.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pb_tests::*;
+use serde_json::Value;
+
+fn broker() -> Broker {
+    Broker::start_with(&[("PB_SCAN_INTERVAL", "200ms")])
+}
+
+/// Starts tests/clients/claimant.py; returns it and the first line it prints.
+fn claimant(
+    broker: &Broker,
+    id: &str,
+    mode: &str,
+) -> (Proc, BufReader<std::process::ChildStdout>, u16) {
+    let mut child = Command::new("python3")
+        .arg(tests_dir().join("clients/claimant.py"))
+        .arg(broker.socket())
+        .arg(id)
+        .args((!mode.is_empty()).then_some(mode))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no port: {line:?}"));
+    (Proc(child), out, port)
+}
+
+fn lease(broker: &Broker, id: &str) -> Option<Value> {
+    let v = broker.pb_json(&["find", id]);
+    v["services"].as_array().unwrap().first().cloned()
+}
+
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until(Duration::from_secs(10), f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+fn port_free(port: u16) -> bool {
+    can_bind(v4(port)) && can_bind(v6(port))
+}
+
+#[test]
+fn sigkill_of_a_claimant_frees_its_port() {
+    let broker = broker();
+    let (mut c, _out, port) = claimant(&broker, "victim", "");
+    assert!(!can_bind(v4(port)) && !can_bind(v6(port)));
+    assert_eq!(lease(&broker, "victim").unwrap()["pid"], c.pid());
+    c.signal(libc::SIGKILL);
+    c.wait_for(Duration::from_secs(5));
+    wait_for("the port to be free", || port_free(port).then_some(()));
+    assert!(lease(&broker, "victim").is_none());
+    assert!(broker.log().contains("reclaimed victim"));
+}
+
+#[test]
+fn ownership_follows_the_socket_into_a_child_and_ends_with_the_last_holder() {
+    let broker = broker();
+    let (mut parent, mut out, port) = claimant(&broker, "forked", "--fork");
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let child: u32 = line.trim().parse().unwrap();
+    parent
+        .wait_for(Duration::from_secs(5))
+        .expect("the parent exits");
+    wait_for("ownership to move to the child", || {
+        (lease(&broker, "forked")?["pid"] == child).then_some(())
+    });
+    assert!(!can_bind(v4(port)), "the child still holds the port");
+    assert!(broker
+        .log()
+        .contains(&format!("forked follows its socket to pid {child}")));
+    // SAFETY: the child is our claimant's, which we started.
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    wait_for("the lease to end", || {
+        lease(&broker, "forked").is_none().then_some(())
+    });
+    wait_for("the port to be free", || port_free(port).then_some(()));
+}
+
+#[test]
+fn killing_pb_exec_hands_the_lease_to_the_child_that_serves() {
+    let broker = broker();
+    let mut child = broker
+        .cmd()
+        .args(["exec", "web", "--", "python3"])
+        .arg(tests_dir().join("servers/fd_server.py"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "serving");
+    let mut pb = Proc(child);
+    let port = broker.leases()[0].1;
+    pb.signal(libc::SIGKILL);
+    pb.wait_for(Duration::from_secs(5));
+    let server = wait_for("ownership to move to the server", || {
+        let l = lease(&broker, "web")?;
+        let pid = l["pid"].as_u64()? as u32;
+        (pid != pb.pid() && l["command"].as_str()?.contains("fd_server.py")).then_some(pid)
+    });
+    assert!(curl_until("-4", port).is_some(), "still serving");
+    // SAFETY: the server is pb exec's child, which we started.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    wait_for("the lease to end", || {
+        lease(&broker, "web").is_none().then_some(())
+    });
+    // The server closed the connection curl made, leaving TIME_WAIT: a
+    // server's own bind (SO_REUSEADDR) is what must succeed.
+    wait_for("the port to be free", || {
+        (can_bind_and_listen_reuseaddr(v4(port)) && can_bind_and_listen_reuseaddr(v6(port)))
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_reused_pid_is_not_taken_for_the_owner() {
+    let mut broker = broker();
+    let sleeper = Proc(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = sleeper.pid().to_string();
+    broker.claim("same-start", &["--pid", &pid]);
+    broker.claim("other-start", &["--pid", &pid]);
+    broker.kill9();
+    // Make one lease's owner the same pid with another start time: what a
+    // lease of a dead process whose pid was reused looks like.
+    let st = Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"update services set owner_start = owner_start + 1 where id = 'other-start'\"); c.commit()"])
+        .arg(broker.home.path().join("pb.db"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    broker.restart();
+    let ids: Vec<String> = broker.leases().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(
+        ids,
+        vec!["same-start".to_string()],
+        "the live pid with the wrong start time owns nothing"
+    );
+    drop(sleeper);
+}
+
+#[test]
+fn a_number_only_claim_is_adopted_by_the_app_and_freed_when_it_dies() {
+    let broker = broker();
+    let port = broker.claim("num", &[]);
+    assert_eq!(lease(&broker, "num").unwrap()["pid"], Value::Null);
+    let mut app = Proc(
+        Command::new("node")
+            .args([
+                "-e",
+                "require('http').createServer((q,r)=>r.end('ok')).listen(Number(process.argv[1]))",
+            ])
+            .arg(port.to_string())
+            .spawn()
+            .unwrap(),
+    );
+    let app_pid = app.pid();
+    wait_for("adoption", || {
+        (lease(&broker, "num")?["pid"] == app_pid).then_some(())
+    });
+    let l = lease(&broker, "num").unwrap();
+    assert_eq!(l["served"], true);
+    assert!(l["command"].as_str().unwrap().starts_with("node"));
+    app.signal(libc::SIGKILL);
+    app.wait_for(Duration::from_secs(5));
+    wait_for("the lease to end", || {
+        lease(&broker, "num").is_none().then_some(())
+    });
+    wait_for("the port to be free", || port_free(port).then_some(()));
+}
+
+#[test]
+fn an_owner_that_closes_its_sockets_without_exiting_loses_the_lease() {
+    let broker = broker();
+    let (c, mut out, port) = claimant(&broker, "closer", "--close");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lease(&broker, "closer").is_some(),
+        "held while the owner holds its sockets"
+    );
+    let mut stdin = c.0.stdin.as_ref().unwrap();
+    stdin.write_all(b"close\n").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "closed");
+    wait_for("the lease to end", || {
+        lease(&broker, "closer").is_none().then_some(())
+    });
+    wait_for("the port to be free", || port_free(port).then_some(()));
+    drop(c);
+}
+
+#[test]
+fn who_and_ps_all_name_an_unrelated_listener() {
+    let broker = broker();
+    let port = broker.range.1;
+    let server = Proc(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = server.pid();
+    let who = wait_for("the server to listen", || {
+        let v = broker.pb_json(&["who", &port.to_string()]);
+        (!v["listeners"].as_array()?.is_empty()).then_some(v)
+    });
+    assert_eq!(who["service"], Value::Null);
+    let holder = &who["listeners"][0]["holders"][0];
+    assert_eq!(holder["pid"], pid);
+    assert!(holder["command"].as_str().unwrap().contains("http.server"));
+    assert!(holder["since_ms"].as_u64().is_some());
+    let text = broker.pb_ok(&["who", &port.to_string()]);
+    assert!(
+        text.contains(&format!("pid {pid}")) && text.contains("http.server"),
+        "{text}"
+    );
+
+    let all = broker.pb_json(&["ps", "--all"]);
+    let row = all["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == port)
+        .expect("listed");
+    assert_eq!(row["holders"][0]["pid"], pid);
+    assert_eq!(row["brokered"], false);
+    let table = broker.pb_ok(&["ps", "--all"]);
+    assert!(table.contains(&port.to_string()) && table.contains(&pid.to_string()));
+
+    // A brokered port names its service.
+    let p = broker.claim("mine", &[]);
+    let v = broker.pb_json(&["who", &p.to_string()]);
+    assert_eq!(v["service"]["id"], "mine");
+
+    for bad in ["0", "70000"] {
+        let out = broker.pb(&["who", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+    }
+    drop(server);
+}
+
+#[test]
+fn scans_do_not_fail_while_processes_come_and_go() {
+    use pb_platform::sockets;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && rounds < 2000 {
+                // Short-lived listeners and plain processes, ours, killed by pid.
+                let mut l = Command::new("python3")
+                    .args(["-c", "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); time.sleep(0.05)"])
+                    .spawn()
+                    .unwrap();
+                let mut s = Command::new("sleep").arg("5").spawn().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+                let _ = s.kill();
+                let _ = s.wait();
+                let _ = l.wait();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    for _ in 0..200 {
+        let all = sockets::tcp_sockets().expect("a scan never fails");
+        let inodes = all.iter().map(|s| s.inode).collect();
+        let held = sockets::holders(&inodes);
+        for p in held.values().flatten() {
+            let _ = pb_platform::ProcessInfo::of(p.pid);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(churn.join().unwrap() > 0);
+}
