@@ -20,6 +20,7 @@ fn main() {
         uid: unsafe { libc::geteuid() },
         process: None,
         session: None,
+        exit_watch: None,
     };
     let n = 20_000;
     for (name, fds) in [("handed over", true), ("number only", false)] {
