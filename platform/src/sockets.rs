@@ -53,6 +53,12 @@ pub fn tcp_sockets() -> std::io::Result<Vec<SocketEntry>> {
     crate::sys::tcp_sockets()
 }
 
+/// The same, always from /proc/net/tcp{,6}: the fallback, kept callable so
+/// benchmarks can compare it with the netlink path.
+pub fn tcp_sockets_from_proc() -> std::io::Result<Vec<SocketEntry>> {
+    crate::sys::tcp_sockets_procfs()
+}
+
 /// Listening sockets only.
 pub fn listeners() -> std::io::Result<Vec<SocketEntry>> {
     Ok(tcp_sockets()?

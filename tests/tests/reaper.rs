@@ -299,3 +299,33 @@ fn scans_do_not_fail_while_processes_come_and_go() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(churn.join().unwrap() > 0);
 }
+
+#[test]
+fn claim_pid_of_another_users_process_is_refused() {
+    let broker = broker();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    // As root, a process of user nobody; otherwise init, which is root's.
+    let other = root.then(|| {
+        Proc(
+            Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "sleep",
+                    "60",
+                ])
+                .spawn()
+                .expect("setpriv (util-linux)"),
+        )
+    });
+    let pid = other.as_ref().map_or(1, |p| p.pid());
+    wait_for("the process to become another user's", || {
+        (pb_platform::process::uid_of(pid) != Some(unsafe { libc::geteuid() })).then_some(())
+    });
+    let out = broker.pb(&["claim", "x", "--pid", &pid.to_string()]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another user"));
+    assert!(broker.leases().is_empty());
+}
