@@ -7,8 +7,7 @@
 //! Scans: the socket tables and the /proc/*/fd walk, timed as they are,
 //! then again with 1 000 extra (sleeping) processes on the machine.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pb_platform::sockets;
@@ -26,27 +25,16 @@ fn ms(d: Duration) -> f64 {
 fn reclaim(broker: &Broker, rounds: usize) {
     let mut lat = Vec::with_capacity(rounds);
     for i in 0..rounds {
-        let mut child = Command::new("python3")
-            .arg(tests_dir().join("clients/claimant.py"))
-            .arg(broker.socket())
-            .arg(format!("victim:{i}"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().unwrap();
+        let (mut child, _out, port) = claimant(broker, &format!("victim:{i}"), "");
         assert!(!can_bind(v4(port)));
         let t = Instant::now();
-        child.kill().unwrap();
+        child.signal(libc::SIGKILL);
         let free = wait_until_fine(Duration::from_secs(5), || {
             can_bind(v4(port)) && can_bind(v6(port))
         });
         assert!(free, "port {port} was not freed");
         lat.push(t.elapsed());
-        child.wait().unwrap();
+        child.wait_for(Duration::from_secs(5));
     }
     let p50 = pct(&mut lat, 0.5);
     let p99 = pct(&mut lat, 0.99);

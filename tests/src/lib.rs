@@ -422,3 +422,31 @@ pub fn curl(family: &str, port: u16) -> Option<String> {
 pub fn curl_until(family: &str, port: u16) -> Option<String> {
     wait_until(Duration::from_secs(10), || curl(family, port))
 }
+
+/// Starts tests/clients/claimant.py (a python3 client that claims `id` with
+/// its sockets and holds them; `mode` as that script describes). Returns
+/// it, its stdout for further lines, and the port it claimed.
+pub fn claimant(
+    broker: &Broker,
+    id: &str,
+    mode: &str,
+) -> (Proc, std::io::BufReader<std::process::ChildStdout>, u16) {
+    use std::io::BufRead;
+    let mut child = Command::new("python3")
+        .arg(tests_dir().join("clients/claimant.py"))
+        .arg(broker.socket())
+        .arg(id)
+        .args((!mode.is_empty()).then_some(mode))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("claimant printed no port: {line:?}"));
+    (Proc(child), out, port)
+}

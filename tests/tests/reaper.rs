@@ -13,31 +13,6 @@ fn broker() -> Broker {
     Broker::start_with(&[("PB_SCAN_INTERVAL", "200ms")])
 }
 
-/// Starts tests/clients/claimant.py; returns it and the first line it prints.
-fn claimant(
-    broker: &Broker,
-    id: &str,
-    mode: &str,
-) -> (Proc, BufReader<std::process::ChildStdout>, u16) {
-    let mut child = Command::new("python3")
-        .arg(tests_dir().join("clients/claimant.py"))
-        .arg(broker.socket())
-        .arg(id)
-        .args((!mode.is_empty()).then_some(mode))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("no port: {line:?}"));
-    (Proc(child), out, port)
-}
-
 fn lease(broker: &Broker, id: &str) -> Option<Value> {
     let v = broker.pb_json(&["find", id]);
     v["services"].as_array().unwrap().first().cloned()
