@@ -10,6 +10,8 @@
 //! hand-off a finer scheme would need.
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,14 +19,15 @@ use pb_platform::{
     BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, ProcessInfo, SocketPool,
 };
 use pb_proto::{
-    ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, Owner, ReleaseReply, StatusReply,
-    WireError, PROTOCOL_VERSION,
+    ClaimArgs, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo, Op, Owner, ReleaseReply,
+    StatusReply, WireError, PROTOCOL_VERSION,
 };
 use serde_json::Value;
 
 use crate::config::Config;
 use crate::ids::{self, Pattern};
 use crate::reaper::{LeaseView, ReaperJob};
+use crate::relay::Relay;
 use crate::rules;
 use crate::store::{LeaseRecord, Store, StoreError};
 
@@ -47,14 +50,34 @@ pub struct SessionId(pub u64);
 #[derive(Debug)]
 pub struct Outcome {
     pub result: Value,
-    /// Sockets whose descriptors go with the reply. Shared with the lease,
-    /// not duplicated: the transport sends straight from them, and the
-    /// lease's own sockets stay open at least until the send is done.
-    pub sockets: Option<Arc<LoopbackSockets>>,
+    /// Sockets whose descriptors go with the reply.
+    pub sockets: Option<Handover>,
     /// The broker should stop once this reply is sent.
     pub shutdown: bool,
     /// How to take this outcome back if its reply cannot be delivered.
     pub undo: Option<Undo>,
+}
+
+/// A lease's listeners on their way to a client. Shared with the lease, not
+/// duplicated: the transport sends straight from them, and the lease's own
+/// sockets stay open at least until the send is done.
+#[derive(Debug)]
+pub struct Handover {
+    sockets: Arc<LoopbackSockets>,
+    /// Only this family's socket goes; `None` sends both.
+    only: Option<IpFamily>,
+}
+
+impl Handover {
+    /// The descriptors to send, IPv4 first.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let s = &self.sockets;
+        match (self.only, &s.v6) {
+            (Some(IpFamily::V6), Some(v6)) => vec![v6.as_fd()],
+            (Some(_), _) => vec![s.v4.as_fd()],
+            (None, _) => s.fds().collect(),
+        }
+    }
 }
 
 /// Takes back a claim whose reply never reached the claimant, so that a
@@ -91,6 +114,9 @@ struct Lease {
     served: Option<bool>,
     /// The owner's command line, read when it became the owner.
     owner_command: Option<String>,
+    /// Connections to the family the client does not serve, relayed to the
+    /// one it does; stops when the lease ends.
+    relay: Option<Relay>,
 }
 
 impl Lease {
@@ -110,6 +136,7 @@ impl Lease {
             adopted: false,
             served: None,
             owner_command,
+            relay: None,
         }
     }
 
@@ -488,6 +515,12 @@ impl Core {
         let ttl = a.expires_ms.map(rules::check_ttl).transpose()?;
         let metadata = rules::check_metadata(a.metadata)?;
         let owner = Self::resolve_owner(caller, a.owner)?;
+        if a.family.is_some() && !a.fds {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "\"family\" chooses which listener to hand over, so it needs \"fds\": true",
+            ));
+        }
         if a.session && caller.session.is_none() {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -511,7 +544,7 @@ impl Core {
                     format!("{} already holds port {}, not {p}", a.id, lease.record.port),
                 ));
             }
-            return claim_outcome(lease, true, a.fds, &mut self.pool);
+            return claim_outcome(lease, true, a.fds, a.family, &mut self.pool);
         }
 
         if self.leases.len() >= self.cfg.max_leases {
@@ -567,7 +600,7 @@ impl Core {
                 .or_insert(Lease::new(record, Some(sockets), session));
         // The sockets were bound listening when `fds` was asked for, so
         // this cannot fail after the lease was stored.
-        let outcome = claim_outcome(lease, false, a.fds, &mut self.pool)?;
+        let outcome = claim_outcome(lease, false, a.fds, a.family, &mut self.pool)?;
         self.trim_sticky();
         Ok(Outcome {
             undo: Some(undo),
@@ -799,10 +832,11 @@ fn claim_outcome(
     lease: &mut Lease,
     existing: bool,
     fds: bool,
+    family: Option<IpFamily>,
     pool: &mut SocketPool,
 ) -> Result<Outcome, WireError> {
     let (sockets, addrs) = if fds {
-        hand_over(lease, pool)?
+        hand_over(lease, family, pool)?
     } else {
         (None, Vec::new())
     };
@@ -817,11 +851,14 @@ fn claim_outcome(
     })
 }
 
-/// Makes the lease's sockets listen and shares them for a reply.
+/// Makes the lease's sockets listen and shares them for a reply. With
+/// `family`, only that family's socket goes, and the other one is relayed to
+/// it (when the machine has both).
 fn hand_over(
     lease: &mut Lease,
+    family: Option<IpFamily>,
     pool: &mut SocketPool,
-) -> Result<(Option<Arc<LoopbackSockets>>, Vec<String>), WireError> {
+) -> Result<(Option<Handover>, Vec<String>), WireError> {
     let port = lease.record.port;
     if lease.sockets.is_none() {
         lease.sockets = Some(Arc::new(bind_wanted(port, true, pool).map_err(bind_error)?));
@@ -834,11 +871,39 @@ fn hand_over(
         ),
         other => bind_error(other),
     })?;
-    let mut addrs = vec![format!("127.0.0.1:{port}")];
-    if sockets.v6.is_some() {
-        addrs.push(format!("[::1]:{port}"));
-    }
-    Ok((Some(sockets.clone()), addrs))
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let v6 = sockets
+        .v6
+        .as_ref()
+        .map(|fd| (fd, SocketAddr::from((Ipv6Addr::LOCALHOST, port))));
+    let addrs: Vec<SocketAddr> = match (family, v6) {
+        (None, v6) => std::iter::once(v4).chain(v6.map(|(_, a)| a)).collect(),
+        (Some(_), None) => vec![v4],
+        (Some(served), Some((v6_fd, v6))) => {
+            let (relayed, target) = match served {
+                IpFamily::V4 => (v6_fd.as_fd(), v4),
+                IpFamily::V6 => (sockets.v4.as_fd(), v6),
+            };
+            if lease.relay.as_ref().is_none_or(|r| r.target != target) {
+                let relay = Relay::start(relayed, target).map_err(|e| {
+                    WireError::new(
+                        ErrorCode::Internal,
+                        format!("cannot relay to {target}: {e}"),
+                    )
+                })?;
+                lease.relay = Some(relay);
+            }
+            vec![target]
+        }
+    };
+    let handover = Handover {
+        sockets: sockets.clone(),
+        only: family,
+    };
+    Ok((
+        Some(handover),
+        addrs.iter().map(|a| a.to_string()).collect(),
+    ))
 }
 
 /// Binds a port wanted by number: exclusively if possible, else beside

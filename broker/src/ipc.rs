@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pb_platform::{ExitWatch, LoopbackSockets, PeerIdentity};
+use pb_platform::{ExitWatch, PeerIdentity};
 use pb_proto::frame;
 use pb_proto::{ErrorCode, Reply, Request, WireError};
 use sendfd::SendWithFd;
@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
-use crate::core::{Caller, Core};
+use crate::core::{Caller, Core, Handover};
 use crate::service;
 
 /// How long the rest of a frame may take once its first byte arrived.
@@ -97,7 +97,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
                     Reply::ok(
                         req.tag,
                         out.result,
-                        out.sockets.as_ref().map_or(0, |s| s.fds().count()),
+                        out.sockets.as_ref().map_or(0, |s| s.fds().len()),
                     ),
                     out.sockets,
                     out.shutdown,
@@ -106,7 +106,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
                 Err(e) => (Reply::err(req.tag, e), None, false, None),
             },
         };
-        if write_reply(&mut stream, &reply, fds.as_deref())
+        if write_reply(&mut stream, &reply, fds.as_ref())
             .await
             .is_err()
         {
@@ -188,13 +188,13 @@ fn nix_geteuid() -> u32 {
 async fn write_reply(
     stream: &mut UnixStream,
     reply: &Reply,
-    sockets: Option<&LoopbackSockets>,
+    sockets: Option<&Handover>,
 ) -> std::io::Result<()> {
     let bytes = frame::encode(&serde_json::to_vec(reply).expect("replies serialize"));
     tokio::time::timeout(WRITE_TIMEOUT, async {
         let mut sent = 0;
         if let Some(sockets) = sockets {
-            let raw: Vec<RawFd> = sockets.fds().map(|f| f.as_raw_fd()).collect();
+            let raw: Vec<RawFd> = sockets.fds().iter().map(|f| f.as_raw_fd()).collect();
             // The descriptors ride on the first byte of the frame.
             sent = stream
                 .async_io(Interest::WRITABLE, || stream.send_with_fd(&bytes, &raw))

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod inspect;
 pub mod ipc;
 pub mod reaper;
+pub mod relay;
 pub mod rules;
 pub mod service;
 pub mod store;

@@ -5,6 +5,7 @@
 mod connect;
 mod exec;
 mod output;
+mod shim;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -131,8 +132,16 @@ enum Command {
         keep: bool,
         /// Pass only $PORT, no sockets: for apps that bind the port
         /// themselves (with SO_REUSEADDR).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "shim")]
         port_only: bool,
+        /// Load the preload shim: the app's own bind() of a hard-coded
+        /// port gets the broker's socket. Without --map, its first TCP bind.
+        #[arg(long)]
+        shim: bool,
+        /// With --shim: swap binds of PORT only, for the service ID (this
+        /// one by default). Repeat for apps with several listeners.
+        #[arg(long = "map", value_name = "PORT[=ID]", requires = "shim")]
+        maps: Vec<String>,
         #[arg(
             required = true,
             trailing_var_arg = true,
@@ -141,6 +150,9 @@ enum Command {
         )]
         command: Vec<OsString>,
     },
+    /// Print the path of the preload shim, for LD_PRELOAD by hand (with
+    /// PB_SHIM_MAP; see docs/CLI.md). `pb exec --shim` does this for you.
+    ShimPath,
     /// Show whether the broker is running.
     Status,
     /// Start the broker in the background.
@@ -298,6 +310,8 @@ fn run(command: Command, fmt: Format) -> Result<i32> {
             env_name,
             keep,
             port_only,
+            shim,
+            maps,
             command,
         } => exec::run(
             &paths,
@@ -307,10 +321,15 @@ fn run(command: Command, fmt: Format) -> Result<i32> {
                 env_name,
                 keep,
                 port_only,
+                shim: shim.then_some(maps),
                 quiet: fmt == Format::Quiet,
                 command,
             },
         ),
+        Command::ShimPath => {
+            println!("{}", shim::path(&paths)?.display());
+            Ok(0)
+        }
         Command::Status => {
             let status = connect::existing(&paths)
                 .and_then(|mut c| Ok(c.call_as::<StatusReply>(Op::Status)?.0));

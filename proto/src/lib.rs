@@ -1,5 +1,5 @@
 //! pb's IPC wire format: the typed requests and replies shared by the
-//! broker, the CLI and (later) the preload shim, the frame codec, and a small
+//! broker, the CLI and the preload shim, the frame codec, and a small
 //! blocking client. docs/PROTOCOL.md is the prose version of this crate.
 
 pub mod client;
@@ -8,6 +8,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod paths;
+pub mod shim;
 
 pub use client::Client;
 pub use error::{ErrorCode, WireError};

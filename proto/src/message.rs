@@ -89,6 +89,23 @@ pub struct ClaimArgs {
     /// Free-form JSON object kept with the lease (at most 4 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// With `fds`: hand over only this family's listener, and have the
+    /// broker relay connections that reach the lease's other loopback
+    /// address to it. For a client that can serve one socket only (the
+    /// preload shim swapping an app's own socket), so that `localhost:P`
+    /// still answers in both families.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<IpFamily>,
+}
+
+/// An address family of the lease's loopback sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpFamily {
+    /// 127.0.0.1
+    V4,
+    /// ::1
+    V6,
 }
 
 /// A lease as clients see it.

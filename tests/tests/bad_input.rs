@@ -142,6 +142,15 @@ fn unknown_versions_ops_and_fields() {
             json!({"v": 1, "tag": 8, "op": "claim", "id": "x", "fds": "yes"}),
             ErrorCode::InvalidRequest,
         ),
+        // A family picks which listener to hand over: it needs fds.
+        (
+            json!({"v": 1, "tag": 9, "op": "claim", "id": "x", "family": "v6"}),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            json!({"v": 1, "tag": 10, "op": "claim", "id": "x", "fds": true, "family": "v5"}),
+            ErrorCode::InvalidRequest,
+        ),
     ];
     for (req, code) in cases {
         s.write_all(&frame::encode(req.to_string().as_bytes()))
