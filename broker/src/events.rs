@@ -133,8 +133,9 @@ pub struct EventBus {
     /// Ids below this are reserved in the store.
     ceiling: u64,
     followers: broadcast::Sender<Arc<Event>>,
-    /// Emitted but not yet written to the activity table.
-    pending: Vec<ActivityRow>,
+    /// Emitted but not yet written to the activity table (turned into
+    /// rows only when written, off the request's path).
+    pending: Vec<Arc<Event>>,
     commands: HashMap<ProcessId, Option<String>>,
 }
 
@@ -173,9 +174,11 @@ impl EventBus {
 
     /// Queues the event for the activity table and hands it to followers.
     pub fn record(&mut self, ev: Arc<Event>) {
-        self.pending.push(ev.row());
         // No followers is not an error.
-        let _ = self.followers.send(ev);
+        if self.followers.receiver_count() > 0 {
+            let _ = self.followers.send(ev.clone());
+        }
+        self.pending.push(ev);
     }
 
     pub fn follow(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -187,7 +190,8 @@ impl EventBus {
         if self.pending.is_empty() {
             return Ok(());
         }
-        store.append_activity(&self.pending)?;
+        let rows: Vec<ActivityRow> = self.pending.iter().map(|e| e.row()).collect();
+        store.append_activity(&rows)?;
         self.pending.clear();
         Ok(())
     }

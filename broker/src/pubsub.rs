@@ -16,11 +16,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pb_proto::{
-    ChannelInfo, ChannelsReply, ErrorCode, HistoryReply, MessageInfo, PublishReply, SubscribeReply,
-    WireError,
+    Actor, ChannelInfo, ChannelsReply, ErrorCode, HistoryReply, MessageInfo, PublishReply,
+    SubscribeReply, WireError,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -40,17 +40,58 @@ pub const MAX_HISTORY: usize = 10_000;
 /// subscriber queue it was put on.
 #[derive(Debug)]
 pub struct Message {
-    pub info: MessageInfo,
-    /// `info` as JSON, made once.
-    pub json: Arc<str>,
+    pub id: u64,
+    pub channel: String,
+    pub time_ms: u64,
+    body: Body,
+    /// The message as JSON, made once, when first needed.
+    json: OnceLock<Arc<str>>,
+}
+
+#[derive(Debug)]
+enum Body {
+    Published {
+        data: Value,
+        from: Option<Actor>,
+    },
+    /// A broker event: turned into a message only when someone reads it,
+    /// so events nobody subscribes to cost no serialization.
+    Event(Arc<Event>),
 }
 
 impl Message {
-    fn new(info: MessageInfo) -> Arc<Message> {
-        let json: Arc<str> = serde_json::to_string(&info)
-            .expect("messages serialize")
-            .into();
-        Arc::new(Message { info, json })
+    fn new(id: u64, channel: String, time_ms: u64, body: Body) -> Arc<Message> {
+        Arc::new(Message {
+            id,
+            channel,
+            time_ms,
+            body,
+            json: OnceLock::new(),
+        })
+    }
+
+    pub fn info(&self) -> MessageInfo {
+        let (data, from) = match &self.body {
+            Body::Published { data, from } => (data.clone(), from.clone()),
+            Body::Event(ev) => (as_message_data(ev), ev.actor.clone()),
+        };
+        MessageInfo {
+            id: self.id,
+            channel: self.channel.clone(),
+            time_ms: self.time_ms,
+            data,
+            from,
+        }
+    }
+
+    pub fn json(&self) -> Arc<str> {
+        self.json
+            .get_or_init(|| {
+                serde_json::to_string(&self.info())
+                    .expect("messages serialize")
+                    .into()
+            })
+            .clone()
     }
 }
 
@@ -76,7 +117,7 @@ impl PubSub {
     /// Queues `msg` for every subscriber that wants it and keeps it in its
     /// channel. Returns how many subscribers it was queued for.
     fn deliver(&mut self, msg: Arc<Message>, cfg: &CoordConfig) -> usize {
-        let channel = msg.info.channel.as_str();
+        let channel = msg.channel.as_str();
         let mut delivered = 0;
         self.subscribers.retain(|s| {
             if !s.wants(channel) {
@@ -96,7 +137,10 @@ impl PubSub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-        let kept = self.channels.entry(msg.info.channel.clone()).or_default();
+        let kept = match self.channels.get_mut(&msg.channel) {
+            Some(k) => k,
+            None => self.channels.entry(msg.channel.clone()).or_default(),
+        };
         kept.push_back(msg);
         while kept.len() > cfg.retain_count {
             kept.pop_front();
@@ -105,18 +149,12 @@ impl PubSub {
     }
 
     /// An event from the bus, on channel `pb:<kind>`.
-    pub fn republish(&mut self, ev: &Event, cfg: &CoordConfig) {
+    pub fn republish(&mut self, ev: &Arc<Event>, cfg: &CoordConfig) {
         let channel = format!("pb:{}", ev.kind.name());
         if !self.channels.contains_key(&channel) && self.channels.len() >= cfg.max_channels {
             return;
         }
-        let msg = Message::new(MessageInfo {
-            id: ev.id,
-            channel,
-            time_ms: ev.time_ms,
-            data: as_message_data(ev),
-            from: ev.actor.clone(),
-        });
+        let msg = Message::new(ev.id, channel, ev.time_ms, Body::Event(ev.clone()));
         self.deliver(msg, cfg);
     }
 
@@ -125,7 +163,7 @@ impl PubSub {
         let before = now.saturating_sub(cfg.retain_age_ms);
         let mut removed = 0;
         self.channels.retain(|_, msgs| {
-            while msgs.front().is_some_and(|m| m.info.time_ms < before) {
+            while msgs.front().is_some_and(|m| m.time_ms < before) {
                 msgs.pop_front();
                 removed += 1;
             }
@@ -148,11 +186,11 @@ impl PubSub {
             .filter(|(c, _)| patterns.iter().any(|p| p.matches(c)))
             .flat_map(|(_, msgs)| {
                 // Ids increase along a channel: skip to the first after `since`.
-                let start = msgs.partition_point(|m| m.info.id <= since);
+                let start = msgs.partition_point(|m| m.id <= since);
                 msgs.range(start..).cloned()
             })
             .collect();
-        out.sort_by_key(|m| m.info.id);
+        out.sort_by_key(|m| m.id);
         if out.len() > limit {
             out.drain(..out.len() - limit);
         }
@@ -170,8 +208,8 @@ pub struct Subscription {
 
 impl Subscription {
     fn item(&mut self, m: Arc<Message>) -> StreamNext {
-        self.last_id = m.info.id;
-        StreamNext::Item(m.json.clone())
+        self.last_id = m.id;
+        StreamNext::Item(m.json())
     }
 
     fn ended(&self) -> StreamNext {
@@ -268,13 +306,15 @@ impl Core {
             Some(actor.clone()),
             details,
         );
-        let msg = Message::new(MessageInfo {
+        let msg = Message::new(
             id,
-            channel: channel.clone(),
-            time_ms: now_ms(),
-            data,
-            from: Some(actor),
-        });
+            channel.clone(),
+            now_ms(),
+            Body::Published {
+                data,
+                from: Some(actor),
+            },
+        );
         let delivered = self.pubsub.deliver(msg, &self.cfg.coord);
         Ok(Outcome::of(PublishReply {
             id,
@@ -346,7 +386,7 @@ impl Core {
             .pubsub
             .retained(std::slice::from_ref(&p), since_id.unwrap_or(0), limit)
             .iter()
-            .map(|m| m.info.clone())
+            .map(|m| m.info())
             .collect();
         Ok(Outcome::of(HistoryReply { messages }))
     }
@@ -360,8 +400,8 @@ impl Core {
             .map(|(name, msgs)| ChannelInfo {
                 channel: name.clone(),
                 messages: msgs.len(),
-                last_id: msgs.back().map(|m| m.info.id),
-                last_ms: msgs.back().map(|m| m.info.time_ms),
+                last_id: msgs.back().map(|m| m.id),
+                last_ms: msgs.back().map(|m| m.time_ms),
                 subscribers: ps.subscribers.iter().filter(|s| s.wants(name)).count(),
             })
             .collect();
