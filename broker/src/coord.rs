@@ -80,7 +80,6 @@ impl Core {
             Op::AgentUnregister { id } => self.agent_unregister(caller, &id),
             Op::Agents => Ok(self.agents_list()),
             Op::AgentInfo { id } => self.agent_info_op(&id),
-            Op::Activity(a) => self.activity(a),
             other => Err(WireError::new(
                 ErrorCode::Internal,
                 format!("{other:?} is answered by service::dispatch, not the core"),
@@ -120,7 +119,12 @@ impl Core {
                 eprintln!("pb: cannot trim lock rows: {e}");
             }
         }
-        self.flush_activity(trim);
+        self.bus.flush();
+        if trim {
+            let c = &self.cfg.coord;
+            let before = now.saturating_sub(c.activity_max_age_ms);
+            self.bus.log().trim(c.activity_retain, before);
+        }
     }
 
     /// Announces the broker's start.
@@ -131,14 +135,15 @@ impl Core {
             "leases": self.lease_count(),
         });
         self.emit(EventKind::DaemonStart, "daemon", None, details);
-        self.flush_activity(false);
+        self.bus.flush();
     }
 
     /// Announces the broker's stop and writes what the log still holds.
     pub fn daemon_stopping(&mut self) {
         let details = serde_json::json!({ "pid": std::process::id() });
         self.emit(EventKind::DaemonStop, "daemon", None, details);
-        self.flush_activity(false);
+        self.bus.flush();
+        self.bus.log().barrier();
     }
 }
 

@@ -1,6 +1,8 @@
 //! Durable state in SQLite: leases and each id's last port; held locks and
 //! every lock's last fencing token; registered agents; the activity log;
-//! the reserved range of event ids.
+//! the reserved range of event ids. The activity log has its own database
+//! file (`ActivityDb`), written by its own thread, so that logging never
+//! holds up the core.
 //!
 //! WAL with synchronous=NORMAL: a committed transaction survives a crash of
 //! the broker (kill -9), which is what "acknowledged" promises; only a crash
@@ -24,6 +26,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this pb ({known}); upgrade pb")]
     TooNew { found: i64, known: i64 },
+    #[error("starting the activity log's writer: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// A lease as stored.
@@ -153,19 +157,6 @@ const MIGRATIONS: &[&str] = &[
         last_seen_ms INTEGER NOT NULL,
         metadata TEXT
     ) WITHOUT ROWID;
-    CREATE TABLE activity (
-        id INTEGER PRIMARY KEY,
-        time_ms INTEGER NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT NOT NULL,
-        agent TEXT,
-        pid INTEGER,
-        uid INTEGER,
-        command TEXT,
-        no_actor INTEGER NOT NULL,
-        details TEXT NOT NULL
-    );
-    CREATE INDEX activity_time ON activity(time_ms);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 ",
 ];
@@ -502,6 +493,85 @@ impl Store {
         Ok(())
     }
 
+    /// The end of the reserved range of event ids (0 when none was).
+    pub fn event_id_ceiling(&self) -> Result<u64, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'event_id_ceiling'",
+                [],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    pub fn set_event_id_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('event_id_ceiling', ?1)",
+            )?
+            .execute([ceiling as i64])?;
+        Ok(())
+    }
+}
+
+const ACTIVITY_MIGRATIONS: &[&str] = &["CREATE TABLE activity (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        agent TEXT,
+        pid INTEGER,
+        uid INTEGER,
+        command TEXT,
+        no_actor INTEGER NOT NULL,
+        details TEXT NOT NULL
+    );
+"];
+
+/// The activity log's database (`activity.db` beside `pb.db`): WAL in
+/// normal locking mode, so queries read through their own connections
+/// while the log's writer thread appends.
+pub struct ActivityDb {
+    conn: Connection,
+}
+
+impl ActivityDb {
+    pub fn open(path: &Path) -> Result<ActivityDb, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let known = ACTIVITY_MIGRATIONS.len() as i64;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        let mut db = ActivityDb { conn };
+        for (i, sql) in ACTIVITY_MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = db.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(db)
+    }
+
+    /// A read-only connection for one query.
+    pub fn reader(path: &Path) -> Result<ActivityDb, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(ActivityDb { conn })
+    }
+
     /// Appends activity rows in one transaction.
     pub fn append_activity(&mut self, rows: &[ActivityRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
@@ -595,32 +665,6 @@ impl Store {
         let mut out: Vec<ActivityRow> = rows.collect::<Result<_, _>>()?;
         out.reverse();
         Ok(out)
-    }
-
-    /// The end of the reserved range of event ids (0 when none was).
-    pub fn event_id_ceiling(&self) -> Result<u64, StoreError> {
-        let v: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'event_id_ceiling'",
-                [],
-                |r| r.get(0),
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
-        Ok(v.unwrap_or(0) as u64)
-    }
-
-    pub fn set_event_id_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('event_id_ceiling', ?1)",
-            )?
-            .execute([ceiling as i64])?;
-        Ok(())
     }
 }
 
