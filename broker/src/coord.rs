@@ -35,6 +35,9 @@ impl Core {
     pub(crate) fn coord_processes(&self) -> Vec<ProcessId> {
         let mut v = self.locks.owner_processes();
         v.extend(self.agents.processes());
+        // Many locks often share one owner (a script's shell).
+        v.sort_by_key(|p| (p.pid, p.start_time));
+        v.dedup();
         v
     }
 
