@@ -7,7 +7,14 @@
 //!
 //! The core is synchronous and owned behind one mutex: each operation is a
 //! few syscalls and one SQLite transaction, far shorter than any lock
-//! hand-off a finer scheme would need.
+//! hand-off a finer scheme would need. Operations that wait (a lock queue)
+//! or go on (a subscription) return at once with a `pending` or `stream`
+//! part that the transport awaits with the mutex released.
+//!
+//! Coordination (locks, pub/sub, agents, the activity log) keeps its state
+//! in its own modules (`locks`, `pubsub`, `agents`, `activity`), each with
+//! an `impl Core` block for its operations; every change is announced once
+//! on the event bus (`events`) through `Core::emit`.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -24,12 +31,17 @@ use pb_proto::{
 };
 use serde_json::Value;
 
+use crate::agents::Agents;
 use crate::config::Config;
+use crate::events::{EventBus, EventKind};
 use crate::ids::{self, Pattern};
+use crate::locks::{Locks, PendingLock};
+use crate::pubsub::PubSub;
 use crate::reaper::{LeaseView, ReaperJob};
 use crate::relay::Relay;
 use crate::rules;
 use crate::store::{LeaseRecord, Store, StoreError};
+use crate::stream::Stream;
 
 /// Who sent a request, as the kernel (not the client) says.
 #[derive(Debug, Clone)]
@@ -56,6 +68,11 @@ pub struct Outcome {
     pub shutdown: bool,
     /// How to take this outcome back if its reply cannot be delivered.
     pub undo: Option<Undo>,
+    /// The request waits (in a lock's queue): the transport awaits this,
+    /// without the core's mutex, for the real outcome.
+    pub pending: Option<PendingLock>,
+    /// More replies follow `result`: the transport sends each item.
+    pub stream: Option<Stream>,
 }
 
 /// A lease's listeners on their way to a client. Shared with the lease, not
@@ -80,12 +97,17 @@ impl Handover {
     }
 }
 
-/// Takes back a claim whose reply never reached the claimant, so that a
-/// request that was not acknowledged leaves no trace.
+/// Takes back what a request did when its reply never reached the client,
+/// so that a request that was not acknowledged leaves no trace.
 #[derive(Debug)]
-pub struct Undo {
-    id: String,
-    sticky_before: Option<u16>,
+pub enum Undo {
+    /// A claim: the lease ends, the id's sticky port is restored.
+    Claim {
+        id: String,
+        sticky_before: Option<u16>,
+    },
+    /// A lock grant: the holding ends (and passes on to the queue).
+    Lock { name: String, token: u64 },
 }
 
 impl Outcome {
@@ -95,6 +117,8 @@ impl Outcome {
             sockets: None,
             shutdown: false,
             undo: None,
+            pending: None,
+            stream: None,
         }
     }
 }
@@ -184,6 +208,7 @@ impl Lease {
             metadata: r.metadata.clone(),
             served: self.served,
             command: self.owner_command.clone(),
+            agent: r.agent.clone(),
         }
     }
 }
@@ -200,8 +225,8 @@ fn internal(e: StoreError) -> WireError {
 }
 
 pub struct Core {
-    cfg: Config,
-    store: Store,
+    pub(crate) cfg: Config,
+    pub(crate) store: Store,
     leases: HashMap<String, Lease>,
     by_port: HashMap<u16, String>,
     /// Each id's last port, kept after release so a re-claim gets it back.
@@ -214,12 +239,17 @@ pub struct Core {
     /// Where owner watches and reclaims go; `None` until the daemon starts
     /// the reaper (and in benchmarks of the core alone).
     reaper: Option<tokio::sync::mpsc::Sender<ReaperJob>>,
+    pub(crate) bus: EventBus,
+    pub(crate) locks: Locks,
+    pub(crate) pubsub: PubSub,
+    pub(crate) agents: Agents,
 }
 
 impl Core {
     /// Loads the stored leases and reserves their ports again. A lease whose
     /// owner has died, or that expired while the broker was down, ends here.
     pub fn open(cfg: Config, store: Store) -> Result<Core, StoreError> {
+        let bus = EventBus::open(&store, &cfg.paths.state_dir.join("activity.db"))?;
         let mut core = Core {
             cfg,
             store,
@@ -232,6 +262,10 @@ impl Core {
             connections: 0,
             pool: SocketPool::default(),
             reaper: None,
+            bus,
+            locks: Locks::default(),
+            pubsub: PubSub::default(),
+            agents: Agents::default(),
         };
         core.pool.refill();
         for (id, port) in core.store.load_sticky()?.into_iter().rev() {
@@ -266,6 +300,15 @@ impl Core {
         }
         let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
         core.store.end_leases(&refs)?;
+        for id in &ended {
+            core.emit(
+                EventKind::ServiceReclaim,
+                id,
+                None,
+                serde_json::json!({ "reason": "ended while the broker was down" }),
+            );
+        }
+        core.load_coord()?;
         Ok(core)
     }
 
@@ -322,7 +365,8 @@ impl Core {
     /// Connects the reaper and asks it to watch every owner already known.
     pub fn set_reaper(&mut self, tx: tokio::sync::mpsc::Sender<ReaperJob>) {
         self.reaper = Some(tx);
-        let owners: Vec<ProcessId> = self.leases.values().filter_map(Lease::owner).collect();
+        let mut owners: Vec<ProcessId> = self.leases.values().filter_map(Lease::owner).collect();
+        owners.extend(self.coord_processes());
         for p in owners {
             self.send_to_reaper(ReaperJob::Watch(p, None));
         }
@@ -330,7 +374,7 @@ impl Core {
 
     /// False when there is no reaper or its queue is full; the periodic
     /// scan then catches what the job was for.
-    fn send_to_reaper(&self, job: ReaperJob) -> bool {
+    pub(crate) fn send_to_reaper(&self, job: ReaperJob) -> bool {
         match &self.reaper {
             Some(tx) => tx.try_send(job).is_ok(),
             None => false,
@@ -347,6 +391,25 @@ impl Core {
                 .collect(),
             None => self.leases.values().map(Lease::view).collect(),
         }
+    }
+
+    /// The port of `id`'s lease, and whether the broker's sockets listen.
+    pub fn lease_port(&self, id: &str) -> Option<(u16, bool)> {
+        self.leases.get(id).map(|l| {
+            (
+                l.record.port,
+                l.sockets.as_ref().is_some_and(|s| s.is_listening()),
+            )
+        })
+    }
+
+    /// The ids of the leases an agent claimed.
+    pub(crate) fn leases_of_agent(&self, agent: &str) -> Vec<String> {
+        self.leases
+            .values()
+            .filter(|l| l.record.agent.as_deref() == Some(agent))
+            .map(|l| l.record.id.clone())
+            .collect()
     }
 
     pub fn lease_on_port(&self, port: u16) -> Option<LeaseInfo> {
@@ -383,10 +446,22 @@ impl Core {
                 self.set_owner(id, p, adopted, "follows its socket to");
             }
             None => match self.end_leases(&[id.to_string()]) {
-                Ok(_) => eprintln!(
-                    "pb: reclaimed {id}: its owner {} is gone and nobody holds its socket",
-                    expected.map_or("(none)".to_string(), |p| p.pid.to_string())
-                ),
+                Ok(ended) => {
+                    eprintln!(
+                        "pb: reclaimed {id}: its owner {} is gone and nobody holds its socket",
+                        expected.map_or("(none)".to_string(), |p| p.pid.to_string())
+                    );
+                    self.emit(
+                        EventKind::ServiceReclaim,
+                        id,
+                        None,
+                        serde_json::json!({
+                            "port": ended.first().map(|l| l.port),
+                            "owner": expected.map(|p| p.pid),
+                            "reason": "owner gone, socket unheld",
+                        }),
+                    );
+                }
                 Err(e) => eprintln!("pb: cannot reclaim {id}: {}", e.message),
             },
         }
@@ -410,6 +485,7 @@ impl Core {
             return;
         }
         let lease = self.leases.get_mut(id).expect("checked by the callers");
+        let before = lease.record.owner_pid;
         lease.record.owner_pid = Some(p.pid);
         lease.record.owner_start = Some(p.start_time);
         lease.adopted = adopted;
@@ -419,7 +495,15 @@ impl Core {
             p.pid,
             lease.owner_command.as_deref().unwrap_or("?")
         );
+        let details = serde_json::json!({
+            "port": lease.record.port,
+            "from": before,
+            "to": p.pid,
+            "command": lease.owner_command,
+            "how": how,
+        });
         self.send_to_reaper(ReaperJob::Watch(p, None));
+        self.emit(EventKind::ServiceOwnerChanged, id, None, details);
     }
 
     pub fn apply(&mut self, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
@@ -441,6 +525,7 @@ impl Core {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))
             }),
+            op => self.apply_coord(caller, op),
         }
     }
 
@@ -475,7 +560,10 @@ impl Core {
         Ok(())
     }
 
-    fn resolve_owner(caller: &Caller, owner: Owner) -> Result<Option<ProcessId>, WireError> {
+    pub(crate) fn resolve_owner(
+        caller: &Caller,
+        owner: Owner,
+    ) -> Result<Option<ProcessId>, WireError> {
         match owner {
             Owner::None => Ok(None),
             Owner::Caller => caller.process.map(Some).ok_or_else(|| {
@@ -521,6 +609,7 @@ impl Core {
                 "\"family\" chooses which listener to hand over, so it needs \"fds\": true",
             ));
         }
+        self.check_agent(caller, a.agent.as_deref())?;
         if a.session && caller.session.is_none() {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -553,6 +642,7 @@ impl Core {
                 format!("too many leases (limit {})", self.cfg.max_leases),
             ));
         }
+        self.check_service_limit(a.agent.as_deref())?;
 
         let sockets = match want_port {
             Some(p) => match self.reserve_exact(p, a.fds) {
@@ -576,11 +666,12 @@ impl Core {
             expires_ms: ttl.map(|t| now + t),
             ttl_ms: ttl,
             metadata,
+            agent: a.agent.clone(),
         };
         // Persist first: if the disk refuses, the sockets close on drop and
         // nothing changed.
         self.store.insert_lease(&record).map_err(internal)?;
-        let undo = Undo {
+        let undo = Undo::Claim {
             id: a.id.clone(),
             sticky_before: self.sticky.get(&a.id).copied(),
         };
@@ -602,6 +693,18 @@ impl Core {
         // this cannot fail after the lease was stored.
         let outcome = claim_outcome(lease, false, a.fds, a.family, &mut self.pool)?;
         self.trim_sticky();
+        self.emit_by(
+            EventKind::ServiceClaim,
+            &a.id,
+            caller,
+            a.agent.as_deref(),
+            serde_json::json!({
+                "port": port,
+                "owner": owner.map(|p| p.pid),
+                "session": a.session,
+                "fds": a.fds,
+            }),
+        );
         Ok(Outcome {
             undo: Some(undo),
             ..outcome
@@ -719,11 +822,20 @@ impl Core {
             }
         };
         let released = self.end_leases(&ids)?;
+        for l in &released {
+            self.emit_by(
+                EventKind::ServiceRelease,
+                &l.id,
+                caller,
+                None,
+                serde_json::json!({ "port": l.port, "reason": "released" }),
+            );
+        }
         Ok(Outcome::of(ReleaseReply { released }))
     }
 
     /// Ends leases: the store first, then memory and the kernel sockets.
-    fn end_leases(&mut self, ids: &[String]) -> Result<Vec<LeaseInfo>, WireError> {
+    pub(crate) fn end_leases(&mut self, ids: &[String]) -> Result<Vec<LeaseInfo>, WireError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -773,27 +885,52 @@ impl Core {
         let lease = self.leases.get_mut(id).expect("checked above");
         lease.record.expires_ms = Some(expires);
         lease.record.ttl_ms = Some(ttl);
-        Ok(Outcome::of(lease.info()))
+        let info = lease.info();
+        self.emit_by(
+            EventKind::ServiceRenew,
+            id,
+            caller,
+            None,
+            serde_json::json!({ "port": info.port, "expires_ms": expires, "ttl_ms": ttl }),
+        );
+        Ok(Outcome::of(info))
     }
 
-    /// Takes back a claim whose reply was not delivered: the lease ends and
-    /// the id remembers the port it remembered before.
+    /// Takes back what a request did when its reply was not delivered: a
+    /// claim's lease ends and the id remembers the port it remembered
+    /// before; a lock grant ends.
     pub fn undo(&mut self, undo: Undo) {
-        if let Err(e) = self.end_leases(std::slice::from_ref(&undo.id)) {
-            eprintln!("pb: cannot take back {}: {}", undo.id, e.message);
+        let (id, sticky_before) = match undo {
+            Undo::Claim { id, sticky_before } => (id, sticky_before),
+            Undo::Lock { name, token } => return self.undo_lock(&name, token),
+        };
+        match self.end_leases(std::slice::from_ref(&id)) {
+            Ok(ended) => {
+                for l in ended {
+                    self.emit(
+                        EventKind::ServiceRelease,
+                        &l.id,
+                        None,
+                        serde_json::json!({ "port": l.port, "reason": "undelivered" }),
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("pb: cannot take back {id}: {}", e.message);
+                return;
+            }
+        }
+        if let Err(e) = self.store.restore_sticky(&id, sticky_before) {
+            eprintln!("pb: cannot restore the sticky port of {id}: {e}");
             return;
         }
-        if let Err(e) = self.store.restore_sticky(&undo.id, undo.sticky_before) {
-            eprintln!("pb: cannot restore the sticky port of {}: {e}", undo.id);
-            return;
-        }
-        if let Some(p) = self.sticky.remove(&undo.id) {
-            if self.sticky_owner.get(&p) == Some(&undo.id) {
+        if let Some(p) = self.sticky.remove(&id) {
+            if self.sticky_owner.get(&p) == Some(&id) {
                 self.sticky_owner.remove(&p);
             }
         }
-        if let Some(p) = undo.sticky_before {
-            self.remember(undo.id, p);
+        if let Some(p) = sticky_before {
+            self.remember(id, p);
         }
     }
 
@@ -820,10 +957,19 @@ impl Core {
             .filter(|l| l.record.expires_ms.is_some_and(|e| e <= now))
             .map(|l| l.record.id.clone())
             .collect();
-        self.end_leases(&due).unwrap_or_else(|e| {
+        let ended = self.end_leases(&due).unwrap_or_else(|e| {
             eprintln!("pb: cannot expire leases: {}", e.message);
             Vec::new()
-        })
+        });
+        for l in &ended {
+            self.emit(
+                EventKind::ServiceExpire,
+                &l.id,
+                None,
+                serde_json::json!({ "port": l.port, "reason": "expired" }),
+            );
+        }
+        ended
     }
 }
 

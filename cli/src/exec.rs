@@ -53,7 +53,9 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         id: o.id.clone(),
         fds: !o.port_only && map.is_none(),
         session: !o.keep,
-        owner: Owner::Caller,
+        // A kept lease must outlive this process: with it as the owner,
+        // the reaper would end the lease the moment pb exits.
+        owner: if o.keep { Owner::None } else { Owner::Caller },
         ..o.claim.to_args(&o.id)?
     };
     let ttl = args.expires_ms;
@@ -82,7 +84,7 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
                 let extra = ClaimArgs {
                     id: id.to_string(),
                     session: !o.keep,
-                    owner: Owner::Caller,
+                    owner: if o.keep { Owner::None } else { Owner::Caller },
                     port: None,
                     fallback: false,
                     ..o.claim.to_args(id)?

@@ -32,6 +32,18 @@ pub enum ErrorCode {
     /// A configured limit (leases, connections) is reached.
     Limit,
     Internal,
+    /// A lock, channel or agent name breaks the naming rules.
+    InvalidName,
+    /// A message (or other payload) is over its size limit.
+    TooLarge,
+    /// The lock is held by another owner; `details` says by whom, since
+    /// when and until when.
+    Held,
+    /// A wait (for a lock, for a service) ran out of time.
+    Timeout,
+    /// A subscriber fell too far behind and was dropped; resume from the
+    /// last id it received.
+    Lagged,
 }
 
 impl ErrorCode {
@@ -40,10 +52,11 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata => 2,
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge => 2,
             NotFound => 4,
-            ReservedPort | PortTaken | IdConflict | Forbidden => 5,
-            Exhausted | Limit => 6,
+            ReservedPort | PortTaken | IdConflict | Forbidden | Held => 5,
+            Exhausted | Limit | Lagged => 6,
+            Timeout => 7,
             Internal => 1,
         }
     }
@@ -53,23 +66,28 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata => 400,
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName => 400,
             Forbidden => 403,
             NotFound => 404,
-            ReservedPort | PortTaken | IdConflict => 409,
-            Limit => 429,
+            Timeout => 408,
+            ReservedPort | PortTaken | IdConflict | Held => 409,
+            TooLarge => 413,
+            Limit | Lagged => 429,
             Exhausted => 503,
             Internal => 500,
         }
     }
 }
 
-/// An error as it travels in a reply: a code and a human message.
+/// An error as it travels in a reply: a code, a human message and, for
+/// some codes (`held`), details as a JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message} ({code:?})")]
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl WireError {
@@ -77,6 +95,12 @@ impl WireError {
         WireError {
             code,
             message: message.into(),
+            details: None,
         }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> WireError {
+        self.details = Some(details);
+        self
     }
 }

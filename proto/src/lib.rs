@@ -3,6 +3,7 @@
 //! blocking client. docs/PROTOCOL.md is the prose version of this crate.
 
 pub mod client;
+pub mod coord;
 pub mod duration;
 pub mod error;
 pub mod frame;
@@ -11,6 +12,7 @@ pub mod paths;
 pub mod shim;
 
 pub use client::Client;
+pub use coord::*;
 pub use error::{ErrorCode, WireError};
 pub use message::*;
 
