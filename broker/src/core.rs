@@ -405,7 +405,10 @@ impl Core {
                 ids::check_id(&id)?;
                 Ok(Outcome::of(self.lease(&id)?.info()))
             }
-            Op::Heartbeat { id, ttl_ms } => self.heartbeat(caller, &id, ttl_ms),
+            Op::Heartbeat { id, port, ttl_ms } => {
+                let id = self.named_lease(id, port)?;
+                self.heartbeat(caller, &id, ttl_ms)
+            }
             Op::Who { .. } | Op::Listeners => Err(WireError::new(
                 ErrorCode::Internal,
                 "inspections are answered by service::dispatch, not the core",
@@ -436,6 +439,24 @@ impl Core {
         self.leases
             .get(id)
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no service {id:?}")))
+    }
+
+    /// The id of the lease a request names by `id` or by `port`: exactly
+    /// one of them.
+    fn named_lease(&self, id: Option<String>, port: Option<i64>) -> Result<String, WireError> {
+        match (id, port) {
+            (Some(id), None) => Ok(id),
+            (None, Some(port)) => {
+                let port = rules::check_port(port)?;
+                self.by_port.get(&port).cloned().ok_or_else(|| {
+                    WireError::new(ErrorCode::NotFound, format!("port {port} is not leased"))
+                })
+            }
+            _ => Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "name the lease by exactly one of \"id\" and \"port\"",
+            )),
+        }
     }
 
     fn owned_by_caller(lease: &Lease, caller: &Caller) -> Result<(), WireError> {

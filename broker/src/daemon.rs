@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::core::{now_ms, Core};
+use crate::http;
 use crate::ipc::{self, SharedCore};
 use crate::reaper;
 use crate::store::Store;
@@ -75,6 +76,9 @@ pub fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("opening {}", cfg.paths.database().display()))?;
     let socket_path = cfg.paths.socket();
     let scan_interval = cfg.scan_interval;
+    let http_cfg = cfg.clone();
+    // Made even when HTTP is off, so `pb token` always has one to print.
+    let token = http::token::Token::load_or_create(&http::token::path(&cfg.paths.state_dir))?;
     let mut core = Core::open(cfg, store)?;
     let (reaper_tx, reaper_rx) = tokio::sync::mpsc::channel(reaper::QUEUE);
     core.set_reaper(reaper_tx);
@@ -96,6 +100,8 @@ pub fn run(cfg: Config) -> Result<()> {
         let listener = UnixListener::bind(&socket_path);
         unsafe { libc::umask(old) };
         let listener = listener.with_context(|| format!("binding {}", socket_path.display()))?;
+
+        start_http(&http_cfg, core.clone(), token).await?;
 
         let shutdown = Arc::new(Notify::new());
         let stop_accepting = Arc::new(Notify::new());
@@ -121,6 +127,35 @@ pub fn run(cfg: Config) -> Result<()> {
         eprintln!("pb: broker {} stopped", std::process::id());
         Ok(())
     })
+}
+
+/// Starts the HTTP API on PB_HTTP_ADDR. An address set explicitly must
+/// bind; the default one (9876) may be taken by another user's broker on a
+/// shared machine, which only costs this broker its HTTP API, with a
+/// warning in the log.
+async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) -> Result<()> {
+    if cfg.http_addrs.is_empty() {
+        eprintln!("pb: HTTP API off (PB_HTTP_ADDR=off)");
+        return Ok(());
+    }
+    let explicit = std::env::var("PB_HTTP_ADDR").is_ok_and(|v| !v.trim().is_empty());
+    let listeners = match http::bind(&cfg.http_addrs).await {
+        Ok(l) => l,
+        Err(e) if !explicit => {
+            eprintln!("pb: warning: {e}; running without the HTTP API");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let state = http::HttpState::new(cfg, core, token);
+    let router = http::router(state.clone());
+    for l in listeners {
+        if let Ok(a) = l.local_addr() {
+            eprintln!("pb: HTTP API on http://{a}");
+        }
+        tokio::spawn(http::serve(l, state.clone(), router.clone()));
+    }
+    Ok(())
 }
 
 async fn expiry_timer(core: SharedCore) {

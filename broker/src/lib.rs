@@ -7,6 +7,7 @@
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod http;
 pub mod ids;
 pub mod inspect;
 pub mod ipc;

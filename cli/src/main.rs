@@ -9,7 +9,7 @@ mod output;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
@@ -141,6 +141,9 @@ enum Command {
         )]
         command: Vec<OsString>,
     },
+    /// Print the bearer token another user's process must send to the HTTP
+    /// API (Authorization: Bearer TOKEN). Your own processes need none.
+    Token,
     /// Show whether the broker is running.
     Status,
     /// Start the broker in the background.
@@ -311,6 +314,18 @@ fn run(command: Command, fmt: Format) -> Result<i32> {
                 command,
             },
         ),
+        Command::Token => {
+            // The broker makes the token when it starts: make sure one ran.
+            connect::connect(&paths)?.call(Op::Status)?;
+            let file = pb_broker::http::token::path(&paths.state_dir);
+            let token = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            match fmt {
+                Format::Json => output::print_json(&serde_json::json!({"token": token.trim()})),
+                _ => println!("{}", token.trim()),
+            }
+            Ok(0)
+        }
         Command::Status => {
             let status = connect::existing(&paths)
                 .and_then(|mut c| Ok(c.call_as::<StatusReply>(Op::Status)?.0));

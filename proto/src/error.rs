@@ -29,8 +29,19 @@ pub enum ErrorCode {
     NotFound,
     /// Every port in the range is taken.
     Exhausted,
-    /// A configured limit (leases, connections) is reached.
+    /// A configured limit (leases, connections, requests per second) is
+    /// reached.
     Limit,
+    /// HTTP: the caller must present the bearer token (another user).
+    Unauthorized,
+    /// HTTP: the request body is over the size limit.
+    PayloadTooLarge,
+    /// HTTP: a state-changing request whose body is not `application/json`.
+    UnsupportedMediaType,
+    /// HTTP: the route exists, but not with this method.
+    MethodNotAllowed,
+    /// HTTP: the request did not arrive in time.
+    RequestTimeout,
     Internal,
 }
 
@@ -40,10 +51,12 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata => 2,
+            | InvalidRange | InvalidDuration | InvalidMetadata | PayloadTooLarge
+            | UnsupportedMediaType | MethodNotAllowed => 2,
             NotFound => 4,
-            ReservedPort | PortTaken | IdConflict | Forbidden => 5,
+            ReservedPort | PortTaken | IdConflict | Forbidden | Unauthorized => 5,
             Exhausted | Limit => 6,
+            RequestTimeout => 1,
             Internal => 1,
         }
     }
@@ -54,9 +67,14 @@ impl ErrorCode {
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
             | InvalidRange | InvalidDuration | InvalidMetadata => 400,
+            Unauthorized => 401,
             Forbidden => 403,
             NotFound => 404,
+            MethodNotAllowed => 405,
+            RequestTimeout => 408,
             ReservedPort | PortTaken | IdConflict => 409,
+            PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
             Limit => 429,
             Exhausted => 503,
             Internal => 500,

@@ -31,9 +31,12 @@ pub enum Op {
         id: String,
     },
     /// Renews a lease's expiry: by `ttl_ms` if given, else by the TTL it was
-    /// claimed with.
+    /// claimed with. The lease is named by `id` or by `port` (exactly one).
     Heartbeat {
-        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<i64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl_ms: Option<i64>,
     },

@@ -1,0 +1,236 @@
+//! The HTTP transport: the broker's API on loopback TCP, with the routes
+//! of both seeds (Port Daddy's and PortManager's) and /openapi.json.
+//!
+//! Like the Unix-socket transport it only translates: each route turns a
+//! request into an [`pb_proto::Op`] and calls [`crate::service::dispatch`],
+//! the path every transport shares, so no rule exists here a second time.
+//! What is HTTP's own is the defence of a TCP port that any local process
+//! and any web page can reach: [`guard`] admits requests, [`limits`] bounds
+//! connections and request rates per user, and each connection's user is
+//! read from the kernel's socket table (pb_platform::sockets::tcp_peer),
+//! never from what the client says.
+
+pub mod error;
+pub mod guard;
+pub mod limits;
+pub mod openapi;
+pub mod portdaddy;
+pub mod portmanager;
+pub mod token;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use axum::response::IntoResponse;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pb_proto::{ErrorCode, WireError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+use crate::config::{Config, HTTP_RATE_BURST_SECONDS, HTTP_RATE_MAX_CLIENTS, HTTP_READ_TIMEOUT};
+use crate::ipc::SharedCore;
+use error::ApiError;
+use limits::{Connections, RateLimiter};
+use token::Token;
+
+/// What every route and check shares.
+pub struct HttpState {
+    pub core: SharedCore,
+    pub token: Token,
+    /// The broker's own uid: its callers need no token.
+    pub broker_uid: u32,
+    pub rate: RateLimiter,
+    pub connections: Arc<Connections>,
+    /// When the broker started, in ms since the epoch (/version).
+    pub started_ms: u64,
+}
+
+/// One accepted connection, as the kernel describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// Our address (its port is the one Host must name).
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// The uid that made the peer's socket.
+    pub peer_uid: u32,
+    /// The peer socket's inode, to find its process when that is needed.
+    pub peer_inode: u64,
+}
+
+impl HttpState {
+    pub fn new(cfg: &Config, core: SharedCore, token: Token) -> Arc<HttpState> {
+        Arc::new(HttpState {
+            core,
+            token,
+            // SAFETY: geteuid cannot fail.
+            broker_uid: unsafe { libc::geteuid() },
+            rate: RateLimiter::new(
+                cfg.http_rate,
+                cfg.http_rate.saturating_mul(HTTP_RATE_BURST_SECONDS),
+                HTTP_RATE_MAX_CLIENTS,
+            ),
+            connections: Connections::new(
+                cfg.http_max_connections,
+                cfg.http_max_connections_per_client,
+            ),
+            started_ms: crate::core::now_ms(),
+        })
+    }
+}
+
+/// Binds every address of PB_HTTP_ADDR. Failing to bind one is an error:
+/// a broker that silently lacks its API would surprise its clients.
+pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for a in addrs {
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the HTTP API on {a}: {e}"))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Every route: both seeds' APIs and the OpenAPI document, with JSON
+/// errors for unknown routes and methods.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .merge(portdaddy::routes())
+        .merge(portmanager::routes())
+        .route("/openapi.json", axum::routing::get(openapi::document))
+        .fallback(|| async {
+            ApiError::new(ErrorCode::NotFound, "no such route (see /openapi.json)")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not take that method",
+            )
+        })
+        .with_state(state)
+}
+
+/// Accepts connections on `listener` for the life of the runtime.
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, router: Router) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(stream, peer, state.clone(), router.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors, most likely: back off instead of spinning.
+                eprintln!("pb: HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, router: Router) {
+    let mut slot = match state.connections.enter() {
+        Ok(s) => s,
+        Err(e) => return refuse(stream, &e).await,
+    };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let who = match pb_platform::sockets::tcp_peer(local, peer) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            let e = WireError::new(
+                ErrorCode::Forbidden,
+                format!("the kernel lists no socket for {peer}; only local processes are served"),
+            );
+            return refuse(stream, &e).await;
+        }
+        Err(e) => {
+            let e = WireError::new(ErrorCode::Internal, format!("cannot identify {peer}: {e}"));
+            return refuse(stream, &e).await;
+        }
+    };
+    if let Err(e) = state.connections.assign(&mut slot, who.uid) {
+        return refuse(stream, &e).await;
+    }
+    let _ = stream.set_nodelay(true);
+    let conn = Conn {
+        local,
+        peer,
+        peer_uid: who.uid,
+        peer_inode: who.inode,
+    };
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(handle(&state, conn, router, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP_READ_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    drop(slot);
+}
+
+async fn handle(
+    state: &Arc<HttpState>,
+    conn: Conn,
+    router: Router,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    match guard::admit(state, &conn, req).await {
+        Ok(req) => match router.oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Answers a connection that will not be served, and closes it.
+async fn refuse(mut stream: TcpStream, e: &WireError) {
+    let bytes = error::raw_refusal(e);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Applies `op` for `caller` through the path every transport shares, and
+/// reads its result as `T`.
+pub async fn call<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    caller: &crate::core::Caller,
+    op: pb_proto::Op,
+) -> Result<T, ApiError> {
+    let out = crate::service::dispatch(&state.core, caller, op).await?;
+    // Spare sockets are made once the reply is on its way, as on the Unix
+    // socket: this task runs after the current one yields.
+    let core = state.core.clone();
+    tokio::spawn(async move { crate::ipc::lock(&core).after_reply() });
+    serde_json::from_value(out.result)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("unexpected reply: {e}")))
+}
+
+/// Parses a JSON body into `T`: bad JSON, wrong types and unknown fields
+/// are `invalid_request`. An empty body is `T::default()`.
+pub fn json_body<T: serde::de::DeserializeOwned + Default>(
+    body: &axum::body::Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("bad JSON body: {e}")))
+}
+
+/// Parses a query string into `T`, with the same errors.
+pub fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+}
