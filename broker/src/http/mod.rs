@@ -16,6 +16,7 @@ pub mod limits;
 pub mod openapi;
 pub mod portdaddy;
 pub mod portmanager;
+pub mod sse;
 pub mod token;
 
 use std::convert::Infallible;
@@ -233,4 +234,22 @@ pub fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T,
     axum::extract::Query::<T>::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+}
+
+/// The `{id}` of a route's path, with a JSON error when it cannot be read
+/// (bad percent-encoding, say) instead of axum's plain-text one.
+pub struct IdPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<IdPath, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| IdPath(p.0))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
@@ -21,7 +21,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::{call, json_body, query, HttpState};
+use super::{call, json_body, query, HttpState, IdPath};
 use crate::core::Caller;
 
 pub fn routes() -> Router<Arc<HttpState>> {
@@ -153,7 +153,7 @@ pub struct ClaimResponse {
 pub async fn claim_id(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ClaimResponse>, ApiError> {
@@ -296,7 +296,7 @@ pub struct ReleaseResponse {
 pub async fn release_id(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<ReleaseResponse>, ApiError> {
     do_release(&state, &caller, id).await
 }
@@ -437,7 +437,7 @@ pub struct ServiceResponse {
 pub async fn service(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<ServiceResponse>, ApiError> {
     let lease: LeaseInfo = call(&state, &caller, Op::Get { id }).await?;
     Ok(Json(ServiceResponse {
