@@ -17,13 +17,14 @@ use pb_platform::{
     BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, ProcessInfo, SocketPool,
 };
 use pb_proto::{
-    ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, Owner, ReleaseReply, StatusReply,
-    WireError, PROTOCOL_VERSION,
+    ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, LoginCodeReply, LoginReply, Op, Owner,
+    ReleaseReply, StatusReply, WireError, PROTOCOL_VERSION,
 };
 use serde_json::Value;
 
 use crate::config::Config;
 use crate::ids::{self, Pattern};
+use crate::logins::Logins;
 use crate::reaper::{LeaseView, ReaperJob};
 use crate::rules;
 use crate::store::{LeaseRecord, Store, StoreError};
@@ -187,6 +188,9 @@ pub struct Core {
     /// Where owner watches and reclaims go; `None` until the daemon starts
     /// the reaper (and in benchmarks of the core alone).
     reaper: Option<tokio::sync::mpsc::Sender<ReaperJob>>,
+    /// The HTTP API's base URL once it listens (for login URLs).
+    http_base: Option<String>,
+    logins: Logins,
 }
 
 impl Core {
@@ -205,6 +209,8 @@ impl Core {
             connections: 0,
             pool: SocketPool::default(),
             reaper: None,
+            http_base: None,
+            logins: Logins::default(),
         };
         core.pool.refill();
         for (id, port) in core.store.load_sticky()?.into_iter().rev() {
@@ -240,6 +246,16 @@ impl Core {
         let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
         core.store.end_leases(&refs)?;
         Ok(core)
+    }
+
+    /// The HTTP API listens at `base` (`http://localhost:9876`).
+    pub fn set_http_base(&mut self, base: String) {
+        self.http_base = Some(base);
+    }
+
+    /// Whether `secret` is a live dashboard session.
+    pub fn session_valid(&self, secret: &str) -> bool {
+        self.logins.session_valid(secret, now_ms())
     }
 
     pub fn config(&self) -> &Config {
@@ -413,6 +429,24 @@ impl Core {
                 ErrorCode::Internal,
                 "inspections are answered by service::dispatch, not the core",
             )),
+            Op::LoginCode => {
+                let base = self.http_base.clone().ok_or_else(|| {
+                    WireError::new(ErrorCode::InvalidRequest, "the HTTP API is not running")
+                })?;
+                let (code, expires_ms) = self.logins.new_code(now_ms())?;
+                Ok(Outcome::of(LoginCodeReply {
+                    url: format!("{base}/login?code={code}"),
+                    code,
+                    expires_ms,
+                }))
+            }
+            Op::Login { code } => {
+                let (session, expires_ms) = self.logins.redeem(&code, now_ms())?;
+                Ok(Outcome::of(LoginReply {
+                    session,
+                    expires_ms,
+                }))
+            }
             Op::Shutdown => Ok(Outcome {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))

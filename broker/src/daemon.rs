@@ -147,6 +147,25 @@ async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) -
         }
         Err(e) => return Err(e),
     };
+    let bound: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    if let Some(first) = bound.first() {
+        // `localhost` when both families listen on the port, else the one.
+        let both = bound
+            .iter()
+            .any(|a| a.is_ipv4() && a.port() == first.port())
+            && bound
+                .iter()
+                .any(|a| a.is_ipv6() && a.port() == first.port());
+        let host = if both {
+            format!("localhost:{}", first.port())
+        } else {
+            first.to_string()
+        };
+        ipc::lock(&core).set_http_base(format!("http://{host}"));
+    }
     let state = http::HttpState::new(cfg, core, token);
     let router = http::router(state.clone());
     for l in listeners {

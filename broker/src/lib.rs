@@ -11,6 +11,7 @@ pub mod http;
 pub mod ids;
 pub mod inspect;
 pub mod ipc;
+pub mod logins;
 pub mod reaper;
 pub mod rules;
 pub mod service;

@@ -141,6 +141,13 @@ enum Command {
         )]
         command: Vec<OsString>,
     },
+    /// Print a one-time URL that logs a browser in to the HTTP API (valid
+    /// for a minute, once), and open it unless --print-url.
+    Dashboard {
+        /// Only print the URL.
+        #[arg(long)]
+        print_url: bool,
+    },
     /// Print the bearer token another user's process must send to the HTTP
     /// API (Authorization: Bearer TOKEN). Your own processes need none.
     Token,
@@ -314,6 +321,23 @@ fn run(command: Command, fmt: Format) -> Result<i32> {
                 command,
             },
         ),
+        Command::Dashboard { print_url } => {
+            let (reply, _): (pb_proto::LoginCodeReply, _) =
+                connect::connect(&paths)?.call_as(Op::LoginCode)?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                _ => println!("{}", reply.url),
+            }
+            if !print_url {
+                // Best effort: with no desktop, the printed URL is the way.
+                let _ = std::process::Command::new("xdg-open")
+                    .arg(&reply.url)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+            }
+            Ok(0)
+        }
         Command::Token => {
             // The broker makes the token when it starts: make sure one ran.
             connect::connect(&paths)?.call(Op::Status)?;

@@ -47,6 +47,13 @@ pub enum Op {
     },
     /// Every listening TCP socket on the machine, brokered or not.
     Listeners,
+    /// A one-time code (and URL) with which a browser logs in to the
+    /// broker's HTTP API (`pb dashboard`).
+    LoginCode,
+    /// Exchanges a one-time login code for a session (HTTP `/login`).
+    Login {
+        code: String,
+    },
     /// Stops the broker after replying.
     Shutdown,
 }
@@ -192,6 +199,22 @@ pub struct StatusReply {
     pub database: String,
     pub range: (u16, u16),
     pub reserved: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginCodeReply {
+    /// The URL to open: the HTTP API's `/login?code=...`.
+    pub url: String,
+    pub code: String,
+    /// When the code stops working (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginReply {
+    /// The session secret (the HTTP API sets it as a cookie).
+    pub session: String,
+    pub expires_ms: u64,
 }
 
 /// A request frame's payload, decoded.

@@ -670,6 +670,11 @@ fn http_off_binds_nothing() {
 /// uid and gid of a user made for this test (created once; CI runs as
 /// root, which this test needs to act as someone else).
 fn other_user() -> (u32, u32) {
+    static USER: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *USER.get_or_init(make_other_user)
+}
+
+fn make_other_user() -> (u32, u32) {
     const NAME: &str = "pb-http-test";
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -756,6 +761,74 @@ fn another_user_needs_the_token() {
         &format!("http://localhost:{p}/release/shared"),
     ]);
     assert_eq!(status, 200);
+}
+
+#[test]
+fn another_users_browser_logs_in_with_a_one_time_url() {
+    let user = other_user();
+    let broker = Broker::start();
+    let p = broker.http_port().unwrap();
+    let url = broker
+        .pb_ok(&["dashboard", "--print-url"])
+        .trim()
+        .to_string();
+    assert!(
+        url.starts_with(&format!("http://localhost:{p}/login?code=")),
+        "{url}"
+    );
+    let services = format!("http://localhost:{p}/services");
+    let (status, _) = curl_as(Some(user), &[&services]);
+    assert_eq!(status, 401);
+    // The browser opens the URL: a session cookie comes back.
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", user.0),
+            &format!("--regid={}", user.1),
+            "--clear-groups",
+        ])
+        .args(["curl", "-sS", "--max-time", "10", "-D", "-", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let cookie = text
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {text}"));
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    // The code worked once only.
+    let (status, body) = curl_as(Some(user), &[&url]);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    // With the cookie, the other user's browser is served as the broker's user.
+    let cookie_h = format!("Cookie: {session}");
+    let (status, body) = curl_as(Some(user), &["-H", &cookie_h, &services]);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = curl_as(
+        Some(user),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &cookie_h,
+            &format!("http://localhost:{p}/claim/from-browser"),
+        ],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(broker.leases()[0].0, "from-browser");
+    let (status, _) = curl_as(Some(user), &["-H", "Cookie: pb_session=0000", &services]);
+    assert_eq!(status, 401, "a made-up session is nothing");
+    // With HTTP off there is no URL to give.
+    let off = Broker::start_with(&[("PB_HTTP_ADDR", "off")]);
+    let out = off.pb(&["dashboard", "--print-url"]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

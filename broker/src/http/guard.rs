@@ -29,7 +29,18 @@ pub async fn admit(
     let port = conn.local.port();
     check_host(req.headers(), req.uri(), port)?;
     check_origin(req.headers(), port)?;
-    let caller = identify(state, conn, req.headers())?;
+    // The login route's credential is its one-time code: it is reachable
+    // without the token, and can do nothing but exchange that code.
+    let caller = if req.uri().path() == LOGIN_PATH && req.method() == Method::GET {
+        Caller {
+            uid: conn.peer_uid,
+            process: None,
+            session: None,
+            exit_watch: None,
+        }
+    } else {
+        identify(state, conn, req.headers())?
+    };
     state.rate.take(conn.peer_uid, Instant::now())?;
     if changes_state(req.method()) {
         check_content_type(req.headers())?;
@@ -111,7 +122,17 @@ fn identify(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> Result<Calle
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let uid = authorize(conn.peer_uid, state.broker_uid, &state.token, presented)?;
+    let foreign = conn.peer_uid != state.broker_uid && conn.peer_uid != 0;
+    // The session lookup takes the core's lock: only when it can matter.
+    let session = foreign
+        && session_cookie(headers).is_some_and(|s| crate::ipc::lock(&state.core).session_valid(s));
+    let uid = authorize(
+        conn.peer_uid,
+        state.broker_uid,
+        &state.token,
+        presented,
+        session,
+    )?;
     Ok(Caller {
         uid,
         process: None,
@@ -120,19 +141,39 @@ fn identify(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> Result<Calle
     })
 }
 
+/// The path where a browser exchanges a one-time login code.
+pub const LOGIN_PATH: &str = "/login";
+/// The cookie that carries a dashboard session.
+pub const SESSION_COOKIE: &str = "pb_session";
+
+/// The session secret in a request's cookies, if any.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim())
+}
+
 /// The uid a request acts as, given the uid the kernel says made its
-/// connection and the Authorization header it sent, if any.
+/// connection, the Authorization header it sent, if any, and whether it
+/// carries a live dashboard session.
 pub fn authorize(
     peer_uid: u32,
     broker_uid: u32,
     token: &Token,
     authorization: Option<&str>,
+    session: bool,
 ) -> Result<u32, ApiError> {
     if peer_uid == broker_uid || peer_uid == 0 {
         return Ok(peer_uid);
     }
     match authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) {
         Some(t) if token.matches(t) => Ok(broker_uid),
+        None if session => Ok(broker_uid),
         Some(_) => Err(ApiError::new(
             ErrorCode::Unauthorized,
             "the bearer token is wrong",
@@ -275,16 +316,33 @@ mod tests {
         let secret = std::fs::read_to_string(dir.path().join("t")).unwrap();
         let bearer = format!("Bearer {secret}");
         // The broker's own user and root: no token needed.
-        assert_eq!(authorize(1000, 1000, &token, None).unwrap(), 1000);
-        assert_eq!(authorize(0, 1000, &token, None).unwrap(), 0);
+        assert_eq!(authorize(1000, 1000, &token, None, false).unwrap(), 1000);
+        assert_eq!(authorize(0, 1000, &token, None, false).unwrap(), 0);
         // Another user: refused without it or with a wrong one...
         for auth in [None, Some("Bearer nope"), Some(secret.as_str())] {
-            let e = authorize(1001, 1000, &token, auth).unwrap_err();
+            let e = authorize(1001, 1000, &token, auth, false).unwrap_err();
             assert_eq!(e.0.code, ErrorCode::Unauthorized, "{auth:?}");
         }
-        // ...and with it acts as the broker's user.
-        assert_eq!(authorize(1001, 1000, &token, Some(&bearer)).unwrap(), 1000);
-        assert_eq!(authorize(1001, 0, &token, Some(&bearer)).unwrap(), 0);
+        // ...and with it, or with a dashboard session, acts as the
+        // broker's user; a wrong token is not excused by a session.
+        assert_eq!(
+            authorize(1001, 1000, &token, Some(&bearer), false).unwrap(),
+            1000
+        );
+        assert_eq!(authorize(1001, 0, &token, Some(&bearer), false).unwrap(), 0);
+        assert_eq!(authorize(1001, 1000, &token, None, true).unwrap(), 1000);
+        assert!(authorize(1001, 1000, &token, Some("Bearer nope"), true).is_err());
+    }
+
+    #[test]
+    fn session_cookies() {
+        let h = headers(&[(header::COOKIE, "a=1; pb_session=abc ; b=2")]);
+        assert_eq!(session_cookie(&h), Some("abc"));
+        assert_eq!(
+            session_cookie(&headers(&[(header::COOKIE, "xpb_session=abc")])),
+            None
+        );
+        assert_eq!(session_cookie(&HeaderMap::new()), None);
     }
 
     #[test]

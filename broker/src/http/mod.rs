@@ -13,6 +13,7 @@
 pub mod error;
 pub mod guard;
 pub mod limits;
+pub mod login;
 pub mod openapi;
 pub mod portdaddy;
 pub mod portmanager;
@@ -104,6 +105,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .merge(portdaddy::routes())
         .merge(portmanager::routes())
+        .merge(login::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async {
             ApiError::new(ErrorCode::NotFound, "no such route (see /openapi.json)")

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, portdaddy, portmanager};
+use super::{error, login, portdaddy, portmanager};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use super::{error, portdaddy, portmanager};
         portmanager::heartbeat,
         portmanager::list,
         portmanager::lookup,
+        login::login,
         document,
     ),
     components(schemas(error::ErrorBody))
@@ -62,6 +63,7 @@ mod tests {
             "/list",
             "/lookup",
             "/openapi.json",
+            "/login",
         ] {
             assert!(
                 paths.contains_key(p),

@@ -42,7 +42,8 @@ impl Token {
             .open(file)
         {
             Ok(mut f) => {
-                let token = random_hex()?;
+                let token = crate::logins::random_hex(TOKEN_BYTES)
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
                 f.write_all(token.as_bytes())?;
                 f.sync_all()?;
                 return Ok(Token(token));
@@ -71,32 +72,8 @@ impl Token {
     /// Compares in time independent of where the strings differ, so the
     /// token cannot be guessed a byte at a time.
     pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        crate::logins::same(&self.0, presented)
     }
-}
-
-fn random_hex() -> Result<String> {
-    let mut bytes = [0u8; TOKEN_BYTES];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: writing into our own buffer, within its length.
-        let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e).context("getrandom");
-        }
-        filled += n as usize;
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
