@@ -68,6 +68,8 @@ pub async fn health(
 #[serde(rename_all = "camelCase")]
 pub struct Version {
     version: String,
+    /// SHA-256 of the running `pb` executable.
+    code_hash: Option<String>,
     /// When the broker started, ms since the epoch.
     started_at: u64,
     /// Always `pb`.
@@ -91,6 +93,7 @@ pub async fn version(
     let s: StatusReply = call(&state, &caller, Op::Status).await?;
     Ok(Json(Version {
         version: s.version,
+        code_hash: state.code_hash().await,
         started_at: state.started_ms,
         service: "pb".into(),
         api: "semantic".into(),
