@@ -119,6 +119,15 @@ pub fn tcp_peer_from_proc(ours: SocketAddr, peer: SocketAddr) -> std::io::Result
     crate::sys::tcp_peer_procfs(ours, peer)
 }
 
+/// The process of `uid` that holds socket `inode` (the peer found by
+/// [`tcp_peer`], say). A walk of /proc, newest processes first, opening
+/// only `uid`'s and stopping at the first holder: far cheaper than
+/// [`holders`], still too dear for every request, so callers make it only
+/// when a pid is needed.
+pub fn holder_of(uid: u32, inode: u64) -> Option<ProcessId> {
+    crate::sys::socket_holder(uid, inode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

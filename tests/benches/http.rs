@@ -7,7 +7,9 @@
 //! socket (number-only claims: HTTP cannot pass descriptors). Then what
 //! identifying the caller costs on each new connection: the exact
 //! sock_diag lookup the broker makes, the /proc/net/tcp fallback, and a
-//! whole request on a fresh connection against one on a kept-alive one.
+//! whole request on a fresh connection against one on a kept-alive one;
+//! and the /proc walk that finds the caller's pid, which the broker makes
+//! once per connection, for its first request that changes state.
 //! The benchmark broker's rate limit is raised (PB_HTTP_RATE) so that the
 //! limiter, not the broker, is not what is measured.
 
@@ -205,6 +207,18 @@ fn main() {
             .unwrap();
     });
     println!("ratio: /proc / sock_diag {:.1}x", us(proc_) / us(diag));
+    let me = unsafe { libc::geteuid() };
+    let inode = pb_platform::sockets::tcp_peer(ours, peer)
+        .unwrap()
+        .unwrap()
+        .inode;
+    sequential(
+        "caller pid: /proc walk, newest first (state changes only)",
+        1000,
+        || {
+            pb_platform::sockets::holder_of(me, inode).unwrap();
+        },
+    );
     let fresh = sequential(
         "HTTP: GET /health on a new connection each time",
         n / 4,

@@ -646,6 +646,33 @@ fn requests_per_second_are_limited_per_user() {
 }
 
 #[test]
+fn whoami_names_the_caller_from_the_kernel() {
+    let broker = Broker::start();
+    let p = broker.http_port().unwrap();
+    let me = unsafe { libc::geteuid() };
+    // Whatever a client claims about itself changes nothing.
+    let r = request(
+        p,
+        "GET",
+        "/whoami",
+        &[("X-PID", "1"), ("X-Agent-Id", "someone")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["peer_uid"], me);
+    assert_eq!(r.body["uid"], me);
+    assert_eq!(r.body["pid"], std::process::id());
+    // From curl: curl's own process.
+    let (status, body) = curl(&[&format!("http://[::1]:{p}/whoami")]);
+    assert_eq!(status, 200);
+    assert!(
+        body["command"].as_str().unwrap().starts_with("curl"),
+        "{body}"
+    );
+    assert_ne!(body["pid"], std::process::id());
+}
+
+#[test]
 fn openapi_describes_every_route() {
     let broker = Broker::start();
     let doc = get(broker.http_port().unwrap(), "/openapi.json");
@@ -782,6 +809,19 @@ fn another_user_needs_the_token() {
     let lease = &broker.pb_json(&["find"])["services"][0];
     assert_eq!(lease["id"], "shared");
     assert_eq!(lease["uid"], unsafe { libc::geteuid() });
+    // It knows who really called.
+    let (_, who) = curl_as(
+        Some(user),
+        &["-H", &auth, &format!("http://localhost:{p}/whoami")],
+    );
+    assert_eq!(
+        (who["peer_uid"].as_u64(), who["uid"].as_u64()),
+        (Some(user.0 as u64), Some(unsafe { libc::geteuid() } as u64))
+    );
+    assert!(
+        who["command"].as_str().unwrap().starts_with("curl"),
+        "{who}"
+    );
     // The same user without a token is served as itself.
     let (status, _) = curl(&[
         "-X",

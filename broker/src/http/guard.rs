@@ -4,7 +4,7 @@
 //! bearer token), the per-user rate limit, the content type of
 //! state-changing requests (form and text/plain posts), and the body size
 //! and time limits. A request that passes carries the [`Caller`] the routes
-//! hand to the core. docs/SECURITY.md explains each defence.
+//! hand to the core (and the connection, for routes that describe it). docs/SECURITY.md explains each defence.
 
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ use crate::core::Caller;
 /// Admits a request, or says why not.
 pub async fn admit(
     state: &HttpState,
-    conn: &Conn,
+    conn: &std::sync::Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Request<Body>, ApiError> {
     let port = conn.local.port();
@@ -41,6 +41,13 @@ pub async fn admit(
     } else {
         identify(state, conn, req.headers())?
     };
+    // The caller's pid (for what records who did what) is looked up only
+    // for requests that change state, and only for the broker's own user
+    // (and root): a token holder's processes are another user's.
+    let mut caller = caller;
+    if changes_state(req.method()) && caller.uid == conn.peer_uid {
+        caller.process = conn.process(state).await;
+    }
     state.rate.take(conn.peer_uid, Instant::now())?;
     if changes_state(req.method()) {
         check_content_type(req.headers())?;
@@ -48,6 +55,7 @@ pub async fn admit(
     let (mut parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body).await?;
     parts.extensions.insert(caller);
+    parts.extensions.insert(conn.clone());
     Ok(Request::from_parts(parts, Body::from(body)))
 }
 

@@ -19,6 +19,7 @@ pub mod portdaddy;
 pub mod portmanager;
 pub mod sse;
 pub mod token;
+pub mod whoami;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -54,10 +55,12 @@ pub struct HttpState {
     /// SHA-256 of the running executable (/version's `codeHash`), computed
     /// once, off the runtime's thread, when first asked for.
     pub code_hash: tokio::sync::OnceCell<Option<String>>,
+    /// Bounds the /proc walks for callers' pids ([`PID_LOOKUPS`]).
+    pub pid_lookups: tokio::sync::Semaphore,
 }
 
 /// One accepted connection, as the kernel describes it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Conn {
     /// Our address (its port is the one Host must name).
     pub local: SocketAddr,
@@ -66,6 +69,31 @@ pub struct Conn {
     pub peer_uid: u32,
     /// The peer socket's inode, to find its process when that is needed.
     pub peer_inode: u64,
+    /// The process holding the peer's socket, looked up at most once.
+    process: tokio::sync::OnceCell<Option<pb_platform::ProcessId>>,
+}
+
+/// How many /proc walks for callers' pids may run at once: a flood of
+/// new connections must not become a flood of blocking threads.
+pub const PID_LOOKUPS: usize = 4;
+
+impl Conn {
+    /// The process at the other end, from the kernel: the walk over /proc
+    /// runs off the runtime's thread, once per connection, and only when a
+    /// request needs the pid (state changes, /whoami).
+    pub async fn process(&self, state: &HttpState) -> Option<pb_platform::ProcessId> {
+        *self
+            .process
+            .get_or_init(|| async {
+                let _permit = state.pid_lookups.acquire().await.ok()?;
+                let (uid, inode) = (self.peer_uid, self.peer_inode);
+                tokio::task::spawn_blocking(move || pb_platform::sockets::holder_of(uid, inode))
+                    .await
+                    .ok()
+                    .flatten()
+            })
+            .await
+    }
 }
 
 impl HttpState {
@@ -86,6 +114,7 @@ impl HttpState {
             ),
             started_ms: crate::core::now_ms(),
             code_hash: tokio::sync::OnceCell::new(),
+            pid_lookups: tokio::sync::Semaphore::new(PID_LOOKUPS),
         })
     }
 }
@@ -138,6 +167,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(portdaddy::routes())
         .merge(portmanager::routes())
         .merge(login::routes())
+        .merge(whoami::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async {
             ApiError::new(ErrorCode::NotFound, "no such route (see /openapi.json)")
@@ -193,15 +223,17 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
         return refuse(stream, &e).await;
     }
     let _ = stream.set_nodelay(true);
-    let conn = Conn {
+    let conn = Arc::new(Conn {
         local,
         peer,
         peer_uid: who.uid,
         peer_inode: who.inode,
-    };
+        process: tokio::sync::OnceCell::new(),
+    });
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let state = state.clone();
         let router = router.clone();
+        let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(&state, conn, router, req).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
@@ -215,7 +247,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
 
 async fn handle(
     state: &Arc<HttpState>,
-    conn: Conn,
+    conn: Arc<Conn>,
     router: Router,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Body> {

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, login, portdaddy, portmanager};
+use super::{error, login, portdaddy, portmanager, whoami};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,7 @@ use super::{error, login, portdaddy, portmanager};
         portmanager::list,
         portmanager::lookup,
         login::login,
+        whoami::whoami,
         document,
     ),
     components(schemas(error::ErrorBody))

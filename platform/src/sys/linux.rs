@@ -423,3 +423,37 @@ pub fn tcp_peer_procfs(
             inode: e.inode,
         }))
 }
+
+/// The process of `uid` holding socket `inode`: /proc is walked from the
+/// highest pid down (a connecting client is usually recent) and only
+/// processes of `uid` are opened, stopping at the first holder.
+pub fn socket_holder(uid: u32, inode: u64) -> Option<ProcessId> {
+    use std::os::unix::fs::MetadataExt;
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable_by(|a, b| b.cmp(a));
+    let want = std::path::PathBuf::from(format!("socket:[{inode}]"));
+    for pid in pids {
+        // /proc/PID belongs to the process's effective uid (root for
+        // non-dumpable ones, which a non-root broker cannot read anyway).
+        match std::fs::metadata(format!("/proc/{pid}")) {
+            Ok(m) if m.uid() == uid => {}
+            _ => continue,
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t == want) {
+                return u32::try_from(pid)
+                    .ok()
+                    .and_then(ProcessId::of)
+                    .filter(ProcessId::is_alive);
+            }
+        }
+    }
+    None
+}
