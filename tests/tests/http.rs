@@ -292,6 +292,15 @@ fn port_daddy_service_routes() {
     assert_eq!(first["urls"]["local"], format!("http://localhost:{api}"));
     let (_, some) = curl(&[&format!("{base}/services?pattern=*:web")]);
     assert_eq!(some["count"], 1);
+    // Port Daddy's CLI filters (`port-daddy find --port N --status S`).
+    let (_, on_port) = curl(&[&format!(
+        "{base}/services?port={api}&status=assigned&expired=false"
+    )]);
+    assert_eq!(on_port["count"], 1, "{on_port}");
+    assert_eq!(on_port["services"][0]["id"], "myapp:api");
+    let (_, running) = curl(&[&format!("{base}/services?status=running")]);
+    assert_eq!(running["count"], 0, "nothing serves these ports");
+    assert_error(&get(p, "/services?status=sleeping"), 400, "invalid_request");
     let (status, one) = curl(&[&format!("{base}/services/myapp:web")]);
     assert_eq!(status, 200);
     assert_eq!(one["service"]["port"], want);

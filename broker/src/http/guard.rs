@@ -1,7 +1,7 @@
 //! What every HTTP request passes before any route runs, in this order:
 //! the Host allow-list (DNS rebinding), the Origin check (cross-site
-//! requests from web pages), the caller's identity (another user needs the
-//! bearer token), the per-user rate limit, the content type of
+//! requests from web pages), the per-user rate limit, the caller's identity
+//! (another user needs the bearer token), the content type of
 //! state-changing requests (form and text/plain posts), and the body size
 //! and time limits. A request that passes carries the [`Caller`] the routes
 //! hand to the core (and the connection, for routes that describe it). docs/SECURITY.md explains each defence.
@@ -29,6 +29,9 @@ pub async fn admit(
     let port = conn.local.port();
     check_host(req.headers(), req.uri(), port)?;
     check_origin(req.headers(), port)?;
+    // Before identification, so that refused requests count too (token or
+    // login-code guessing is held to the same rate).
+    state.rate.take(conn.peer_uid, Instant::now())?;
     // The login route's credential is its one-time code: it is reachable
     // without the token, and can do nothing but exchange that code.
     let caller = if req.uri().path() == LOGIN_PATH && req.method() == Method::GET {
@@ -41,19 +44,19 @@ pub async fn admit(
     } else {
         identify(state, conn, req.headers())?
     };
-    // The caller's pid (for what records who did what) is looked up only
-    // for requests that change state, and only for the broker's own user
-    // (and root): a token holder's processes are another user's.
-    let mut caller = caller;
-    if changes_state(req.method()) && caller.uid == conn.peer_uid {
-        caller.process = conn.process(state).await;
-    }
-    state.rate.take(conn.peer_uid, Instant::now())?;
-    if changes_state(req.method()) {
+    let changes = changes_state(req.method());
+    if changes {
         check_content_type(req.headers())?;
     }
     let (mut parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body).await?;
+    // The caller's pid (for what records who did what) is looked up only
+    // for admitted requests that change state, and only for the broker's
+    // own user (and root): a token holder's processes are another user's.
+    let mut caller = caller;
+    if changes && caller.uid == conn.peer_uid {
+        caller.process = conn.process(state).await;
+    }
     parts.extensions.insert(caller);
     parts.extensions.insert(conn.clone());
     Ok(Request::from_parts(parts, Body::from(body)))

@@ -398,6 +398,13 @@ impl From<LeaseInfo> for Service {
 pub struct ServicesQuery {
     /// Only ids matching this pattern (`myapp:*`).
     pattern: Option<String>,
+    /// Only the service on this port.
+    port: Option<u16>,
+    /// Only services in this state: `assigned` or `running`.
+    status: Option<String>,
+    /// `true`: only services past their expiry (pb ends those itself, so
+    /// normally none); `false`: only the others.
+    expired: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -409,7 +416,10 @@ pub struct ServicesResponse {
 
 /// List services, optionally by pattern.
 #[utoipa::path(get, path = "/services", tag = "port-daddy",
-    params(("pattern" = Option<String>, Query, description = "id pattern, e.g. myapp:*")),
+    params(("pattern" = Option<String>, Query, description = "id pattern, e.g. myapp:*"),
+           ("port" = Option<u16>, Query, description = "only the service on this port"),
+           ("status" = Option<String>, Query, description = "assigned or running"),
+           ("expired" = Option<bool>, Query, description = "only expired (true) or unexpired (false)")),
     responses((status = 200, body = ServicesResponse), (status = 400, body = ErrorBody)))]
 pub async fn services(
     State(state): State<Arc<HttpState>>,
@@ -417,8 +427,31 @@ pub async fn services(
     uri: Uri,
 ) -> Result<Json<ServicesResponse>, ApiError> {
     let q: ServicesQuery = query(&uri)?;
+    if let Some(s) = q
+        .status
+        .as_deref()
+        .filter(|s| !matches!(*s, "assigned" | "running"))
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("status {s:?} is not assigned or running"),
+        ));
+    }
     let reply: FindReply = call(&state, &caller, Op::Find { pattern: q.pattern }).await?;
-    let services: Vec<Service> = reply.services.into_iter().map(Service::from).collect();
+    // Port Daddy's filters are views of the reply, not rules: they only
+    // choose which of the leases the core returned are shown.
+    let now = crate::core::now_ms();
+    let services: Vec<Service> = reply
+        .services
+        .into_iter()
+        .filter(|l| q.port.is_none_or(|p| l.port == p))
+        .filter(|l| q.status.as_deref().is_none_or(|s| status_of(l) == s))
+        .filter(|l| {
+            q.expired
+                .is_none_or(|want| l.expires_ms.is_some_and(|e| e <= now) == want)
+        })
+        .map(Service::from)
+        .collect();
     Ok(Json(ServicesResponse {
         success: true,
         count: services.len(),
