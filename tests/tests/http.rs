@@ -335,7 +335,7 @@ fn port_daddy_service_routes() {
 
 #[test]
 fn x_pid_names_the_owner_and_is_checked() {
-    let broker = Broker::start();
+    let broker = Broker::start_with(&[("PB_SCAN_INTERVAL", "100ms")]);
     let p = broker.http_port().unwrap();
     let mut sleeper = Proc(Command::new("sleep").arg("60").spawn().unwrap());
     let pid = sleeper.pid().to_string();
@@ -354,13 +354,31 @@ fn x_pid_names_the_owner_and_is_checked() {
         400,
         "invalid_request",
     );
+    // A client naming itself (as Port Daddy's CLI does: `exec` keeps the
+    // shell's pid for curl) is not the owner: the lease outlives it.
+    let self_named = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec curl -sS -X POST -H \"X-PID: $$\" http://127.0.0.1:{p}/claim/cli-style"
+        ))
+        .output()
+        .unwrap();
+    let body: Value = serde_json::from_slice(&self_named.stdout).unwrap();
+    assert_eq!(body["success"], true, "{body}");
+    let cli_port = body["port"].as_u64().unwrap() as u16;
+    // Two scans later, the curl long gone, the lease and its port remain.
+    std::thread::sleep(Duration::from_millis(300));
+    let leases = broker.pb_json(&["find", "cli-style"]);
+    assert_eq!(leases["services"][0]["pid"], Value::Null, "{leases}");
+    assert!(held(cli_port));
     // The owner dies: the lease ends and the port is free.
     sleeper.signal(libc::SIGKILL);
     sleeper.wait_for(Duration::from_secs(5));
     let freed = wait_until(Duration::from_secs(10), || {
-        broker.leases().is_empty().then_some(())
+        (broker.leases().len() == 1).then_some(())
     });
     assert!(freed.is_some(), "the owner's death ends the lease");
+    assert_eq!(broker.leases()[0].0, "cli-style");
     assert!(can_bind(v4(port)));
 }
 

@@ -2,8 +2,11 @@
 //! its README and server: /health, /version, `POST /claim/:id` and
 //! `POST /claim` with `{"id"}`, `DELETE /release/:id` and `DELETE /release`
 //! with `{"id"}`, /services and /services/:id. The X-PID header (which
-//! Port Daddy's SDK always sends) names the owning process, checked by the
-//! core exactly as `pb claim --pid` is.
+//! Port Daddy's CLI and SDK always send, naming themselves) is an owner
+//! hint: another process named there owns the lease, checked by the core
+//! exactly as `pb claim --pid` is; the requesting process naming itself is
+//! a client like `pb claim`, and the lease is adopted by the app that binds
+//! the port.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -198,12 +201,22 @@ async fn do_claim(
     body: ClaimBody,
     headers: &HeaderMap,
 ) -> Result<Json<ClaimResponse>, ApiError> {
-    let owner = match (owner_hint(headers)?, body.pid) {
-        (Some(pid), _) => Owner::Pid(pid),
-        (None, Some(pid)) => Owner::Pid(u32::try_from(pid).map_err(|_| {
+    let hinted = match (owner_hint(headers)?, body.pid) {
+        (Some(pid), _) => Some(pid),
+        (None, Some(pid)) => Some(u32::try_from(pid).map_err(|_| {
             ApiError::new(ErrorCode::InvalidRequest, format!("pid {pid} is not a pid"))
         })?),
-        (None, None) => Owner::None,
+        (None, None) => None,
+    };
+    let owner = match hinted {
+        // Port Daddy's CLI and SDK name themselves. A process that asks
+        // for a port for itself is a client like `pb claim`, not an owner
+        // (its CLI exits at once): the lease is number-only and the app
+        // that binds the port adopts it, exactly as with `pb claim`.
+        Some(pid) if caller.process.is_some_and(|p| p.pid == pid) => Owner::None,
+        // Any other process is an owner, checked by the core like --pid.
+        Some(pid) => Owner::Pid(pid),
+        None => Owner::None,
     };
     let expires_ms = match body.expires {
         None => None,
