@@ -334,6 +334,44 @@ fn port_daddy_service_routes() {
 }
 
 #[test]
+fn a_client_written_like_port_daddys_sdk_works() {
+    let broker = Broker::start();
+    let out = Command::new("node")
+        .arg(pb_tests::tests_dir().join("clients/port_daddy_sdk.mjs"))
+        .arg(broker.http_url())
+        .arg("sdk:api")
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let port = v["claim"]["port"].as_u64().unwrap();
+    assert_eq!(
+        (
+            v["claim"]["success"].as_bool(),
+            v["claim"]["existing"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    assert_eq!(
+        (
+            v["again"]["port"].as_u64(),
+            v["again"]["existing"].as_bool()
+        ),
+        (Some(port), Some(true))
+    );
+    assert_eq!(v["list"]["count"], 1);
+    assert_eq!(v["one"]["service"]["port"], port);
+    assert_eq!(v["served"], "served by the sdk app");
+    assert_eq!(v["released"]["released"], 1);
+    assert!(broker.leases().is_empty());
+}
+
+#[test]
 fn x_pid_names_the_owner_and_is_checked() {
     let broker = Broker::start_with(&[("PB_SCAN_INTERVAL", "100ms")]);
     let p = broker.http_port().unwrap();
