@@ -4,7 +4,8 @@
 //! (another user needs the bearer token), the content type of
 //! state-changing requests (form and text/plain posts), and the body size
 //! and time limits. A request that passes carries the [`Caller`] the routes
-//! hand to the core (and the connection, for routes that describe it). docs/SECURITY.md explains each defence.
+//! hand to the core (and the connection, for routes that describe it).
+//! docs/SECURITY.md explains each defence.
 
 use std::time::Instant;
 

@@ -50,8 +50,6 @@ pub struct HttpState {
     pub broker_uid: u32,
     pub rate: RateLimiter,
     pub connections: Arc<Connections>,
-    /// When the broker started, in ms since the epoch (/version).
-    pub started_ms: u64,
     /// SHA-256 of the running executable (/version's `codeHash`), computed
     /// once, off the runtime's thread, when first asked for.
     pub code_hash: tokio::sync::OnceCell<Option<String>>,
@@ -112,23 +110,20 @@ impl HttpState {
                 cfg.http_max_connections,
                 cfg.http_max_connections_per_client,
             ),
-            started_ms: crate::core::now_ms(),
             code_hash: tokio::sync::OnceCell::new(),
             pid_lookups: tokio::sync::Semaphore::new(PID_LOOKUPS),
         })
     }
-}
 
-impl HttpState {
     /// The running executable's SHA-256 (hex), like Port Daddy's code hash:
     /// it tells a client whether the broker runs the binary now installed.
-    /// /proc/self/exe is the running file even after an upgrade replaced it.
+    /// It hashes the running file even after an upgrade replaced it.
     pub async fn code_hash(&self) -> Option<String> {
         self.code_hash
             .get_or_init(|| async {
                 tokio::task::spawn_blocking(|| {
                     use sha2::Digest;
-                    let mut f = std::fs::File::open("/proc/self/exe").ok()?;
+                    let mut f = pb_platform::process::own_executable().ok()?;
                     let mut h = sha2::Sha256::new();
                     std::io::copy(&mut f, &mut h).ok()?;
                     Some(

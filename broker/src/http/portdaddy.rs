@@ -97,7 +97,7 @@ pub async fn version(
     Ok(Json(Version {
         version: s.version,
         code_hash: state.code_hash().await,
-        started_at: state.started_ms,
+        started_at: crate::core::now_ms().saturating_sub(s.uptime_ms),
         service: "pb".into(),
         api: "semantic".into(),
         protocol: s.protocol,

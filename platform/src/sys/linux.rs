@@ -457,3 +457,7 @@ pub fn socket_holder(uid: u32, inode: u64) -> Option<ProcessId> {
     }
     None
 }
+
+pub fn own_executable() -> std::io::Result<std::fs::File> {
+    std::fs::File::open("/proc/self/exe")
+}
