@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod guard;
+pub mod io;
 pub mod limits;
 pub mod login;
 pub mod openapi;
@@ -231,12 +232,23 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(&state, conn, router, req).await) }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    let shared = io::SharedStream::new(stream);
+    let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HTTP_READ_TIMEOUT)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(shared.clone()), service)
         .await;
+    if let Err(e) = served {
+        // Headers that began and never finished: say so before closing.
+        if e.is_timeout() && shared.request_started() {
+            let e = WireError::new(
+                ErrorCode::RequestTimeout,
+                format!("the request headers did not arrive within {HTTP_READ_TIMEOUT:?}"),
+            );
+            shared.last_words(&error::raw_refusal(&e));
+        }
+    }
     drop(slot);
 }
 
