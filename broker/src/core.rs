@@ -26,8 +26,8 @@ use pb_platform::{
     BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, ProcessInfo, SocketPool,
 };
 use pb_proto::{
-    ClaimArgs, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo, Op, Owner, ReleaseReply,
-    StatusReply, WireError, PROTOCOL_VERSION,
+    ClaimArgs, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo, LoginCodeReply, LoginReply,
+    Op, Owner, ReleaseReply, StatusReply, WireError, PROTOCOL_VERSION,
 };
 use serde_json::Value;
 
@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::events::{EventBus, EventKind};
 use crate::ids::{self, Pattern};
 use crate::locks::{Locks, PendingLock};
+use crate::logins::Logins;
 use crate::pubsub::PubSub;
 use crate::reaper::{LeaseView, ReaperJob};
 use crate::relay::Relay;
@@ -243,6 +244,9 @@ pub struct Core {
     pub(crate) locks: Locks,
     pub(crate) pubsub: PubSub,
     pub(crate) agents: Agents,
+    /// The HTTP API's base URL once it listens (for login URLs).
+    http_base: Option<String>,
+    logins: Logins,
 }
 
 impl Core {
@@ -266,6 +270,8 @@ impl Core {
             locks: Locks::default(),
             pubsub: PubSub::default(),
             agents: Agents::default(),
+            http_base: None,
+            logins: Logins::default(),
         };
         core.pool.refill();
         for (id, port) in core.store.load_sticky()?.into_iter().rev() {
@@ -310,6 +316,16 @@ impl Core {
         }
         core.load_coord()?;
         Ok(core)
+    }
+
+    /// The HTTP API listens at `base` (`http://localhost:9876`).
+    pub fn set_http_base(&mut self, base: String) {
+        self.http_base = Some(base);
+    }
+
+    /// Whether `secret` is a live dashboard session.
+    pub fn session_valid(&self, secret: &str) -> bool {
+        self.logins.session_valid(secret, now_ms())
     }
 
     pub fn config(&self) -> &Config {
@@ -516,11 +532,32 @@ impl Core {
                 ids::check_id(&id)?;
                 Ok(Outcome::of(self.lease(&id)?.info()))
             }
-            Op::Heartbeat { id, ttl_ms } => self.heartbeat(caller, &id, ttl_ms),
+            Op::Heartbeat { id, port, ttl_ms } => {
+                let id = self.named_lease(id, port)?;
+                self.heartbeat(caller, &id, ttl_ms)
+            }
             Op::Who { .. } | Op::Listeners => Err(WireError::new(
                 ErrorCode::Internal,
                 "inspections are answered by service::dispatch, not the core",
             )),
+            Op::LoginCode => {
+                let base = self.http_base.clone().ok_or_else(|| {
+                    WireError::new(ErrorCode::InvalidRequest, "the HTTP API is not running")
+                })?;
+                let (code, expires_ms) = self.logins.new_code(now_ms())?;
+                Ok(Outcome::of(LoginCodeReply {
+                    url: format!("{base}/login?code={code}"),
+                    code,
+                    expires_ms,
+                }))
+            }
+            Op::Login { code } => {
+                let (session, expires_ms) = self.logins.redeem(&code, now_ms())?;
+                Ok(Outcome::of(LoginReply {
+                    session,
+                    expires_ms,
+                }))
+            }
             Op::Shutdown => Ok(Outcome {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))
@@ -548,6 +585,24 @@ impl Core {
         self.leases
             .get(id)
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no service {id:?}")))
+    }
+
+    /// The id of the lease a request names by `id` or by `port`: exactly
+    /// one of them.
+    fn named_lease(&self, id: Option<String>, port: Option<i64>) -> Result<String, WireError> {
+        match (id, port) {
+            (Some(id), None) => Ok(id),
+            (None, Some(port)) => {
+                let port = rules::check_port(port)?;
+                self.by_port.get(&port).cloned().ok_or_else(|| {
+                    WireError::new(ErrorCode::NotFound, format!("port {port} is not leased"))
+                })
+            }
+            _ => Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "name the lease by exactly one of \"id\" and \"port\"",
+            )),
+        }
     }
 
     fn owned_by_caller(lease: &Lease, caller: &Caller) -> Result<(), WireError> {

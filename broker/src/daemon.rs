@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::coord;
 use crate::core::{now_ms, Core};
+use crate::http;
 use crate::ipc::{self, SharedCore};
 use crate::reaper;
 use crate::store::Store;
@@ -68,7 +69,7 @@ pub fn run(cfg: Config) -> Result<()> {
     private_dir(&cfg.paths.state_dir)?;
     let _lock = take_lock(&cfg.paths.lock_file())?;
     let nofile = pb_platform::raise_open_file_limit().context("raising the open-file limit")?;
-    let needed = 2 * cfg.max_leases + cfg.max_connections + 64;
+    let needed = 2 * cfg.max_leases + cfg.max_connections + cfg.http_max_connections + 64;
     if (nofile as usize) < needed {
         eprintln!("pb: warning: open-file limit {nofile} is below the {needed} the configured limits may need");
     }
@@ -76,6 +77,9 @@ pub fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("opening {}", cfg.paths.database().display()))?;
     let socket_path = cfg.paths.socket();
     let scan_interval = cfg.scan_interval;
+    let http_cfg = cfg.clone();
+    // Made even when HTTP is off, so `pb token` always has one to print.
+    let token = http::token::Token::load_or_create(&http::token::path(&cfg.paths.state_dir))?;
     let mut core = Core::open(cfg, store)?;
     let (reaper_tx, reaper_rx) = tokio::sync::mpsc::channel(reaper::QUEUE);
     core.set_reaper(reaper_tx);
@@ -97,6 +101,8 @@ pub fn run(cfg: Config) -> Result<()> {
         let listener = UnixListener::bind(&socket_path);
         unsafe { libc::umask(old) };
         let listener = listener.with_context(|| format!("binding {}", socket_path.display()))?;
+
+        start_http(&http_cfg, core.clone(), token).await?;
 
         let shutdown = Arc::new(Notify::new());
         let stop_accepting = Arc::new(Notify::new());
@@ -125,6 +131,54 @@ pub fn run(cfg: Config) -> Result<()> {
         eprintln!("pb: broker {} stopped", std::process::id());
         Ok(())
     })
+}
+
+/// Starts the HTTP API on PB_HTTP_ADDR. An address set explicitly must
+/// bind; the default one (9876) may be taken by another user's broker on a
+/// shared machine, which only costs this broker its HTTP API, with a
+/// warning in the log.
+async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) -> Result<()> {
+    if cfg.http_addrs.is_empty() {
+        eprintln!("pb: HTTP API off (PB_HTTP_ADDR=off)");
+        return Ok(());
+    }
+    let explicit = std::env::var("PB_HTTP_ADDR").is_ok_and(|v| !v.trim().is_empty());
+    let listeners = match http::bind(&cfg.http_addrs).await {
+        Ok(l) => l,
+        Err(e) if !explicit => {
+            eprintln!("pb: warning: {e}; running without the HTTP API");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let bound: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    if let Some(first) = bound.first() {
+        // `localhost` when both families listen on the port, else the one.
+        let both = bound
+            .iter()
+            .any(|a| a.is_ipv4() && a.port() == first.port())
+            && bound
+                .iter()
+                .any(|a| a.is_ipv6() && a.port() == first.port());
+        let host = if both {
+            format!("localhost:{}", first.port())
+        } else {
+            first.to_string()
+        };
+        ipc::lock(&core).set_http_base(format!("http://{host}"));
+    }
+    let state = http::HttpState::new(cfg, core, token);
+    let router = http::router(state.clone());
+    for l in listeners {
+        if let Ok(a) = l.local_addr() {
+            eprintln!("pb: HTTP API on http://{a}");
+        }
+        tokio::spawn(http::serve(l, state.clone(), router.clone()));
+    }
+    Ok(())
 }
 
 async fn expiry_timer(core: SharedCore) {

@@ -247,7 +247,8 @@ fn heartbeat_loop(client: &Mutex<Client>, done: &AtomicBool, id: &str, ttl_ms: i
         }
         let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = c.call(Op::Heartbeat {
-            id: id.to_string(),
+            id: Some(id.to_string()),
+            port: None,
             ttl_ms: None,
         }) {
             eprintln!("pb: heartbeat for {id} failed: {e}");

@@ -11,7 +11,7 @@ mod shim;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
@@ -162,6 +162,16 @@ enum Command {
     /// Print the path of the preload shim, for LD_PRELOAD by hand (with
     /// PB_SHIM_MAP; see docs/CLI.md). `pb exec --shim` does this for you.
     ShimPath,
+    /// Print a one-time URL that logs a browser in to the HTTP API (valid
+    /// for a minute, once), and open it unless --print-url.
+    Dashboard {
+        /// Only print the URL.
+        #[arg(long)]
+        print_url: bool,
+    },
+    /// Print the bearer token another user's process must send to the HTTP
+    /// API (Authorization: Bearer TOKEN). Your own processes need none.
+    Token,
     /// Show whether the broker is running.
     Status,
     /// Start the broker in the background.
@@ -418,6 +428,35 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         ),
         Command::ShimPath => {
             println!("{}", shim::path(&paths)?.display());
+            Ok(0)
+        }
+        Command::Dashboard { print_url } => {
+            let (reply, _): (pb_proto::LoginCodeReply, _) =
+                connect::connect(&paths)?.call_as(Op::LoginCode)?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                _ => println!("{}", reply.url),
+            }
+            if !print_url {
+                // Best effort: with no desktop, the printed URL is the way.
+                let _ = std::process::Command::new("xdg-open")
+                    .arg(&reply.url)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+            }
+            Ok(0)
+        }
+        Command::Token => {
+            // The broker makes the token when it starts: make sure one ran.
+            connect::connect(&paths)?.call(Op::Status)?;
+            let file = pb_broker::http::token::path(&paths.state_dir);
+            let token = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            match fmt {
+                Format::Json => output::print_json(&serde_json::json!({"token": token.trim()})),
+                _ => println!("{}", token.trim()),
+            }
             Ok(0)
         }
         Command::Status => {

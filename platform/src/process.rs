@@ -55,6 +55,12 @@ impl PeerIdentity {
 }
 
 /// The uid owning process `pid`, if it exists.
+/// The file this process runs, opened for reading: the running binary even
+/// when an upgrade has since replaced the file at its path.
+pub fn own_executable() -> std::io::Result<std::fs::File> {
+    crate::sys::own_executable()
+}
+
 pub fn uid_of(pid: u32) -> Option<u32> {
     crate::sys::process_uid(pid)
 }

@@ -89,3 +89,86 @@ pub fn inode_of(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
     Ok(st.st_ino)
 }
+
+/// The kernel's record of one end of a TCP connection on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpPeer {
+    /// The uid that created the socket.
+    pub uid: u32,
+    /// The socket's inode, to find the process that holds it when needed
+    /// ([`holders`]).
+    pub inode: u64,
+}
+
+/// Who made the socket at the other end of a loopback TCP connection: the
+/// socket whose local address is `peer` and whose remote address is
+/// `ours`. One exact sock_diag request (no table dump), so cheap enough to
+/// make for every accepted connection; /proc/net/tcp{,6} is the fallback.
+/// `None` when no such socket exists (the peer is gone, or not on this
+/// machine).
+pub fn tcp_peer(ours: SocketAddr, peer: SocketAddr) -> std::io::Result<Option<TcpPeer>> {
+    match crate::sys::tcp_peer_diag(ours, peer) {
+        Ok(found) => Ok(found),
+        Err(_) => crate::sys::tcp_peer_procfs(ours, peer),
+    }
+}
+
+/// The same, always from /proc/net/tcp{,6}, kept callable for benchmarks
+/// and tests.
+pub fn tcp_peer_from_proc(ours: SocketAddr, peer: SocketAddr) -> std::io::Result<Option<TcpPeer>> {
+    crate::sys::tcp_peer_procfs(ours, peer)
+}
+
+/// The process of `uid` that holds socket `inode` (the peer found by
+/// [`tcp_peer`], say). A walk of /proc, newest processes first, opening
+/// only `uid`'s and stopping at the first holder: far cheaper than
+/// [`holders`], still too dear for every request, so callers make it only
+/// when a pid is needed.
+pub fn holder_of(uid: u32, inode: u64) -> Option<ProcessId> {
+    crate::sys::socket_holder(uid, inode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn finds_the_peer_of_a_loopback_connection() {
+        let me = unsafe { libc::geteuid() };
+        for host in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(server) = TcpListener::bind(host) else {
+                continue; // no IPv6 on this machine
+            };
+            let ours = server.local_addr().unwrap();
+            let client = TcpStream::connect(ours).unwrap();
+            let (_conn, peer) = server.accept().unwrap();
+            let inode = {
+                use std::os::fd::AsFd;
+                inode_of(client.as_fd()).unwrap()
+            };
+            let want = Some(TcpPeer { uid: me, inode });
+            assert_eq!(tcp_peer(ours, peer).unwrap(), want, "{host} sock_diag");
+            assert_eq!(
+                tcp_peer_from_proc(ours, peer).unwrap(),
+                want,
+                "{host} /proc"
+            );
+            // The server's own end is not mistaken for the peer's.
+            assert_eq!(
+                tcp_peer(peer, ours).unwrap().map(|p| p.inode == inode),
+                Some(false)
+            );
+            drop(client);
+        }
+    }
+
+    #[test]
+    fn an_absent_peer_is_none() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = server.local_addr().unwrap();
+        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(tcp_peer(ours, nobody).unwrap(), None);
+        assert_eq!(tcp_peer_from_proc(ours, nobody).unwrap(), None);
+    }
+}

@@ -29,8 +29,19 @@ pub enum ErrorCode {
     NotFound,
     /// Every port in the range is taken.
     Exhausted,
-    /// A configured limit (leases, connections) is reached.
+    /// A configured limit (leases, connections, requests per second) is
+    /// reached.
     Limit,
+    /// HTTP: the caller must present the bearer token (another user).
+    Unauthorized,
+    /// HTTP: the request body is over the size limit.
+    PayloadTooLarge,
+    /// HTTP: a state-changing request whose body is not `application/json`.
+    UnsupportedMediaType,
+    /// HTTP: the route exists, but not with this method.
+    MethodNotAllowed,
+    /// HTTP: the request did not arrive in time.
+    RequestTimeout,
     Internal,
     /// A lock, channel or agent name breaks the naming rules.
     InvalidName,
@@ -52,11 +63,13 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge => 2,
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge
+            | PayloadTooLarge | UnsupportedMediaType | MethodNotAllowed => 2,
             NotFound => 4,
-            ReservedPort | PortTaken | IdConflict | Forbidden | Held => 5,
+            ReservedPort | PortTaken | IdConflict | Forbidden | Held | Unauthorized => 5,
             Exhausted | Limit | Lagged => 6,
             Timeout => 7,
+            RequestTimeout => 1,
             Internal => 1,
         }
     }
@@ -67,11 +80,14 @@ impl ErrorCode {
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
             | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName => 400,
+            Unauthorized => 401,
             Forbidden => 403,
             NotFound => 404,
-            Timeout => 408,
+            MethodNotAllowed => 405,
+            Timeout | RequestTimeout => 408,
             ReservedPort | PortTaken | IdConflict | Held => 409,
-            TooLarge => 413,
+            TooLarge | PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
             Limit | Lagged => 429,
             Exhausted => 503,
             Internal => 500,

@@ -32,9 +32,12 @@ pub enum Op {
         id: String,
     },
     /// Renews a lease's expiry: by `ttl_ms` if given, else by the TTL it was
-    /// claimed with.
+    /// claimed with. The lease is named by `id` or by `port` (exactly one).
     Heartbeat {
-        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<i64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl_ms: Option<i64>,
     },
@@ -45,6 +48,13 @@ pub enum Op {
     },
     /// Every listening TCP socket on the machine, brokered or not.
     Listeners,
+    /// A one-time code (and URL) with which a browser logs in to the
+    /// broker's HTTP API (`pb dashboard`).
+    LoginCode,
+    /// Exchanges a one-time login code for a session (HTTP `/login`).
+    Login {
+        code: String,
+    },
     /// Stops the broker after replying.
     Shutdown,
 
@@ -295,6 +305,22 @@ pub struct StatusReply {
     pub database: String,
     pub range: (u16, u16),
     pub reserved: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginCodeReply {
+    /// The URL to open: the HTTP API's `/login?code=...`.
+    pub url: String,
+    pub code: String,
+    /// When the code stops working (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginReply {
+    /// The session secret (the HTTP API sets it as a cookie).
+    pub session: String,
+    pub expires_ms: u64,
 }
 
 /// A request frame's payload, decoded.

@@ -219,7 +219,10 @@ impl Broker {
         Broker::start_in(PortBlock::take(200), env)
     }
 
-    /// Starts a broker whose PB_RANGE is `block`.
+    /// Starts a broker on `block`: its last port serves the HTTP API
+    /// (PB_HTTP_ADDR, on 127.0.0.1 and ::1, unless `env` sets it, to `off`
+    /// say), the rest is PB_RANGE. No test broker ever binds the default
+    /// HTTP port 9876.
     pub fn start_in(block: PortBlock, env: &[(&str, &str)]) -> Broker {
         assert!(
             env.iter().all(|(k, _)| *k != "PB_RANGE"),
@@ -229,11 +232,16 @@ impl Broker {
             .prefix("pb-test-")
             .tempdir()
             .expect("temp dir");
-        let range = block.range;
+        let http = block.range.1;
+        let range = (block.range.0, block.range.1 - 1);
         let mut all: Vec<(String, String)> = vec![
             ("PB_HOME".into(), home.path().display().to_string()),
             ("PB_RANGE".into(), format!("{}-{}", range.0, range.1)),
             ("PB_NO_AUTOSTART".into(), "1".into()),
+            (
+                "PB_HTTP_ADDR".into(),
+                format!("127.0.0.1:{http},[::1]:{http}"),
+            ),
         ];
         for (k, v) in env {
             all.retain(|(key, _)| key != k);
@@ -274,6 +282,26 @@ impl Broker {
 
     pub fn socket(&self) -> PathBuf {
         self.home.path().join("pb.sock")
+    }
+
+    /// The HTTP API's port (on 127.0.0.1 and ::1), unless it is off.
+    pub fn http_port(&self) -> Option<u16> {
+        let addrs = &self.env.iter().find(|(k, _)| k == "PB_HTTP_ADDR")?.1;
+        let first: SocketAddr = addrs.split(',').next()?.trim().parse().ok()?;
+        Some(first.port())
+    }
+
+    /// `http://127.0.0.1:PORT`, the HTTP API's base URL.
+    pub fn http_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.http_port().expect("this broker's HTTP API is off")
+        )
+    }
+
+    /// This broker's environment (to run other programs against it).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
     }
 
     pub fn log(&self) -> String {

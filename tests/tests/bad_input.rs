@@ -242,6 +242,7 @@ fn inverted_or_malformed_ranges() {
         .arg("daemon")
         .env("PB_HOME", home.path())
         .env("PB_RANGE", "9000-3000")
+        .env("PB_HTTP_ADDR", "off")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -227,16 +227,42 @@ fn heartbeat_renews_a_ttl() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     let (after, _) = c
         .call_as::<pb_proto::LeaseInfo>(pb_proto::Op::Heartbeat {
-            id: "hb".into(),
+            id: Some("hb".into()),
+            port: None,
             ttl_ms: None,
         })
         .unwrap();
     assert_eq!(after.ttl_ms, Some(60_000));
     assert!(after.expires_ms.unwrap() > before.expires_ms.unwrap());
+    // The same lease named by its port.
+    let (by_port, _) = c
+        .call_as::<pb_proto::LeaseInfo>(pb_proto::Op::Heartbeat {
+            id: None,
+            port: Some(after.port as i64),
+            ttl_ms: Some(90_000),
+        })
+        .unwrap();
+    assert_eq!((by_port.id.as_str(), by_port.ttl_ms), ("hb", Some(90_000)));
+    for (id, port) in [
+        (None, None),
+        (Some("hb".to_string()), Some(after.port as i64)),
+    ] {
+        let e = c
+            .call(pb_proto::Op::Heartbeat {
+                id,
+                port,
+                ttl_ms: None,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(e, pb_proto::client::ClientError::Wire(w) if w.code == pb_proto::ErrorCode::InvalidRequest)
+        );
+    }
     broker.claim("nottl", &[]);
     let e = c
         .call(pb_proto::Op::Heartbeat {
-            id: "nottl".into(),
+            id: Some("nottl".into()),
+            port: None,
             ttl_ms: None,
         })
         .unwrap_err();

@@ -240,3 +240,230 @@ pub fn started_at_ms(start_ticks: u64) -> Option<u64> {
     let hz = procfs::ticks_per_second().max(1);
     Some(boot * 1000 + start_ticks * 1000 / hz)
 }
+
+/// `struct inet_diag_sockid` (linux/inet_diag.h). Ports and addresses are in
+/// network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagSockId {
+    sport: u16,
+    dport: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+/// `struct inet_diag_req_v2`.
+#[repr(C)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+/// `struct inet_diag_msg`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InetDiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: InetDiagSockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const INET_DIAG_NOCOOKIE: u32 = !0;
+
+fn addr_bytes(ip: std::net::IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match ip {
+        std::net::IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        std::net::IpAddr::V6(a) => out = a.octets(),
+    }
+    out
+}
+
+/// One exact sock_diag request: the TCP socket whose local address is
+/// `peer` and whose remote address is `ours`. The kernel looks it up in its
+/// hash tables (inet_diag_find_one_icsk), so this costs two syscalls on a
+/// netlink socket, not a dump of every socket.
+pub fn tcp_peer_diag(
+    ours: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) -> std::io::Result<Option<crate::sockets::TcpPeer>> {
+    use std::io::Error;
+    // An IPv4 peer seen through an IPv6 socket is an IPv4 socket.
+    let (ours, peer) = (canonical(ours), canonical(peer));
+    let family = match (ours, peer) {
+        (std::net::SocketAddr::V4(_), std::net::SocketAddr::V4(_)) => libc::AF_INET,
+        (std::net::SocketAddr::V6(_), std::net::SocketAddr::V6(_)) => libc::AF_INET6,
+        _ => return Ok(None),
+    };
+    #[repr(C)]
+    struct Request {
+        header: libc::nlmsghdr,
+        body: InetDiagReqV2,
+    }
+    let request = Request {
+        header: libc::nlmsghdr {
+            nlmsg_len: std::mem::size_of::<Request>() as u32,
+            nlmsg_type: SOCK_DIAG_BY_FAMILY,
+            nlmsg_flags: libc::NLM_F_REQUEST as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        body: InetDiagReqV2 {
+            family: family as u8,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: !0,
+            id: InetDiagSockId {
+                sport: peer.port().to_be(),
+                dport: ours.port().to_be(),
+                src: addr_bytes(peer.ip()),
+                dst: addr_bytes(ours.ip()),
+                interface: 0,
+                cookie: [INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE],
+            },
+        },
+    };
+    // SAFETY: a netlink socket we own (closed on drop), a request of plain
+    // data, and a reply buffer whose length we pass.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        );
+        if fd < 0 {
+            return Err(Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let sent = libc::send(
+            fd.as_raw_fd(),
+            (&request as *const Request).cast(),
+            std::mem::size_of::<Request>(),
+            0,
+        );
+        if sent < 0 {
+            return Err(Error::last_os_error());
+        }
+        let mut buf = [0u64; 1024];
+        let n = libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            std::mem::size_of_val(&buf),
+            0,
+        );
+        if n < 0 {
+            return Err(Error::last_os_error());
+        }
+        let n = n as usize;
+        let hdr_len = std::mem::size_of::<libc::nlmsghdr>();
+        if n < hdr_len {
+            return Err(Error::other("short sock_diag reply"));
+        }
+        let header: libc::nlmsghdr = std::ptr::read_unaligned(buf.as_ptr().cast());
+        let payload = (buf.as_ptr() as *const u8).add(hdr_len);
+        match header.nlmsg_type as i32 {
+            libc::NLMSG_ERROR => {
+                let code: i32 = std::ptr::read_unaligned(payload.cast());
+                if code == -libc::ENOENT {
+                    Ok(None)
+                } else {
+                    Err(Error::from_raw_os_error(-code))
+                }
+            }
+            t if t == SOCK_DIAG_BY_FAMILY as i32
+                && n >= hdr_len + std::mem::size_of::<InetDiagMsg>() =>
+            {
+                let msg: InetDiagMsg = std::ptr::read_unaligned(payload.cast());
+                Ok(Some(crate::sockets::TcpPeer {
+                    uid: msg.uid,
+                    inode: msg.inode as u64,
+                }))
+            }
+            _ => Err(Error::other("unexpected sock_diag reply")),
+        }
+    }
+}
+
+fn canonical(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a {
+        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// The fallback: /proc/net/tcp{,6}, searched for the same socket.
+pub fn tcp_peer_procfs(
+    ours: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) -> std::io::Result<Option<crate::sockets::TcpPeer>> {
+    let (ours, peer) = (canonical(ours), canonical(peer));
+    let table = if peer.is_ipv4() {
+        procfs::net::tcp()
+    } else {
+        procfs::net::tcp6()
+    };
+    let entries = table.map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(entries
+        .into_iter()
+        .find(|e| e.local_address == peer && e.remote_address == ours)
+        .map(|e| crate::sockets::TcpPeer {
+            uid: e.uid,
+            inode: e.inode,
+        }))
+}
+
+/// The process of `uid` holding socket `inode`: /proc is walked from the
+/// highest pid down (a connecting client is usually recent) and only
+/// processes of `uid` are opened, stopping at the first holder.
+pub fn socket_holder(uid: u32, inode: u64) -> Option<ProcessId> {
+    use std::os::unix::fs::MetadataExt;
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable_by(|a, b| b.cmp(a));
+    let want = std::path::PathBuf::from(format!("socket:[{inode}]"));
+    for pid in pids {
+        // /proc/PID belongs to the process's effective uid (root for
+        // non-dumpable ones, which a non-root broker cannot read anyway).
+        match std::fs::metadata(format!("/proc/{pid}")) {
+            Ok(m) if m.uid() == uid => {}
+            _ => continue,
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t == want) {
+                return u32::try_from(pid)
+                    .ok()
+                    .and_then(ProcessId::of)
+                    .filter(ProcessId::is_alive);
+            }
+        }
+    }
+    None
+}
+
+pub fn own_executable() -> std::io::Result<std::fs::File> {
+    std::fs::File::open("/proc/self/exe")
+}

@@ -1,0 +1,128 @@
+//! A connection's socket as hyper reads and writes it, shared with the
+//! connection's task, so that a client whose request headers never finish
+//! (a slow-loris) still gets a 408 `{error, code}` after hyper gives up on
+//! it. An idle keep-alive connection, which started no request, is closed
+//! without a word, as HTTP/1.1 servers do.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The socket, and whether bytes of a request arrived since the last
+/// response went out.
+#[derive(Clone)]
+pub struct SharedStream {
+    inner: Arc<TcpStream>,
+    started: Arc<AtomicBool>,
+}
+
+impl SharedStream {
+    pub fn new(stream: TcpStream) -> SharedStream {
+        SharedStream {
+            inner: Arc::new(stream),
+            started: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether a request was begun and not answered.
+    pub fn request_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Writes `bytes` if the socket takes them now, then closes our side:
+    /// for last words, never waited on.
+    pub fn last_words(&self, bytes: &[u8]) {
+        let _ = self.inner.try_write(bytes);
+        // SAFETY: shutdown on a descriptor this value keeps open.
+        unsafe {
+            libc::shutdown(self.inner.as_raw_fd(), libc::SHUT_WR);
+        }
+    }
+}
+
+impl AsyncRead for SharedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.inner.poll_read_ready(cx))?;
+            match self.inner.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.started.store(true, Ordering::Relaxed);
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; poll_read_ready waits again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_write(data) {
+                Ok(n) => {
+                    self.started.store(false, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_write_vectored(bufs) {
+                Ok(n) => {
+                    self.started.store(false, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the socket: nothing is buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: shutdown on a descriptor this value keeps open.
+        let r = unsafe { libc::shutdown(self.inner.as_raw_fd(), libc::SHUT_WR) };
+        Poll::Ready(if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        })
+    }
+}

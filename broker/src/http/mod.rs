@@ -1,0 +1,328 @@
+//! The HTTP transport: the broker's API on loopback TCP, with the routes
+//! of both seeds (Port Daddy's and PortManager's) and /openapi.json.
+//!
+//! Like the Unix-socket transport it only translates: each route turns a
+//! request into an [`pb_proto::Op`] and calls [`crate::service::dispatch`],
+//! the path every transport shares, so no rule exists here a second time.
+//! What is HTTP's own is the defence of a TCP port that any local process
+//! and any web page can reach: [`guard`] admits requests, [`limits`] bounds
+//! connections and request rates per user, and each connection's user is
+//! read from the kernel's socket table (pb_platform::sockets::tcp_peer),
+//! never from what the client says.
+
+pub mod error;
+pub mod guard;
+pub mod io;
+pub mod limits;
+pub mod login;
+pub mod openapi;
+pub mod portdaddy;
+pub mod portmanager;
+pub mod sse;
+pub mod token;
+pub mod whoami;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use axum::response::IntoResponse;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pb_proto::{ErrorCode, WireError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+use crate::config::{Config, HTTP_RATE_BURST_SECONDS, HTTP_RATE_MAX_CLIENTS, HTTP_READ_TIMEOUT};
+use crate::ipc::SharedCore;
+use error::ApiError;
+use limits::{Connections, RateLimiter};
+use token::Token;
+
+/// What every route and check shares.
+pub struct HttpState {
+    pub core: SharedCore,
+    pub token: Token,
+    /// The broker's own uid: its callers need no token.
+    pub broker_uid: u32,
+    pub rate: RateLimiter,
+    pub connections: Arc<Connections>,
+    /// SHA-256 of the running executable (/version's `codeHash`), computed
+    /// once, off the runtime's thread, when first asked for.
+    pub code_hash: tokio::sync::OnceCell<Option<String>>,
+    /// Bounds the /proc walks for callers' pids ([`PID_LOOKUPS`]).
+    pub pid_lookups: tokio::sync::Semaphore,
+}
+
+/// One accepted connection, as the kernel describes it.
+#[derive(Debug)]
+pub struct Conn {
+    /// Our address (its port is the one Host must name).
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// The uid that made the peer's socket.
+    pub peer_uid: u32,
+    /// The peer socket's inode, to find its process when that is needed.
+    pub peer_inode: u64,
+    /// The process holding the peer's socket, looked up at most once.
+    process: tokio::sync::OnceCell<Option<pb_platform::ProcessId>>,
+}
+
+/// How many /proc walks for callers' pids may run at once: a flood of
+/// new connections must not become a flood of blocking threads.
+pub const PID_LOOKUPS: usize = 4;
+
+impl Conn {
+    /// The process at the other end, from the kernel: the walk over /proc
+    /// runs off the runtime's thread, once per connection, and only when a
+    /// request needs the pid (state changes, /whoami).
+    pub async fn process(&self, state: &HttpState) -> Option<pb_platform::ProcessId> {
+        *self
+            .process
+            .get_or_init(|| async {
+                let _permit = state.pid_lookups.acquire().await.ok()?;
+                let (uid, inode) = (self.peer_uid, self.peer_inode);
+                tokio::task::spawn_blocking(move || pb_platform::sockets::holder_of(uid, inode))
+                    .await
+                    .ok()
+                    .flatten()
+            })
+            .await
+    }
+}
+
+impl HttpState {
+    pub fn new(cfg: &Config, core: SharedCore, token: Token) -> Arc<HttpState> {
+        Arc::new(HttpState {
+            core,
+            token,
+            // SAFETY: geteuid cannot fail.
+            broker_uid: unsafe { libc::geteuid() },
+            rate: RateLimiter::new(
+                cfg.http_rate,
+                cfg.http_rate.saturating_mul(HTTP_RATE_BURST_SECONDS),
+                HTTP_RATE_MAX_CLIENTS,
+            ),
+            connections: Connections::new(
+                cfg.http_max_connections,
+                cfg.http_max_connections_per_client,
+            ),
+            code_hash: tokio::sync::OnceCell::new(),
+            pid_lookups: tokio::sync::Semaphore::new(PID_LOOKUPS),
+        })
+    }
+
+    /// The running executable's SHA-256 (hex), like Port Daddy's code hash:
+    /// it tells a client whether the broker runs the binary now installed.
+    /// It hashes the running file even after an upgrade replaced it.
+    pub async fn code_hash(&self) -> Option<String> {
+        self.code_hash
+            .get_or_init(|| async {
+                tokio::task::spawn_blocking(|| {
+                    use sha2::Digest;
+                    let mut f = pb_platform::process::own_executable().ok()?;
+                    let mut h = sha2::Sha256::new();
+                    std::io::copy(&mut f, &mut h).ok()?;
+                    Some(
+                        h.finalize()
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<String>(),
+                    )
+                })
+                .await
+                .ok()
+                .flatten()
+            })
+            .await
+            .clone()
+    }
+}
+
+/// Binds every address of PB_HTTP_ADDR. Failing to bind one is an error:
+/// a broker that silently lacks its API would surprise its clients.
+pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for a in addrs {
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the HTTP API on {a}: {e}"))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Every route: both seeds' APIs and the OpenAPI document, with JSON
+/// errors for unknown routes and methods.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .merge(portdaddy::routes())
+        .merge(portmanager::routes())
+        .merge(login::routes())
+        .merge(whoami::routes())
+        .route("/openapi.json", axum::routing::get(openapi::document))
+        .fallback(|| async {
+            ApiError::new(ErrorCode::NotFound, "no such route (see /openapi.json)")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not take that method",
+            )
+        })
+        .with_state(state)
+}
+
+/// Accepts connections on `listener` for the life of the runtime.
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, router: Router) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(stream, peer, state.clone(), router.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors, most likely: back off instead of spinning.
+                eprintln!("pb: HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, router: Router) {
+    let mut slot = match state.connections.enter() {
+        Ok(s) => s,
+        Err(e) => return refuse(stream, &e).await,
+    };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let who = match pb_platform::sockets::tcp_peer(local, peer) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            let e = WireError::new(
+                ErrorCode::Forbidden,
+                format!("the kernel lists no socket for {peer}; only local processes are served"),
+            );
+            return refuse(stream, &e).await;
+        }
+        Err(e) => {
+            let e = WireError::new(ErrorCode::Internal, format!("cannot identify {peer}: {e}"));
+            return refuse(stream, &e).await;
+        }
+    };
+    if let Err(e) = state.connections.assign(&mut slot, who.uid) {
+        return refuse(stream, &e).await;
+    }
+    let _ = stream.set_nodelay(true);
+    let conn = Arc::new(Conn {
+        local,
+        peer,
+        peer_uid: who.uid,
+        peer_inode: who.inode,
+        process: tokio::sync::OnceCell::new(),
+    });
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        let router = router.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&state, conn, router, req).await) }
+    });
+    let shared = io::SharedStream::new(stream);
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP_READ_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(shared.clone()), service)
+        .await;
+    if let Err(e) = served {
+        // Headers that began and never finished: say so before closing.
+        if e.is_timeout() && shared.request_started() {
+            let e = WireError::new(
+                ErrorCode::RequestTimeout,
+                format!("the request headers did not arrive within {HTTP_READ_TIMEOUT:?}"),
+            );
+            shared.last_words(&error::raw_refusal(&e));
+        }
+    }
+    drop(slot);
+}
+
+async fn handle(
+    state: &Arc<HttpState>,
+    conn: Arc<Conn>,
+    router: Router,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    match guard::admit(state, &conn, req).await {
+        Ok(req) => match router.oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Answers a connection that will not be served, and closes it.
+async fn refuse(mut stream: TcpStream, e: &WireError) {
+    let bytes = error::raw_refusal(e);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Applies `op` for `caller` through the path every transport shares, and
+/// reads its result as `T`.
+pub async fn call<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    caller: &crate::core::Caller,
+    op: pb_proto::Op,
+) -> Result<T, ApiError> {
+    let out = crate::service::dispatch(&state.core, caller, op).await?;
+    // Spare sockets are made once the reply is on its way, as on the Unix
+    // socket: this task runs after the current one yields.
+    let core = state.core.clone();
+    tokio::spawn(async move { crate::ipc::lock(&core).after_reply() });
+    serde_json::from_value(out.result)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("unexpected reply: {e}")))
+}
+
+/// Parses a JSON body into `T`: bad JSON, wrong types and unknown fields
+/// are `invalid_request`. An empty body is `T::default()`.
+pub fn json_body<T: serde::de::DeserializeOwned + Default>(
+    body: &axum::body::Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("bad JSON body: {e}")))
+}
+
+/// Parses a query string into `T`, with the same errors.
+pub fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+}
+
+/// The `{id}` of a route's path, with a JSON error when it cannot be read
+/// (bad percent-encoding, say) instead of axum's plain-text one.
+pub struct IdPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<IdPath, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| IdPath(p.0))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+    }
+}

@@ -1,0 +1,78 @@
+//! /openapi.json, generated from the route handlers' annotations and the
+//! request and response types (utoipa), so it cannot drift from the code.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::{error, login, portdaddy, portmanager, whoami};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pb HTTP API",
+        description = "pb's broker on loopback: Port Daddy's and PortManager's service routes. \
+            Errors are {error, code}; see docs/PROTOCOL.md for the codes."
+    ),
+    paths(
+        portdaddy::health,
+        portdaddy::version,
+        portdaddy::claim,
+        portdaddy::claim_id,
+        portdaddy::release,
+        portdaddy::release_id,
+        portdaddy::services,
+        portdaddy::service,
+        portmanager::alloc,
+        portmanager::release,
+        portmanager::heartbeat,
+        portmanager::list,
+        portmanager::lookup,
+        login::login,
+        whoami::whoami,
+        document,
+    ),
+    components(schemas(error::ErrorBody))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "pb",
+    responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/health",
+            "/version",
+            "/claim",
+            "/claim/{id}",
+            "/release",
+            "/release/{id}",
+            "/services",
+            "/services/{id}",
+            "/alloc",
+            "/heartbeat",
+            "/list",
+            "/lookup",
+            "/openapi.json",
+            "/login",
+        ] {
+            assert!(
+                paths.contains_key(p),
+                "{p} missing from the OpenAPI document"
+            );
+        }
+        assert!(
+            paths["/release"].get("post").is_some() && paths["/release"].get("delete").is_some()
+        );
+    }
+}

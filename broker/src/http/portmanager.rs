@@ -1,0 +1,306 @@
+//! PortManager's routes, with its JSON shapes: `POST /alloc`
+//! `{"service_name", "ttl_seconds", "tags"}`, `POST /release` and
+//! `POST /heartbeat` naming a lease by `port` or `service_name`, `GET /list`
+//! and `GET /lookup?service=NAME`. PortManager's leases live for a TTL
+//! renewed by heartbeats; here they are pb leases claimed with that TTL,
+//! so the core's expiry timer ends them the same way, and the port is
+//! held in the kernel meanwhile. A service name is a pb id, so it holds one
+//! port (`all_ports` has one entry).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::Uri;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use pb_proto::{ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, ReleaseReply};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::{call, json_body, query, HttpState};
+use crate::core::Caller;
+
+/// PortManager's TTL when `/alloc` names none: five minutes.
+pub const DEFAULT_TTL_SECONDS: i64 = 300;
+
+pub fn routes() -> Router<Arc<HttpState>> {
+    Router::new()
+        .route("/alloc", post(alloc))
+        .route("/release", post(release))
+        .route("/heartbeat", post(heartbeat))
+        .route("/list", get(list))
+        .route("/lookup", get(lookup))
+}
+
+/// A lease as PortManager shows it.
+#[derive(Serialize, ToSchema)]
+pub struct Lease {
+    port: u16,
+    service_name: String,
+    /// RFC 3339, UTC.
+    allocated_at: String,
+    /// RFC 3339, UTC: when the lease was last claimed or renewed.
+    last_heartbeat: String,
+    /// The TTL heartbeats renew by; null for a lease without one.
+    ttl_seconds: Option<u64>,
+    tags: Vec<String>,
+    /// When it ends unless renewed (RFC 3339), pb's addition.
+    expires_at: Option<String>,
+    /// The owning process, pb's addition.
+    pid: Option<u32>,
+}
+
+impl From<LeaseInfo> for Lease {
+    fn from(l: LeaseInfo) -> Lease {
+        let renewed = match (l.expires_ms, l.ttl_ms) {
+            (Some(e), Some(t)) => e.saturating_sub(t),
+            _ => l.created_ms,
+        };
+        let tags = l
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("tags"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Lease {
+            port: l.port,
+            service_name: l.id,
+            allocated_at: rfc3339(l.created_ms),
+            last_heartbeat: rfc3339(renewed),
+            ttl_seconds: l.ttl_ms.map(|t| t / 1000),
+            tags,
+            expires_at: l.expires_ms.map(rfc3339),
+            pid: l.pid,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AllocRequest {
+    service_name: String,
+    /// Default 300.
+    ttl_seconds: Option<i64>,
+    /// Kept with the lease as metadata `{"tags": [...]}`.
+    tags: Option<Vec<String>>,
+    /// Exactly this port (pb's addition).
+    port: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AllocResponse {
+    port: u16,
+    lease: Lease,
+}
+
+/// Allocate a port for a service, leased for `ttl_seconds`.
+#[utoipa::path(post, path = "/alloc", tag = "portmanager",
+    request_body(content = AllocRequest, content_type = "application/json"),
+    responses((status = 200, body = AllocResponse),
+              (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn alloc(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<AllocResponse>, ApiError> {
+    let req: AllocRequest = json_body(&body)?;
+    if req.service_name.is_empty() && body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "missing \"service_name\"",
+        ));
+    }
+    let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+    let metadata = req.tags.map(|t| serde_json::json!({ "tags": t }));
+    let reply: ClaimReply = call(
+        &state,
+        &caller,
+        Op::Claim(ClaimArgs {
+            id: req.service_name,
+            port: req.port,
+            // An overflowing TTL is passed on as one the core refuses.
+            expires_ms: Some(ttl.checked_mul(1000).unwrap_or(i64::MAX)),
+            metadata,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    Ok(Json(AllocResponse {
+        port: reply.lease.port,
+        lease: reply.lease.into(),
+    }))
+}
+
+/// Names a lease: by `port` or by `service_name`.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRef {
+    port: Option<i64>,
+    service_name: Option<String>,
+    /// Heartbeat only: renew by this TTL instead of the lease's own.
+    ttl_seconds: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReleaseResponse {
+    released: bool,
+    port: u16,
+    service_name: String,
+}
+
+/// Release a lease by port or service name.
+#[utoipa::path(post, path = "/release", tag = "portmanager",
+    request_body(content = LeaseRef, content_type = "application/json"),
+    responses((status = 200, body = ReleaseResponse),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn release(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<ReleaseResponse>, ApiError> {
+    let r: LeaseRef = json_body(&body)?;
+    if r.ttl_seconds.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "release takes no ttl_seconds",
+        ));
+    }
+    let target = match (r.port, r.service_name) {
+        (Some(p), None) => p.to_string(),
+        // A name with a `*` would be a pattern: PortManager names one lease.
+        (None, Some(name)) if !name.contains('*') => name,
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "name the lease by exactly one of \"port\" and \"service_name\"",
+            ))
+        }
+    };
+    let reply: ReleaseReply = call(&state, &caller, Op::Release { target }).await?;
+    let l = reply
+        .released
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such lease"))?;
+    Ok(Json(ReleaseResponse {
+        released: true,
+        port: l.port,
+        service_name: l.id,
+    }))
+}
+
+/// Renew a lease's TTL, by port or service name.
+#[utoipa::path(post, path = "/heartbeat", tag = "portmanager",
+    request_body(content = LeaseRef, content_type = "application/json"),
+    responses((status = 200, body = Lease),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Lease>, ApiError> {
+    let r: LeaseRef = json_body(&body)?;
+    let lease: LeaseInfo = call(
+        &state,
+        &caller,
+        Op::Heartbeat {
+            id: r.service_name,
+            port: r.port,
+            ttl_ms: r
+                .ttl_seconds
+                .map(|t| t.checked_mul(1000).unwrap_or(i64::MAX)),
+        },
+    )
+    .await?;
+    Ok(Json(lease.into()))
+}
+
+/// Every lease.
+#[utoipa::path(get, path = "/list", tag = "portmanager",
+    responses((status = 200, body = Vec<Lease>)))]
+pub async fn list(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<Lease>>, ApiError> {
+    let reply: FindReply = call(&state, &caller, Op::Find { pattern: None }).await?;
+    Ok(Json(reply.services.into_iter().map(Lease::from).collect()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    service: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LookupResponse {
+    service_name: String,
+    port: u16,
+    all_ports: Vec<u16>,
+    lease: Lease,
+}
+
+/// Find a service's port by name.
+#[utoipa::path(get, path = "/lookup", tag = "portmanager",
+    params(("service" = String, Query, description = "service name")),
+    responses((status = 200, body = LookupResponse),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn lookup(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Json<LookupResponse>, ApiError> {
+    let q: LookupQuery = query(&uri)?;
+    let lease: LeaseInfo = call(&state, &caller, Op::Get { id: q.service }).await?;
+    Ok(Json(LookupResponse {
+        service_name: lease.id.clone(),
+        port: lease.port,
+        all_ports: vec![lease.port],
+        lease: lease.into(),
+    }))
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC (`2026-11-23T07:30:00.123Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339(1_795_418_523_456),
+            "2026-11-23T07:22:03.456Z"
+        );
+    }
+}

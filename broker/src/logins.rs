@@ -1,0 +1,170 @@
+//! The dashboard's one-time login: `pb dashboard` (over the Unix socket,
+//! so only the broker's own user) gets a code that a browser exchanges,
+//! once and within a minute, at `/login` for a session cookie. A session
+//! admits that browser's requests the way the bearer token admits another
+//! user's process: for browsers the kernel cannot attribute to the user
+//! (another uid, a sandbox) and that cannot send an Authorization header.
+//!
+//! Codes and sessions live in memory only (a restart logs everyone out),
+//! each kind bounded, each with an expiry.
+
+use std::collections::HashMap;
+
+use pb_proto::{ErrorCode, WireError};
+
+/// How long a login code is valid.
+pub const CODE_TTL_MS: u64 = 60_000;
+/// How long a session lasts.
+pub const SESSION_TTL_MS: u64 = 12 * 3_600_000;
+/// Most codes waiting to be used.
+pub const MAX_CODES: usize = 16;
+/// Most live sessions; the oldest is dropped for a new one.
+pub const MAX_SESSIONS: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct Logins {
+    /// Code → when it expires.
+    codes: HashMap<String, u64>,
+    /// Session secret → when it expires.
+    sessions: HashMap<String, u64>,
+}
+
+impl Logins {
+    /// A new one-time code.
+    pub fn new_code(&mut self, now: u64) -> Result<(String, u64), WireError> {
+        self.codes.retain(|_, exp| *exp > now);
+        if self.codes.len() >= MAX_CODES {
+            return Err(WireError::new(
+                ErrorCode::Limit,
+                format!("{MAX_CODES} login codes are waiting to be used; try again in a minute"),
+            ));
+        }
+        let code = random_hex(16)?;
+        let exp = now + CODE_TTL_MS;
+        self.codes.insert(code.clone(), exp);
+        Ok((code, exp))
+    }
+
+    /// Uses up `code` and opens a session for it.
+    pub fn redeem(&mut self, code: &str, now: u64) -> Result<(String, u64), WireError> {
+        let valid = self
+            .codes
+            .iter()
+            .find(|(c, _)| same(c, code))
+            .map(|(c, exp)| (c.clone(), *exp));
+        let Some((c, exp)) = valid else {
+            return Err(unauthorized("the login code is unknown or already used"));
+        };
+        self.codes.remove(&c);
+        if exp <= now {
+            return Err(unauthorized("the login code has expired"));
+        }
+        self.sessions.retain(|_, exp| *exp > now);
+        if self.sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, exp)| **exp)
+                .map(|(s, _)| s.clone())
+            {
+                self.sessions.remove(&oldest);
+            }
+        }
+        let secret = random_hex(32)?;
+        let exp = now + SESSION_TTL_MS;
+        self.sessions.insert(secret.clone(), exp);
+        Ok((secret, exp))
+    }
+
+    /// Whether `secret` names a live session.
+    pub fn session_valid(&self, secret: &str, now: u64) -> bool {
+        self.sessions
+            .iter()
+            .any(|(s, exp)| *exp > now && same(s, secret))
+    }
+}
+
+fn unauthorized(why: &str) -> WireError {
+    WireError::new(ErrorCode::Unauthorized, why)
+}
+
+/// Equality in time independent of where the strings differ.
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `n` random bytes from getrandom, hex-encoded.
+pub fn random_hex(n: usize) -> Result<String, WireError> {
+    let mut bytes = vec![0u8; n];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: writing into our own buffer, within its length.
+        let got = unsafe {
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+        };
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                format!("getrandom: {e}"),
+            ));
+        }
+        filled += got as usize;
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_is_used_once_and_in_time() {
+        let mut l = Logins::default();
+        let (code, exp) = l.new_code(1000).unwrap();
+        assert_eq!(exp, 1000 + CODE_TTL_MS);
+        let (session, _) = l.redeem(&code, 2000).unwrap();
+        assert!(l.session_valid(&session, 3000));
+        assert!(!l.session_valid("nope", 3000));
+        assert!(!l.session_valid(&session, 2000 + SESSION_TTL_MS));
+        assert_eq!(
+            l.redeem(&code, 2000).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        let (late, _) = l.new_code(1000).unwrap();
+        assert_eq!(
+            l.redeem(&late, 1000 + CODE_TTL_MS).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        assert!(
+            l.redeem(&late, 1000).is_err(),
+            "an expired code is gone, not reusable"
+        );
+    }
+
+    #[test]
+    fn codes_and_sessions_are_bounded() {
+        let mut l = Logins::default();
+        let codes: Vec<String> = (0..MAX_CODES).map(|_| l.new_code(0).unwrap().0).collect();
+        assert_eq!(l.new_code(0).unwrap_err().code, ErrorCode::Limit);
+        // Expired codes make room.
+        assert!(l.new_code(CODE_TTL_MS).is_ok());
+        let mut l = Logins::default();
+        let mut first = None;
+        for i in 0..=MAX_SESSIONS as u64 {
+            let (c, _) = l.new_code(i).unwrap();
+            let (s, _) = l.redeem(&c, i).unwrap();
+            first.get_or_insert(s);
+        }
+        assert_eq!(l.sessions.len(), MAX_SESSIONS);
+        assert!(
+            !l.session_valid(first.as_ref().unwrap(), 100),
+            "the oldest session made room"
+        );
+        drop(codes);
+    }
+}
