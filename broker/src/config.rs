@@ -37,6 +37,125 @@ pub struct Config {
     /// HTTP requests per second one user may make, sustained
     /// (PB_HTTP_RATE); bursts may reach [`HTTP_RATE_BURST_SECONDS`] times it.
     pub http_rate: u32,
+    /// Coordination limits and retention (locks, pub/sub, agents, activity).
+    pub coord: CoordConfig,
+}
+
+/// Limits and retention of locks, pub/sub, agents and the activity log.
+#[derive(Debug, Clone)]
+pub struct CoordConfig {
+    /// A lock's TTL when the request names none (PB_LOCK_TTL, 5 min).
+    pub lock_ttl_ms: u64,
+    /// The longest TTL a lock may ask for (24 h).
+    pub lock_max_ttl_ms: u64,
+    /// The longest a request may wait for a lock (1 h).
+    pub lock_max_wait_ms: u64,
+    /// Most locks held at once (PB_MAX_LOCKS, 10 000).
+    pub max_locks: usize,
+    /// Most requests waiting for one lock (1024).
+    pub max_waiters: usize,
+    /// Largest message, as JSON (PB_MAX_MESSAGE, 16 KiB; at most 60 KiB so
+    /// a publish fits a request frame).
+    pub max_message: usize,
+    /// Messages kept per channel (PB_MSG_RETAIN, 1000).
+    pub retain_count: usize,
+    /// How long messages are kept (PB_MSG_MAX_AGE, 24 h).
+    pub retain_age_ms: u64,
+    /// Most channels with retained messages (PB_MAX_CHANNELS, 1000).
+    pub max_channels: usize,
+    /// Most subscribers at once (PB_MAX_SUBSCRIBERS, 256).
+    pub max_subscribers: usize,
+    /// Messages queued for one subscriber before it is dropped
+    /// (PB_SUB_QUEUE, 4096).
+    pub subscriber_queue: usize,
+    /// An agent without a heartbeat for this long is stale
+    /// (PB_AGENT_STALE, 2 min).
+    pub agent_stale_ms: u64,
+    /// Most registered agents (PB_MAX_AGENTS, 1000).
+    pub max_agents: usize,
+    /// Activity entries kept (PB_ACTIVITY_RETAIN, 100 000).
+    pub activity_retain: usize,
+    /// How long activity entries are kept (PB_ACTIVITY_MAX_AGE, 7 d).
+    pub activity_max_age_ms: u64,
+}
+
+impl Default for CoordConfig {
+    fn default() -> CoordConfig {
+        CoordConfig {
+            lock_ttl_ms: 5 * 60_000,
+            lock_max_ttl_ms: 24 * 3_600_000,
+            lock_max_wait_ms: 3_600_000,
+            max_locks: 10_000,
+            max_waiters: 1024,
+            max_message: 16 * 1024,
+            retain_count: 1000,
+            retain_age_ms: 24 * 3_600_000,
+            max_channels: 1000,
+            max_subscribers: 256,
+            subscriber_queue: 4096,
+            agent_stale_ms: 2 * 60_000,
+            max_agents: 1000,
+            activity_retain: 100_000,
+            activity_max_age_ms: 7 * 86_400_000,
+        }
+    }
+}
+
+impl CoordConfig {
+    fn from_env() -> Result<CoordConfig, WireError> {
+        let d = CoordConfig::default();
+        let lock_ttl_ms = env_duration_ms("PB_LOCK_TTL", d.lock_ttl_ms, 1, d.lock_max_ttl_ms)?;
+        Ok(CoordConfig {
+            lock_ttl_ms,
+            max_locks: env_usize("PB_MAX_LOCKS", d.max_locks),
+            max_message: env_usize("PB_MAX_MESSAGE", d.max_message).min(60 * 1024),
+            retain_count: env_usize("PB_MSG_RETAIN", d.retain_count).min(1_000_000),
+            retain_age_ms: env_duration_ms(
+                "PB_MSG_MAX_AGE",
+                d.retain_age_ms,
+                1000,
+                366 * 86_400_000,
+            )?,
+            max_channels: env_usize("PB_MAX_CHANNELS", d.max_channels),
+            max_subscribers: env_usize("PB_MAX_SUBSCRIBERS", d.max_subscribers),
+            subscriber_queue: env_usize("PB_SUB_QUEUE", d.subscriber_queue).min(1 << 20),
+            agent_stale_ms: env_duration_ms(
+                "PB_AGENT_STALE",
+                d.agent_stale_ms,
+                100,
+                366 * 86_400_000,
+            )?,
+            max_agents: env_usize("PB_MAX_AGENTS", d.max_agents),
+            activity_retain: env_usize("PB_ACTIVITY_RETAIN", d.activity_retain),
+            activity_max_age_ms: env_duration_ms(
+                "PB_ACTIVITY_MAX_AGE",
+                d.activity_max_age_ms,
+                1000,
+                366 * 86_400_000,
+            )?,
+            ..d
+        })
+    }
+}
+
+/// A duration variable (`90s`, `2m`, or a bare number of seconds), within
+/// `[min_ms, max_ms]`.
+fn env_duration_ms(name: &str, default: u64, min_ms: u64, max_ms: u64) -> Result<u64, WireError> {
+    match std::env::var(name) {
+        Ok(text) if !text.is_empty() => {
+            let d = pb_proto::duration::parse(&text)
+                .map_err(|e| WireError::new(pb_proto::ErrorCode::InvalidDuration, e.to_string()))?;
+            let ms = d.as_millis() as u64;
+            if ms < min_ms || ms > max_ms {
+                return Err(WireError::new(
+                    pb_proto::ErrorCode::InvalidDuration,
+                    format!("{name} must be between {min_ms} ms and {max_ms} ms"),
+                ));
+            }
+            Ok(ms)
+        }
+        _ => Ok(default),
+    }
 }
 
 /// The HTTP API's default addresses: loopback, both families, port 9876.
@@ -103,6 +222,7 @@ impl Config {
                 }
                 _ => std::time::Duration::from_secs(2),
             },
+            coord: CoordConfig::from_env()?,
         })
     }
 }

@@ -7,9 +7,18 @@
 //!
 //! The core is synchronous and owned behind one mutex: each operation is a
 //! few syscalls and one SQLite transaction, far shorter than any lock
-//! hand-off a finer scheme would need.
+//! hand-off a finer scheme would need. Operations that wait (a lock queue)
+//! or go on (a subscription) return at once with a `pending` or `stream`
+//! part that the transport awaits with the mutex released.
+//!
+//! Coordination (locks, pub/sub, agents, the activity log) keeps its state
+//! in its own modules (`locks`, `pubsub`, `agents`, `activity`), each with
+//! an `impl Core` block for its operations; every change is announced once
+//! on the event bus (`events`) through `Core::emit`.
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,17 +26,23 @@ use pb_platform::{
     BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, ProcessInfo, SocketPool,
 };
 use pb_proto::{
-    ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, LoginCodeReply, LoginReply, Op, Owner,
-    ReleaseReply, StatusReply, WireError, PROTOCOL_VERSION,
+    ClaimArgs, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo, LoginCodeReply, LoginReply,
+    Op, Owner, ReleaseReply, StatusReply, WireError, PROTOCOL_VERSION,
 };
 use serde_json::Value;
 
+use crate::agents::Agents;
 use crate::config::Config;
+use crate::events::{EventBus, EventKind};
 use crate::ids::{self, Pattern};
+use crate::locks::{Locks, PendingLock};
 use crate::logins::Logins;
+use crate::pubsub::PubSub;
 use crate::reaper::{LeaseView, ReaperJob};
+use crate::relay::Relay;
 use crate::rules;
 use crate::store::{LeaseRecord, Store, StoreError};
+use crate::stream::Stream;
 
 /// Who sent a request, as the kernel (not the client) says.
 #[derive(Debug, Clone)]
@@ -48,22 +63,52 @@ pub struct SessionId(pub u64);
 #[derive(Debug)]
 pub struct Outcome {
     pub result: Value,
-    /// Sockets whose descriptors go with the reply. Shared with the lease,
-    /// not duplicated: the transport sends straight from them, and the
-    /// lease's own sockets stay open at least until the send is done.
-    pub sockets: Option<Arc<LoopbackSockets>>,
+    /// Sockets whose descriptors go with the reply.
+    pub sockets: Option<Handover>,
     /// The broker should stop once this reply is sent.
     pub shutdown: bool,
     /// How to take this outcome back if its reply cannot be delivered.
     pub undo: Option<Undo>,
+    /// The request waits (in a lock's queue): the transport awaits this,
+    /// without the core's mutex, for the real outcome.
+    pub pending: Option<PendingLock>,
+    /// More replies follow `result`: the transport sends each item.
+    pub stream: Option<Stream>,
 }
 
-/// Takes back a claim whose reply never reached the claimant, so that a
-/// request that was not acknowledged leaves no trace.
+/// A lease's listeners on their way to a client. Shared with the lease, not
+/// duplicated: the transport sends straight from them, and the lease's own
+/// sockets stay open at least until the send is done.
 #[derive(Debug)]
-pub struct Undo {
-    id: String,
-    sticky_before: Option<u16>,
+pub struct Handover {
+    sockets: Arc<LoopbackSockets>,
+    /// Only this family's socket goes; `None` sends both.
+    only: Option<IpFamily>,
+}
+
+impl Handover {
+    /// The descriptors to send, IPv4 first.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let s = &self.sockets;
+        match (self.only, &s.v6) {
+            (Some(IpFamily::V6), Some(v6)) => vec![v6.as_fd()],
+            (Some(_), _) => vec![s.v4.as_fd()],
+            (None, _) => s.fds().collect(),
+        }
+    }
+}
+
+/// Takes back what a request did when its reply never reached the client,
+/// so that a request that was not acknowledged leaves no trace.
+#[derive(Debug)]
+pub enum Undo {
+    /// A claim: the lease ends, the id's sticky port is restored.
+    Claim {
+        id: String,
+        sticky_before: Option<u16>,
+    },
+    /// A lock grant: the holding ends (and passes on to the queue).
+    Lock { name: String, token: u64 },
 }
 
 impl Outcome {
@@ -73,6 +118,8 @@ impl Outcome {
             sockets: None,
             shutdown: false,
             undo: None,
+            pending: None,
+            stream: None,
         }
     }
 }
@@ -92,6 +139,9 @@ struct Lease {
     served: Option<bool>,
     /// The owner's command line, read when it became the owner.
     owner_command: Option<String>,
+    /// Connections to the family the client does not serve, relayed to the
+    /// one it does; stops when the lease ends.
+    relay: Option<Relay>,
 }
 
 impl Lease {
@@ -111,6 +161,7 @@ impl Lease {
             adopted: false,
             served: None,
             owner_command,
+            relay: None,
         }
     }
 
@@ -158,6 +209,7 @@ impl Lease {
             metadata: r.metadata.clone(),
             served: self.served,
             command: self.owner_command.clone(),
+            agent: r.agent.clone(),
         }
     }
 }
@@ -174,8 +226,8 @@ fn internal(e: StoreError) -> WireError {
 }
 
 pub struct Core {
-    cfg: Config,
-    store: Store,
+    pub(crate) cfg: Config,
+    pub(crate) store: Store,
     leases: HashMap<String, Lease>,
     by_port: HashMap<u16, String>,
     /// Each id's last port, kept after release so a re-claim gets it back.
@@ -188,6 +240,10 @@ pub struct Core {
     /// Where owner watches and reclaims go; `None` until the daemon starts
     /// the reaper (and in benchmarks of the core alone).
     reaper: Option<tokio::sync::mpsc::Sender<ReaperJob>>,
+    pub(crate) bus: EventBus,
+    pub(crate) locks: Locks,
+    pub(crate) pubsub: PubSub,
+    pub(crate) agents: Agents,
     /// The HTTP API's base URL once it listens (for login URLs).
     http_base: Option<String>,
     logins: Logins,
@@ -197,6 +253,7 @@ impl Core {
     /// Loads the stored leases and reserves their ports again. A lease whose
     /// owner has died, or that expired while the broker was down, ends here.
     pub fn open(cfg: Config, store: Store) -> Result<Core, StoreError> {
+        let bus = EventBus::open(&store, &cfg.paths.state_dir.join("activity.db"))?;
         let mut core = Core {
             cfg,
             store,
@@ -209,6 +266,10 @@ impl Core {
             connections: 0,
             pool: SocketPool::default(),
             reaper: None,
+            bus,
+            locks: Locks::default(),
+            pubsub: PubSub::default(),
+            agents: Agents::default(),
             http_base: None,
             logins: Logins::default(),
         };
@@ -245,6 +306,15 @@ impl Core {
         }
         let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
         core.store.end_leases(&refs)?;
+        for id in &ended {
+            core.emit(
+                EventKind::ServiceReclaim,
+                id,
+                None,
+                serde_json::json!({ "reason": "ended while the broker was down" }),
+            );
+        }
+        core.load_coord()?;
         Ok(core)
     }
 
@@ -311,7 +381,8 @@ impl Core {
     /// Connects the reaper and asks it to watch every owner already known.
     pub fn set_reaper(&mut self, tx: tokio::sync::mpsc::Sender<ReaperJob>) {
         self.reaper = Some(tx);
-        let owners: Vec<ProcessId> = self.leases.values().filter_map(Lease::owner).collect();
+        let mut owners: Vec<ProcessId> = self.leases.values().filter_map(Lease::owner).collect();
+        owners.extend(self.coord_processes());
         for p in owners {
             self.send_to_reaper(ReaperJob::Watch(p, None));
         }
@@ -319,7 +390,7 @@ impl Core {
 
     /// False when there is no reaper or its queue is full; the periodic
     /// scan then catches what the job was for.
-    fn send_to_reaper(&self, job: ReaperJob) -> bool {
+    pub(crate) fn send_to_reaper(&self, job: ReaperJob) -> bool {
         match &self.reaper {
             Some(tx) => tx.try_send(job).is_ok(),
             None => false,
@@ -336,6 +407,25 @@ impl Core {
                 .collect(),
             None => self.leases.values().map(Lease::view).collect(),
         }
+    }
+
+    /// The port of `id`'s lease, and whether the broker's sockets listen.
+    pub fn lease_port(&self, id: &str) -> Option<(u16, bool)> {
+        self.leases.get(id).map(|l| {
+            (
+                l.record.port,
+                l.sockets.as_ref().is_some_and(|s| s.is_listening()),
+            )
+        })
+    }
+
+    /// The ids of the leases an agent claimed.
+    pub(crate) fn leases_of_agent(&self, agent: &str) -> Vec<String> {
+        self.leases
+            .values()
+            .filter(|l| l.record.agent.as_deref() == Some(agent))
+            .map(|l| l.record.id.clone())
+            .collect()
     }
 
     pub fn lease_on_port(&self, port: u16) -> Option<LeaseInfo> {
@@ -372,10 +462,22 @@ impl Core {
                 self.set_owner(id, p, adopted, "follows its socket to");
             }
             None => match self.end_leases(&[id.to_string()]) {
-                Ok(_) => eprintln!(
-                    "pb: reclaimed {id}: its owner {} is gone and nobody holds its socket",
-                    expected.map_or("(none)".to_string(), |p| p.pid.to_string())
-                ),
+                Ok(ended) => {
+                    eprintln!(
+                        "pb: reclaimed {id}: its owner {} is gone and nobody holds its socket",
+                        expected.map_or("(none)".to_string(), |p| p.pid.to_string())
+                    );
+                    self.emit(
+                        EventKind::ServiceReclaim,
+                        id,
+                        None,
+                        serde_json::json!({
+                            "port": ended.first().map(|l| l.port),
+                            "owner": expected.map(|p| p.pid),
+                            "reason": "owner gone, socket unheld",
+                        }),
+                    );
+                }
                 Err(e) => eprintln!("pb: cannot reclaim {id}: {}", e.message),
             },
         }
@@ -399,6 +501,7 @@ impl Core {
             return;
         }
         let lease = self.leases.get_mut(id).expect("checked by the callers");
+        let before = lease.record.owner_pid;
         lease.record.owner_pid = Some(p.pid);
         lease.record.owner_start = Some(p.start_time);
         lease.adopted = adopted;
@@ -408,7 +511,15 @@ impl Core {
             p.pid,
             lease.owner_command.as_deref().unwrap_or("?")
         );
+        let details = serde_json::json!({
+            "port": lease.record.port,
+            "from": before,
+            "to": p.pid,
+            "command": lease.owner_command,
+            "how": how,
+        });
         self.send_to_reaper(ReaperJob::Watch(p, None));
+        self.emit(EventKind::ServiceOwnerChanged, id, None, details);
     }
 
     pub fn apply(&mut self, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
@@ -451,6 +562,7 @@ impl Core {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))
             }),
+            op => self.apply_coord(caller, op),
         }
     }
 
@@ -503,7 +615,10 @@ impl Core {
         Ok(())
     }
 
-    fn resolve_owner(caller: &Caller, owner: Owner) -> Result<Option<ProcessId>, WireError> {
+    pub(crate) fn resolve_owner(
+        caller: &Caller,
+        owner: Owner,
+    ) -> Result<Option<ProcessId>, WireError> {
         match owner {
             Owner::None => Ok(None),
             Owner::Caller => caller.process.map(Some).ok_or_else(|| {
@@ -543,6 +658,13 @@ impl Core {
         let ttl = a.expires_ms.map(rules::check_ttl).transpose()?;
         let metadata = rules::check_metadata(a.metadata)?;
         let owner = Self::resolve_owner(caller, a.owner)?;
+        if a.family.is_some() && !a.fds {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "\"family\" chooses which listener to hand over, so it needs \"fds\": true",
+            ));
+        }
+        self.check_agent(caller, a.agent.as_deref())?;
         if a.session && caller.session.is_none() {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -566,7 +688,7 @@ impl Core {
                     format!("{} already holds port {}, not {p}", a.id, lease.record.port),
                 ));
             }
-            return claim_outcome(lease, true, a.fds, &mut self.pool);
+            return claim_outcome(lease, true, a.fds, a.family, &mut self.pool);
         }
 
         if self.leases.len() >= self.cfg.max_leases {
@@ -575,6 +697,7 @@ impl Core {
                 format!("too many leases (limit {})", self.cfg.max_leases),
             ));
         }
+        self.check_service_limit(a.agent.as_deref())?;
 
         let sockets = match want_port {
             Some(p) => match self.reserve_exact(p, a.fds) {
@@ -598,11 +721,12 @@ impl Core {
             expires_ms: ttl.map(|t| now + t),
             ttl_ms: ttl,
             metadata,
+            agent: a.agent.clone(),
         };
         // Persist first: if the disk refuses, the sockets close on drop and
         // nothing changed.
         self.store.insert_lease(&record).map_err(internal)?;
-        let undo = Undo {
+        let undo = Undo::Claim {
             id: a.id.clone(),
             sticky_before: self.sticky.get(&a.id).copied(),
         };
@@ -622,8 +746,20 @@ impl Core {
                 .or_insert(Lease::new(record, Some(sockets), session));
         // The sockets were bound listening when `fds` was asked for, so
         // this cannot fail after the lease was stored.
-        let outcome = claim_outcome(lease, false, a.fds, &mut self.pool)?;
+        let outcome = claim_outcome(lease, false, a.fds, a.family, &mut self.pool)?;
         self.trim_sticky();
+        self.emit_by(
+            EventKind::ServiceClaim,
+            &a.id,
+            caller,
+            a.agent.as_deref(),
+            serde_json::json!({
+                "port": port,
+                "owner": owner.map(|p| p.pid),
+                "session": a.session,
+                "fds": a.fds,
+            }),
+        );
         Ok(Outcome {
             undo: Some(undo),
             ..outcome
@@ -741,11 +877,20 @@ impl Core {
             }
         };
         let released = self.end_leases(&ids)?;
+        for l in &released {
+            self.emit_by(
+                EventKind::ServiceRelease,
+                &l.id,
+                caller,
+                None,
+                serde_json::json!({ "port": l.port, "reason": "released" }),
+            );
+        }
         Ok(Outcome::of(ReleaseReply { released }))
     }
 
     /// Ends leases: the store first, then memory and the kernel sockets.
-    fn end_leases(&mut self, ids: &[String]) -> Result<Vec<LeaseInfo>, WireError> {
+    pub(crate) fn end_leases(&mut self, ids: &[String]) -> Result<Vec<LeaseInfo>, WireError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -795,27 +940,52 @@ impl Core {
         let lease = self.leases.get_mut(id).expect("checked above");
         lease.record.expires_ms = Some(expires);
         lease.record.ttl_ms = Some(ttl);
-        Ok(Outcome::of(lease.info()))
+        let info = lease.info();
+        self.emit_by(
+            EventKind::ServiceRenew,
+            id,
+            caller,
+            None,
+            serde_json::json!({ "port": info.port, "expires_ms": expires, "ttl_ms": ttl }),
+        );
+        Ok(Outcome::of(info))
     }
 
-    /// Takes back a claim whose reply was not delivered: the lease ends and
-    /// the id remembers the port it remembered before.
+    /// Takes back what a request did when its reply was not delivered: a
+    /// claim's lease ends and the id remembers the port it remembered
+    /// before; a lock grant ends.
     pub fn undo(&mut self, undo: Undo) {
-        if let Err(e) = self.end_leases(std::slice::from_ref(&undo.id)) {
-            eprintln!("pb: cannot take back {}: {}", undo.id, e.message);
+        let (id, sticky_before) = match undo {
+            Undo::Claim { id, sticky_before } => (id, sticky_before),
+            Undo::Lock { name, token } => return self.undo_lock(&name, token),
+        };
+        match self.end_leases(std::slice::from_ref(&id)) {
+            Ok(ended) => {
+                for l in ended {
+                    self.emit(
+                        EventKind::ServiceRelease,
+                        &l.id,
+                        None,
+                        serde_json::json!({ "port": l.port, "reason": "undelivered" }),
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("pb: cannot take back {id}: {}", e.message);
+                return;
+            }
+        }
+        if let Err(e) = self.store.restore_sticky(&id, sticky_before) {
+            eprintln!("pb: cannot restore the sticky port of {id}: {e}");
             return;
         }
-        if let Err(e) = self.store.restore_sticky(&undo.id, undo.sticky_before) {
-            eprintln!("pb: cannot restore the sticky port of {}: {e}", undo.id);
-            return;
-        }
-        if let Some(p) = self.sticky.remove(&undo.id) {
-            if self.sticky_owner.get(&p) == Some(&undo.id) {
+        if let Some(p) = self.sticky.remove(&id) {
+            if self.sticky_owner.get(&p) == Some(&id) {
                 self.sticky_owner.remove(&p);
             }
         }
-        if let Some(p) = undo.sticky_before {
-            self.remember(undo.id, p);
+        if let Some(p) = sticky_before {
+            self.remember(id, p);
         }
     }
 
@@ -842,10 +1012,19 @@ impl Core {
             .filter(|l| l.record.expires_ms.is_some_and(|e| e <= now))
             .map(|l| l.record.id.clone())
             .collect();
-        self.end_leases(&due).unwrap_or_else(|e| {
+        let ended = self.end_leases(&due).unwrap_or_else(|e| {
             eprintln!("pb: cannot expire leases: {}", e.message);
             Vec::new()
-        })
+        });
+        for l in &ended {
+            self.emit(
+                EventKind::ServiceExpire,
+                &l.id,
+                None,
+                serde_json::json!({ "port": l.port, "reason": "expired" }),
+            );
+        }
+        ended
     }
 }
 
@@ -854,10 +1033,11 @@ fn claim_outcome(
     lease: &mut Lease,
     existing: bool,
     fds: bool,
+    family: Option<IpFamily>,
     pool: &mut SocketPool,
 ) -> Result<Outcome, WireError> {
     let (sockets, addrs) = if fds {
-        hand_over(lease, pool)?
+        hand_over(lease, family, pool)?
     } else {
         (None, Vec::new())
     };
@@ -872,11 +1052,14 @@ fn claim_outcome(
     })
 }
 
-/// Makes the lease's sockets listen and shares them for a reply.
+/// Makes the lease's sockets listen and shares them for a reply. With
+/// `family`, only that family's socket goes, and the other one is relayed to
+/// it (when the machine has both).
 fn hand_over(
     lease: &mut Lease,
+    family: Option<IpFamily>,
     pool: &mut SocketPool,
-) -> Result<(Option<Arc<LoopbackSockets>>, Vec<String>), WireError> {
+) -> Result<(Option<Handover>, Vec<String>), WireError> {
     let port = lease.record.port;
     if lease.sockets.is_none() {
         lease.sockets = Some(Arc::new(bind_wanted(port, true, pool).map_err(bind_error)?));
@@ -889,11 +1072,39 @@ fn hand_over(
         ),
         other => bind_error(other),
     })?;
-    let mut addrs = vec![format!("127.0.0.1:{port}")];
-    if sockets.v6.is_some() {
-        addrs.push(format!("[::1]:{port}"));
-    }
-    Ok((Some(sockets.clone()), addrs))
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let v6 = sockets
+        .v6
+        .as_ref()
+        .map(|fd| (fd, SocketAddr::from((Ipv6Addr::LOCALHOST, port))));
+    let addrs: Vec<SocketAddr> = match (family, v6) {
+        (None, v6) => std::iter::once(v4).chain(v6.map(|(_, a)| a)).collect(),
+        (Some(_), None) => vec![v4],
+        (Some(served), Some((v6_fd, v6))) => {
+            let (relayed, target) = match served {
+                IpFamily::V4 => (v6_fd.as_fd(), v4),
+                IpFamily::V6 => (sockets.v4.as_fd(), v6),
+            };
+            if lease.relay.as_ref().is_none_or(|r| r.target != target) {
+                let relay = Relay::start(relayed, target).map_err(|e| {
+                    WireError::new(
+                        ErrorCode::Internal,
+                        format!("cannot relay to {target}: {e}"),
+                    )
+                })?;
+                lease.relay = Some(relay);
+            }
+            vec![target]
+        }
+    };
+    let handover = Handover {
+        sockets: sockets.clone(),
+        only: family,
+    };
+    Ok((
+        Some(handover),
+        addrs.iter().map(|a| a.to_string()).collect(),
+    ))
 }
 
 /// Binds a port wanted by number: exclusively if possible, else beside

@@ -12,6 +12,7 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::coord;
 use crate::core::{now_ms, Core};
 use crate::http;
 use crate::ipc::{self, SharedCore};
@@ -106,6 +107,8 @@ pub fn run(cfg: Config) -> Result<()> {
         let shutdown = Arc::new(Notify::new());
         let stop_accepting = Arc::new(Notify::new());
         tokio::spawn(expiry_timer(core.clone()));
+        tokio::spawn(coord::ticker(core.clone()));
+        ipc::lock(&core).daemon_started();
         tokio::spawn(reaper::run(core.clone(), reaper_rx, scan_interval));
         let server = tokio::spawn(ipc::serve(
             listener,
@@ -123,6 +126,7 @@ pub fn run(cfg: Config) -> Result<()> {
         }
         stop_accepting.notify_one();
         let _ = server.await;
+        ipc::lock(&core).daemon_stopping();
         let _ = fs::remove_file(&socket_path);
         eprintln!("pb: broker {} stopped", std::process::id());
         Ok(())

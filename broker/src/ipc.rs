@@ -1,20 +1,25 @@
 //! The Unix-socket transport: frames in, typed ops to the core, frames (and
 //! SCM_RIGHTS descriptors) out. It holds no rules of its own beyond framing.
+//!
+//! A streaming reply (a subscription, a followed log) is several frames
+//! with the request's tag: the first reply with `more: true`, one frame per
+//! item, then an end frame (docs/PROTOCOL.md, "Streams").
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pb_platform::{ExitWatch, LoopbackSockets, PeerIdentity};
+use pb_platform::{ExitWatch, PeerIdentity};
 use pb_proto::frame;
-use pb_proto::{ErrorCode, Reply, Request, WireError};
+use pb_proto::{ErrorCode, Reply, Request, WireError, PROTOCOL_VERSION};
 use sendfd::SendWithFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
-use crate::core::{Caller, Core};
+use crate::core::{Caller, Core, Handover};
 use crate::service;
+use crate::stream::{Stream, StreamNext};
 
 /// How long the rest of a frame may take once its first byte arrived.
 /// Between frames a connection may idle forever: it may carry session leases.
@@ -90,23 +95,49 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
                 break;
             }
         };
-        let (reply, fds, stop, undo) = match Request::from_json(&payload) {
-            Err((tag, e)) => (Reply::err(tag, e), None, false, None),
-            Ok(req) => match service::dispatch(&core, &caller, req.op).await {
-                Ok(out) => (
-                    Reply::ok(
-                        req.tag,
-                        out.result,
-                        out.sockets.as_ref().map_or(0, |s| s.fds().count()),
-                    ),
-                    out.sockets,
-                    out.shutdown,
-                    out.undo,
-                ),
-                Err(e) => (Reply::err(req.tag, e), None, false, None),
-            },
+        let (tag, result) = match Request::from_json(&payload) {
+            Err((tag, e)) => (tag, Err(e)),
+            Ok(req) => {
+                // A request may wait (a lock queue, a readiness probe):
+                // meanwhile keep reading, so a client that hangs up is
+                // noticed and its request abandoned.
+                let fut = service::dispatch(&core, &caller, req.op);
+                tokio::pin!(fut);
+                let r = loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut fut => break Some(r),
+                        open = inbox.fill_once(&mut stream), if inbox.has_room() => {
+                            if !open {
+                                break None;
+                            }
+                        }
+                    }
+                };
+                match r {
+                    Some(r) => (req.tag, r),
+                    None => break,
+                }
+            }
         };
-        if write_reply(&mut stream, &reply, fds.as_deref())
+        let (reply, fds, stop, undo, mut more) = match result {
+            Ok(out) => (
+                Reply {
+                    more: out.stream.is_some(),
+                    ..Reply::ok(
+                        tag,
+                        out.result,
+                        out.sockets.as_ref().map_or(0, |s| s.fds().len()),
+                    )
+                },
+                out.sockets,
+                out.shutdown,
+                out.undo,
+                out.stream,
+            ),
+            Err(e) => (Reply::err(tag, e), None, false, None, None),
+        };
+        if write_reply(&mut stream, &reply, fds.as_ref())
             .await
             .is_err()
         {
@@ -120,6 +151,11 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
             shutdown.notify_one();
         }
         lock(&core).after_reply();
+        if let Some(items) = more.as_mut() {
+            if !send_stream(&mut stream, &mut inbox, tag, items).await {
+                break;
+            }
+        }
     }
     lock(&core).close_session(session);
 }
@@ -142,6 +178,27 @@ enum Incoming {
 }
 
 impl Inbox {
+    /// Whether more bytes may be buffered while a request is in progress:
+    /// a pipelining client is read up to one full request ahead.
+    fn has_room(&self) -> bool {
+        self.buf.len() < 4 + pb_proto::MAX_REQUEST
+    }
+
+    /// Reads once into the buffer; false when the peer closed.
+    async fn fill_once(&mut self, stream: &mut UnixStream) -> bool {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                if self.buf.is_empty() {
+                    self.deadline = Some(tokio::time::Instant::now() + FRAME_TIMEOUT);
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
     async fn next_frame(&mut self, stream: &mut UnixStream) -> Incoming {
         let mut chunk = [0u8; 8192];
         loop {
@@ -180,6 +237,68 @@ impl Inbox {
     }
 }
 
+/// Most bytes of items sent in one write.
+const STREAM_BATCH: usize = 256 * 1024;
+
+/// Sends a stream's items, each as a frame with the request's tag and
+/// `more: true`, then its end. Items ready together go out in one write.
+/// Returns false when the connection is gone.
+async fn send_stream(
+    stream: &mut UnixStream,
+    inbox: &mut Inbox,
+    tag: Option<u64>,
+    items: &mut Stream,
+) -> bool {
+    let head = match tag {
+        Some(t) => {
+            format!("{{\"v\":{PROTOCOL_VERSION},\"tag\":{t},\"ok\":true,\"more\":true,\"item\":")
+        }
+        None => format!("{{\"v\":{PROTOCOL_VERSION},\"ok\":true,\"more\":true,\"item\":"),
+    };
+    let mut batch: Vec<u8> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            n = items.next() => n,
+            open = inbox.fill_once(stream), if inbox.has_room() => {
+                if !open {
+                    return false;
+                }
+                continue;
+            }
+        };
+        batch.clear();
+        let mut next = Some(first);
+        let mut end = None;
+        while let Some(n) = next.take() {
+            match n {
+                StreamNext::Item { json, .. } => {
+                    let len = head.len() + json.len() + 1;
+                    batch.extend_from_slice(&(len as u32).to_be_bytes());
+                    batch.extend_from_slice(head.as_bytes());
+                    batch.extend_from_slice(json.as_bytes());
+                    batch.push(b'}');
+                    if batch.len() < STREAM_BATCH {
+                        next = items.try_next();
+                    }
+                }
+                StreamNext::End(e) => end = Some(e),
+            }
+        }
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&batch)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return false;
+        }
+        if let Some(e) = end {
+            let reply = match e {
+                None => Reply::ok(tag, serde_json::json!({ "end": true }), 0),
+                Some(e) => Reply::err(tag, e),
+            };
+            return write_reply(stream, &reply, None).await.is_ok();
+        }
+    }
+}
+
 fn nix_geteuid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
@@ -188,13 +307,13 @@ fn nix_geteuid() -> u32 {
 async fn write_reply(
     stream: &mut UnixStream,
     reply: &Reply,
-    sockets: Option<&LoopbackSockets>,
+    sockets: Option<&Handover>,
 ) -> std::io::Result<()> {
     let bytes = frame::encode(&serde_json::to_vec(reply).expect("replies serialize"));
     tokio::time::timeout(WRITE_TIMEOUT, async {
         let mut sent = 0;
         if let Some(sockets) = sockets {
-            let raw: Vec<RawFd> = sockets.fds().map(|f| f.as_raw_fd()).collect();
+            let raw: Vec<RawFd> = sockets.fds().iter().map(|f| f.as_raw_fd()).collect();
             // The descriptors ride on the first byte of the frame.
             sent = stream
                 .async_io(Interest::WRITABLE, || stream.send_with_fd(&bytes, &raw))

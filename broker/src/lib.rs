@@ -2,20 +2,33 @@
 //! and passes listeners to clients over its Unix socket.
 //!
 //! `core` applies every request; `ipc` is the Unix-socket transport; `store`
-//! persists leases; `daemon` starts and stops it all. See ARCHITECTURE.md.
+//! persists leases, locks, agents and the activity log; `daemon` starts and
+//! stops it all. Coordination lives in `locks`, `pubsub`, `agents`,
+//! `activity`, `readiness`, joined by the event bus in `events`. See
+//! ARCHITECTURE.md.
 
+pub mod activity;
+pub mod agents;
 pub mod config;
+pub mod coord;
 pub mod core;
 pub mod daemon;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod inspect;
 pub mod ipc;
+pub mod locks;
 pub mod logins;
+pub mod names;
+pub mod pubsub;
+pub mod readiness;
 pub mod reaper;
+pub mod relay;
 pub mod rules;
 pub mod service;
 pub mod store;
+pub mod stream;
 
 pub use config::Config;
 pub use daemon::run;

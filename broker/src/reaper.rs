@@ -118,7 +118,12 @@ async fn watch(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&p);
-    let ids = lock(&core).leases_owned_by(p);
+    let ids = {
+        let mut c = lock(&core);
+        // Locks and agents tied to the process end now.
+        c.process_exited(p);
+        c.leases_owned_by(p)
+    };
     reclaim(core, ids, Some(p)).await;
 }
 

@@ -1,18 +1,36 @@
-//! The one entry point every transport calls: it sends each operation to
-//! the core, except the inspections (`who`, `listeners`), whose walk over
-//! the machine's processes runs on a blocking thread so that no other
-//! request waits for it.
+//! The one entry point every transport calls. Operations go to the core,
+//! except the inspections (`who`, `listeners`), whose walk over the
+//! machine's processes runs on a blocking thread, and `wait`, which probes
+//! ports, and `activity`, whose query reads the log's own database; none
+//! holds the core's mutex meanwhile. A request that waits
+//! in a lock's queue is awaited here, with the mutex released. A stream
+//! (`subscribe`, `activity` with `follow`) comes back in `Outcome::stream`
+//! for the transport to send on.
 
 use pb_proto::{Op, WireError};
 
+use crate::activity;
 use crate::core::{Caller, Outcome};
 use crate::inspect;
 use crate::ipc::{lock, SharedCore};
+use crate::readiness;
 
 pub async fn dispatch(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
     match op {
         Op::Who { port } => inspect::who(core, port).await,
         Op::Listeners => inspect::listeners(core).await,
-        op => lock(core).apply(caller, op),
+        Op::Activity(a) => activity::query(core, a).await,
+        Op::Wait {
+            ids,
+            timeout_ms,
+            http_path,
+        } => readiness::wait(core, ids, timeout_ms, http_path).await,
+        op => {
+            let mut out = lock(core).apply(caller, op)?;
+            match out.pending.take() {
+                Some(pending) => pending.wait(core).await,
+                None => Ok(out),
+            }
+        }
     }
 }

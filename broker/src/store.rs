@@ -1,4 +1,8 @@
-//! Durable state in SQLite: leases and each id's last port.
+//! Durable state in SQLite: leases and each id's last port; held locks and
+//! every lock's last fencing token; registered agents; the activity log;
+//! the reserved range of event ids. The activity log has its own database
+//! file (`ActivityDb`), written by its own thread, so that logging never
+//! holds up the core.
 //!
 //! WAL with synchronous=NORMAL: a committed transaction survives a crash of
 //! the broker (kill -9), which is what "acknowledged" promises; only a crash
@@ -22,6 +26,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this pb ({known}); upgrade pb")]
     TooNew { found: i64, known: i64 },
+    #[error("starting the activity log's writer: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// A lease as stored.
@@ -36,6 +42,69 @@ pub struct LeaseRecord {
     pub expires_ms: Option<u64>,
     pub ttl_ms: Option<u64>,
     pub metadata: Option<Value>,
+    /// The agent that claimed it.
+    pub agent: Option<String>,
+}
+
+/// A lock row: its last token, and the holding when `held`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockRecord {
+    pub name: String,
+    pub token: u64,
+    pub uid: u32,
+    /// `process`, `name` or `agent`.
+    pub owner_kind: String,
+    /// The owner name or agent id.
+    pub owner_name: Option<String>,
+    pub owner_pid: Option<u32>,
+    pub owner_start: Option<u64>,
+    pub since_ms: u64,
+    pub expires_ms: u64,
+    pub ttl_ms: u64,
+}
+
+/// An agent as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub id: String,
+    pub uid: u32,
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub pid: Option<u32>,
+    pub pid_start: Option<u64>,
+    pub max_services: Option<u64>,
+    pub max_locks: Option<u64>,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+    pub metadata: Option<Value>,
+}
+
+/// An activity row as stored (the bus's event, flattened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivityRow {
+    pub id: u64,
+    pub time_ms: u64,
+    pub action: String,
+    pub target: String,
+    pub agent: Option<String>,
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub command: Option<String>,
+    /// The actor is absent (the broker acted on its own).
+    pub no_actor: bool,
+    pub details: String,
+}
+
+/// What the activity log is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityQuery {
+    pub action: Option<String>,
+    /// `action` ends in `*`: match it as a prefix.
+    pub action_prefix: bool,
+    pub target: Option<String>,
+    pub agent: Option<String>,
+    pub since_ms: Option<u64>,
+    pub limit: usize,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -57,6 +126,38 @@ const MIGRATIONS: &[&str] = &[
         metadata TEXT,
         port_since_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
+",
+    // 2: coordination. Lock rows stay after release to keep their token
+    // (tokens are one counter across all locks, so the newest row always
+    // carries the highest). `meta` holds the ceiling of reserved event ids.
+    "ALTER TABLE services ADD COLUMN agent TEXT;
+    CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        token INTEGER NOT NULL,
+        held INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        owner_kind TEXT NOT NULL,
+        owner_name TEXT,
+        owner_pid INTEGER,
+        owner_start INTEGER,
+        since_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        ttl_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        uid INTEGER NOT NULL,
+        name TEXT,
+        kind TEXT,
+        pid INTEGER,
+        pid_start INTEGER,
+        max_services INTEGER,
+        max_locks INTEGER,
+        registered_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        metadata TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 ",
 ];
 
@@ -111,7 +212,7 @@ impl Store {
 
     pub fn load_leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata
+            "SELECT id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata, agent
              FROM services WHERE active = 1",
         )?;
         let rows = st.query_map([], |r| {
@@ -126,6 +227,7 @@ impl Store {
                 expires_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
                 ttl_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
                 metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+                agent: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -146,13 +248,13 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO services (id, port, active, uid, owner_pid, owner_start, created_ms,
-                                       expires_ms, ttl_ms, metadata, port_since_ms)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?6)
+                                       expires_ms, ttl_ms, metadata, port_since_ms, agent)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?6, ?10)
                  ON CONFLICT(id) DO UPDATE SET
                     port = excluded.port, active = 1, uid = excluded.uid,
                     owner_pid = excluded.owner_pid, owner_start = excluded.owner_start,
                     created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
-                    ttl_ms = excluded.ttl_ms, metadata = excluded.metadata,
+                    ttl_ms = excluded.ttl_ms, metadata = excluded.metadata, agent = excluded.agent,
                     port_since_ms = CASE WHEN services.port = excluded.port
                                          THEN services.port_since_ms ELSE excluded.port_since_ms END",
             )?
@@ -166,6 +268,7 @@ impl Store {
                 l.expires_ms.map(|v| v as i64),
                 l.ttl_ms.map(|v| v as i64),
                 l.metadata.as_ref().map(|m| m.to_string()),
+                l.agent,
             ])?;
         Ok(())
     }
@@ -247,6 +350,324 @@ impl Store {
     }
 }
 
+/// Coordination: locks, agents, the activity log, event ids.
+impl Store {
+    /// Held locks, and the highest token ever handed out.
+    pub fn load_locks(&self) -> Result<(Vec<LockRecord>, u64), StoreError> {
+        let max: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(token) FROM locks", [], |r| r.get(0))?;
+        let mut st = self.conn.prepare(
+            "SELECT name, token, uid, owner_kind, owner_name, owner_pid, owner_start, since_ms,
+                    expires_ms, ttl_ms FROM locks WHERE held = 1",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(LockRecord {
+                name: r.get(0)?,
+                token: r.get::<_, i64>(1)? as u64,
+                uid: r.get(2)?,
+                owner_kind: r.get(3)?,
+                owner_name: r.get(4)?,
+                owner_pid: r.get(5)?,
+                owner_start: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                since_ms: r.get::<_, i64>(7)? as u64,
+                expires_ms: r.get::<_, i64>(8)? as u64,
+                ttl_ms: r.get::<_, i64>(9)? as u64,
+            })
+        })?;
+        let held = rows.collect::<Result<_, _>>()?;
+        Ok((held, max.unwrap_or(0) as u64))
+    }
+
+    /// Records a holding (and its token): one statement.
+    pub fn hold_lock(&mut self, l: &LockRecord) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO locks (name, token, held, uid, owner_kind, owner_name,
+                    owner_pid, owner_start, since_ms, expires_ms, ttl_ms)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                l.name,
+                l.token as i64,
+                l.uid,
+                l.owner_kind,
+                l.owner_name,
+                l.owner_pid,
+                l.owner_start.map(|v| v as i64),
+                l.since_ms as i64,
+                l.expires_ms as i64,
+                l.ttl_ms as i64,
+            ])?;
+        Ok(())
+    }
+
+    /// Ends a holding; the row keeps its token.
+    pub fn free_lock(&mut self, name: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE locks SET held = 0 WHERE name = ?1")?
+            .execute([name])?;
+        Ok(())
+    }
+
+    pub fn set_lock_expiry(
+        &mut self,
+        name: &str,
+        expires_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE locks SET expires_ms = ?2, ttl_ms = ?3 WHERE name = ?1")?
+            .execute(params![name, expires_ms as i64, ttl_ms as i64])?;
+        Ok(())
+    }
+
+    /// Forgets the free lock rows beyond the newest `keep`. The row with
+    /// the highest token is the newest, so the token counter survives.
+    pub fn trim_locks(&mut self, keep: usize) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM locks WHERE held = 0 AND name IN (
+                SELECT name FROM locks WHERE held = 0 ORDER BY token DESC LIMIT -1 OFFSET ?1)",
+            [keep as i64],
+        )?)
+    }
+
+    pub fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, uid, name, kind, pid, pid_start, max_services, max_locks, registered_ms,
+                    last_seen_ms, metadata FROM agents",
+        )?;
+        let rows = st.query_map([], |r| {
+            let metadata: Option<String> = r.get(10)?;
+            Ok(AgentRecord {
+                id: r.get(0)?,
+                uid: r.get(1)?,
+                name: r.get(2)?,
+                kind: r.get(3)?,
+                pid: r.get(4)?,
+                pid_start: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                max_services: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                max_locks: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                registered_ms: r.get::<_, i64>(8)? as u64,
+                last_seen_ms: r.get::<_, i64>(9)? as u64,
+                metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn put_agent(&mut self, a: &AgentRecord) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO agents (id, uid, name, kind, pid, pid_start, max_services,
+                    max_locks, registered_ms, last_seen_ms, metadata)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                a.id,
+                a.uid,
+                a.name,
+                a.kind,
+                a.pid,
+                a.pid_start.map(|v| v as i64),
+                a.max_services.map(|v| v as i64),
+                a.max_locks.map(|v| v as i64),
+                a.registered_ms as i64,
+                a.last_seen_ms as i64,
+                a.metadata.as_ref().map(|m| m.to_string()),
+            ])?;
+        Ok(())
+    }
+
+    pub fn touch_agent(&mut self, id: &str, last_seen_ms: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE agents SET last_seen_ms = ?2 WHERE id = ?1")?
+            .execute(params![id, last_seen_ms as i64])?;
+        Ok(())
+    }
+
+    pub fn delete_agent(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM agents WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    /// The end of the reserved range of event ids (0 when none was).
+    pub fn event_id_ceiling(&self) -> Result<u64, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'event_id_ceiling'",
+                [],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    pub fn set_event_id_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('event_id_ceiling', ?1)",
+            )?
+            .execute([ceiling as i64])?;
+        Ok(())
+    }
+}
+
+const ACTIVITY_MIGRATIONS: &[&str] = &["CREATE TABLE activity (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        agent TEXT,
+        pid INTEGER,
+        uid INTEGER,
+        command TEXT,
+        no_actor INTEGER NOT NULL,
+        details TEXT NOT NULL
+    );
+"];
+
+/// The activity log's database (`activity.db` beside `pb.db`): WAL in
+/// normal locking mode, so queries read through their own connections
+/// while the log's writer thread appends.
+pub struct ActivityDb {
+    conn: Connection,
+}
+
+impl ActivityDb {
+    pub fn open(path: &Path) -> Result<ActivityDb, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let known = ACTIVITY_MIGRATIONS.len() as i64;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        let mut db = ActivityDb { conn };
+        for (i, sql) in ACTIVITY_MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = db.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(db)
+    }
+
+    /// A read-only connection for one query.
+    pub fn reader(path: &Path) -> Result<ActivityDb, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(ActivityDb { conn })
+    }
+
+    /// Appends activity rows in one transaction.
+    pub fn append_activity(&mut self, rows: &[ActivityRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO activity (id, time_ms, action, target, agent, pid, uid,
+                    command, no_actor, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for r in rows {
+                st.execute(params![
+                    r.id as i64,
+                    r.time_ms as i64,
+                    r.action,
+                    r.target,
+                    r.agent,
+                    r.pid,
+                    r.uid,
+                    r.command,
+                    r.no_actor,
+                    r.details,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes entries older than `before_ms` and beyond the newest `keep`.
+    pub fn trim_activity(&mut self, keep: usize, before_ms: u64) -> Result<usize, StoreError> {
+        let old = self.conn.execute(
+            "DELETE FROM activity WHERE time_ms < ?1",
+            [before_ms as i64],
+        )?;
+        let over = self.conn.execute(
+            "DELETE FROM activity WHERE id <= (SELECT id FROM activity ORDER BY id DESC
+                LIMIT 1 OFFSET ?1)",
+            [keep as i64],
+        )?;
+        Ok(old + over)
+    }
+
+    /// The newest `q.limit` matching entries, oldest first.
+    pub fn query_activity(&self, q: &ActivityQuery) -> Result<Vec<ActivityRow>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, time_ms, action, target, agent, pid, uid, command, no_actor, details
+             FROM activity WHERE 1=1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(a) = &q.action {
+            if q.action_prefix {
+                sql.push_str(" AND substr(action, 1, length(?)) = ?");
+                args.push(a.clone().into());
+                args.push(a.clone().into());
+            } else {
+                sql.push_str(" AND action = ?");
+                args.push(a.clone().into());
+            }
+        }
+        if let Some(t) = &q.target {
+            sql.push_str(" AND target = ?");
+            args.push(t.clone().into());
+        }
+        if let Some(a) = &q.agent {
+            sql.push_str(" AND agent = ?");
+            args.push(a.clone().into());
+        }
+        if let Some(s) = q.since_ms {
+            sql.push_str(" AND time_ms >= ?");
+            args.push((s as i64).into());
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push((q.limit as i64).into());
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(ActivityRow {
+                id: r.get::<_, i64>(0)? as u64,
+                time_ms: r.get::<_, i64>(1)? as u64,
+                action: r.get(2)?,
+                target: r.get(3)?,
+                agent: r.get(4)?,
+                pid: r.get(5)?,
+                uid: r.get(6)?,
+                command: r.get(7)?,
+                no_actor: r.get(8)?,
+                details: r.get(9)?,
+            })
+        })?;
+        let mut out: Vec<ActivityRow> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +683,7 @@ mod tests {
             expires_ms: Some(99),
             ttl_ms: Some(98),
             metadata: Some(serde_json::json!({"k": "v"})),
+            agent: None,
         }
     }
 

@@ -63,6 +63,9 @@ pub fn spawn_daemon(paths: &Paths) -> Result<()> {
     let exe = std::env::current_exe().context("locating the pb binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("daemon")
+        // Started from inside an app under `pb exec --shim`, the broker
+        // must not have its own binds swapped.
+        .env_remove(pb_proto::shim::ENV_MAP)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

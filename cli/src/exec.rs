@@ -6,18 +6,27 @@
 //! With `--port-only` it gets only $PORT and binds the port itself, over the
 //! broker's placeholder (which needs SO_REUSEADDR, as Node, Python's
 //! http.server, Go, Rust's std and Java all set).
+//!
+//! With `--shim` the app gets $PORT and the preload shim, which swaps the
+//! socket of the app's own bind (of a hard-coded port, say) for the
+//! broker's; the shim reports each bind it handled back here, over a
+//! datagram socket in the runtime directory, and pb prints what the app
+//! asked for and what it got.
 
 use std::ffi::OsString;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use pb_platform::supervise::{self, ChildSpec};
 use pb_proto::paths::Paths;
+use pb_proto::shim::{PortMap, ShimReport, ENV_MAP, ENV_REPORT, ENV_SOCKET};
 use pb_proto::{ClaimArgs, ClaimReply, Client, Op, Owner};
 
-use crate::{connect, output, ClaimOpts};
+use crate::{connect, output, shim, ClaimOpts};
 
 pub struct ExecOpts {
     pub id: String,
@@ -25,25 +34,88 @@ pub struct ExecOpts {
     pub env_name: String,
     pub keep: bool,
     pub port_only: bool,
+    /// Load the preload shim, with these `--map` values.
+    pub shim: Option<Vec<String>>,
     pub quiet: bool,
     pub command: Vec<OsString>,
 }
 
 /// Runs the command; returns the exit code pb should exit with.
 pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
+    // Every --map is checked before anything is claimed or started.
+    let map = o
+        .shim
+        .as_ref()
+        .map(|maps| PortMap::from_args(&o.id, maps))
+        .transpose()?;
     let mut client = connect::connect(paths)?;
     let args = ClaimArgs {
         id: o.id.clone(),
-        fds: !o.port_only,
+        fds: !o.port_only && map.is_none(),
         session: !o.keep,
-        owner: Owner::Caller,
+        // A kept lease must outlive this process: with it as the owner,
+        // the reaper would end the lease the moment pb exits.
+        owner: if o.keep { Owner::None } else { Owner::Caller },
         ..o.claim.to_args(&o.id)?
     };
     let ttl = args.expires_ms;
     let (reply, fds): (ClaimReply, _) = client.call_as(Op::Claim(args))?;
     let port = reply.lease.port;
-    if !o.quiet {
-        eprintln!("pb: {} → {}", o.id, output::url(port));
+    // What this run claimed itself, and so releases when the command ends.
+    let mut ours: Vec<String> = Vec::new();
+    if !reply.existing {
+        ours.push(o.id.clone());
+    }
+
+    let mut env = vec![(o.env_name.clone().into(), port.to_string().into())];
+    let mut unset: Vec<OsString> = Vec::new();
+    let mut reports = None;
+    match &map {
+        None => {
+            if !o.quiet {
+                eprintln!("pb: {} → {}", o.id, output::url(port));
+            }
+            // A shimmed app that runs `pb exec` passes its shim on, but not
+            // its port map: binds in here are not the outer service's.
+            unset.push(ENV_MAP.into());
+        }
+        Some(map) => {
+            for id in map.ids().into_iter().filter(|id| *id != o.id) {
+                let extra = ClaimArgs {
+                    id: id.to_string(),
+                    session: !o.keep,
+                    owner: if o.keep { Owner::None } else { Owner::Caller },
+                    port: None,
+                    fallback: false,
+                    ..o.claim.to_args(id)?
+                };
+                let claimed = client.call_as::<ClaimReply>(Op::Claim(extra));
+                match claimed {
+                    Ok((r, _)) if !r.existing => ours.push(id.to_string()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        release_all(paths, &mut client, &ours);
+                        return Err(e.into());
+                    }
+                }
+            }
+            let (sock, path) = report_socket(paths)?;
+            let lib = shim::path(paths)?;
+            let preload = match std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+                Some(old) => {
+                    let mut v = lib.into_os_string();
+                    v.push(" ");
+                    v.push(old);
+                    v
+                }
+                None => lib.into_os_string(),
+            };
+            env.push(("LD_PRELOAD".into(), preload));
+            env.push((ENV_MAP.into(), map.to_env().into()));
+            env.push((ENV_SOCKET.into(), paths.socket().into_os_string()));
+            env.push((ENV_REPORT.into(), path.clone().into_os_string()));
+            reports = Some(ReportSocket { sock, path });
+        }
     }
 
     let fd_name = o.id.replace(':', ".");
@@ -52,14 +124,15 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         args: o.command[1..].to_vec(),
         fd_names: vec![fd_name; fds.len()],
         listen_fds: fds,
-        env: vec![(o.env_name.into(), port.to_string().into())],
+        env,
+        unset,
     };
     let child = match supervise::spawn(spec) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pb: {e}");
-            if !reply.existing && !o.keep {
-                release(paths, &mut client, &o.id);
+            if !o.keep {
+                release_all(paths, &mut client, &ours);
             }
             return Ok(e.exit_code());
         }
@@ -73,6 +146,11 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         let (client, done, id) = (client.clone(), done.clone(), o.id.clone());
         std::thread::spawn(move || heartbeat_loop(&client, &done, &id, ttl))
     });
+    let quiet = o.quiet;
+    let reporter = reports.map(|r| {
+        let done = done.clone();
+        std::thread::spawn(move || r.print_until(&done, quiet))
+    });
 
     let code = child.wait()?;
     done.store(true, Ordering::Relaxed);
@@ -80,11 +158,84 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         h.thread().unpark();
         let _ = h.join();
     }
-    if !reply.existing && !o.keep {
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
+    if !o.keep {
         let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
-        release(paths, &mut client, &o.id);
+        release_all(paths, &mut client, &ours);
     }
     Ok(code)
+}
+
+/// Where the shim's reports arrive: a datagram socket in the private
+/// runtime directory, removed when this run ends.
+struct ReportSocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+fn report_socket(paths: &Paths) -> Result<(UnixDatagram, PathBuf)> {
+    let path = paths
+        .runtime_dir
+        .join(format!("shim-{}.sock", std::process::id()));
+    // A file left by an earlier pb with our pid, which can only be dead.
+    let _ = std::fs::remove_file(&path);
+    let sock = UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok((sock, path))
+}
+
+impl ReportSocket {
+    /// Prints each report as it comes, until `done` and nothing is queued.
+    fn print_until(self, done: &AtomicBool, quiet: bool) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.sock.recv(&mut buf) {
+                Ok(n) => match serde_json::from_slice::<ShimReport>(&buf[..n]) {
+                    Ok(r) if !quiet => eprintln!("pb: {}", describe(&r)),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("pb: unreadable report from the shim: {e}"),
+                },
+                Err(_) if done.load(Ordering::Relaxed) => break,
+                Err(_) => {}
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One line saying what the app asked for and what it got.
+fn describe(r: &ShimReport) -> String {
+    match (r.port, &r.error) {
+        (Some(port), _) if r.wildcard => {
+            let asked_port = r.asked.rsplit(':').next().unwrap_or(&r.asked);
+            format!(
+                "{} → {} (app asked for {asked_port} on every address; it serves on loopback only)",
+                r.id,
+                output::url(port)
+            )
+        }
+        (Some(port), _) => format!(
+            "{} → {} (app asked for {})",
+            r.id,
+            output::url(port),
+            r.asked
+        ),
+        (None, error) => format!(
+            "{}: the app's bind of {} (pid {}) is its own, not the broker's: {}",
+            r.id,
+            r.asked,
+            r.pid,
+            error.as_deref().unwrap_or("unknown reason")
+        ),
+    }
+}
+
+fn release_all(paths: &Paths, client: &mut Client, ids: &[String]) {
+    for id in ids {
+        release(paths, client, id);
+    }
 }
 
 fn heartbeat_loop(client: &Mutex<Client>, done: &AtomicBool, id: &str, ttl_ms: i64) {

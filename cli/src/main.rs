@@ -3,8 +3,10 @@
 //! file only parses arguments and prints results.
 
 mod connect;
+mod coord;
 mod exec;
 mod output;
+mod shim;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -31,6 +33,10 @@ struct Cli {
     /// Print only the value.
     #[arg(short = 'q', long, global = true, conflicts_with = "json")]
     quiet: bool,
+    /// Act as this registered agent: its limits apply, and what it takes
+    /// ends when it goes stale.
+    #[arg(long, global = true, env = "PB_AGENT", value_name = "ID")]
+    agent: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +65,9 @@ pub struct ClaimOpts {
     /// With -p: take another port from the range if that one is taken.
     #[arg(long, requires = "port")]
     fallback: bool,
+    /// The agent acting (from --agent / PB_AGENT).
+    #[arg(skip)]
+    agent: Option<String>,
 }
 
 impl ClaimOpts {
@@ -79,6 +88,7 @@ impl ClaimOpts {
             range,
             expires_ms,
             fallback: self.fallback,
+            agent: self.agent.clone(),
             ..Default::default()
         })
     }
@@ -131,8 +141,16 @@ enum Command {
         keep: bool,
         /// Pass only $PORT, no sockets: for apps that bind the port
         /// themselves (with SO_REUSEADDR).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "shim")]
         port_only: bool,
+        /// Load the preload shim: the app's own bind() of a hard-coded
+        /// port gets the broker's socket. Without --map, its first TCP bind.
+        #[arg(long)]
+        shim: bool,
+        /// With --shim: swap binds of PORT only, for the service ID (this
+        /// one by default). Repeat for apps with several listeners.
+        #[arg(long = "map", value_name = "PORT[=ID]", requires = "shim")]
+        maps: Vec<String>,
         #[arg(
             required = true,
             trailing_var_arg = true,
@@ -151,6 +169,9 @@ enum Command {
     /// Print the bearer token another user's process must send to the HTTP
     /// API (Authorization: Bearer TOKEN). Your own processes need none.
     Token,
+    /// Print the path of the preload shim, for LD_PRELOAD by hand (with
+    /// PB_SHIM_MAP; see docs/CLI.md). `pb exec --shim` does this for you.
+    ShimPath,
     /// Show whether the broker is running.
     Status,
     /// Start the broker in the background.
@@ -161,6 +182,63 @@ enum Command {
     Restart,
     /// Run the broker in the foreground.
     Daemon,
+    /// Take a lock (and with `-- CMD`, hold it while CMD runs).
+    Lock(coord::LockCmd),
+    /// Release a lock.
+    Unlock {
+        name: String,
+        /// Take it from another owner of your user.
+        #[arg(long)]
+        force: bool,
+        /// The owner name it was taken under.
+        #[arg(long, conflicts_with = "pid")]
+        owner: Option<String>,
+        /// The owning process it was taken for.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// List held locks, optionally matching a pattern.
+    Locks { pattern: Option<String> },
+    /// Publish a message (JSON, or text) on a channel; `-` reads stdin.
+    Pub { channel: String, message: String },
+    /// Print messages on channels matching the patterns as they arrive.
+    Sub {
+        #[arg(required = true)]
+        patterns: Vec<String>,
+        /// First the retained messages after this id.
+        #[arg(long, value_name = "ID")]
+        since: Option<u64>,
+    },
+    /// Retained messages on channels matching a pattern.
+    History {
+        pattern: String,
+        #[arg(long, value_name = "ID")]
+        since: Option<u64>,
+        #[arg(short = 'n', long)]
+        limit: Option<i64>,
+    },
+    /// List channels with retained messages.
+    Channels {
+        /// Forget this channel's retained messages.
+        #[arg(long, value_name = "CHANNEL")]
+        clear: Option<String>,
+    },
+    /// Register agents, send heartbeats, list them.
+    #[command(subcommand)]
+    Agent(coord::AgentCmd),
+    /// Wait until services accept connections.
+    Wait {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Give up after this long.
+        #[arg(long, default_value = "60s", value_name = "DUR")]
+        timeout: String,
+        /// Also require this HTTP path to answer 2xx/3xx.
+        #[arg(long, value_name = "PATH")]
+        http: Option<String>,
+    },
+    /// The activity log.
+    Log(coord::LogCmd),
 }
 
 fn main() -> ExitCode {
@@ -172,13 +250,17 @@ fn main() -> ExitCode {
     } else {
         Format::Human
     };
-    match run(cli.command, fmt) {
+    match run(cli.command, fmt, cli.agent) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             let code = exit_code(&e);
             if fmt == Format::Json {
                 if let Some(ClientError::Wire(w)) = e.downcast_ref::<ClientError>() {
-                    output::print_json(&serde_json::json!({"error": w.message, "code": w.code}));
+                    let mut v = serde_json::json!({"error": w.message, "code": w.code});
+                    if let Some(d) = &w.details {
+                        v["details"] = d.clone();
+                    }
+                    output::print_json(&v);
                     return ExitCode::from(code as u8);
                 }
             }
@@ -207,9 +289,28 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     1
 }
 
-fn run(command: Command, fmt: Format) -> Result<i32> {
+fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
     let paths = Paths::from_env();
     match command {
+        Command::Lock(c) => coord::lock(&paths, c, agent, fmt),
+        Command::Unlock {
+            name,
+            force,
+            owner,
+            pid,
+        } => coord::unlock(&paths, name, force, owner, pid, agent, fmt),
+        Command::Locks { pattern } => coord::locks(&paths, pattern, fmt),
+        Command::Pub { channel, message } => coord::publish(&paths, channel, message, agent, fmt),
+        Command::Sub { patterns, since } => coord::subscribe(&paths, patterns, since, fmt),
+        Command::History {
+            pattern,
+            since,
+            limit,
+        } => coord::history(&paths, pattern, since, limit, fmt),
+        Command::Channels { clear } => coord::channels(&paths, clear, fmt),
+        Command::Agent(c) => coord::agent(&paths, c, fmt),
+        Command::Wait { ids, timeout, http } => coord::wait(&paths, ids, &timeout, http, fmt),
+        Command::Log(c) => coord::log(&paths, c, fmt),
         Command::Daemon => {
             pb_broker::run(pb_broker::Config::from_env()?)?;
             Ok(0)
@@ -220,6 +321,7 @@ fn run(command: Command, fmt: Format) -> Result<i32> {
             pid,
             export,
         } => {
+            let opts = ClaimOpts { agent, ..opts };
             let args = ClaimArgs {
                 owner: pid.map(Owner::Pid).unwrap_or(Owner::None),
                 ..opts.to_args(&id)?
@@ -308,15 +410,18 @@ fn run(command: Command, fmt: Format) -> Result<i32> {
             env_name,
             keep,
             port_only,
+            shim,
+            maps,
             command,
         } => exec::run(
             &paths,
             exec::ExecOpts {
                 id,
-                claim: opts,
+                claim: ClaimOpts { agent, ..opts },
                 env_name,
                 keep,
                 port_only,
+                shim: shim.then_some(maps),
                 quiet: fmt == Format::Quiet,
                 command,
             },
@@ -348,6 +453,10 @@ fn run(command: Command, fmt: Format) -> Result<i32> {
                 Format::Json => output::print_json(&serde_json::json!({"token": token.trim()})),
                 _ => println!("{}", token.trim()),
             }
+            Ok(0)
+        }
+        Command::ShimPath => {
+            println!("{}", shim::path(&paths)?.display());
             Ok(0)
         }
         Command::Status => {

@@ -65,6 +65,12 @@ pub fn uid_of(pid: u32) -> Option<u32> {
     crate::sys::process_uid(pid)
 }
 
+/// A process's command line as one string (arguments joined by spaces),
+/// from a single read; `None` if it is gone or unreadable.
+pub fn command_of(pid: u32) -> Option<String> {
+    crate::sys::process_cmdline(pid).map(|c| c.join(" "))
+}
+
 /// What pb shows about a process: who it is and what it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {

@@ -64,6 +64,8 @@ pub struct ChildSpec {
     pub fd_names: Vec<String>,
     /// Extra environment, applied over ours.
     pub env: Vec<(OsString, OsString)>,
+    /// Variables of ours the child must not inherit.
+    pub unset: Vec<OsString>,
 }
 
 /// A running child under supervision.
@@ -153,7 +155,10 @@ pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
     ];
     let mut envp: Vec<CString> = Vec::new();
     for (k, v) in std::env::vars_os() {
-        if overridden.contains(&k.as_os_str()) || systemd_vars.iter().any(|s| k == *s) {
+        if overridden.contains(&k.as_os_str())
+            || spec.unset.contains(&k)
+            || systemd_vars.iter().any(|s| k == *s)
+        {
             continue;
         }
         let mut kv = k.into_vec();

@@ -28,6 +28,8 @@ pub struct Client {
     stream: UnixStream,
     reader: frame::FrameReader,
     next_tag: u64,
+    /// The tag of the stream this connection is reading, if any.
+    stream_tag: Option<u64>,
 }
 
 impl Client {
@@ -36,6 +38,7 @@ impl Client {
             stream: UnixStream::connect(socket)?,
             reader: frame::FrameReader::default(),
             next_tag: 1,
+            stream_tag: None,
         })
     }
 
@@ -84,6 +87,57 @@ impl Client {
                 "reply has neither result nor error".into(),
             )),
         }
+    }
+
+    /// Sends `op`, which opens a stream, and returns its first result. Read
+    /// the stream's items with [`Client::next_item`] until it returns
+    /// `Ok(None)`; until then this connection carries nothing else.
+    pub fn open_stream(&mut self, op: Op) -> Result<serde_json::Value, ClientError> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let req = Request { tag: Some(tag), op };
+        self.stream.write_all(&frame::encode(&req.to_json()))?;
+        let (reply, _) = self.read_reply()?;
+        self.stream_tag = Some(tag).filter(|_| reply.more);
+        Self::check_tag(&reply, tag)?;
+        match (reply.ok, reply.result, reply.error) {
+            (true, Some(result), _) => Ok(result),
+            (false, _, Some(e)) => Err(ClientError::Wire(e)),
+            _ => Err(ClientError::Protocol(
+                "reply has neither result nor error".into(),
+            )),
+        }
+    }
+
+    /// The next item of the open stream; `Ok(None)` when it ended normally,
+    /// `Err(Wire)` when it ended with an error (`lagged`, say).
+    pub fn next_item(&mut self) -> Result<Option<serde_json::Value>, ClientError> {
+        let Some(tag) = self.stream_tag else {
+            return Ok(None);
+        };
+        let (reply, _) = self.read_reply()?;
+        Self::check_tag(&reply, tag)?;
+        if !reply.more {
+            self.stream_tag = None;
+            return match reply.error {
+                Some(e) => Err(ClientError::Wire(e)),
+                None => Ok(None),
+            };
+        }
+        reply
+            .item
+            .map(Some)
+            .ok_or_else(|| ClientError::Protocol("stream frame without an item".into()))
+    }
+
+    fn check_tag(reply: &Reply, tag: u64) -> Result<(), ClientError> {
+        if reply.tag != Some(tag) {
+            return Err(ClientError::Protocol(format!(
+                "reply tag {:?} does not match request tag {tag}",
+                reply.tag
+            )));
+        }
+        Ok(())
     }
 
     /// `call`, with the result decoded into `T`.

@@ -34,15 +34,24 @@ pub enum ErrorCode {
     Limit,
     /// HTTP: the caller must present the bearer token (another user).
     Unauthorized,
-    /// HTTP: the request body is over the size limit.
-    PayloadTooLarge,
     /// HTTP: a state-changing request whose body is not `application/json`.
     UnsupportedMediaType,
     /// HTTP: the route exists, but not with this method.
     MethodNotAllowed,
-    /// HTTP: the request did not arrive in time.
-    RequestTimeout,
     Internal,
+    /// A lock, channel or agent name breaks the naming rules.
+    InvalidName,
+    /// A message (or other payload, an HTTP body) is over its size limit.
+    TooLarge,
+    /// The lock is held by another owner; `details` says by whom, since
+    /// when and until when.
+    Held,
+    /// A wait (for a lock, for a service) ran out of time; over HTTP also
+    /// a request whose headers or body did not arrive in time.
+    Timeout,
+    /// A subscriber fell too far behind and was dropped; resume from the
+    /// last id it received.
+    Lagged,
 }
 
 impl ErrorCode {
@@ -51,12 +60,12 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata | PayloadTooLarge
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge
             | UnsupportedMediaType | MethodNotAllowed => 2,
             NotFound => 4,
-            ReservedPort | PortTaken | IdConflict | Forbidden | Unauthorized => 5,
-            Exhausted | Limit => 6,
-            RequestTimeout => 1,
+            ReservedPort | PortTaken | IdConflict | Forbidden | Held | Unauthorized => 5,
+            Exhausted | Limit | Lagged => 6,
+            Timeout => 7,
             Internal => 1,
         }
     }
@@ -66,28 +75,31 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata => 400,
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName => 400,
             Unauthorized => 401,
             Forbidden => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            RequestTimeout => 408,
-            ReservedPort | PortTaken | IdConflict => 409,
-            PayloadTooLarge => 413,
+            Timeout => 408,
+            ReservedPort | PortTaken | IdConflict | Held => 409,
+            TooLarge => 413,
             UnsupportedMediaType => 415,
-            Limit => 429,
+            Limit | Lagged => 429,
             Exhausted => 503,
             Internal => 500,
         }
     }
 }
 
-/// An error as it travels in a reply: a code and a human message.
+/// An error as it travels in a reply: a code, a human message and, for
+/// some codes (`held`), details as a JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message} ({code:?})")]
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl WireError {
@@ -95,6 +107,12 @@ impl WireError {
         WireError {
             code,
             message: message.into(),
+            details: None,
         }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> WireError {
+        self.details = Some(details);
+        self
     }
 }

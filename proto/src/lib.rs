@@ -1,15 +1,18 @@
 //! pb's IPC wire format: the typed requests and replies shared by the
-//! broker, the CLI and (later) the preload shim, the frame codec, and a small
+//! broker, the CLI and the preload shim, the frame codec, and a small
 //! blocking client. docs/PROTOCOL.md is the prose version of this crate.
 
 pub mod client;
+pub mod coord;
 pub mod duration;
 pub mod error;
 pub mod frame;
 pub mod message;
 pub mod paths;
+pub mod shim;
 
 pub use client::Client;
+pub use coord::*;
 pub use error::{ErrorCode, WireError};
 pub use message::*;
 

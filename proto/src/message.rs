@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::coord::{ActivityArgs, AgentArgs, LockArgs, LockOwnerArg};
 use crate::error::{ErrorCode, WireError};
 use crate::PROTOCOL_VERSION;
 
@@ -56,6 +57,87 @@ pub enum Op {
     },
     /// Stops the broker after replying.
     Shutdown,
+
+    // Coordination (proto/src/coord.rs has the argument and reply types).
+    /// Takes a lock, or waits for it in FIFO order (`wait_ms`).
+    LockAcquire(LockArgs),
+    /// Lets a lock go: only its owner may, or with `force` any process of
+    /// the holder's user.
+    LockRelease {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<LockOwnerArg>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Renews a held lock's TTL (by `ttl_ms`, else its own), for its owner.
+    LockExtend {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<LockOwnerArg>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// Held locks whose name matches `pattern` (all when absent).
+    Locks {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pattern: Option<String>,
+    },
+    LockInfo {
+        name: String,
+    },
+    Publish {
+        channel: String,
+        data: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// A stream: the retained messages after `since_id` (when given), then
+    /// every new message on a channel matching one of `patterns`.
+    Subscribe {
+        patterns: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_id: Option<u64>,
+    },
+    /// Retained messages on channels matching `pattern`, oldest first.
+    History {
+        pattern: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<i64>,
+    },
+    Channels,
+    /// Forgets a channel's retained messages.
+    ClearChannel {
+        channel: String,
+    },
+    AgentRegister(AgentArgs),
+    AgentHeartbeat {
+        id: String,
+    },
+    /// Removes an agent, releasing its services and locks.
+    AgentUnregister {
+        id: String,
+    },
+    Agents,
+    AgentInfo {
+        id: String,
+    },
+    /// Returns when every service in `ids` is leased and accepts TCP
+    /// connections (and, with `http_path`, answers it with 2xx/3xx).
+    Wait {
+        ids: Vec<String>,
+        timeout_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_path: Option<String>,
+    },
+    /// The activity log, filtered; with `follow`, a stream.
+    Activity(ActivityArgs),
 }
 
 /// Who owns a lease: whose death ends it.
@@ -99,6 +181,27 @@ pub struct ClaimArgs {
     /// Free-form JSON object kept with the lease (at most 4 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// With `fds`: hand over only this family's listener, and have the
+    /// broker relay connections that reach the lease's other loopback
+    /// address to it. For a client that can serve one socket only (the
+    /// preload shim swapping an app's own socket), so that `localhost:P`
+    /// still answers in both families.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<IpFamily>,
+    /// The agent claiming: its `max_services` applies, and the lease ends
+    /// when the agent goes stale or dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// An address family of the lease's loopback sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpFamily {
+    /// 127.0.0.1
+    V4,
+    /// ::1
+    V6,
 }
 
 /// A lease as clients see it.
@@ -126,6 +229,9 @@ pub struct LeaseInfo {
     /// The owning process's command line.
     #[serde(default)]
     pub command: Option<String>,
+    /// The agent that claimed it, if any.
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,6 +401,12 @@ pub struct Reply {
     /// How many descriptors travel with this frame (SCM_RIGHTS).
     #[serde(default)]
     pub fds: usize,
+    /// More frames with this tag follow: the request opened a stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// One item of a stream (a frame after the first, with `more`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
 }
 
 impl Reply {
@@ -306,6 +418,8 @@ impl Reply {
             result: Some(result),
             error: None,
             fds,
+            more: false,
+            item: None,
         }
     }
 
@@ -317,6 +431,8 @@ impl Reply {
             result: None,
             error: Some(error),
             fds: 0,
+            more: false,
+            item: None,
         }
     }
 }

@@ -58,3 +58,39 @@ class PbClient:
         if not reply["ok"]:
             raise PbError(reply["error"]["code"], reply["error"]["message"])
         return reply["result"], fds
+
+    # Streams (docs/PROTOCOL.md, "Streams"): the first reply carries
+    # "more": true; then every frame with the same tag is one item, until a
+    # frame without "more" ends the stream (ok, or an error such as
+    # "lagged"). Until then the connection carries nothing else.
+
+    def open_stream(self, op, **fields):
+        """Sends a streaming request; returns its first result."""
+        self.tag += 1
+        body = json.dumps({"v": 1, "tag": self.tag, "op": op, **fields}).encode()
+        self.sock.sendall(struct.pack(">I", len(body)) + body)
+        reply, _fds = self.read_reply()
+        if reply.get("tag") != self.tag:
+            raise RuntimeError(f"tag mismatch: {reply.get('tag')} != {self.tag}")
+        if not reply["ok"]:
+            raise PbError(reply["error"]["code"], reply["error"]["message"])
+        self.streaming = bool(reply.get("more"))
+        return reply["result"]
+
+    def next_item(self):
+        """The stream's next item; None when it ended normally. Raises
+        PbError when it ended with an error (the error's details are in
+        .details)."""
+        if not getattr(self, "streaming", False):
+            return None
+        reply, _fds = self.read_reply()
+        if reply.get("tag") != self.tag:
+            raise RuntimeError(f"tag mismatch: {reply.get('tag')} != {self.tag}")
+        if reply.get("more"):
+            return reply["item"]
+        self.streaming = False
+        if not reply["ok"]:
+            err = PbError(reply["error"]["code"], reply["error"]["message"])
+            err.details = reply["error"].get("details")
+            raise err
+        return None

@@ -183,6 +183,12 @@ pub fn process_details(pid: u32) -> Option<(Vec<String>, Option<PathBuf>, Option
     Some((cmdline, p.exe().ok(), p.cwd().ok()))
 }
 
+/// Only the command line: one read of /proc/PID/cmdline.
+pub fn process_cmdline(pid: u32) -> Option<Vec<String>> {
+    let p = Process::new(i32::try_from(pid).ok().filter(|p| *p > 0)?).ok()?;
+    p.cmdline().ok()
+}
+
 /// A pidfd for `pid` (Linux 5.3+), or `None` where the kernel has none.
 pub fn pidfd_open(pid: u32) -> std::io::Result<Option<OwnedFd>> {
     // SAFETY: a plain syscall; on success it returns a new descriptor.

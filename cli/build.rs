@@ -1,0 +1,74 @@
+//! Builds the preload shim and embeds it in `pb`, so that `pb exec --shim`
+//! finds it with no configuration, after `cargo install` too (which installs
+//! binaries only). The shim is a cdylib of this workspace; cargo cannot yet
+//! depend on another package's cdylib (artifact dependencies are unstable),
+//! so this runs a nested cargo with its own target directory, which keeps
+//! it clear of the outer build's lock.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let cli = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = cli.parent().expect("cli/ sits in the workspace");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    for watched in [
+        "preload-shim/src",
+        "preload-shim/Cargo.toml",
+        "proto/src",
+        "proto/Cargo.toml",
+        "platform/src",
+        "platform/Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    println!("cargo:rerun-if-env-changed=PB_SHIM_LIB");
+
+    let lib = match std::env::var_os("PB_SHIM_LIB") {
+        // A shim built elsewhere (cross builds, packagers).
+        Some(p) => PathBuf::from(p),
+        None => build_shim(root, &out.join("shim-target")),
+    };
+    let bytes = std::fs::read(&lib).unwrap_or_else(|e| panic!("reading {}: {e}", lib.display()));
+    std::fs::write(out.join("libpb_shim.so"), &bytes).expect("writing the embedded shim");
+    // A content hash names the extracted file, so two pb builds never
+    // overwrite each other's shim while an app loads it.
+    println!("cargo:rustc-env=PB_SHIM_HASH={:016x}", fnv1a(&bytes));
+}
+
+fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--release", "--lib", "-p", "pb-preload-shim"])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["--config", "profile.release.debug=0"])
+        .args(["--config", "profile.release.strip=true"]);
+    // The outer build's settings for this package (clippy's wrapper, its
+    // flags, the target dir) must not leak into the nested one.
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CLIPPY_ARGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("running cargo for the preload shim");
+    assert!(status.success(), "building the preload shim failed");
+    target_dir.join("release/libpb_shim.so")
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

@@ -1,0 +1,612 @@
+//! The coordination commands: `pb lock`, `unlock`, `locks`, `pub`, `sub`,
+//! `history`, `channels`, `agent ...`, `wait` and `log`. Each is one
+//! request (or one stream) to the broker; this file only builds the ops
+//! and prints what comes back.
+
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use pb_platform::supervise::{self, ChildSpec};
+use pb_proto::paths::Paths;
+use pb_proto::{
+    ActivityArgs, ActivityEntry, ActivityReply, AgentArgs, AgentInfo, AgentReply, AgentsReply,
+    ChannelsReply, Client, HistoryReply, LockArgs, LockInfo, LockOwnerArg, LockReply, LocksReply,
+    MessageInfo, Op, Owner, PublishReply, WaitReply,
+};
+use serde_json::Value;
+
+use crate::output::{self, human_ms, now_ms};
+use crate::{connect, Format};
+
+fn duration_ms(text: &str) -> Result<i64> {
+    Ok(pb_proto::duration::parse(text)?.as_millis() as i64)
+}
+
+#[derive(Args)]
+pub struct LockCmd {
+    pub name: String,
+    /// Time to live (default 5m): 90s, 10m, 1h.
+    #[arg(long, value_name = "DUR")]
+    pub ttl: Option<String>,
+    /// Wait in the lock's queue while another owner holds it.
+    #[arg(short, long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (default 60s).
+    #[arg(long, value_name = "DUR", requires = "wait")]
+    pub timeout: Option<String>,
+    /// Hold the lock under this name instead of a process.
+    #[arg(long, conflicts_with = "pid")]
+    pub owner: Option<String>,
+    /// The owning process (default: pb's parent, e.g. the calling shell).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Hold the lock while CMD runs, then release it.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+fn owner_arg(owner: Option<String>, pid: Option<u32>, agent: Option<&str>) -> Option<LockOwnerArg> {
+    match (owner, pid) {
+        (Some(n), _) => Some(LockOwnerArg::Name(n)),
+        (None, Some(p)) => Some(LockOwnerArg::Pid(p)),
+        // The agent owns it when one is named; otherwise the shell or
+        // script that ran pb (pb itself exits at once).
+        (None, None) if agent.is_some() => None,
+        (None, None) => Some(LockOwnerArg::Pid(std::os::unix::process::parent_id())),
+    }
+}
+
+fn lock_line(l: &LockInfo) -> String {
+    let owner = match (&l.owner_name, l.pid) {
+        (Some(n), _) => format!("{} {n}", l.owner),
+        (None, Some(p)) => format!("pid {p}"),
+        _ => l.owner.clone(),
+    };
+    let now = now_ms();
+    format!(
+        "{}\ttoken {}\t{owner}\theld {}\texpires in {}\t{} waiting{}",
+        l.name,
+        l.token,
+        human_ms(now.saturating_sub(l.since_ms)),
+        human_ms(l.expires_ms.saturating_sub(now)),
+        l.waiters,
+        l.command
+            .as_ref()
+            .map(|c| format!("\t{c}"))
+            .unwrap_or_default()
+    )
+}
+
+pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Result<i32> {
+    let ttl_ms = c.ttl.as_deref().map(duration_ms).transpose()?;
+    let wait_ms = match (c.wait, c.timeout.as_deref()) {
+        (false, _) => None,
+        (true, Some(t)) => Some(duration_ms(t)?),
+        (true, None) => Some(60_000),
+    };
+    let hold_for_command = !c.command.is_empty();
+    let owner = if hold_for_command {
+        Some(LockOwnerArg::Caller)
+    } else {
+        owner_arg(c.owner, c.pid, agent.as_deref())
+    };
+    let mut client = connect::connect(paths)?;
+    let (reply, _): (LockReply, _) = client.call_as(Op::LockAcquire(LockArgs {
+        name: c.name.clone(),
+        ttl_ms,
+        wait_ms,
+        owner: owner.clone(),
+        agent: agent.clone(),
+    }))?;
+    match fmt {
+        Format::Json if !hold_for_command => output::print_json(&reply),
+        Format::Quiet => println!("{}", reply.lock.token),
+        Format::Human => eprintln!(
+            "pb: lock {} acquired (token {}{})",
+            reply.lock.name,
+            reply.lock.token,
+            if reply.existing { ", already held" } else { "" }
+        ),
+        Format::Json => {}
+    }
+    if !hold_for_command {
+        return Ok(0);
+    }
+    let spec = ChildSpec {
+        program: c.command[0].clone(),
+        args: c.command[1..].to_vec(),
+        fd_names: Vec::new(),
+        listen_fds: Vec::new(),
+        env: vec![("PB_LOCK_TOKEN".into(), reply.lock.token.to_string().into())],
+        unset: Vec::new(),
+    };
+    let release = |client: &mut Client| {
+        let op = Op::LockRelease {
+            name: c.name.clone(),
+            owner: owner.clone(),
+            agent: agent.clone(),
+            force: false,
+        };
+        if let Err(e) = client.call(op) {
+            eprintln!("pb: releasing lock {}: {e}", c.name);
+        }
+    };
+    let child = match supervise::spawn(spec) {
+        Ok(ch) => ch,
+        Err(e) => {
+            eprintln!("pb: {e}");
+            release(&mut client);
+            return Ok(e.exit_code());
+        }
+    };
+    let client = Arc::new(Mutex::new(client));
+    let done = Arc::new(AtomicBool::new(false));
+    // Renew every third of the TTL while the command runs.
+    let every = Duration::from_millis((reply.lock.ttl_ms / 3).max(100));
+    let renew = {
+        let (client, done, name, owner, agent) = (
+            client.clone(),
+            done.clone(),
+            c.name.clone(),
+            owner.clone(),
+            agent.clone(),
+        );
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::park_timeout(every);
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut cl = client.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = cl.call(Op::LockExtend {
+                    name: name.clone(),
+                    ttl_ms: None,
+                    owner: owner.clone(),
+                    agent: agent.clone(),
+                }) {
+                    eprintln!("pb: renewing lock {name} failed: {e}");
+                }
+            }
+        })
+    };
+    let code = child.wait()?;
+    done.store(true, Ordering::Relaxed);
+    renew.thread().unpark();
+    let _ = renew.join();
+    release(&mut client.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(code)
+}
+
+pub fn unlock(
+    paths: &Paths,
+    name: String,
+    force: bool,
+    owner: Option<String>,
+    pid: Option<u32>,
+    agent: Option<String>,
+    fmt: Format,
+) -> Result<i32> {
+    let owner = owner_arg(owner, pid, agent.as_deref());
+    let (v, _) = connect::connect(paths)?.call(Op::LockRelease {
+        name: name.clone(),
+        owner,
+        agent,
+        force,
+    })?;
+    match fmt {
+        Format::Json => output::print_json(&v),
+        Format::Quiet => {}
+        Format::Human => eprintln!("pb: lock {name} released"),
+    }
+    Ok(0)
+}
+
+pub fn locks(paths: &Paths, pattern: Option<String>, fmt: Format) -> Result<i32> {
+    let (reply, _): (LocksReply, _) = connect::connect(paths)?.call_as(Op::Locks { pattern })?;
+    match fmt {
+        Format::Json => output::print_json(&reply),
+        Format::Quiet => reply.locks.iter().for_each(|l| println!("{}", l.name)),
+        Format::Human if reply.locks.is_empty() => eprintln!("no locks held"),
+        Format::Human => reply
+            .locks
+            .iter()
+            .for_each(|l| println!("{}", lock_line(l))),
+    }
+    Ok(0)
+}
+
+/// A message argument: JSON when it parses as JSON, else a string.
+fn message_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+pub fn publish(
+    paths: &Paths,
+    channel: String,
+    message: String,
+    agent: Option<String>,
+    fmt: Format,
+) -> Result<i32> {
+    let text = if message == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the message from stdin")?
+    } else {
+        message
+    };
+    let (reply, _): (PublishReply, _) = connect::connect(paths)?.call_as(Op::Publish {
+        channel,
+        data: message_value(text.trim_end_matches('\n')),
+        agent,
+    })?;
+    match fmt {
+        Format::Json => output::print_json(&reply),
+        Format::Quiet => println!("{}", reply.id),
+        Format::Human => eprintln!(
+            "pb: published {} on {} ({} subscribers)",
+            reply.id, reply.channel, reply.delivered
+        ),
+    }
+    Ok(0)
+}
+
+fn iso_time(ms: u64) -> String {
+    // UTC, to the second: 2024-01-15T10:30:00Z.
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn print_message(m: &MessageInfo, fmt: Format) {
+    match fmt {
+        Format::Json => println!("{}", serde_json::to_string(m).expect("serializable")),
+        Format::Quiet => println!("{}", m.data),
+        Format::Human => println!("[{}] {} {}", iso_time(m.time_ms), m.channel, m.data),
+    }
+}
+
+pub fn subscribe(
+    paths: &Paths,
+    patterns: Vec<String>,
+    since: Option<u64>,
+    fmt: Format,
+) -> Result<i32> {
+    use std::io::Write;
+    let mut client = connect::connect(paths)?;
+    client.open_stream(Op::Subscribe {
+        patterns,
+        since_id: since,
+    })?;
+    while let Some(item) = client.next_item()? {
+        let m: MessageInfo = serde_json::from_value(item)
+            .map_err(|e| anyhow::anyhow!("a message the broker sent is malformed: {e}"))?;
+        print_message(&m, fmt);
+        // Each line as it arrives, also into a pipe.
+        if std::io::stdout().flush().is_err() {
+            return Ok(0);
+        }
+    }
+    Ok(0)
+}
+
+pub fn history(
+    paths: &Paths,
+    pattern: String,
+    since: Option<u64>,
+    limit: Option<i64>,
+    fmt: Format,
+) -> Result<i32> {
+    let (reply, _): (HistoryReply, _) = connect::connect(paths)?.call_as(Op::History {
+        pattern,
+        since_id: since,
+        limit,
+    })?;
+    if fmt == Format::Json {
+        output::print_json(&reply);
+    } else {
+        reply.messages.iter().for_each(|m| print_message(m, fmt));
+    }
+    Ok(0)
+}
+
+pub fn channels(paths: &Paths, clear: Option<String>, fmt: Format) -> Result<i32> {
+    let mut client = connect::connect(paths)?;
+    if let Some(channel) = clear {
+        let (v, _) = client.call(Op::ClearChannel { channel })?;
+        match fmt {
+            Format::Json => output::print_json(&v),
+            _ => eprintln!("pb: cleared {} ({} messages)", v["channel"], v["removed"]),
+        }
+        return Ok(0);
+    }
+    let (reply, _): (ChannelsReply, _) = client.call_as(Op::Channels)?;
+    match fmt {
+        Format::Json => output::print_json(&reply),
+        Format::Quiet => reply
+            .channels
+            .iter()
+            .for_each(|c| println!("{}", c.channel)),
+        Format::Human => {
+            for c in &reply.channels {
+                println!(
+                    "{}\t{} messages\t{} subscribers\tlast id {}",
+                    c.channel,
+                    c.messages,
+                    c.subscribers,
+                    c.last_id.map(|i| i.to_string()).unwrap_or("-".into())
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Subcommand)]
+pub enum AgentCmd {
+    /// Register (or update) an agent.
+    Register {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// What kind of agent: claude, ci, ...
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        /// Most services it may hold at once.
+        #[arg(long)]
+        max_services: Option<i64>,
+        /// Most locks it may hold at once.
+        #[arg(long)]
+        max_locks: Option<i64>,
+        /// The process it lives and dies with (default: none; it lives by
+        /// heartbeats).
+        #[arg(long, conflicts_with = "parent")]
+        pid: Option<u32>,
+        /// It lives and dies with pb's parent (the calling shell).
+        #[arg(long)]
+        parent: bool,
+    },
+    /// Keep an agent from going stale.
+    Heartbeat { id: String },
+    /// Remove an agent, releasing its services and locks.
+    Unregister { id: String },
+    /// List agents.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// One agent's details.
+    Info { id: String },
+}
+
+fn agent_line(a: &AgentInfo) -> String {
+    let now = now_ms();
+    format!(
+        "{}\t{}\t{}\tseen {} ago\t{} services\t{} locks{}",
+        a.id,
+        a.name.as_deref().unwrap_or("-"),
+        a.kind.as_deref().unwrap_or("-"),
+        human_ms(now.saturating_sub(a.last_seen_ms)),
+        a.services.len(),
+        a.locks.len(),
+        a.pid.map(|p| format!("\tpid {p}")).unwrap_or_default()
+    )
+}
+
+pub fn agent(paths: &Paths, cmd: AgentCmd, fmt: Format) -> Result<i32> {
+    let mut client = connect::connect(paths)?;
+    match cmd {
+        AgentCmd::Register {
+            id,
+            name,
+            kind,
+            max_services,
+            max_locks,
+            pid,
+            parent,
+        } => {
+            let owner = match (pid, parent) {
+                (Some(p), _) => Owner::Pid(p),
+                (None, true) => Owner::Pid(std::os::unix::process::parent_id()),
+                (None, false) => Owner::None,
+            };
+            let (reply, _): (AgentReply, _) = client.call_as(Op::AgentRegister(AgentArgs {
+                id,
+                name,
+                kind,
+                max_services,
+                max_locks,
+                owner,
+                metadata: None,
+            }))?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                Format::Quiet => println!("{}", reply.agent.id),
+                Format::Human => eprintln!(
+                    "pb: agent {} {}",
+                    reply.agent.id,
+                    if reply.existing {
+                        "updated"
+                    } else {
+                        "registered"
+                    }
+                ),
+            }
+        }
+        AgentCmd::Heartbeat { id } => {
+            let (a, _): (AgentInfo, _) = client.call_as(Op::AgentHeartbeat { id })?;
+            if fmt == Format::Json {
+                output::print_json(&a);
+            }
+        }
+        AgentCmd::Unregister { id } => {
+            let (v, _) = client.call(Op::AgentUnregister { id: id.clone() })?;
+            match fmt {
+                Format::Json => output::print_json(&v),
+                Format::Quiet => {}
+                Format::Human => eprintln!("pb: agent {id} unregistered"),
+            }
+        }
+        AgentCmd::Ls => {
+            let (reply, _): (AgentsReply, _) = client.call_as(Op::Agents)?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                Format::Quiet => reply.agents.iter().for_each(|a| println!("{}", a.id)),
+                Format::Human if reply.agents.is_empty() => eprintln!("no agents"),
+                Format::Human => reply
+                    .agents
+                    .iter()
+                    .for_each(|a| println!("{}", agent_line(a))),
+            }
+        }
+        AgentCmd::Info { id } => {
+            let (a, _): (AgentInfo, _) = client.call_as(Op::AgentInfo { id })?;
+            match fmt {
+                Format::Json => output::print_json(&a),
+                _ => {
+                    println!("{}", agent_line(&a));
+                    for s in &a.services {
+                        println!("  service {s}");
+                    }
+                    for l in &a.locks {
+                        println!("  lock {l}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn wait(
+    paths: &Paths,
+    ids: Vec<String>,
+    timeout: &str,
+    http: Option<String>,
+    fmt: Format,
+) -> Result<i32> {
+    let timeout_ms = duration_ms(timeout)?;
+    let (reply, _): (WaitReply, _) = connect::connect(paths)?.call_as(Op::Wait {
+        ids,
+        timeout_ms,
+        http_path: http,
+    })?;
+    match fmt {
+        Format::Json => output::print_json(&reply),
+        Format::Quiet => reply.services.iter().for_each(|s| println!("{}", s.port)),
+        Format::Human => {
+            for s in &reply.services {
+                eprintln!(
+                    "pb: {} is ready on port {} (after {} ms)",
+                    s.id, s.port, s.waited_ms
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct LogCmd {
+    /// Only this action (`lock.acquire`) or prefix (`lock.*`).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only this target: a service id, lock, channel or agent.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only what this agent did.
+    #[arg(long = "by-agent", value_name = "AGENT")]
+    pub by_agent: Option<String>,
+    /// Only entries from the last DUR (10m, 2h).
+    #[arg(long, value_name = "DUR")]
+    pub since: Option<String>,
+    /// The newest N entries (default 100).
+    #[arg(short = 'n', long)]
+    pub limit: Option<i64>,
+    /// Keep printing new entries as they happen.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+fn print_entry(e: &ActivityEntry, fmt: Format) {
+    match fmt {
+        Format::Json => println!("{}", serde_json::to_string(e).expect("serializable")),
+        _ => {
+            let actor = match &e.actor {
+                None => "broker".to_string(),
+                Some(a) => {
+                    let mut s = String::new();
+                    if let Some(ag) = &a.agent {
+                        s.push_str(&format!("agent {ag} "));
+                    }
+                    if let Some(p) = a.pid {
+                        s.push_str(&format!("pid {p}"));
+                    }
+                    if let Some(c) = &a.command {
+                        let short: String = c.chars().take(40).collect();
+                        s.push_str(&format!(" ({short})"));
+                    }
+                    s
+                }
+            };
+            println!(
+                "{} #{} {:<22} {:<24} {actor}  {}",
+                iso_time(e.time_ms),
+                e.id,
+                e.action,
+                e.target,
+                e.details
+            );
+        }
+    }
+}
+
+pub fn log(paths: &Paths, c: LogCmd, fmt: Format) -> Result<i32> {
+    use std::io::Write;
+    let since_ms = c
+        .since
+        .as_deref()
+        .map(duration_ms)
+        .transpose()?
+        .map(|d| now_ms() as i64 - d);
+    let args = ActivityArgs {
+        action: c.action,
+        target: c.target,
+        agent: c.by_agent,
+        since_ms,
+        limit: c.limit,
+        follow: c.follow,
+    };
+    let mut client = connect::connect(paths)?;
+    if !c.follow {
+        let (reply, _): (ActivityReply, _) = client.call_as(Op::Activity(args))?;
+        reply.entries.iter().for_each(|e| print_entry(e, fmt));
+        return Ok(0);
+    }
+    client.open_stream(Op::Activity(args))?;
+    while let Some(item) = client.next_item()? {
+        let e: ActivityEntry = serde_json::from_value(item)
+            .map_err(|e| anyhow::anyhow!("an entry the broker sent is malformed: {e}"))?;
+        print_entry(&e, fmt);
+        if std::io::stdout().flush().is_err() {
+            return Ok(0);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,252 @@
+//! The wire types of agent coordination: locks, pub/sub, the agent
+//! registry, readiness waits and the activity log. The `Op` variants that
+//! carry them are in `message.rs`; docs/PROTOCOL.md describes each.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who holds a lock: whose death, release or staleness ends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockOwnerArg {
+    /// The process on the other end of this connection (the default).
+    #[default]
+    Caller,
+    /// Another live process of the caller's user.
+    Pid(u32),
+    /// A name: the lock lives until released under that name or expired.
+    Name(String),
+    /// A registered agent: the lock ends when the agent goes stale or dies.
+    Agent(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockArgs {
+    pub name: String,
+    /// Time to live; the broker's default (5 min) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<i64>,
+    /// Wait in the lock's FIFO queue for at most this long when it is held.
+    /// Absent: fail at once with `held`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<i64>,
+    /// Absent: the agent when `agent` is given, else the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<LockOwnerArg>,
+    /// The agent acting; its `max_locks` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// A held lock as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub name: String,
+    /// The fencing token of this holding: strictly greater than any token
+    /// handed out before, for this lock, across restarts.
+    pub token: u64,
+    /// `process`, `name` or `agent`.
+    pub owner: String,
+    /// The owning process (process owners), or the agent's process.
+    pub pid: Option<u32>,
+    /// The owner name (`name` owners) or agent id (`agent` owners).
+    pub owner_name: Option<String>,
+    pub uid: u32,
+    /// The owning process's command line.
+    pub command: Option<String>,
+    pub since_ms: u64,
+    pub expires_ms: u64,
+    pub ttl_ms: u64,
+    /// How many requests wait in its queue.
+    pub waiters: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockReply {
+    pub lock: LockInfo,
+    /// The same owner already held it; the TTL was renewed.
+    pub existing: bool,
+    /// How long the request waited in the queue.
+    pub waited_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocksReply {
+    pub locks: Vec<LockInfo>,
+}
+
+/// A pub/sub message, as history and subscriptions deliver it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageInfo {
+    /// Unique and increasing across all channels and restarts; resume with
+    /// `since_id`.
+    pub id: u64,
+    pub channel: String,
+    pub time_ms: u64,
+    pub data: Value,
+    /// Who published it: the agent, if named, and the process.
+    #[serde(default)]
+    pub from: Option<Actor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishReply {
+    pub id: u64,
+    pub channel: String,
+    /// How many subscribers it was queued for.
+    pub delivered: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryReply {
+    pub messages: Vec<MessageInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub channel: String,
+    /// Messages retained.
+    pub messages: usize,
+    pub last_id: Option<u64>,
+    pub last_ms: Option<u64>,
+    /// Subscribers whose patterns match it.
+    pub subscribers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelsReply {
+    pub channels: Vec<ChannelInfo>,
+}
+
+/// The first frame of a subscription stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeReply {
+    pub patterns: Vec<String>,
+    /// The newest message id at the moment of subscribing: resume later
+    /// from the last id received.
+    pub last_id: u64,
+    /// Retained messages after `since_id` that follow as items first.
+    pub backlog: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentArgs {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_services: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_locks: Option<i64>,
+    /// The process the agent lives and dies with (`none`: heartbeats only).
+    #[serde(default)]
+    pub owner: crate::Owner,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub uid: u32,
+    /// The process it lives and dies with, if any.
+    pub pid: Option<u32>,
+    pub command: Option<String>,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+    /// When it goes stale unless it sends a heartbeat.
+    pub stale_at_ms: u64,
+    pub max_services: Option<u64>,
+    pub max_locks: Option<u64>,
+    /// Its leases' ids.
+    pub services: Vec<String>,
+    /// The locks it owns.
+    pub locks: Vec<String>,
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentReply {
+    pub agent: AgentInfo,
+    /// The id was registered already (by this user); it was updated.
+    pub existing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentsReply {
+    pub agents: Vec<AgentInfo>,
+}
+
+/// Who did something, as the kernel says (plus the agent the request named).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Actor {
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
+/// One activity-log entry, which is also one event on the broker's bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityEntry {
+    /// Unique and increasing across restarts (shared with message ids).
+    pub id: u64,
+    pub time_ms: u64,
+    /// The event kind: `service.claim`, `lock.acquire`, `agent.stale`, ...
+    pub action: String,
+    /// The service id, lock name, channel or agent id acted on.
+    pub target: String,
+    /// Absent for what the broker did on its own (expiry, reclaim).
+    pub actor: Option<Actor>,
+    pub details: Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityArgs {
+    /// An action, or a prefix ending in `*` (`lock.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Entries at or after this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
+    /// The newest this many (default 100, at most 10 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Stream: after the matching entries, follow new ones as they happen.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityReply {
+    /// Oldest first.
+    pub entries: Vec<ActivityEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyInfo {
+    pub id: String,
+    pub port: u16,
+    /// How long after the request the service was found accepting.
+    pub waited_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitReply {
+    pub services: Vec<ReadyInfo>,
+}
