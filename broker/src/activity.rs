@@ -207,6 +207,7 @@ impl Core {
         if let Err(e) = self.bus.flush(&mut self.store) {
             eprintln!("pb: cannot write the activity log: {e}");
         }
+        self.flush_webhooks();
         if !trim {
             return;
         }

@@ -216,6 +216,7 @@ pub struct Core {
     pub(crate) locks: Locks,
     pub(crate) pubsub: PubSub,
     pub(crate) agents: Agents,
+    pub(crate) webhooks: crate::webhooks::Webhooks,
 }
 
 impl Core {
@@ -239,7 +240,10 @@ impl Core {
             locks: Locks::default(),
             pubsub: PubSub::default(),
             agents: Agents::default(),
+            webhooks: Default::default(),
         };
+        // Before anything is emitted, so that webhooks see every event.
+        core.load_webhooks()?;
         core.pool.refill();
         for (id, port) in core.store.load_sticky()?.into_iter().rev() {
             core.remember(id, port);
@@ -498,6 +502,14 @@ impl Core {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))
             }),
+            op @ (Op::WebhookAdd(_)
+            | Op::Webhooks
+            | Op::WebhookGet { .. }
+            | Op::WebhookUpdate(_)
+            | Op::WebhookDelete { .. }
+            | Op::WebhookTest { .. }
+            | Op::WebhookDeliveries { .. }
+            | Op::WebhookEvents) => self.apply_webhook(op),
             op => self.apply_coord(caller, op),
         }
     }

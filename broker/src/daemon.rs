@@ -1,5 +1,6 @@
 //! Starting and stopping the broker: private directories, the single-instance
-//! lock, the store, the socket, the expiry timer and signal handling.
+//! lock, the store, the socket, the expiry timer, the webhook delivery
+//! worker and signal handling.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,6 +15,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::coord;
 use crate::core::{now_ms, Core};
+use crate::deliver;
 use crate::ipc::{self, SharedCore};
 use crate::reaper;
 use crate::store::Store;
@@ -104,6 +106,7 @@ pub fn run(cfg: Config) -> Result<()> {
         tokio::spawn(coord::ticker(core.clone()));
         ipc::lock(&core).daemon_started();
         tokio::spawn(reaper::run(core.clone(), reaper_rx, scan_interval));
+        tokio::spawn(deliver::run(core.clone()));
         let server = tokio::spawn(ipc::serve(
             listener,
             core.clone(),

@@ -44,6 +44,12 @@ pub enum ErrorCode {
     /// A subscriber fell too far behind and was dropped; resume from the
     /// last id it received.
     Lagged,
+    /// A webhook URL that cannot be used: not a URL, a scheme other than
+    /// http and https, credentials in it.
+    InvalidUrl,
+    /// The address is one webhooks never reach (link-local, cloud
+    /// metadata, private unless allowed): docs/SECURITY.md.
+    BlockedAddress,
 }
 
 impl ErrorCode {
@@ -52,9 +58,10 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge => 2,
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge
+            | InvalidUrl => 2,
             NotFound => 4,
-            ReservedPort | PortTaken | IdConflict | Forbidden | Held => 5,
+            ReservedPort | PortTaken | IdConflict | Forbidden | Held | BlockedAddress => 5,
             Exhausted | Limit | Lagged => 6,
             Timeout => 7,
             Internal => 1,
@@ -66,8 +73,8 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName => 400,
-            Forbidden => 403,
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | InvalidUrl => 400,
+            Forbidden | BlockedAddress => 403,
             NotFound => 404,
             Timeout => 408,
             ReservedPort | PortTaken | IdConflict | Held => 409,
