@@ -7,7 +7,8 @@ serve PORT RECORD [--fail N] [--status CODE] [--delay SECS] [--retry-after SECS]
     line: arrival and completion times, path, headers (lowercased), body and
     the status sent. The first N requests get 500 (--fail), every other one
     CODE (default 200); --delay sleeps before answering; --retry-after adds
-    that header to failures.
+    that header to failures. RECORD.arrivals gets a line as each request
+    arrives, before any delay.
 
 verify SECRET RECORD INDEX [--tamper] [--age SECS] [--forge-timestamp]
     Checks request INDEX of RECORD: X-PortDaddy-Signature (hex HMAC-SHA256
@@ -55,6 +56,9 @@ def serve(argv):
                 n = count[0]
                 count[0] += 1
             code = 500 if n < fail else status
+            with lock:
+                with open(record + ".arrivals", "a") as f:
+                    f.write(json.dumps({"arrival": arrival}) + "\n")
             if delay:
                 time.sleep(delay)
             entry = {
