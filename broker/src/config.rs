@@ -49,6 +49,9 @@ pub struct WebhookConfig {
     /// Each attempt's limit, connect to last byte (10 s).
     pub timeout_ms: u64,
     pub policy: crate::ssrf::Policy,
+    /// Extra trusted CA certificates for https receivers, PEM
+    /// (PB_WEBHOOK_CA), beside the Mozilla roots.
+    pub extra_ca: Option<std::path::PathBuf>,
     /// A test seam: a file of `name address` lines consulted before DNS
     /// (PB_TEST_HOSTS; read only when the variable is set).
     pub test_hosts: Option<std::path::PathBuf>,
@@ -65,6 +68,7 @@ impl Default for WebhookConfig {
             log_retain: 100,
             timeout_ms: 10_000,
             policy: crate::ssrf::Policy::default(),
+            extra_ca: None,
             test_hosts: None,
         }
     }
@@ -96,6 +100,9 @@ impl WebhookConfig {
                 allow_private: env_flag("PB_WEBHOOK_ALLOW_PRIVATE", false),
                 allow_loopback: env_flag("PB_WEBHOOK_ALLOW_LOOPBACK", true),
             },
+            extra_ca: std::env::var_os("PB_WEBHOOK_CA")
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from),
             test_hosts: std::env::var_os("PB_TEST_HOSTS")
                 .filter(|v| !v.is_empty())
                 .map(std::path::PathBuf::from),

@@ -74,6 +74,8 @@ pub fn run(cfg: Config) -> Result<()> {
     if (nofile as usize) < needed {
         eprintln!("pb: warning: open-file limit {nofile} is below the {needed} the configured limits may need");
     }
+    let tls = deliver::tls_config(cfg.webhooks.extra_ca.as_deref())
+        .map_err(|e| anyhow::anyhow!("PB_WEBHOOK_CA: {e}"))?;
     let store = Store::open(&cfg.paths.database())
         .with_context(|| format!("opening {}", cfg.paths.database().display()))?;
     let socket_path = cfg.paths.socket();
@@ -106,7 +108,7 @@ pub fn run(cfg: Config) -> Result<()> {
         tokio::spawn(coord::ticker(core.clone()));
         ipc::lock(&core).daemon_started();
         tokio::spawn(reaper::run(core.clone(), reaper_rx, scan_interval));
-        tokio::spawn(deliver::run(core.clone()));
+        tokio::spawn(deliver::run(core.clone(), tls));
         let server = tokio::spawn(ipc::serve(
             listener,
             core.clone(),

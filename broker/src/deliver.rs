@@ -11,7 +11,10 @@
 //! passed, and run the request on that stream with hyper's HTTP/1.1
 //! client (`conn::http1::handshake`): no second resolution can send it
 //! elsewhere. Redirects are not followed; the whole attempt has a 10 s
-//! limit. Each attempt is signed afresh (`sign`): Port Daddy's
+//! limit. https runs TLS (rustls, with the Mozilla roots of webpki-roots
+//! plus any PB_WEBHOOK_CA) over that same stream, verifying the
+//! certificate against the URL's host. Each attempt is signed afresh
+//! (`sign`): Port Daddy's
 //! `X-PortDaddy-Signature` over the body, and Standard Webhooks'
 //! `webhook-signature` over id, timestamp and body.
 
@@ -25,15 +28,15 @@ use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore};
+use tokio_rustls::rustls;
 
 use crate::core::now_ms;
 use crate::ipc::{lock, SharedCore};
 use crate::ssrf::{self, Host, Policy, Target};
 use crate::webhooks::{random_bytes, AttemptResult, Job};
 
-/// Whether this build can deliver to https URLs.
-pub const TLS: bool = false;
 /// The longest the worker sleeps without looking at the queue.
 const IDLE: Duration = Duration::from_secs(1);
 /// Bytes of a response body read (and discarded) so the exchange ends
@@ -154,12 +157,62 @@ fn retry_after(headers: &hyper::HeaderMap) -> Option<u64> {
     v.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
 }
 
-/// Sends one request to exactly `addr`.
-async fn send(addr: SocketAddr, job: &Job) -> Result<AttemptResult, String> {
+/// The TLS client settings: the Mozilla roots, plus the certificates of
+/// `extra_ca` (PEM; PB_WEBHOOK_CA) when given.
+pub fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("unusable CA certificate in {}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Sends one request to exactly `addr`, over TLS for https.
+async fn send(
+    addr: SocketAddr,
+    job: &Job,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<AttemptResult, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
+    if !job.target.https {
+        return exchange(stream, addr, job).await;
+    }
+    let name = match &job.target.host {
+        Host::Ip(ip) => rustls_pki_types::ServerName::IpAddress((*ip).into()),
+        Host::Name(n) => rustls_pki_types::ServerName::try_from(n.clone())
+            .map_err(|e| format!("{n} is not a TLS server name: {e}"))?,
+    };
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS with {addr}: {e}"))?;
+    exchange(stream, addr, job).await
+}
+
+/// One HTTP/1.1 exchange on an established stream.
+async fn exchange<S>(stream: S, addr: SocketAddr, job: &Job) -> Result<AttemptResult, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -214,18 +267,16 @@ pub async fn attempt(
     resolver: &Resolver,
     policy: Policy,
     timeout: Duration,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> AttemptResult {
     let run = async {
         let addrs = match checked_addresses(&job.target, resolver, policy).await {
             Ok(a) => a,
             Err(r) => return r,
         };
-        if job.target.https {
-            return AttemptResult::Refused("https is not supported by this build".into());
-        }
         let mut errors = Vec::new();
         for ip in addrs {
-            match send(SocketAddr::new(ip, job.target.port), job).await {
+            match send(SocketAddr::new(ip, job.target.port), job, tls).await {
                 Ok(r) => return r,
                 Err(e) => errors.push(e),
             }
@@ -238,8 +289,9 @@ pub async fn attempt(
     }
 }
 
-/// The worker: runs for the life of the daemon.
-pub async fn run(core: SharedCore) {
+/// The worker: runs for the life of the daemon. `tls` is `tls_config`'s,
+/// made by the daemon before it starts (a bad PB_WEBHOOK_CA stops it).
+pub async fn run(core: SharedCore, tls: Arc<rustls::ClientConfig>) {
     let (notify, cfg): (Arc<Notify>, _) = {
         let c = lock(&core);
         (c.webhook_notify(), c.config().webhooks.clone())
@@ -262,10 +314,11 @@ pub async fn run(core: SharedCore) {
                 let notify = notify.clone();
                 let resolver = resolver.clone();
                 let policy = cfg.policy;
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let started_ms = now_ms();
                     let t0 = Instant::now();
-                    let result = attempt(&job, &resolver, policy, timeout).await;
+                    let result = attempt(&job, &resolver, policy, timeout, &tls).await;
                     let took = t0.elapsed().as_millis() as u64;
                     let jitter = random_bytes::<2>().map(u16::from_ne_bytes).unwrap_or(0);
                     lock(&core).webhook_attempted(job, started_ms, took, result, jitter);

@@ -3,11 +3,13 @@ signatures (written from the two schemes' descriptions, sharing no code with
 the broker).
 
 serve PORT RECORD [--fail N] [--status CODE] [--delay SECS] [--retry-after SECS]
+      [--cert PEM --key PEM]
     Listens on 127.0.0.1:PORT. Each POST is appended to RECORD as one JSON
     line: arrival and completion times, path, headers (lowercased), body and
     the status sent. The first N requests get 500 (--fail), every other one
     CODE (default 200); --delay sleeps before answering; --retry-after adds
-    that header to failures. RECORD.arrivals gets a line as each request
+    that header to failures; --cert and --key (PEM) serve https.
+    RECORD.arrivals gets a line as each request
     arrives, before any delay.
 
 verify SECRET RECORD INDEX [--tamper] [--age SECS] [--forge-timestamp]
@@ -26,6 +28,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import ssl
 import sys
 import threading
 import time
@@ -35,7 +38,8 @@ TOLERANCE = 300
 
 def serve(argv):
     port, record = int(argv[0]), argv[1]
-    opts = {"--fail": 0, "--status": 200, "--delay": 0.0, "--retry-after": None}
+    opts = {"--fail": 0, "--status": 200, "--delay": 0.0, "--retry-after": None,
+            "--cert": None, "--key": None}
     i = 2
     while i < len(argv):
         opts[argv[i]] = argv[i + 1]
@@ -83,6 +87,10 @@ def serve(argv):
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if opts["--cert"]:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(opts["--cert"], opts["--key"])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("ready", flush=True)
     srv.serve_forever()
 

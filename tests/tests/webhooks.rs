@@ -551,3 +551,120 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     b.pb_ok(&["webhook", "rm", &id]);
     assert_eq!(list(&b).len(), 1);
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pb test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&a);
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&a);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:receiver.test\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (dir.join("ca.pem"), dir.join("srv.pem"), dir.join("srv.key"))
+}
+
+#[test]
+fn https_deliveries_verify_the_receivers_certificate() {
+    let ports = PortBlock::take(10);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let r = Receiver::start(
+        dir.path(),
+        ports.range.0,
+        "tls",
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://127.0.0.1:{}/secure", r.port);
+
+    // Trusting the test CA: delivered, signed as over http.
+    let b = Broker::start_with(&[("PB_WEBHOOK_CA", ca.to_str().unwrap())]);
+    let (id, secret) = add(&b, &[&url]);
+    b.pb_ok(&["webhook", "test", &id]);
+    let d = wait_finished(&b, &id, 1, Duration::from_secs(10));
+    assert_eq!(d[0]["state"], "delivered", "{d:?}");
+    let got = r.wait_for(1, Duration::from_secs(5));
+    assert_eq!(got[0]["path"], "/secure");
+    verify(&secret, &r, 0, &[]).unwrap();
+
+    // Without it, the certificate is not trusted and nothing is sent.
+    let strict = Broker::start_with(&[("PB_WEBHOOK_MAX_ATTEMPTS", "1")]);
+    let (id, _) = add(&strict, &[&url]);
+    strict.pb_ok(&["webhook", "test", &id]);
+    let d = wait_finished(&strict, &id, 1, Duration::from_secs(10));
+    assert_eq!(d[0]["state"], "failed");
+    let err = d[0]["attempts"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("TLS") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    assert_eq!(r.records().len(), 1);
+}
