@@ -167,11 +167,16 @@ pub fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::Clie
     if let Some(path) = extra_ca {
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut added = 0;
         for c in certs {
             let c = c.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
             roots
                 .add(c)
                 .map_err(|e| format!("unusable CA certificate in {}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("no PEM certificate in {}", path.display()));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
