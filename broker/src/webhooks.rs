@@ -5,9 +5,10 @@
 //!
 //! Every event goes through `Core::emit`, which hands it to `on_event`
 //! here: a webhook subscribed to its kind, whose filter matches its target,
-//! gets a delivery, written to SQLite with the activity log's next flush
-//! (within one coordination tick) and from then on surviving crashes and
-//! restarts. The worker does the network I/O without the core's mutex and
+//! gets a delivery, written to SQLite before the request that caused the
+//! event is answered (or, for what the broker does on its own, with the
+//! activity log's next flush, within one coordination tick), and from then
+//! on surviving crashes and restarts. The worker does the network I/O without the core's mutex and
 //! comes back here only to fetch due deliveries and to record results.
 
 use std::collections::{BTreeMap, HashSet};
@@ -526,8 +527,9 @@ impl Core {
     }
 
     /// Writes the deliveries queued since the last flush and wakes the
-    /// worker. Runs with the activity log's flush.
-    pub(crate) fn flush_webhooks(&mut self) {
+    /// worker. Runs after every request (before its reply) and with the
+    /// activity log's flush (for what the broker did on its own).
+    pub fn flush_webhooks(&mut self) {
         if self.webhooks.unwritten.is_empty() {
             return;
         }

@@ -442,6 +442,29 @@ mod tests {
     }
 
     #[test]
+    fn webhook_ops_take_port_daddys_body() {
+        let r = Request::from_json(
+            br#"{"v":1,"op":"webhook_add","url":"https://x.example/h","events":["service.claim"],"secret":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.op,
+            Op::WebhookAdd(crate::WebhookArgs {
+                url: "https://x.example/h".into(),
+                events: vec!["service.claim".into()],
+                secret: Some("s".into()),
+                filter: None,
+            })
+        );
+        let r = Request::from_json(br#"{"v":1,"op":"webhook_update","id":"wh_1","active":true}"#)
+            .unwrap();
+        assert_eq!(Request::from_json(&r.to_json()).unwrap(), r);
+        let e =
+            Request::from_json(br#"{"v":1,"op":"webhook_add","url":"u","evil":1}"#).unwrap_err();
+        assert_eq!(e.1.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
     fn rejects_unknown_fields_and_versions() {
         let e = Request::from_json(br#"{"v":1,"op":"claim","id":"a","bogus":1}"#).unwrap_err();
         assert_eq!(e.1.code, ErrorCode::InvalidRequest);

@@ -284,6 +284,25 @@ fn the_queue_survives_kill9_and_delivery_resumes_after_restart() {
 }
 
 #[test]
+fn an_acknowledged_events_delivery_survives_an_immediate_kill9() {
+    let mut b = Broker::start();
+    let ports = PortBlock::take(10);
+    // Nobody listens yet: attempts fail until the receiver starts.
+    let url = format!("http://127.0.0.1:{}/hook", ports.range.0);
+    let (id, _) = add(&b, &[&url, "-e", "message.publish"]);
+    b.pb_ok(&["pub", "alerts", "disk full"]);
+    // Killed at once, well within the activity log's 100 ms batch.
+    b.kill9();
+    let up = Receiver::start(b.home.path(), ports.range.0, "up", &[]);
+    b.restart();
+    let got = up.wait_for(1, Duration::from_secs(15));
+    let body: Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["data"]["target"], "alerts");
+    let d = wait_finished(&b, &id, 1, Duration::from_secs(10));
+    assert_eq!(d[0]["state"], "delivered");
+}
+
+#[test]
 fn blocked_addresses_are_refused_at_registration_in_every_spelling() {
     let b = Broker::start();
     for url in [
