@@ -312,9 +312,9 @@ pub async fn run(core: SharedCore, tls: Arc<rustls::ClientConfig>) {
         if free > 0 {
             let (jobs, next) = lock(&core).webhook_jobs(now_ms(), free);
             for job in jobs {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    break;
-                };
+                // `jobs` is at most the free permits, and only this loop
+                // takes permits, so this never waits.
+                let permit = slots.clone().acquire_owned().await.expect("never closed");
                 let core = core.clone();
                 let notify = notify.clone();
                 let resolver = resolver.clone();

@@ -54,6 +54,10 @@ const MAX_DELIVERIES_LISTED: usize = 1000;
 /// The first retry's delay; each next one doubles, up to the configured
 /// maximum, plus up to a quarter of itself as jitter.
 pub const FIRST_RETRY_MS: u64 = 1000;
+/// Finished deliveries between trims of a webhook's log: the trim scans
+/// the webhook's rows, so it runs once per this many, and the log holds at
+/// most `log_retain` + this many.
+const TRIM_EVERY: usize = 32;
 
 /// Reads `N` bytes from the kernel's random source.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], WireError> {
@@ -112,6 +116,8 @@ struct Hook {
     filter: Option<Pattern>,
     /// Deliveries pending (stored or about to be).
     queued: u64,
+    /// Deliveries finished since the log was last trimmed.
+    untrimmed: usize,
 }
 
 impl Hook {
@@ -296,6 +302,7 @@ impl Core {
                     kinds,
                     filter,
                     queued,
+                    untrimmed: TRIM_EVERY,
                 },
             );
         }
@@ -368,6 +375,7 @@ impl Core {
             kinds,
             filter,
             queued: 0,
+            untrimmed: 0,
         };
         let webhook = hook.info();
         self.webhooks.hooks.insert(webhook.id.clone(), hook);
@@ -649,8 +657,12 @@ impl Core {
             eprintln!("pb: cannot record delivery {}: {e}", d.id);
         }
         if finished.is_some() {
-            if let Err(e) = self.store.trim_deliveries(&hook_id, c.log_retain) {
-                eprintln!("pb: cannot trim the delivery log of {hook_id}: {e}");
+            hook.untrimmed += 1;
+            if hook.untrimmed >= TRIM_EVERY {
+                hook.untrimmed = 0;
+                if let Err(e) = self.store.trim_deliveries(&hook_id, c.log_retain) {
+                    eprintln!("pb: cannot trim the delivery log of {hook_id}: {e}");
+                }
             }
         }
     }
