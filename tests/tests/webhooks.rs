@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use pb_proto::client::ClientError;
+use pb_proto::{ErrorCode, Op, WebhookUpdateArgs};
 use pb_tests::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 struct Receiver {
     _proc: Proc,
@@ -567,6 +569,44 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         assert_eq!((exit, e["code"].as_str()), (4, Some("not_found")), "{verb}");
     }
     let id = list(&b)[0]["id"].as_str().unwrap().to_string();
+    let before = list(&b);
+    // Updates are checked like registrations, and a refused one changes
+    // nothing.
+    let mut c = b.client();
+    for (args, code) in [
+        (
+            json!({"url": "http://0251.0376.0251.0376/"}),
+            ErrorCode::BlockedAddress,
+        ),
+        (json!({"url": "gopher://127.0.0.1/"}), ErrorCode::InvalidUrl),
+        (
+            json!({"events": ["lock.acquire", "nope"]}),
+            ErrorCode::InvalidName,
+        ),
+        (json!({"secret": "x".repeat(300)}), ErrorCode::TooLarge),
+        (json!({"filter": "a:b:c:d"}), ErrorCode::InvalidId),
+    ] {
+        let mut op = args.clone();
+        op["id"] = json!(id);
+        let op: WebhookUpdateArgs = serde_json::from_value(op).unwrap();
+        match c.call(Op::WebhookUpdate(op)) {
+            Err(ClientError::Wire(w)) => assert_eq!(w.code, code, "{args}"),
+            other => panic!("{args}: {other:?}"),
+        }
+    }
+    assert_eq!(list(&b), before);
+    let (w, _) = c
+        .call(Op::WebhookUpdate(WebhookUpdateArgs {
+            id: id.clone(),
+            events: Some(vec!["lock.acquire".into()]),
+            filter: Some("ci:*".into()),
+            ..Default::default()
+        }))
+        .unwrap();
+    assert_eq!(
+        (w["events"].clone(), w["filter"].clone()),
+        (json!(["lock.acquire"]), json!("ci:*"))
+    );
     b.pb_ok(&["webhook", "rm", &id]);
     assert_eq!(list(&b).len(), 1);
 }
