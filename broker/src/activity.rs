@@ -1,22 +1,143 @@
 //! The activity log: every event on the bus, kept in SQLite with bounded
 //! retention (count and age), queried with filters, or followed live.
 //!
-//! Entries are written in batches (the bus buffers them; the daemon's
-//! coordination tick flushes every 100 ms, and every query flushes first),
-//! so logging costs a claim no extra commit. A crash of the broker (kill
-//! -9) can lose the last 100 ms of entries, never any state they describe.
+//! The log has its own database file (`activity.db`) and its own writer
+//! thread: the bus hands it batches of events (every 100 ms from the
+//! coordination tick, or every 512 events), and the core never waits for
+//! a log write. A query first asks the writer to catch up (a barrier in
+//! its queue), then reads through its own connection, both outside the
+//! core's mutex. A crash of the broker (kill -9) can lose the last 100 ms
+//! of entries, never any state they describe.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pb_proto::{ActivityArgs, ActivityEntry, ActivityReply, Actor, ErrorCode, WireError};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::core::{Core, Outcome};
-use crate::events::{Event, EventKind};
+use crate::events::Event;
+use crate::ipc::{lock, SharedCore};
 use crate::names;
-use crate::store::{ActivityQuery, ActivityRow};
+use crate::store::{ActivityDb, ActivityQuery, ActivityRow, StoreError};
 use crate::stream::{Stream, StreamNext};
+
+/// Batches queued for the writer; past that, batches are dropped (and
+/// counted) rather than holding up the core.
+const WRITER_QUEUE: usize = 1024;
+
+enum Job {
+    Append(Vec<Arc<Event>>),
+    /// Answered once everything queued before it is written.
+    Sync(oneshot::Sender<()>),
+    /// The same, for a caller that cannot await (shutdown).
+    Barrier(std::sync::mpsc::Sender<()>),
+    Trim {
+        keep: usize,
+        before_ms: u64,
+    },
+}
+
+/// The core's handle on the log's writer thread.
+pub struct ActivityLog {
+    tx: SyncSender<Job>,
+    path: PathBuf,
+    dropped: u64,
+}
+
+impl ActivityLog {
+    pub fn open(path: &Path) -> Result<ActivityLog, StoreError> {
+        let db = ActivityDb::open(path)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(WRITER_QUEUE);
+        std::thread::Builder::new()
+            .name("pb-activity".into())
+            .spawn(move || writer(db, rx))?;
+        Ok(ActivityLog {
+            tx,
+            path: path.to_path_buf(),
+            dropped: 0,
+        })
+    }
+
+    pub fn append(&mut self, batch: Vec<Arc<Event>>) {
+        match self.tx.try_send(Job::Append(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Job::Append(b)))
+            | Err(TrySendError::Disconnected(Job::Append(b))) => {
+                self.dropped += b.len() as u64;
+                eprintln!(
+                    "pb: the activity log cannot keep up; {} entries dropped so far",
+                    self.dropped
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn sync(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        // A full queue: the query reads what is written so far.
+        let _ = self.tx.try_send(Job::Sync(tx));
+        rx
+    }
+
+    /// Waits (at most 5 s) until everything queued is written.
+    pub fn barrier(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Job::Barrier(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
+    pub fn trim(&self, keep: usize, before_ms: u64) {
+        let _ = self.tx.try_send(Job::Trim { keep, before_ms });
+    }
+}
+
+/// The writer thread: everything queued at once goes into one
+/// transaction; barriers are answered after it.
+fn writer(mut db: ActivityDb, rx: Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut rows: Vec<ActivityRow> = Vec::new();
+        let mut done: Vec<Job> = Vec::new();
+        let mut trims = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Append(evs) => rows.extend(evs.iter().map(|e| e.row())),
+                Job::Trim { keep, before_ms } => trims.push((keep, before_ms)),
+                j => done.push(j),
+            }
+            if rows.len() < 50_000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = db.append_activity(&rows) {
+            eprintln!("pb: cannot write the activity log: {e}");
+        }
+        for (keep, before_ms) in trims {
+            match db.trim_activity(keep, before_ms) {
+                Ok(0) => {}
+                Ok(n) => eprintln!("pb: activity log retention removed {n} entries"),
+                Err(e) => eprintln!("pb: cannot trim the activity log: {e}"),
+            }
+        }
+        for j in done {
+            match j {
+                Job::Sync(tx) => {
+                    let _ = tx.send(());
+                }
+                Job::Barrier(tx) => {
+                    let _ = tx.send(());
+                }
+                _ => {}
+            }
+        }
+    }
+}
 
 /// Most entries one query returns.
 pub const MAX_LIMIT: usize = 10_000;
@@ -47,7 +168,7 @@ impl Filter {
 
 /// `pb log --follow`: the matching entries, then new ones as they happen.
 pub struct Follow {
-    backlog: VecDeque<Arc<str>>,
+    backlog: VecDeque<(u64, Arc<str>)>,
     rx: broadcast::Receiver<Arc<Event>>,
     filter: Filter,
     /// Events up to this id were in the backlog's query.
@@ -63,18 +184,17 @@ impl Follow {
     }
 
     fn accept(&self, ev: &Event) -> Option<StreamNext> {
-        (ev.id > self.after_id && self.filter.matches(ev)).then(|| {
-            StreamNext::Item(
-                serde_json::to_string(&ev.entry())
-                    .expect("entries serialize")
-                    .into(),
-            )
+        (ev.id > self.after_id && self.filter.matches(ev)).then(|| StreamNext::Item {
+            id: ev.id,
+            json: serde_json::to_string(&ev.entry())
+                .expect("entries serialize")
+                .into(),
         })
     }
 
     pub async fn next(&mut self) -> StreamNext {
-        if let Some(j) = self.backlog.pop_front() {
-            return StreamNext::Item(j);
+        if let Some((id, json)) = self.backlog.pop_front() {
+            return StreamNext::Item { id, json };
         }
         loop {
             match self.rx.recv().await {
@@ -90,8 +210,8 @@ impl Follow {
     }
 
     pub fn try_next(&mut self) -> Option<StreamNext> {
-        if let Some(j) = self.backlog.pop_front() {
-            return Some(StreamNext::Item(j));
+        if let Some((id, json)) = self.backlog.pop_front() {
+            return Some(StreamNext::Item { id, json });
         }
         loop {
             match self.rx.try_recv() {
@@ -128,8 +248,19 @@ fn bad(why: String) -> WireError {
     WireError::new(ErrorCode::InvalidRequest, why)
 }
 
+/// A checked activity request, ready to run outside the core.
+struct Prepared {
+    query: ActivityQuery,
+    follow: Option<Follow>,
+    synced: oneshot::Receiver<()>,
+    path: PathBuf,
+}
+
 impl Core {
-    pub(crate) fn activity(&mut self, a: ActivityArgs) -> Result<Outcome, WireError> {
+    /// Validates an activity request, hands the writer what is pending and
+    /// asks it to catch up; a follower starts listening here, so nothing
+    /// between the query and the live entries is missed.
+    fn activity_prepare(&mut self, a: ActivityArgs) -> Result<Prepared, WireError> {
         let mut filter = Filter::default();
         if let Some(action) = a.action {
             let (stem, prefix) = match action.strip_suffix('*') {
@@ -168,62 +299,53 @@ impl Core {
             Some(n) if n >= 1 && n as u64 <= MAX_LIMIT as u64 => n as usize,
             Some(n) => return Err(bad(format!("limit {n} is out of range (1 to {MAX_LIMIT})"))),
         };
-        self.bus
-            .flush(&mut self.store)
-            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
-        let rows = self
-            .store
-            .query_activity(&ActivityQuery {
-                action: filter.action.clone(),
-                action_prefix: filter.prefix,
-                target: filter.target.clone(),
-                agent: filter.agent.clone(),
-                since_ms,
-                limit,
-            })
-            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
-        let entries: Vec<ActivityEntry> = rows.into_iter().map(entry).collect();
-        if !a.follow {
-            return Ok(Outcome::of(ActivityReply { entries }));
-        }
-        let backlog = entries
-            .iter()
-            .map(|e| Arc::from(serde_json::to_string(e).expect("entries serialize")))
-            .collect::<VecDeque<Arc<str>>>();
-        let follow = Follow {
-            backlog,
+        let query = ActivityQuery {
+            action: filter.action.clone(),
+            action_prefix: filter.prefix,
+            target: filter.target.clone(),
+            agent: filter.agent.clone(),
+            since_ms,
+            limit,
+        };
+        self.bus.flush();
+        let follow = a.follow.then(|| Follow {
+            backlog: VecDeque::new(),
             rx: self.bus.follow(),
             filter,
             after_id: self.bus.last_id(),
-        };
-        Ok(Outcome {
-            stream: Some(Stream::Activity(follow)),
-            ..Outcome::of(serde_json::json!({ "following": true, "backlog": entries.len() }))
+        });
+        Ok(Prepared {
+            query,
+            follow,
+            synced: self.bus.log().sync(),
+            path: self.bus.log().path.clone(),
         })
     }
+}
 
-    /// Writes buffered entries; every `trim` calls also applies retention.
-    pub(crate) fn flush_activity(&mut self, trim: bool) {
-        if let Err(e) = self.bus.flush(&mut self.store) {
-            eprintln!("pb: cannot write the activity log: {e}");
-        }
-        self.flush_webhooks();
-        if !trim {
-            return;
-        }
-        let c = &self.cfg.coord;
-        let before = crate::core::now_ms().saturating_sub(c.activity_max_age_ms);
-        match self.store.trim_activity(c.activity_retain, before) {
-            Ok(0) => {}
-            Ok(n) => {
-                self.emit(
-                    EventKind::Cleanup,
-                    "activity",
-                    None,
-                    serde_json::json!({ "removed": n, "reason": "retention" }),
-                );
-            }
-            Err(e) => eprintln!("pb: cannot trim the activity log: {e}"),
-        }
-    }
+/// `activity`: the query runs on a blocking thread with its own
+/// connection, after the writer caught up; the core's mutex is not held.
+pub async fn query(core: &SharedCore, a: ActivityArgs) -> Result<Outcome, WireError> {
+    let p = lock(core).activity_prepare(a)?;
+    let _ = p.synced.await;
+    let (path, q) = (p.path, p.query);
+    let rows = tokio::task::spawn_blocking(move || ActivityDb::reader(&path)?.query_activity(&q))
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    let entries: Vec<ActivityEntry> = rows.into_iter().map(entry).collect();
+    let Some(mut follow) = p.follow else {
+        return Ok(Outcome::of(ActivityReply { entries }));
+    };
+    follow.backlog = entries
+        .iter()
+        .map(|e| {
+            let json: Arc<str> = serde_json::to_string(e).expect("entries serialize").into();
+            (e.id, json)
+        })
+        .collect();
+    Ok(Outcome {
+        stream: Some(Stream::Activity(follow)),
+        ..Outcome::of(serde_json::json!({ "following": true, "backlog": entries.len() }))
+    })
 }

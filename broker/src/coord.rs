@@ -35,6 +35,9 @@ impl Core {
     pub(crate) fn coord_processes(&self) -> Vec<ProcessId> {
         let mut v = self.locks.owner_processes();
         v.extend(self.agents.processes());
+        // Many locks often share one owner (a script's shell).
+        v.sort_by_key(|p| (p.pid, p.start_time));
+        v.dedup();
         v
     }
 
@@ -80,7 +83,6 @@ impl Core {
             Op::AgentUnregister { id } => self.agent_unregister(caller, &id),
             Op::Agents => Ok(self.agents_list()),
             Op::AgentInfo { id } => self.agent_info_op(&id),
-            Op::Activity(a) => self.activity(a),
             other => Err(WireError::new(
                 ErrorCode::Internal,
                 format!("{other:?} is answered by service::dispatch, not the core"),
@@ -120,7 +122,13 @@ impl Core {
                 eprintln!("pb: cannot trim lock rows: {e}");
             }
         }
-        self.flush_activity(trim);
+        self.bus.flush();
+        self.flush_webhooks();
+        if trim {
+            let c = &self.cfg.coord;
+            let before = now.saturating_sub(c.activity_max_age_ms);
+            self.bus.log().trim(c.activity_retain, before);
+        }
     }
 
     /// Announces the broker's start.
@@ -131,14 +139,17 @@ impl Core {
             "leases": self.lease_count(),
         });
         self.emit(EventKind::DaemonStart, "daemon", None, details);
-        self.flush_activity(false);
+        self.bus.flush();
+        self.flush_webhooks();
     }
 
     /// Announces the broker's stop and writes what the log still holds.
     pub fn daemon_stopping(&mut self) {
         let details = serde_json::json!({ "pid": std::process::id() });
         self.emit(EventKind::DaemonStop, "daemon", None, details);
-        self.flush_activity(false);
+        self.bus.flush();
+        self.flush_webhooks();
+        self.bus.log().barrier();
     }
 }
 

@@ -19,6 +19,7 @@ use pb_proto::{ActivityEntry, Actor};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::activity::ActivityLog;
 use crate::core::{now_ms, Caller, Core};
 use crate::store::{ActivityRow, Store, StoreError};
 
@@ -28,6 +29,9 @@ const ID_BLOCK: u64 = 10_000;
 pub const FOLLOW_BUFFER: usize = 4096;
 /// Command lines remembered per process, for actors.
 const COMMAND_CACHE: usize = 4096;
+/// Events buffered before they are handed to the log's writer even
+/// without a tick.
+const FLUSH_AT: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -111,7 +115,7 @@ impl Event {
         }
     }
 
-    fn row(&self) -> ActivityRow {
+    pub fn row(&self) -> ActivityRow {
         let a = self.actor.clone().unwrap_or_default();
         ActivityRow {
             id: self.id,
@@ -133,16 +137,18 @@ pub struct EventBus {
     /// Ids below this are reserved in the store.
     ceiling: u64,
     followers: broadcast::Sender<Arc<Event>>,
-    /// Emitted but not yet written to the activity table (turned into
-    /// rows only when written, off the request's path).
+    /// Emitted but not yet handed to the activity log's writer (which
+    /// turns them into rows on its own thread).
     pending: Vec<Arc<Event>>,
+    log: ActivityLog,
     commands: HashMap<ProcessId, Option<String>>,
 }
 
 impl EventBus {
-    pub fn open(store: &Store) -> Result<EventBus, StoreError> {
+    pub fn open(store: &Store, activity_db: &std::path::Path) -> Result<EventBus, StoreError> {
         let ceiling = store.event_id_ceiling()?;
         Ok(EventBus {
+            log: ActivityLog::open(activity_db)?,
             next_id: ceiling + 1,
             ceiling,
             followers: broadcast::channel(FOLLOW_BUFFER).0,
@@ -179,21 +185,25 @@ impl EventBus {
             let _ = self.followers.send(ev.clone());
         }
         self.pending.push(ev);
+        if self.pending.len() >= FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    pub fn log(&self) -> &ActivityLog {
+        &self.log
     }
 
     pub fn follow(&self) -> broadcast::Receiver<Arc<Event>> {
         self.followers.subscribe()
     }
 
-    /// Writes what is pending to the activity table, in one transaction.
-    pub fn flush(&mut self, store: &mut Store) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Hands what is pending to the activity log's writer.
+    pub fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            self.log.append(batch);
         }
-        let rows: Vec<ActivityRow> = self.pending.iter().map(|e| e.row()).collect();
-        store.append_activity(&rows)?;
-        self.pending.clear();
-        Ok(())
     }
 
     /// Who `caller` is, for the log: the kernel's pid and uid, the

@@ -272,7 +272,7 @@ async fn send_stream(
         let mut end = None;
         while let Some(n) = next.take() {
             match n {
-                StreamNext::Item(json) => {
+                StreamNext::Item { json, .. } => {
                     let len = head.len() + json.len() + 1;
                     batch.extend_from_slice(&(len as u32).to_be_bytes());
                     batch.extend_from_slice(head.as_bytes());

@@ -209,7 +209,10 @@ pub struct Subscription {
 impl Subscription {
     fn item(&mut self, m: Arc<Message>) -> StreamNext {
         self.last_id = m.id;
-        StreamNext::Item(m.json())
+        StreamNext::Item {
+            id: m.id,
+            json: m.json(),
+        }
     }
 
     fn ended(&self) -> StreamNext {

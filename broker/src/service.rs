@@ -1,7 +1,8 @@
 //! The one entry point every transport calls. Operations go to the core,
 //! except the inspections (`who`, `listeners`), whose walk over the
 //! machine's processes runs on a blocking thread, and `wait`, which probes
-//! ports; neither holds the core's mutex meanwhile. A request that waits
+//! ports, and `activity`, whose query reads the log's own database; none
+//! holds the core's mutex meanwhile. A request that waits
 //! in a lock's queue is awaited here, with the mutex released. A stream
 //! (`subscribe`, `activity` with `follow`) comes back in `Outcome::stream`
 //! for the transport to send on. The webhook deliveries a request caused
@@ -9,6 +10,7 @@
 
 use pb_proto::{Op, WireError};
 
+use crate::activity;
 use crate::core::{Caller, Outcome};
 use crate::inspect;
 use crate::ipc::{lock, SharedCore};
@@ -18,6 +20,7 @@ pub async fn dispatch(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outc
     match op {
         Op::Who { port } => inspect::who(core, port).await,
         Op::Listeners => inspect::listeners(core).await,
+        Op::Activity(a) => activity::query(core, a).await,
         Op::Wait {
             ids,
             timeout_ms,

@@ -1,6 +1,8 @@
 //! Durable state in SQLite: leases and each id's last port; held locks and
 //! every lock's last fencing token; registered agents; the activity log;
-//! the reserved range of event ids; webhooks and their delivery queue.
+//! the reserved range of event ids; webhooks and their delivery queue. The
+//! activity log has its own database file (`ActivityDb`), written by its
+//! own thread, so that logging never holds up the core.
 //!
 //! WAL with synchronous=NORMAL: a committed transaction survives a crash of
 //! the broker (kill -9), which is what "acknowledged" promises; only a crash
@@ -24,6 +26,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this pb ({known}); upgrade pb")]
     TooNew { found: i64, known: i64 },
+    #[error("starting the activity log's writer: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// A lease as stored.
@@ -153,19 +157,6 @@ const MIGRATIONS: &[&str] = &[
         last_seen_ms INTEGER NOT NULL,
         metadata TEXT
     ) WITHOUT ROWID;
-    CREATE TABLE activity (
-        id INTEGER PRIMARY KEY,
-        time_ms INTEGER NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT NOT NULL,
-        agent TEXT,
-        pid INTEGER,
-        uid INTEGER,
-        command TEXT,
-        no_actor INTEGER NOT NULL,
-        details TEXT NOT NULL
-    );
-    CREATE INDEX activity_time ON activity(time_ms);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 ",
     // 3: webhooks and their delivery queue. A delivery row is the queue
@@ -575,101 +566,6 @@ impl Store {
         Ok(())
     }
 
-    /// Appends activity rows in one transaction.
-    pub fn append_activity(&mut self, rows: &[ActivityRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let tx = self.conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO activity (id, time_ms, action, target, agent, pid, uid,
-                    command, no_actor, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for r in rows {
-                st.execute(params![
-                    r.id as i64,
-                    r.time_ms as i64,
-                    r.action,
-                    r.target,
-                    r.agent,
-                    r.pid,
-                    r.uid,
-                    r.command,
-                    r.no_actor,
-                    r.details,
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Deletes entries older than `before_ms` and beyond the newest `keep`.
-    pub fn trim_activity(&mut self, keep: usize, before_ms: u64) -> Result<usize, StoreError> {
-        let old = self.conn.execute(
-            "DELETE FROM activity WHERE time_ms < ?1",
-            [before_ms as i64],
-        )?;
-        let over = self.conn.execute(
-            "DELETE FROM activity WHERE id <= (SELECT id FROM activity ORDER BY id DESC
-                LIMIT 1 OFFSET ?1)",
-            [keep as i64],
-        )?;
-        Ok(old + over)
-    }
-
-    /// The newest `q.limit` matching entries, oldest first.
-    pub fn query_activity(&self, q: &ActivityQuery) -> Result<Vec<ActivityRow>, StoreError> {
-        let mut sql = String::from(
-            "SELECT id, time_ms, action, target, agent, pid, uid, command, no_actor, details
-             FROM activity WHERE 1=1",
-        );
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(a) = &q.action {
-            if q.action_prefix {
-                sql.push_str(" AND substr(action, 1, length(?)) = ?");
-                args.push(a.clone().into());
-                args.push(a.clone().into());
-            } else {
-                sql.push_str(" AND action = ?");
-                args.push(a.clone().into());
-            }
-        }
-        if let Some(t) = &q.target {
-            sql.push_str(" AND target = ?");
-            args.push(t.clone().into());
-        }
-        if let Some(a) = &q.agent {
-            sql.push_str(" AND agent = ?");
-            args.push(a.clone().into());
-        }
-        if let Some(s) = q.since_ms {
-            sql.push_str(" AND time_ms >= ?");
-            args.push((s as i64).into());
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        args.push((q.limit as i64).into());
-        let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(ActivityRow {
-                id: r.get::<_, i64>(0)? as u64,
-                time_ms: r.get::<_, i64>(1)? as u64,
-                action: r.get(2)?,
-                target: r.get(3)?,
-                agent: r.get(4)?,
-                pid: r.get(5)?,
-                uid: r.get(6)?,
-                command: r.get(7)?,
-                no_actor: r.get(8)?,
-                details: r.get(9)?,
-            })
-        })?;
-        let mut out: Vec<ActivityRow> = rows.collect::<Result<_, _>>()?;
-        out.reverse();
-        Ok(out)
-    }
-
     /// The end of the reserved range of event ids (0 when none was).
     pub fn event_id_ceiling(&self) -> Result<u64, StoreError> {
         let v: Option<i64> = self
@@ -834,6 +730,154 @@ impl Store {
             )?
             .execute([ceiling as i64])?;
         Ok(())
+    }
+}
+
+const ACTIVITY_MIGRATIONS: &[&str] = &["CREATE TABLE activity (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        agent TEXT,
+        pid INTEGER,
+        uid INTEGER,
+        command TEXT,
+        no_actor INTEGER NOT NULL,
+        details TEXT NOT NULL
+    );
+"];
+
+/// The activity log's database (`activity.db` beside `pb.db`): WAL in
+/// normal locking mode, so queries read through their own connections
+/// while the log's writer thread appends.
+pub struct ActivityDb {
+    conn: Connection,
+}
+
+impl ActivityDb {
+    pub fn open(path: &Path) -> Result<ActivityDb, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let known = ACTIVITY_MIGRATIONS.len() as i64;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        let mut db = ActivityDb { conn };
+        for (i, sql) in ACTIVITY_MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = db.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(db)
+    }
+
+    /// A read-only connection for one query.
+    pub fn reader(path: &Path) -> Result<ActivityDb, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(ActivityDb { conn })
+    }
+
+    /// Appends activity rows in one transaction.
+    pub fn append_activity(&mut self, rows: &[ActivityRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO activity (id, time_ms, action, target, agent, pid, uid,
+                    command, no_actor, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for r in rows {
+                st.execute(params![
+                    r.id as i64,
+                    r.time_ms as i64,
+                    r.action,
+                    r.target,
+                    r.agent,
+                    r.pid,
+                    r.uid,
+                    r.command,
+                    r.no_actor,
+                    r.details,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes entries older than `before_ms` and beyond the newest `keep`.
+    pub fn trim_activity(&mut self, keep: usize, before_ms: u64) -> Result<usize, StoreError> {
+        let old = self.conn.execute(
+            "DELETE FROM activity WHERE time_ms < ?1",
+            [before_ms as i64],
+        )?;
+        let over = self.conn.execute(
+            "DELETE FROM activity WHERE id <= (SELECT id FROM activity ORDER BY id DESC
+                LIMIT 1 OFFSET ?1)",
+            [keep as i64],
+        )?;
+        Ok(old + over)
+    }
+
+    /// The newest `q.limit` matching entries, oldest first.
+    pub fn query_activity(&self, q: &ActivityQuery) -> Result<Vec<ActivityRow>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, time_ms, action, target, agent, pid, uid, command, no_actor, details
+             FROM activity WHERE 1=1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(a) = &q.action {
+            if q.action_prefix {
+                sql.push_str(" AND substr(action, 1, length(?)) = ?");
+                args.push(a.clone().into());
+                args.push(a.clone().into());
+            } else {
+                sql.push_str(" AND action = ?");
+                args.push(a.clone().into());
+            }
+        }
+        if let Some(t) = &q.target {
+            sql.push_str(" AND target = ?");
+            args.push(t.clone().into());
+        }
+        if let Some(a) = &q.agent {
+            sql.push_str(" AND agent = ?");
+            args.push(a.clone().into());
+        }
+        if let Some(s) = q.since_ms {
+            sql.push_str(" AND time_ms >= ?");
+            args.push((s as i64).into());
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push((q.limit as i64).into());
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(ActivityRow {
+                id: r.get::<_, i64>(0)? as u64,
+                time_ms: r.get::<_, i64>(1)? as u64,
+                action: r.get(2)?,
+                target: r.get(3)?,
+                agent: r.get(4)?,
+                pid: r.get(5)?,
+                uid: r.get(6)?,
+                command: r.get(7)?,
+                no_actor: r.get(8)?,
+                details: r.get(9)?,
+            })
+        })?;
+        let mut out: Vec<ActivityRow> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
     }
 }
 

@@ -27,8 +27,10 @@ impl std::fmt::Debug for Stream {
 /// What a stream yields next.
 #[derive(Debug)]
 pub enum StreamNext {
-    /// One item, already JSON (shared, made once for every recipient).
-    Item(Arc<str>),
+    /// One item, already JSON (shared, made once for every recipient), and
+    /// its id (a message or event id: an SSE transport's `id:` field, for
+    /// resuming with `since_id`).
+    Item { id: u64, json: Arc<str> },
     /// The stream is over: normally (`None`) or with an error.
     End(Option<WireError>),
 }

@@ -36,7 +36,9 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         id: o.id.clone(),
         fds: !o.port_only,
         session: !o.keep,
-        owner: Owner::Caller,
+        // A kept lease must outlive this process: with it as the owner,
+        // the reaper would end the lease the moment pb exits.
+        owner: if o.keep { Owner::None } else { Owner::Caller },
         ..o.claim.to_args(&o.id)?
     };
     let ttl = args.expires_ms;

@@ -465,6 +465,53 @@ mod tests {
     }
 
     #[test]
+    fn coordination_ops_have_the_documented_shape() {
+        use crate::coord::{LockArgs, LockOwnerArg};
+        let req = Request::from_json(
+            br#"{"v":1,"tag":3,"op":"lock_acquire","name":"db","wait_ms":500,"owner":{"name":"ci"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.op,
+            Op::LockAcquire(LockArgs {
+                name: "db".into(),
+                wait_ms: Some(500),
+                owner: Some(LockOwnerArg::Name("ci".into())),
+                ..Default::default()
+            })
+        );
+        let req =
+            Request::from_json(br#"{"v":1,"op":"subscribe","patterns":["build:*"],"since_id":41}"#)
+                .unwrap();
+        assert_eq!(
+            req.op,
+            Op::Subscribe {
+                patterns: vec!["build:*".into()],
+                since_id: Some(41)
+            }
+        );
+        let req =
+            Request::from_json(br#"{"v":1,"op":"lock_release","name":"db","owner":"caller"}"#)
+                .unwrap();
+        assert!(matches!(
+            req.op,
+            Op::LockRelease {
+                owner: Some(LockOwnerArg::Caller),
+                force: false,
+                ..
+            }
+        ));
+        let e = Request::from_json(br#"{"v":1,"op":"publish","channel":"c"}"#).unwrap_err();
+        assert_eq!(e.1.code, ErrorCode::InvalidRequest, "data is required");
+        // A stream item frame as the broker writes it decodes as a Reply.
+        let item: Reply = serde_json::from_str(
+            r#"{"v":1,"tag":9,"ok":true,"more":true,"item":{"id":42,"channel":"x"}}"#,
+        )
+        .unwrap();
+        assert!(item.more && item.item.is_some() && item.result.is_none());
+    }
+
+    #[test]
     fn rejects_unknown_fields_and_versions() {
         let e = Request::from_json(br#"{"v":1,"op":"claim","id":"a","bogus":1}"#).unwrap_err();
         assert_eq!(e.1.code, ErrorCode::InvalidRequest);

@@ -368,3 +368,69 @@ fn bad_lock_requests_get_clear_errors_and_change_nothing() {
     let after = broker.pb_json(&["locks"]);
     assert_eq!(before, after);
 }
+
+#[test]
+fn a_waiter_that_hangs_up_leaves_the_queue_and_is_never_granted() {
+    use std::io::Write as _;
+    let broker = Broker::start();
+    // Taken by the test process itself (pb's parent), released the same way.
+    broker.pb_ok(&["lock", "q"]);
+    let v = broker.pb_json(&["locks", "q"]);
+    assert_eq!(v["locks"][0]["pid"], std::process::id());
+    // A raw client queues, then hangs up while waiting.
+    let mut gone = std::os::unix::net::UnixStream::connect(broker.socket()).unwrap();
+    let req = serde_json::json!({"v": 1, "tag": 1, "op": "lock_acquire", "name": "q",
+                                 "wait_ms": 60000, "owner": {"name": "ghost"}});
+    gone.write_all(&pb_proto::frame::encode(req.to_string().as_bytes()))
+        .unwrap();
+    wait_for("the waiter to queue", || {
+        (broker.pb_json(&["locks", "q"])["locks"][0]["waiters"] == 1).then_some(())
+    });
+    drop(gone);
+    wait_for("the waiter to leave", || {
+        (broker.pb_json(&["locks", "q"])["locks"][0]["waiters"] == 0).then_some(())
+    });
+    let cancel = activity(&broker, "q", "lock.cancel");
+    assert_eq!(cancel[0]["details"]["reason"], "disconnected");
+    broker.pb_ok(&["unlock", "q"]);
+    // Free, and nobody was granted it on the ghost's behalf.
+    assert!(broker.pb_json(&["locks"])["locks"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let grants = activity(&broker, "q", "lock.acquire");
+    assert_eq!(grants.len(), 1);
+}
+
+#[test]
+fn an_expired_holding_passes_to_the_next_waiter() {
+    let broker = Broker::start();
+    let t1: u64 = broker
+        .pb_ok(&["lock", "e", "--owner", "a", "--ttl", "1s", "-q"])
+        .trim()
+        .parse()
+        .unwrap();
+    // b queues; a never releases; the TTL ends a's holding and b gets it.
+    let out = broker.pb(&[
+        "-j",
+        "lock",
+        "e",
+        "--owner",
+        "b",
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["lock"]["owner_name"], "b");
+    assert!(got["lock"]["token"].as_u64().unwrap() > t1);
+    let expired = activity(&broker, "e", "lock.expire");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["details"]["token"], t1);
+    assert!(expired[0]["actor"].is_null(), "the broker expired it");
+}
