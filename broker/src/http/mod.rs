@@ -20,6 +20,7 @@ pub mod portdaddy;
 pub mod portmanager;
 pub mod sse;
 pub mod token;
+pub mod webhooks;
 pub mod whoami;
 
 use std::convert::Infallible;
@@ -164,6 +165,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(portmanager::routes())
         .merge(login::routes())
         .merge(whoami::routes())
+        .merge(webhooks::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async {
             ApiError::new(ErrorCode::NotFound, "no such route (see /openapi.json)")

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, login, portdaddy, portmanager, whoami};
+use super::{error, login, portdaddy, portmanager, webhooks, whoami};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,14 @@ use super::{error, login, portdaddy, portmanager, whoami};
         portmanager::lookup,
         login::login,
         whoami::whoami,
+        webhooks::add,
+        webhooks::list,
+        webhooks::events,
+        webhooks::get_one,
+        webhooks::update,
+        webhooks::delete_one,
+        webhooks::test,
+        webhooks::deliveries,
         document,
     ),
     components(schemas(error::ErrorBody))
@@ -65,6 +73,11 @@ mod tests {
             "/lookup",
             "/openapi.json",
             "/login",
+            "/webhooks",
+            "/webhooks/events",
+            "/webhooks/{id}",
+            "/webhooks/{id}/test",
+            "/webhooks/{id}/deliveries",
         ] {
             assert!(
                 paths.contains_key(p),
@@ -73,6 +86,13 @@ mod tests {
         }
         assert!(
             paths["/release"].get("post").is_some() && paths["/release"].get("delete").is_some()
+        );
+        let one = &paths["/webhooks/{id}"];
+        assert!(["get", "put", "delete"]
+            .iter()
+            .all(|m| one.get(m).is_some()));
+        assert!(
+            paths["/webhooks"].get("post").is_some() && paths["/webhooks"].get("get").is_some()
         );
     }
 }
