@@ -300,6 +300,12 @@ fn refusals_get_the_cores_codes_as_statuses_and_change_nothing() {
         ),
         // 169.254.169.254 as one decimal number.
         (json!({"url": "http://2852039166/"}), 403, "blocked_address"),
+        // ... and in dotted octal.
+        (
+            json!({"url": "http://0251.0376.0251.0376/"}),
+            403,
+            "blocked_address",
+        ),
         (json!({"url": "ftp://x"}), 400, "invalid_url"),
         (
             json!({"url": "http://127.0.0.1:9/", "events": ["service.claimed"]}),
@@ -461,6 +467,22 @@ fn events_lists_the_twelve_kinds() {
     ];
     want.sort_unstable();
     assert_eq!(got, want);
+
+    // Every route is in /openapi.json.
+    let (status, doc) = get(&format!("{}/openapi.json", b.http_url()));
+    assert_eq!(status, 200);
+    let paths = &doc["paths"];
+    for (path, methods) in [
+        ("/webhooks", &["get", "post"][..]),
+        ("/webhooks/events", &["get"]),
+        ("/webhooks/{id}", &["get", "put", "delete"]),
+        ("/webhooks/{id}/test", &["post"]),
+        ("/webhooks/{id}/deliveries", &["get"]),
+    ] {
+        for m in methods {
+            assert!(paths[path].get(m).is_some(), "{m} {path} not documented");
+        }
+    }
 }
 
 #[test]
