@@ -176,6 +176,11 @@ fn port_daddys_readme_recipe_runs_unchanged_and_a_signed_delivery_arrives() {
     assert_eq!(created["secret"], "your-hmac-secret");
     let hook = &created["webhook"];
     let id = hook["id"].as_str().unwrap().to_string();
+    // Port Daddy's own reply fields are there too.
+    assert_eq!(created["success"], true);
+    assert_eq!(created["id"], id.as_str());
+    assert_eq!(created["url"], hook["url"]);
+    assert_eq!(created["events"], hook["events"]);
     assert_eq!(
         hook["url"],
         format!("http://127.0.0.1:{}/port-daddy-events", r.port)
@@ -213,7 +218,8 @@ fn http_and_the_cli_see_the_same_webhooks() {
     let (status, created) = send(
         "POST",
         &format!("{base}/webhooks"),
-        &json!({"url": "http://127.0.0.1:9/http", "events": ["lock.acquire"], "filter": "db:*"}),
+        // Port Daddy's name for the filter.
+        &json!({"url": "http://127.0.0.1:9/http", "events": ["lock.acquire"], "filterPattern": "db:*"}),
     );
     assert_eq!(status, 200, "{created}");
     let generated = created["secret"].as_str().unwrap().to_string();
@@ -238,9 +244,11 @@ fn http_and_the_cli_see_the_same_webhooks() {
     );
     let (status, one) = get(&format!("{base}/webhooks/{cli_id}"));
     assert_eq!(status, 200, "{one}");
-    assert_eq!(one["url"], "http://127.0.0.1:9/cli");
+    assert_eq!(one["success"], true);
+    assert_eq!(one["webhook"]["url"], "http://127.0.0.1:9/cli");
     // The secret is shown once: never by list or get.
     let (_, all) = get(&format!("{base}/webhooks"));
+    assert_eq!(all["count"], 2);
     for text in [all.to_string(), one.to_string()] {
         assert!(
             !text.contains(&generated) && !text.contains("secret"),
@@ -255,18 +263,29 @@ fn http_and_the_cli_see_the_same_webhooks() {
         &json!({"events": ["daemon.stop", "agent.stale"], "active": false}),
     );
     assert_eq!(status, 200, "{changed}");
-    assert_eq!(changed["events"], json!(["daemon.stop", "agent.stale"]));
+    assert_eq!(
+        changed["webhook"]["events"],
+        json!(["daemon.stop", "agent.stale"])
+    );
     let seen = cli_list(&b)
         .into_iter()
         .find(|w| w["id"] == cli_id.as_str())
         .unwrap();
     assert_eq!(seen["events"], json!(["daemon.stop", "agent.stale"]));
     assert_eq!(seen["active"], false);
+    // Port Daddy's `?active=true` leaves it out.
+    let (status, active) = get(&format!("{base}/webhooks?active=true"));
+    assert_eq!(status, 200, "{active}");
+    assert_eq!(active["count"], 1);
+    assert_eq!(active["webhooks"][0]["id"], http_id.as_str());
 
     // Deleted over HTTP, gone for the CLI; deleted by the CLI, gone over HTTP.
     let (status, gone) = curl(&["-X", "DELETE", &format!("{base}/webhooks/{cli_id}")]);
     assert_eq!(status, 200, "{gone}");
-    assert_eq!(gone, json!({"id": cli_id, "deleted": true}));
+    assert_eq!(
+        gone,
+        json!({"success": true, "id": cli_id, "deleted": true})
+    );
     let ls = cli_list(&b);
     assert_eq!(ls.len(), 1);
     assert_eq!(ls[0]["id"], http_id);
@@ -317,8 +336,19 @@ fn refusals_get_the_cores_codes_as_statuses_and_change_nothing() {
             413,
             "too_large",
         ),
+        // Port Daddy's "every event" spelling is not pb's (no events is).
+        (
+            json!({"url": "http://127.0.0.1:9/", "events": ["*"]}),
+            400,
+            "invalid_name",
+        ),
         (
             json!({"url": "http://127.0.0.1:9/", "evil": 1}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "metadata": {"team": "ci"}}),
             400,
             "invalid_request",
         ),

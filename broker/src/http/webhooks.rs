@@ -4,8 +4,11 @@
 //! webhook `Op` through [`super::call`]: URL checks (the SSRF policy),
 //! event names, secret sizes and the webhook limit are the core's
 //! (broker/src/webhooks.rs), and its errors become statuses through the
-//! one list of codes. The types here only mirror the Ops' replies field
-//! for field, so /openapi.json can describe them.
+//! one list of codes. Replies carry the Ops' replies field for field (the
+//! types here mirror them so /openapi.json can describe them) and, for
+//! Port Daddy's clients, the fields of its server's replies that pb can
+//! fill truthfully: `success`, registration's `id`, `url`, `events` and
+//! `message`, and the list's `count`.
 
 use std::sync::Arc;
 
@@ -49,7 +52,9 @@ pub struct AddBody {
     events: Vec<String>,
     /// The HMAC key; generated and shown once when absent.
     secret: Option<String>,
-    /// An id pattern (`myapp:*`) the event's target must match.
+    /// An id pattern (`myapp:*`) the event's target must match; Port
+    /// Daddy's name for it, `filterPattern`, is accepted too.
+    #[serde(alias = "filterPattern")]
     filter: Option<String>,
 }
 
@@ -60,7 +65,8 @@ pub struct UpdateBody {
     url: Option<String>,
     events: Option<Vec<String>>,
     secret: Option<String>,
-    /// A pattern, or `""` to remove the filter.
+    /// A pattern, or `""` to remove the filter (also `filterPattern`).
+    #[serde(alias = "filterPattern")]
     filter: Option<String>,
     /// Re-enables a webhook a 410 disabled (or disables one).
     active: Option<bool>,
@@ -101,17 +107,34 @@ impl From<WebhookInfo> for Webhook {
 /// The reply to registration: the only place the secret is shown.
 #[derive(Serialize, ToSchema)]
 pub struct Created {
+    /// Always true (errors are `{error, code}`).
+    success: bool,
+    /// The webhook's id, url and events, where Port Daddy puts them.
+    id: String,
+    url: String,
+    events: Vec<String>,
+    message: String,
     webhook: Webhook,
     secret: String,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct WebhookList {
+    success: bool,
     webhooks: Vec<Webhook>,
+    count: usize,
+}
+
+/// One webhook, as `GET` and `PUT /webhooks/{id}` answer.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookReply {
+    success: bool,
+    webhook: Webhook,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Deleted {
+    success: bool,
     id: String,
     deleted: bool,
 }
@@ -119,6 +142,7 @@ pub struct Deleted {
 /// The queued test delivery.
 #[derive(Serialize, ToSchema)]
 pub struct TestQueued {
+    success: bool,
     /// Its id (X-PortDaddy-Delivery, webhook-id).
     delivery: String,
 }
@@ -175,6 +199,7 @@ impl From<AttemptInfo> for Attempt {
 
 #[derive(Serialize, ToSchema)]
 pub struct Deliveries {
+    success: bool,
     webhook: String,
     /// Newest first.
     deliveries: Vec<Delivery>,
@@ -182,7 +207,15 @@ pub struct Deliveries {
 
 #[derive(Serialize, ToSchema)]
 pub struct EventKinds {
+    success: bool,
     events: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Port Daddy's `?active=true`: only active webhooks.
+    active: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -215,6 +248,11 @@ pub async fn add(
     )
     .await?;
     Ok(Json(Created {
+        success: true,
+        id: c.webhook.id.clone(),
+        url: c.webhook.url.clone(),
+        events: c.webhook.events.clone(),
+        message: "webhook registered".to_string(),
         webhook: c.webhook.into(),
         secret: c.secret,
     }))
@@ -222,14 +260,26 @@ pub async fn add(
 
 /// Every webhook, without secrets.
 #[utoipa::path(get, path = "/webhooks", tag = "webhooks",
-    responses((status = 200, body = WebhookList)))]
+    params(("active" = Option<bool>, Query, description = "true: only active webhooks")),
+    responses((status = 200, body = WebhookList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
+    uri: Uri,
 ) -> Result<Json<WebhookList>, ApiError> {
+    let q: ListQuery = query(&uri)?;
     let r: WebhooksReply = call(&state, &caller, Op::Webhooks).await?;
+    // A view of the core's answer, as Port Daddy's `?active=true` asks.
+    let webhooks: Vec<Webhook> = r
+        .webhooks
+        .into_iter()
+        .filter(|w| q.active != Some(true) || w.active)
+        .map(Webhook::from)
+        .collect();
     Ok(Json(WebhookList {
-        webhooks: r.webhooks.into_iter().map(Webhook::from).collect(),
+        success: true,
+        count: webhooks.len(),
+        webhooks,
     }))
 }
 
@@ -241,27 +291,33 @@ pub async fn events(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<EventKinds>, ApiError> {
     let r: WebhookEventsReply = call(&state, &caller, Op::WebhookEvents).await?;
-    Ok(Json(EventKinds { events: r.events }))
+    Ok(Json(EventKinds {
+        success: true,
+        events: r.events,
+    }))
 }
 
 /// One webhook, without its secret.
 #[utoipa::path(get, path = "/webhooks/{id}", tag = "webhooks",
     params(("id" = String, Path, description = "webhook id")),
-    responses((status = 200, body = Webhook), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = WebhookReply), (status = 404, body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     IdPath(id): IdPath,
-) -> Result<Json<Webhook>, ApiError> {
+) -> Result<Json<WebhookReply>, ApiError> {
     let w: WebhookInfo = call(&state, &caller, Op::WebhookGet { id }).await?;
-    Ok(Json(w.into()))
+    Ok(Json(WebhookReply {
+        success: true,
+        webhook: w.into(),
+    }))
 }
 
 /// Change a webhook: only the fields given change.
 #[utoipa::path(put, path = "/webhooks/{id}", tag = "webhooks",
     params(("id" = String, Path, description = "webhook id")),
     request_body(content = UpdateBody, content_type = "application/json"),
-    responses((status = 200, body = Webhook),
+    responses((status = 200, body = WebhookReply),
               (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub async fn update(
@@ -269,7 +325,7 @@ pub async fn update(
     Extension(caller): Extension<Caller>,
     IdPath(id): IdPath,
     body: Bytes,
-) -> Result<Json<Webhook>, ApiError> {
+) -> Result<Json<WebhookReply>, ApiError> {
     let b: UpdateBody = json_body(&body)?;
     let w: WebhookInfo = call(
         &state,
@@ -284,7 +340,10 @@ pub async fn update(
         }),
     )
     .await?;
-    Ok(Json(w.into()))
+    Ok(Json(WebhookReply {
+        success: true,
+        webhook: w.into(),
+    }))
 }
 
 /// Remove a webhook with its queued deliveries and log.
@@ -298,6 +357,7 @@ pub async fn delete_one(
 ) -> Result<Json<Deleted>, ApiError> {
     let d: WebhookDeleted = call(&state, &caller, Op::WebhookDelete { id }).await?;
     Ok(Json(Deleted {
+        success: true,
         id: d.id,
         deleted: d.deleted,
     }))
@@ -314,6 +374,7 @@ pub async fn test(
 ) -> Result<Json<TestQueued>, ApiError> {
     let t: WebhookTestReply = call(&state, &caller, Op::WebhookTest { id }).await?;
     Ok(Json(TestQueued {
+        success: true,
         delivery: t.delivery,
     }))
 }
@@ -338,6 +399,7 @@ pub async fn deliveries(
     )
     .await?;
     Ok(Json(Deliveries {
+        success: true,
         webhook: d.webhook,
         deliveries: d.deliveries.into_iter().map(Delivery::from).collect(),
     }))
