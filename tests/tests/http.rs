@@ -776,6 +776,20 @@ fn the_activity_log_names_http_callers_from_the_kernel() {
         actor["command"].as_str().unwrap().starts_with("curl"),
         "{actor}"
     );
+    // Port Daddy's GET /activity, with its filter names.
+    let r = get(p, "/activity?action=claim&targetId=logged&limit=5");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (r.body["success"].as_bool(), r.body["count"].as_u64()),
+        (Some(true), Some(1))
+    );
+    assert_eq!(
+        r.body["entries"][0]["actor"]["pid"].as_u64(),
+        Some(curl_pid)
+    );
+    let r = get(p, "/activity?action=service.*&target=logged");
+    assert_eq!(r.body["count"], 1, "{r:?}");
+    assert_error(&get(p, "/activity?follow=true"), 400, "invalid_request");
     // X-Agent-Id names the agent, whose limits apply as with --agent.
     assert_eq!(actor["agent"], "http-agent");
     let more = request(
