@@ -251,6 +251,7 @@ pub struct Core {
     /// The HTTP API's base URL once it listens (for login URLs).
     http_base: Option<String>,
     logins: Logins,
+    pub(crate) webhooks: crate::webhooks::Webhooks,
 }
 
 impl Core {
@@ -276,7 +277,10 @@ impl Core {
             agents: Agents::default(),
             http_base: None,
             logins: Logins::default(),
+            webhooks: Default::default(),
         };
+        // Before anything is emitted, so that webhooks see every event.
+        core.load_webhooks()?;
         core.pool.refill();
         for (id, port) in core.store.load_sticky()?.into_iter().rev() {
             core.remember(id, port);
@@ -566,6 +570,14 @@ impl Core {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))
             }),
+            op @ (Op::WebhookAdd(_)
+            | Op::Webhooks
+            | Op::WebhookGet { .. }
+            | Op::WebhookUpdate(_)
+            | Op::WebhookDelete { .. }
+            | Op::WebhookTest { .. }
+            | Op::WebhookDeliveries { .. }
+            | Op::WebhookEvents) => self.apply_webhook(op),
             op => self.apply_coord(caller, op),
         }
     }

@@ -401,3 +401,36 @@ fn a_waiter_that_hangs_up_leaves_the_queue_and_is_never_granted() {
     let grants = activity(&broker, "q", "lock.acquire");
     assert_eq!(grants.len(), 1);
 }
+
+#[test]
+fn an_expired_holding_passes_to_the_next_waiter() {
+    let broker = Broker::start();
+    let t1: u64 = broker
+        .pb_ok(&["lock", "e", "--owner", "a", "--ttl", "1s", "-q"])
+        .trim()
+        .parse()
+        .unwrap();
+    // b queues; a never releases; the TTL ends a's holding and b gets it.
+    let out = broker.pb(&[
+        "-j",
+        "lock",
+        "e",
+        "--owner",
+        "b",
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["lock"]["owner_name"], "b");
+    assert!(got["lock"]["token"].as_u64().unwrap() > t1);
+    let expired = activity(&broker, "e", "lock.expire");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["details"]["token"], t1);
+    assert!(expired[0]["actor"].is_null(), "the broker expired it");
+}

@@ -154,7 +154,7 @@ fn resuming_from_the_last_id_loses_nothing_within_retention() {
 
 #[test]
 fn a_subscriber_that_never_reads_is_dropped_without_slowing_a_fast_one() {
-    let broker = Broker::start_with(&[("PB_SUB_QUEUE", "256")]);
+    let broker = Broker::start_with(&[("PB_SUB_QUEUE", "1024")]);
     // The slow one subscribes and then never reads.
     let mut slow = broker.client();
     slow.open_stream(Op::Subscribe {
