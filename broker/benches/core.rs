@@ -18,6 +18,7 @@ fn main() {
     let mut core = Core::open(cfg, store).unwrap();
     let caller = Caller {
         uid: unsafe { libc::geteuid() },
+        peer_uid: unsafe { libc::geteuid() },
         process: None,
         session: None,
         exit_watch: None,

@@ -47,7 +47,11 @@ use crate::stream::Stream;
 /// Who sent a request, as the kernel (not the client) says.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The user the request acts as.
     pub uid: u32,
+    /// The uid the kernel says made the connection: `uid`, except for an
+    /// HTTP caller of another user acting with the broker's token.
+    pub peer_uid: u32,
     pub process: Option<ProcessId>,
     /// The connection, for leases that end when it closes.
     pub session: Option<SessionId>,

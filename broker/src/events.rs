@@ -222,7 +222,8 @@ impl EventBus {
         Actor {
             agent: agent.map(str::to_string),
             pid: caller.process.map(|p| p.pid),
-            uid: Some(caller.uid),
+            // The real user, not the one a token holder acts for.
+            uid: Some(caller.peer_uid),
             command,
         }
     }

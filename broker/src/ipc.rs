@@ -79,6 +79,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
     };
     let caller = Caller {
         uid: peer.uid,
+        peer_uid: peer.uid,
         process: peer.process,
         session: Some(session),
         exit_watch: ExitWatch::of_unix_peer(&stream).map(Arc::new),

@@ -740,6 +740,77 @@ fn whoami_names_the_caller_from_the_kernel() {
     assert_ne!(body["pid"], std::process::id());
 }
 
+/// The activity log's entries for `action` on `target`.
+fn activity(broker: &Broker, action: &str, target: &str) -> Vec<Value> {
+    broker
+        .pb_ok(&["-j", "log", "--action", action, "--target", target])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_activity_log_names_http_callers_from_the_kernel() {
+    let broker = Broker::start();
+    let p = broker.http_port().unwrap();
+    broker.pb_ok(&["agent", "register", "http-agent", "--max-services", "1"]);
+    // `exec` keeps the shell's pid for curl, so the test knows curl's pid.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$; exec curl -sS -X POST -H 'X-Agent-Id: http-agent' http://127.0.0.1:{p}/claim/logged"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let curl_pid: u64 = text.lines().next().unwrap().trim().parse().unwrap();
+    let entries = wait_until(Duration::from_secs(10), || {
+        let e = activity(&broker, "service.claim", "logged");
+        (!e.is_empty()).then_some(e)
+    })
+    .expect("the claim is logged");
+    let actor = &entries[0]["actor"];
+    assert_eq!(actor["pid"].as_u64(), Some(curl_pid), "{actor}");
+    assert_eq!(actor["uid"], unsafe { libc::geteuid() });
+    assert!(
+        actor["command"].as_str().unwrap().starts_with("curl"),
+        "{actor}"
+    );
+    // Port Daddy's GET /activity, with its filter names.
+    let r = get(p, "/activity?action=claim&targetId=logged&limit=5");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (r.body["success"].as_bool(), r.body["count"].as_u64()),
+        (Some(true), Some(1))
+    );
+    assert_eq!(
+        r.body["entries"][0]["actor"]["pid"].as_u64(),
+        Some(curl_pid)
+    );
+    let r = get(p, "/activity?action=service.*&target=logged");
+    assert_eq!(r.body["count"], 1, "{r:?}");
+    assert_error(&get(p, "/activity?follow=true"), 400, "invalid_request");
+    // X-Agent-Id names the agent, whose limits apply as with --agent.
+    assert_eq!(actor["agent"], "http-agent");
+    let more = request(
+        p,
+        "POST",
+        "/claim/logged2",
+        &[("X-Agent-Id", "http-agent")],
+        b"",
+    );
+    assert_error(&more, 429, "limit");
+    let unknown = request(
+        p,
+        "POST",
+        "/claim/logged3",
+        &[("X-Agent-Id", "nobody")],
+        b"",
+    );
+    assert!(unknown.status >= 400, "{unknown:?}");
+    assert_eq!(broker.leases().len(), 1);
+}
+
 #[test]
 fn openapi_describes_every_route() {
     let broker = Broker::start();
@@ -877,6 +948,13 @@ fn another_user_needs_the_token() {
     let lease = &broker.pb_json(&["find"])["services"][0];
     assert_eq!(lease["id"], "shared");
     assert_eq!(lease["uid"], unsafe { libc::geteuid() });
+    // The activity log names the real user, not the one it acted for.
+    let logged = wait_until(Duration::from_secs(10), || {
+        let e = activity(&broker, "service.claim", "shared");
+        (!e.is_empty()).then_some(e)
+    })
+    .expect("the claim is logged");
+    assert_eq!(logged[0]["actor"]["uid"], user.0, "{}", logged[0]);
     // It knows who really called.
     let (_, who) = curl_as(
         Some(user),

@@ -38,6 +38,7 @@ pub async fn admit(
     let caller = if req.uri().path() == LOGIN_PATH && req.method() == Method::GET {
         Caller {
             uid: conn.peer_uid,
+            peer_uid: conn.peer_uid,
             process: None,
             session: None,
             exit_watch: None,
@@ -147,6 +148,7 @@ fn identify(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> Result<Calle
     )?;
     Ok(Caller {
         uid,
+        peer_uid: conn.peer_uid,
         process: None,
         session: None,
         exit_watch: None,

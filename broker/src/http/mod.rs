@@ -10,6 +10,7 @@
 //! read from the kernel's socket table (pb_platform::sockets::tcp_peer),
 //! never from what the client says.
 
+pub mod activity;
 pub mod error;
 pub mod guard;
 pub mod io;
@@ -164,6 +165,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(portdaddy::routes())
         .merge(portmanager::routes())
         .merge(login::routes())
+        .merge(activity::routes())
         .merge(whoami::routes())
         .merge(webhooks::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))

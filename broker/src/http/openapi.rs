@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, login, portdaddy, portmanager, webhooks, whoami};
+use super::{activity, error, login, portdaddy, portmanager, webhooks, whoami};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,7 @@ use super::{error, login, portdaddy, portmanager, webhooks, whoami};
         portmanager::list,
         portmanager::lookup,
         login::login,
+        activity::activity,
         whoami::whoami,
         webhooks::add,
         webhooks::list,

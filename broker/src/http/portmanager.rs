@@ -110,6 +110,7 @@ pub struct AllocResponse {
 pub async fn alloc(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<AllocResponse>, ApiError> {
     let req: AllocRequest = json_body(&body)?;
@@ -130,6 +131,7 @@ pub async fn alloc(
             // An overflowing TTL is passed on as one the core refuses.
             expires_ms: Some(ttl.checked_mul(1000).unwrap_or(i64::MAX)),
             metadata,
+            agent: super::portdaddy::agent_hint(&headers)?,
             ..Default::default()
         }),
     )
