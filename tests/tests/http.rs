@@ -531,7 +531,7 @@ fn bad_input_gets_a_json_error_and_changes_nothing() {
         (get(p, "/services?pattern=bad%20id!"), 400, "invalid_id"),
         (get(p, "/services?colour=red"), 400, "invalid_request"),
         (get(p, "/lookup"), 400, "invalid_request"),
-        (get(p, "/locks"), 404, "not_found"),
+        (get(p, "/webhooks"), 404, "not_found"),
         (get(p, "/services/%FF%FE"), 400, "invalid_request"),
         (get(p, "/claim/a"), 405, "method_not_allowed"),
         (

@@ -4,13 +4,14 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, login, portdaddy, portmanager, whoami};
+use super::{activity, agents, error, locks, login, messages, portdaddy, portmanager, whoami};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "pb HTTP API",
-        description = "pb's broker on loopback: Port Daddy's and PortManager's service routes. \
+        description = "pb's broker on loopback: Port Daddy's and PortManager's service routes, \
+            and Port Daddy's locks, messages, agents and activity log. \
             Errors are {error, code}; see docs/PROTOCOL.md for the codes."
     ),
     paths(
@@ -27,6 +28,25 @@ use super::{error, login, portdaddy, portmanager, whoami};
         portmanager::heartbeat,
         portmanager::list,
         portmanager::lookup,
+        locks::acquire,
+        locks::release,
+        locks::extend,
+        locks::extend_post,
+        locks::list,
+        locks::show,
+        messages::publish,
+        messages::history,
+        messages::clear,
+        messages::channels,
+        messages::subscribe,
+        agents::register,
+        agents::register_id,
+        agents::heartbeat,
+        agents::unregister,
+        agents::list,
+        agents::show,
+        activity::activity,
+        activity::stream,
         login::login,
         whoami::whoami,
         document,
@@ -65,6 +85,17 @@ mod tests {
             "/lookup",
             "/openapi.json",
             "/login",
+            "/locks",
+            "/locks/{name}",
+            "/locks/{name}/extend",
+            "/msg/{channel}",
+            "/channels",
+            "/subscribe/{channel}",
+            "/agents",
+            "/agents/{id}",
+            "/agents/{id}/heartbeat",
+            "/activity",
+            "/activity/stream",
         ] {
             assert!(
                 paths.contains_key(p),

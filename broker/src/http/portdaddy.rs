@@ -151,7 +151,8 @@ pub struct ClaimResponse {
 /// Claim a port for the id in the path.
 #[utoipa::path(post, path = "/claim/{id}", tag = "port-daddy",
     params(("id" = String, Path, description = "service id, project[:stack[:context]]"),
-           ("X-PID" = Option<u32>, Header, description = "owning process")),
+           ("X-PID" = Option<u32>, Header, description = "owning process"),
+           ("X-Agent-Id" = Option<String>, Header, description = "the agent claiming: its max_services apply")),
     request_body(content = Option<ClaimBody>, content_type = "application/json"),
     responses((status = 200, body = ClaimResponse),
               (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -175,7 +176,8 @@ pub async fn claim_id(
 
 /// Claim a port for the id in the body (Port Daddy's SDK and CLI).
 #[utoipa::path(post, path = "/claim", tag = "port-daddy",
-    params(("X-PID" = Option<u32>, Header, description = "owning process")),
+    params(("X-PID" = Option<u32>, Header, description = "owning process"),
+           ("X-Agent-Id" = Option<String>, Header, description = "the agent claiming: its max_services apply")),
     request_body(content = ClaimBody, content_type = "application/json"),
     responses((status = 200, body = ClaimResponse),
               (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -240,6 +242,7 @@ async fn do_claim(
             fallback: body.fallback.unwrap_or(false),
             owner,
             metadata: body.metadata,
+            agent: super::agent_header(headers)?,
             ..Default::default()
         }),
     )
@@ -264,7 +267,7 @@ async fn do_claim(
 }
 
 /// X-PID, when sent: a process of the caller's, checked by the core.
-fn owner_hint(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+pub(crate) fn owner_hint(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
     let Some(v) = headers.get("x-pid") else {
         return Ok(None);
     };
