@@ -720,3 +720,48 @@ fn another_users_request_must_name_a_lock_owner() {
     ]);
     assert_eq!(s, 200, "{v}");
 }
+
+#[test]
+fn a_subscriber_that_does_not_read_is_dropped_with_an_end_event() {
+    // A small core queue, so that a reader that stops is soon behind.
+    let broker = Broker::start_with(&[("PB_SUB_QUEUE", "8")]);
+    let port = broker.http_port().unwrap();
+    let mut slow = Sse::open(port, "/subscribe/flood", None);
+    assert_eq!(slow.next().name.as_deref(), Some("connected"));
+    // More than the socket buffers, the HTTP buffer and the core's queue
+    // hold together; publishing never waits for the subscriber.
+    let blob = "x".repeat(8 * 1024);
+    let mut client = broker.client();
+    for i in 0..2000 {
+        client
+            .call(pb_proto::Op::Publish {
+                channel: "flood".into(),
+                data: json!({"i": i, "blob": blob}),
+                agent: None,
+            })
+            .expect("publish");
+    }
+    // Now read: what was queued, then the end, naming `lagged`.
+    let mut last = None;
+    let mut end = None;
+    for _ in 0..2001 {
+        let e = slow.next();
+        if e.name.as_deref() == Some("end") {
+            end = Some(e);
+            break;
+        }
+        last = e.id;
+    }
+    let end = end.expect("an end event before 2000 messages");
+    let v: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(v["code"], "lagged", "{v}");
+    assert_eq!(
+        end.id, last,
+        "the end event's id is the last message delivered"
+    );
+    // The broker goes on; a new subscriber resumes from there.
+    let mut again = Sse::open(port, "/subscribe/flood", last);
+    assert_eq!(again.next().name.as_deref(), Some("connected"));
+    let next: Value = serde_json::from_str(&again.next().data).unwrap();
+    assert!(next["id"].as_u64() > last, "{next}");
+}
