@@ -161,7 +161,7 @@ async fn do_register(
 }
 
 /// Keep an agent alive (yours only).
-#[utoipa::path(put, path = "/agents/{id}/heartbeat", tag = "agents",
+#[utoipa::path(method(put, post), path = "/agents/{id}/heartbeat", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
     responses((status = 200, body = AgentResponse),
               (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),

@@ -158,12 +158,18 @@ fn lock_owner(
         // The core makes the agent the owner.
         return Ok(None);
     }
-    // Without a visible process (another user's request, with the token)
-    // the core's default, the caller, says to name an owner.
-    Ok(caller
-        .process
-        .and_then(|p| p.parent())
-        .map(|p| LockOwnerArg::Pid(p.pid)))
+    match caller.process {
+        // Without a visible process (another user's request, with the
+        // token) the core's default, the caller, says to name an owner.
+        None => Ok(None),
+        Some(p) => match p.parent() {
+            Some(parent) => Ok(Some(LockOwnerArg::Pid(parent.pid))),
+            None => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "the requesting process's parent is gone; name an owner (\"owner\", \"pid\" or X-Agent-Id)",
+            )),
+        },
+    }
 }
 
 /// Take a lock, or wait for it.

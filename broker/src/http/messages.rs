@@ -27,10 +27,10 @@ use crate::core::Caller;
 
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
-        .route("/msg", get(channels))
+        .route("/msg", get(channels_msg))
         .route("/channels", get(channels))
         .route("/msg/{channel}", get(history).post(publish).delete(clear))
-        .route("/msg/{channel}/subscribe", get(subscribe))
+        .route("/msg/{channel}/subscribe", get(subscribe_msg))
         .route("/subscribe/{channel}", get(subscribe))
 }
 
@@ -211,6 +211,16 @@ pub async fn channels(
     }))
 }
 
+/// The same list as `GET /channels`, at Port Daddy's other address.
+#[utoipa::path(get, path = "/msg", tag = "messages",
+    responses((status = 200, body = ChannelsResponse)))]
+pub async fn channels_msg(
+    state: State<Arc<HttpState>>,
+    caller: Extension<Caller>,
+) -> Result<Json<ChannelsResponse>, ApiError> {
+    channels(state, caller).await
+}
+
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeQuery {
@@ -258,4 +268,22 @@ pub async fn subscribe(
         data: serde_json::to_string(&first).expect("replies serialize"),
     };
     Ok(sse::from_stream(vec![connected], stream, 0))
+}
+
+/// The same stream as `GET /subscribe/{channel}`, at Port Daddy's other
+/// address.
+#[utoipa::path(get, path = "/msg/{channel}/subscribe", tag = "messages",
+    params(("channel" = String, Path, description = "channel name or pattern (build:*)"),
+           ("since" = Option<u64>, Query, description = "replay retained messages after this id"),
+           ("Last-Event-ID" = Option<u64>, Header, description = "resume after this message id")),
+    responses((status = 200, description = "the event stream", content_type = "text/event-stream"),
+              (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn subscribe_msg(
+    state: State<Arc<HttpState>>,
+    caller: Extension<Caller>,
+    channel: IdPath,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    subscribe(state, caller, channel, headers, uri).await
 }

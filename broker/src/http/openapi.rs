@@ -38,7 +38,9 @@ use super::{activity, agents, error, locks, login, messages, portdaddy, portmana
         messages::history,
         messages::clear,
         messages::channels,
+        messages::channels_msg,
         messages::subscribe,
+        messages::subscribe_msg,
         agents::register,
         agents::register_id,
         agents::heartbeat,
@@ -91,6 +93,8 @@ mod tests {
             "/msg/{channel}",
             "/channels",
             "/subscribe/{channel}",
+            "/msg",
+            "/msg/{channel}/subscribe",
             "/agents",
             "/agents/{id}",
             "/agents/{id}/heartbeat",
@@ -105,5 +109,16 @@ mod tests {
         assert!(
             paths["/release"].get("post").is_some() && paths["/release"].get("delete").is_some()
         );
+        for (p, methods) in [
+            ("/locks/{name}", &["get", "post", "put", "delete"][..]),
+            ("/msg/{channel}", &["get", "post", "delete"][..]),
+            ("/agents/{id}", &["get", "post", "delete"][..]),
+            ("/agents/{id}/heartbeat", &["put", "post"][..]),
+            ("/agents", &["get", "post"][..]),
+        ] {
+            for m in methods {
+                assert!(paths[p].get(*m).is_some(), "{m} {p} missing");
+            }
+        }
     }
 }

@@ -34,6 +34,9 @@ use crate::stream::{Stream, StreamNext};
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events queued for one subscriber before it is dropped as too slow.
 pub const BUFFER: usize = 256;
+/// Events copied for one client of [`from_stream`] that wait for its
+/// socket: few, since the core's own queue is the real buffer.
+pub const HANDOFF: usize = 16;
 /// Events a [`History`] keeps for resuming, by default.
 pub const REPLAY: usize = 1024;
 
@@ -151,14 +154,16 @@ impl Subscriber {
 /// server-sent events: `first`, then each item as an event whose id is the
 /// item's own (a message or log entry id, so `Last-Event-ID` resumes
 /// through the core's `since_id`), leaving out items up to `skip_through`.
-/// The buffer between the core and the client is [`BUFFER`] events; a
-/// client that does not read lets the core's own bounded queue fill, and
+/// The core's queue for the subscriber is its bounded buffer (its items
+/// are shared by every subscriber); only [`HANDOFF`] events, copied for
+/// this client, wait between it and the socket. A client that does not
+/// read lets the core's queue fill, and
 /// the core then drops the subscriber: that ending (`lagged`, or any other
 /// error) goes out as a last `end` event, `{error, code, details}`, whose
 /// id is the last item delivered, before the stream closes. A client that
 /// goes away ends the subscription at once.
 pub fn from_stream(first: Vec<Event>, mut stream: Stream, skip_through: u64) -> Response {
-    let (tx, rx) = mpsc::channel::<Event>(BUFFER);
+    let (tx, rx) = mpsc::channel::<Event>(HANDOFF);
     tokio::spawn(async move {
         let mut last = skip_through;
         loop {
