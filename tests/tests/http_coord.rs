@@ -461,7 +461,23 @@ fn sse_subscription_gets_exactly_its_patterns_messages_and_resumes_without_loss(
     assert_eq!(mb["channel"], "build:frontend");
     assert_eq!(a.id, ma["id"].as_u64(), "event ids are message ids");
     assert_eq!(b.id, mb["id"].as_u64());
+    let subscribers = || {
+        let (_, v) = curl(&[&url(&broker, "/channels")]);
+        v["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["channel"] == "build:api")
+            .map(|c| c["subscribers"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(subscribers(), 1);
     drop(sub);
+    // A client that goes away ends its subscription.
+    let gone = wait_until(Duration::from_secs(20), || {
+        (subscribers() == 0).then_some(())
+    });
+    assert!(gone.is_some(), "the closed subscription is still counted");
 
     // Published while the subscriber was away, over IPC and over HTTP.
     broker.pb_ok(&["pub", "build:docs", r#"{"n":1}"#]);
@@ -764,4 +780,32 @@ fn a_subscriber_that_does_not_read_is_dropped_with_an_end_event() {
     assert_eq!(again.next().name.as_deref(), Some("connected"));
     let next: Value = serde_json::from_str(&again.next().data).unwrap();
     assert!(next["id"].as_u64() > last, "{next}");
+}
+
+#[test]
+fn a_waiting_http_request_that_goes_away_leaves_the_queue() {
+    let broker = Broker::start();
+    broker.pb_ok(&["lock", "q", "--owner", "first"]);
+    let mut waiter = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-X", "POST"])
+        .arg(url(&broker, "/locks/q"))
+        .args(["-H", "Content-Type: application/json", "-d"])
+        .arg(r#"{"owner": "gone", "timeout": 60000}"#)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("curl");
+    let queued = wait_until(Duration::from_secs(20), || {
+        (broker.pb_json(&["locks", "q"])["locks"][0]["waiters"] == 1).then_some(())
+    });
+    assert!(queued.is_some(), "the HTTP request never queued");
+    waiter.kill().unwrap();
+    waiter.wait().unwrap();
+    let left = wait_until(Duration::from_secs(20), || {
+        (broker.pb_json(&["locks", "q"])["locks"][0]["waiters"] == 0).then_some(())
+    });
+    assert!(left.is_some(), "the closed request still waits");
+    // So the release does not hand the lock to nobody.
+    broker.pb_ok(&["unlock", "q", "--owner", "first"]);
+    assert_eq!(broker.pb_json(&["locks"])["locks"], json!([]));
 }
