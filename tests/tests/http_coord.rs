@@ -809,3 +809,55 @@ fn a_waiting_http_request_that_goes_away_leaves_the_queue() {
     broker.pb_ok(&["unlock", "q", "--owner", "first"]);
     assert_eq!(broker.pb_json(&["locks"])["locks"], json!([]));
 }
+
+#[test]
+fn another_users_agent_cannot_be_kept_alive_or_removed_over_http() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root, to run the broker as a second user (CI runs as root)"
+    );
+    // The broker runs as nobody; curl as nobody is the broker's user, and
+    // this test's curl (root) is another user, served as itself.
+    let broker = Broker::start_as(65534, 65534, &[]);
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"])
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("setpriv curl");
+        parse_curl(&out.stdout)
+    };
+    let (s, v) = as_nobody(&[
+        "-X",
+        "POST",
+        &url(&broker, "/agents/nobodys"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"name": "theirs"}"#,
+    ]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["agent"]["uid"], 65534);
+    let seen = v["agent"]["last_seen_ms"].clone();
+    let r = curl(&["-X", "PUT", &url(&broker, "/agents/nobodys/heartbeat")]);
+    assert_error(&r, 403, "forbidden");
+    let r = curl(&["-X", "DELETE", &url(&broker, "/agents/nobodys")]);
+    assert_error(&r, 403, "forbidden");
+    let r = curl(&[
+        "-X",
+        "POST",
+        &url(&broker, "/claim/mine:api"),
+        "-H",
+        "X-Agent-Id: nobodys",
+    ]);
+    assert_error(&r, 403, "forbidden");
+    // Nothing changed.
+    let (s, v) = curl(&[&url(&broker, "/agents/nobodys")]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["agent"]["last_seen_ms"], seen);
+    assert_eq!(v["agent"]["services"], json!([]));
+    let (s, v) = as_nobody(&["-X", "PUT", &url(&broker, "/agents/nobodys/heartbeat")]);
+    assert_eq!(s, 200, "its own user may: {v}");
+}
