@@ -309,6 +309,15 @@ impl Broker {
             pb_proto::Client::connect(&sock).ok()
         });
         assert!(up.is_some(), "broker did not come up; log:\n{}", self.log());
+        // The Unix socket accepts connections from its bind on, a moment
+        // before the HTTP listeners exist: a test's first HTTP request must
+        // not race them. (A connection, not a bind probe, which could take
+        // the port from the broker.)
+        if let Some(port) = self.http_port() {
+            wait_until(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(v4(port)).ok()
+            });
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
