@@ -159,9 +159,6 @@ enum Command {
         )]
         command: Vec<OsString>,
     },
-    /// Print the path of the preload shim, for LD_PRELOAD by hand (with
-    /// PB_SHIM_MAP; see docs/CLI.md). `pb exec --shim` does this for you.
-    ShimPath,
     /// Print a one-time URL that logs a browser in to the HTTP API (valid
     /// for a minute, once), and open it unless --print-url.
     Dashboard {
@@ -172,6 +169,9 @@ enum Command {
     /// Print the bearer token another user's process must send to the HTTP
     /// API (Authorization: Bearer TOKEN). Your own processes need none.
     Token,
+    /// Print the path of the preload shim, for LD_PRELOAD by hand (with
+    /// PB_SHIM_MAP; see docs/CLI.md). `pb exec --shim` does this for you.
+    ShimPath,
     /// Show whether the broker is running.
     Status,
     /// Start the broker in the background.
@@ -426,10 +426,6 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 command,
             },
         ),
-        Command::ShimPath => {
-            println!("{}", shim::path(&paths)?.display());
-            Ok(0)
-        }
         Command::Dashboard { print_url } => {
             let (reply, _): (pb_proto::LoginCodeReply, _) =
                 connect::connect(&paths)?.call_as(Op::LoginCode)?;
@@ -457,6 +453,10 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 Format::Json => output::print_json(&serde_json::json!({"token": token.trim()})),
                 _ => println!("{}", token.trim()),
             }
+            Ok(0)
+        }
+        Command::ShimPath => {
+            println!("{}", shim::path(&paths)?.display());
             Ok(0)
         }
         Command::Status => {

@@ -34,23 +34,20 @@ pub enum ErrorCode {
     Limit,
     /// HTTP: the caller must present the bearer token (another user).
     Unauthorized,
-    /// HTTP: the request body is over the size limit.
-    PayloadTooLarge,
     /// HTTP: a state-changing request whose body is not `application/json`.
     UnsupportedMediaType,
     /// HTTP: the route exists, but not with this method.
     MethodNotAllowed,
-    /// HTTP: the request did not arrive in time.
-    RequestTimeout,
     Internal,
     /// A lock, channel or agent name breaks the naming rules.
     InvalidName,
-    /// A message (or other payload) is over its size limit.
+    /// A message (or other payload, an HTTP body) is over its size limit.
     TooLarge,
     /// The lock is held by another owner; `details` says by whom, since
     /// when and until when.
     Held,
-    /// A wait (for a lock, for a service) ran out of time.
+    /// A wait (for a lock, for a service) ran out of time; over HTTP also
+    /// a request whose headers or body did not arrive in time.
     Timeout,
     /// A subscriber fell too far behind and was dropped; resume from the
     /// last id it received.
@@ -64,12 +61,11 @@ impl ErrorCode {
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
             | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge
-            | PayloadTooLarge | UnsupportedMediaType | MethodNotAllowed => 2,
+            | UnsupportedMediaType | MethodNotAllowed => 2,
             NotFound => 4,
             ReservedPort | PortTaken | IdConflict | Forbidden | Held | Unauthorized => 5,
             Exhausted | Limit | Lagged => 6,
             Timeout => 7,
-            RequestTimeout => 1,
             Internal => 1,
         }
     }
@@ -84,9 +80,9 @@ impl ErrorCode {
             Forbidden => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            Timeout | RequestTimeout => 408,
+            Timeout => 408,
             ReservedPort | PortTaken | IdConflict | Held => 409,
-            TooLarge | PayloadTooLarge => 413,
+            TooLarge => 413,
             UnsupportedMediaType => 415,
             Limit | Lagged => 429,
             Exhausted => 503,

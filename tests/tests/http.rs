@@ -622,7 +622,7 @@ fn refused_before_any_route_runs() {
             big.as_bytes(),
         ),
         413,
-        "payload_too_large",
+        "too_large",
     );
     let mut s = TcpStream::connect(v4(p)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -637,7 +637,7 @@ fn refused_before_any_route_runs() {
     let _ = s.write_all(b"0\r\n\r\n");
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    assert_error(&parse(&raw), 413, "payload_too_large");
+    assert_error(&parse(&raw), 413, "too_large");
     // Our own origin and names pass.
     let ok = request(
         p,
@@ -682,14 +682,14 @@ fn slow_clients_are_cut_off() {
     }
     let mut raw = Vec::new();
     headers.read_to_end(&mut raw).expect("a reply, then EOF");
-    assert_error(&parse(&raw), 408, "request_timeout");
+    assert_error(&parse(&raw), 408, "timeout");
     // The idle connection is closed without a word.
     let mut raw = Vec::new();
     idle.read_to_end(&mut raw).expect("closed by the broker");
     assert!(raw.is_empty(), "{:?}", String::from_utf8_lossy(&raw));
     let mut raw = Vec::new();
     let _ = body.read_to_end(&mut raw);
-    assert_error(&parse(&raw), 408, "request_timeout");
+    assert_error(&parse(&raw), 408, "timeout");
     assert!(broker.leases().is_empty());
 }
 

@@ -234,7 +234,7 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
-            ErrorCode::PayloadTooLarge,
+            ErrorCode::TooLarge,
             format!("the body is over {HTTP_MAX_BODY} bytes"),
         )
     };
@@ -248,7 +248,7 @@ async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<axum::body::By
     let limited = http_body_util::Limited::new(body, HTTP_MAX_BODY);
     match tokio::time::timeout(HTTP_READ_TIMEOUT, limited.collect()).await {
         Err(_) => Err(ApiError::new(
-            ErrorCode::RequestTimeout,
+            ErrorCode::Timeout,
             format!("the body did not arrive within {HTTP_READ_TIMEOUT:?}"),
         )),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),

@@ -251,7 +251,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
         // Headers that began and never finished: say so before closing.
         if e.is_timeout() && shared.request_started() {
             let e = WireError::new(
-                ErrorCode::RequestTimeout,
+                ErrorCode::Timeout,
                 format!("the request headers did not arrive within {HTTP_READ_TIMEOUT:?}"),
             );
             shared.last_words(&error::raw_refusal(&e));
