@@ -861,3 +861,47 @@ fn another_users_agent_cannot_be_kept_alive_or_removed_over_http() {
     let (s, v) = as_nobody(&["-X", "PUT", &url(&broker, "/agents/nobodys/heartbeat")]);
     assert_eq!(s, 200, "its own user may: {v}");
 }
+
+#[test]
+fn a_port_daddy_style_sdk_client_coordinates_over_http() {
+    let broker = Broker::start();
+    let out = Command::new("node")
+        .arg(pb_tests::tests_dir().join("clients/port_daddy_coord.mjs"))
+        .arg(broker.http_url())
+        .arg("sdk-1")
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
+    assert_eq!(v["registered"]["agent"]["id"], "sdk-1");
+    assert_eq!(v["heartbeat"]["agent"]["id"], "sdk-1");
+    // X-Agent-Id made the agent the lock's owner; X-Pid naming the client
+    // itself changed nothing.
+    assert_eq!(v["lock"]["owner"], "sdk-1");
+    assert_eq!(v["lock"]["lock"]["ownerType"], "agent");
+    assert_eq!(v["connected"]["event"], "connected");
+    let received: Value = serde_json::from_str(v["received"]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(received["channel"], "build:sdk-1");
+    assert_eq!(received["data"], json!({"status": "ready", "port": 3100}));
+    assert_eq!(received["from"]["agent"], "sdk-1", "{received}");
+    assert_eq!(v["received"]["id"], v["published"]["id"]);
+    assert_eq!(v["unlocked"]["released"], true);
+    assert_eq!(v["unregistered"]["unregistered"], true);
+    // And the broker's log says who did it.
+    let (_, log) = curl(&[&url(&broker, "/activity?agent=sdk-1")]);
+    let actions: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"lock.acquire") && actions.contains(&"message.publish"),
+        "{actions:?}"
+    );
+}
