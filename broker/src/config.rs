@@ -39,6 +39,91 @@ pub struct Config {
     pub http_rate: u32,
     /// Coordination limits and retention (locks, pub/sub, agents, activity).
     pub coord: CoordConfig,
+    /// Webhook limits, retries and the SSRF policy.
+    pub webhooks: WebhookConfig,
+}
+
+/// Webhook limits, retries and where deliveries may go.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Most webhooks (PB_MAX_WEBHOOKS, 100).
+    pub max_webhooks: usize,
+    /// Attempts per delivery before it is given up (PB_WEBHOOK_MAX_ATTEMPTS,
+    /// 8, at most 50).
+    pub max_attempts: u32,
+    /// The longest wait between attempts (PB_WEBHOOK_MAX_DELAY, 1 h).
+    pub max_delay_ms: u64,
+    /// Attempts in flight at once, over all webhooks
+    /// (PB_WEBHOOK_CONCURRENCY, 16). Each webhook has at most one.
+    pub concurrency: usize,
+    /// Deliveries waiting per webhook; events beyond are dropped with a
+    /// log line (PB_WEBHOOK_QUEUE, 10 000).
+    pub max_queue: usize,
+    /// Finished deliveries kept in each webhook's log (100).
+    pub log_retain: usize,
+    /// Each attempt's limit, connect to last byte (10 s).
+    pub timeout_ms: u64,
+    pub policy: crate::ssrf::Policy,
+    /// Extra trusted CA certificates for https receivers, PEM
+    /// (PB_WEBHOOK_CA), beside the Mozilla roots.
+    pub extra_ca: Option<std::path::PathBuf>,
+    /// A test seam: a file of `name address` lines consulted before DNS
+    /// (PB_TEST_HOSTS; read only when the variable is set).
+    pub test_hosts: Option<std::path::PathBuf>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> WebhookConfig {
+        WebhookConfig {
+            max_webhooks: 100,
+            max_attempts: 8,
+            max_delay_ms: 3_600_000,
+            concurrency: 16,
+            max_queue: 10_000,
+            log_retain: 100,
+            timeout_ms: 10_000,
+            policy: crate::ssrf::Policy::default(),
+            extra_ca: None,
+            test_hosts: None,
+        }
+    }
+}
+
+fn env_flag(name: &str, default: bool) -> bool {
+    match std::env::var(name) {
+        Ok(v) => matches!(v.trim(), "1" | "true" | "yes" | "on"),
+        Err(_) => default,
+    }
+}
+
+impl WebhookConfig {
+    fn from_env() -> Result<WebhookConfig, WireError> {
+        let d = WebhookConfig::default();
+        Ok(WebhookConfig {
+            max_webhooks: env_usize("PB_MAX_WEBHOOKS", d.max_webhooks).min(10_000),
+            max_attempts: env_usize("PB_WEBHOOK_MAX_ATTEMPTS", d.max_attempts as usize).min(50)
+                as u32,
+            max_delay_ms: env_duration_ms(
+                "PB_WEBHOOK_MAX_DELAY",
+                d.max_delay_ms,
+                1000,
+                7 * 86_400_000,
+            )?,
+            concurrency: env_usize("PB_WEBHOOK_CONCURRENCY", d.concurrency).min(1024),
+            max_queue: env_usize("PB_WEBHOOK_QUEUE", d.max_queue).min(1_000_000),
+            policy: crate::ssrf::Policy {
+                allow_private: env_flag("PB_WEBHOOK_ALLOW_PRIVATE", false),
+                allow_loopback: env_flag("PB_WEBHOOK_ALLOW_LOOPBACK", true),
+            },
+            extra_ca: std::env::var_os("PB_WEBHOOK_CA")
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from),
+            test_hosts: std::env::var_os("PB_TEST_HOSTS")
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from),
+            ..d
+        })
+    }
 }
 
 /// Limits and retention of locks, pub/sub, agents and the activity log.
@@ -223,6 +308,7 @@ impl Config {
                 _ => std::time::Duration::from_secs(2),
             },
             coord: CoordConfig::from_env()?,
+            webhooks: WebhookConfig::from_env()?,
         })
     }
 }

@@ -123,6 +123,7 @@ impl Core {
             }
         }
         self.bus.flush();
+        self.flush_webhooks();
         if trim {
             let c = &self.cfg.coord;
             let before = now.saturating_sub(c.activity_max_age_ms);
@@ -139,6 +140,7 @@ impl Core {
         });
         self.emit(EventKind::DaemonStart, "daemon", None, details);
         self.bus.flush();
+        self.flush_webhooks();
     }
 
     /// Announces the broker's stop and writes what the log still holds.
@@ -146,6 +148,7 @@ impl Core {
         let details = serde_json::json!({ "pid": std::process::id() });
         self.emit(EventKind::DaemonStop, "daemon", None, details);
         self.bus.flush();
+        self.flush_webhooks();
         self.bus.log().barrier();
     }
 }

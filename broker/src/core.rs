@@ -247,6 +247,7 @@ pub struct Core {
     /// The HTTP API's base URL once it listens (for login URLs).
     http_base: Option<String>,
     logins: Logins,
+    pub(crate) webhooks: crate::webhooks::Webhooks,
 }
 
 impl Core {
@@ -272,7 +273,10 @@ impl Core {
             agents: Agents::default(),
             http_base: None,
             logins: Logins::default(),
+            webhooks: Default::default(),
         };
+        // Before anything is emitted, so that webhooks see every event.
+        core.load_webhooks()?;
         core.pool.refill();
         for (id, port) in core.store.load_sticky()?.into_iter().rev() {
             core.remember(id, port);
@@ -562,6 +566,14 @@ impl Core {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))
             }),
+            op @ (Op::WebhookAdd(_)
+            | Op::Webhooks
+            | Op::WebhookGet { .. }
+            | Op::WebhookUpdate(_)
+            | Op::WebhookDelete { .. }
+            | Op::WebhookTest { .. }
+            | Op::WebhookDeliveries { .. }
+            | Op::WebhookEvents) => self.apply_webhook(op),
             op => self.apply_coord(caller, op),
         }
     }

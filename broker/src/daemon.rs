@@ -1,5 +1,6 @@
 //! Starting and stopping the broker: private directories, the single-instance
-//! lock, the store, the socket, the expiry timer and signal handling.
+//! lock, the store, the socket, the expiry timer, the webhook delivery
+//! worker and signal handling.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,6 +15,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::coord;
 use crate::core::{now_ms, Core};
+use crate::deliver;
 use crate::http;
 use crate::ipc::{self, SharedCore};
 use crate::reaper;
@@ -73,6 +75,8 @@ pub fn run(cfg: Config) -> Result<()> {
     if (nofile as usize) < needed {
         eprintln!("pb: warning: open-file limit {nofile} is below the {needed} the configured limits may need");
     }
+    let tls = deliver::tls_config(cfg.webhooks.extra_ca.as_deref())
+        .map_err(|e| anyhow::anyhow!("PB_WEBHOOK_CA: {e}"))?;
     let store = Store::open(&cfg.paths.database())
         .with_context(|| format!("opening {}", cfg.paths.database().display()))?;
     let socket_path = cfg.paths.socket();
@@ -110,6 +114,7 @@ pub fn run(cfg: Config) -> Result<()> {
         tokio::spawn(coord::ticker(core.clone()));
         ipc::lock(&core).daemon_started();
         tokio::spawn(reaper::run(core.clone(), reaper_rx, scan_interval));
+        tokio::spawn(deliver::run(core.clone(), tls));
         let server = tokio::spawn(ipc::serve(
             listener,
             core.clone(),

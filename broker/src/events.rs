@@ -3,8 +3,8 @@
 //! here once, from inside the core, and fans out from here: to the activity
 //! log (batched into SQLite), to pub/sub (every event but a message is
 //! republished on the channel `pb:<kind>`), and to async followers through
-//! a bounded broadcast (`pb log --follow`, `pb wait`, and later SSE and
-//! webhooks).
+//! a bounded broadcast (`pb log --follow`, `pb wait`, and later SSE); and
+//! to webhooks, which queue a delivery per subscribed webhook (`webhooks`).
 //!
 //! Event ids are unique and increasing across restarts: they are reserved
 //! from SQLite in blocks (`ID_BLOCK`), so a restart resumes above every id
@@ -260,6 +260,7 @@ impl Core {
         if kind != EventKind::MessagePublish {
             self.pubsub.republish(&ev, &self.cfg.coord);
         }
+        self.webhooks_on_event(&ev);
         self.bus.record(ev);
         id
     }

@@ -4,7 +4,9 @@
 //! `core` applies every request; `ipc` is the Unix-socket transport; `store`
 //! persists leases, locks, agents and the activity log; `daemon` starts and
 //! stops it all. Coordination lives in `locks`, `pubsub`, `agents`,
-//! `activity`, `readiness`, joined by the event bus in `events`. See
+//! `activity`, `readiness`, joined by the event bus in `events`.
+//! Webhooks: `webhooks` (the core's side), `deliver` (the worker that
+//! sends) and `ssrf` (where they may send). See
 //! ARCHITECTURE.md.
 
 pub mod activity;
@@ -13,6 +15,7 @@ pub mod config;
 pub mod coord;
 pub mod core;
 pub mod daemon;
+pub mod deliver;
 pub mod events;
 pub mod http;
 pub mod ids;
@@ -27,8 +30,10 @@ pub mod reaper;
 pub mod relay;
 pub mod rules;
 pub mod service;
+pub mod ssrf;
 pub mod store;
 pub mod stream;
+pub mod webhooks;
 
 pub use config::Config;
 pub use daemon::run;

@@ -5,7 +5,8 @@
 //! holds the core's mutex meanwhile. A request that waits
 //! in a lock's queue is awaited here, with the mutex released. A stream
 //! (`subscribe`, `activity` with `follow`) comes back in `Outcome::stream`
-//! for the transport to send on.
+//! for the transport to send on. The webhook deliveries a request caused
+//! are stored before it is answered.
 
 use pb_proto::{Op, WireError};
 
@@ -26,7 +27,15 @@ pub async fn dispatch(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outc
             http_path,
         } => readiness::wait(core, ids, timeout_ms, http_path).await,
         op => {
-            let mut out = lock(core).apply(caller, op)?;
+            let mut out = {
+                let mut core = lock(core);
+                let out = core.apply(caller, op);
+                // Webhook deliveries of what this request did are stored
+                // before its reply goes out (one commit, and only when a
+                // webhook wants one of its events).
+                core.flush_webhooks();
+                out?
+            };
             match out.pending.take() {
                 Some(pending) => pending.wait(core).await,
                 None => Ok(out),

@@ -1,8 +1,8 @@
 //! Durable state in SQLite: leases and each id's last port; held locks and
 //! every lock's last fencing token; registered agents; the activity log;
-//! the reserved range of event ids. The activity log has its own database
-//! file (`ActivityDb`), written by its own thread, so that logging never
-//! holds up the core.
+//! the reserved range of event ids; webhooks and their delivery queue. The
+//! activity log has its own database file (`ActivityDb`), written by its
+//! own thread, so that logging never holds up the core.
 //!
 //! WAL with synchronous=NORMAL: a committed transaction survives a crash of
 //! the broker (kill -9), which is what "acknowledged" promises; only a crash
@@ -159,7 +159,80 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 ",
+    // 3: webhooks and their delivery queue. A delivery row is the queue
+    // entry and the log of its attempts at once (`log`, a JSON array bounded
+    // by the attempt limit); finished rows are trimmed per webhook.
+    "CREATE TABLE webhooks (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL,
+        filter TEXT,
+        secret TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        disabled_reason TEXT,
+        created_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        webhook TEXT NOT NULL,
+        event TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_ms INTEGER,
+        log TEXT NOT NULL
+    );
+    CREATE INDEX deliveries_queue ON deliveries(webhook, state, next_ms, seq);
+",
 ];
+
+/// A webhook as stored (the secret too: it signs every delivery).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub filter: Option<String>,
+    pub secret: String,
+    pub active: bool,
+    pub disabled_reason: Option<String>,
+    pub created_ms: u64,
+}
+
+/// A delivery: one event's payload for one webhook, and its attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRecord {
+    pub id: String,
+    pub webhook: String,
+    pub event: String,
+    pub body: String,
+    pub created_ms: u64,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub next_ms: Option<u64>,
+    /// The attempts, as a JSON array of `AttemptInfo`.
+    pub log: String,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, webhook, event, body, created_ms, state, attempts, next_ms, log";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    Ok(DeliveryRecord {
+        id: r.get(0)?,
+        webhook: r.get(1)?,
+        event: r.get(2)?,
+        body: r.get(3)?,
+        created_ms: r.get::<_, i64>(4)? as u64,
+        state: r.get(5)?,
+        attempts: r.get(6)?,
+        next_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        log: r.get(8)?,
+    })
+}
 
 pub struct Store {
     conn: Connection,
@@ -508,6 +581,146 @@ impl Store {
                 e => Err(e),
             })?;
         Ok(v.unwrap_or(0) as u64)
+    }
+
+    pub fn load_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, url, events, filter, secret, active, disabled_reason, created_ms
+             FROM webhooks ORDER BY created_ms, id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let events: String = r.get(2)?;
+            Ok(WebhookRecord {
+                id: r.get(0)?,
+                url: r.get(1)?,
+                events: serde_json::from_str(&events).unwrap_or_default(),
+                filter: r.get(3)?,
+                secret: r.get(4)?,
+                active: r.get(5)?,
+                disabled_reason: r.get(6)?,
+                created_ms: r.get::<_, i64>(7)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn put_webhook(&mut self, w: &WebhookRecord) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO webhooks (id, url, events, filter, secret, active,
+                    disabled_reason, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                w.id,
+                w.url,
+                serde_json::to_string(&w.events).expect("strings serialize"),
+                w.filter,
+                w.secret,
+                w.active,
+                w.disabled_reason,
+                w.created_ms as i64,
+            ])?;
+        Ok(())
+    }
+
+    /// Removes a webhook with its queue and log.
+    pub fn delete_webhook(&mut self, id: &str) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM deliveries WHERE webhook = ?1", [id])?;
+        tx.execute("DELETE FROM webhooks WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn insert_deliveries(&mut self, rows: &[DeliveryRecord]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO deliveries (id, webhook, event, body, created_ms, state, attempts,
+                    next_ms, log) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for d in rows {
+                st.execute(params![
+                    d.id,
+                    d.webhook,
+                    d.event,
+                    d.body,
+                    d.created_ms as i64,
+                    d.state,
+                    d.attempts,
+                    d.next_ms.map(|v| v as i64),
+                    d.log,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The pending delivery of `webhook` due first (oldest on a tie).
+    pub fn first_pending(&self, webhook: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook = ?1 AND state = 'pending'
+             ORDER BY next_ms, seq LIMIT 1"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let mut rows = st.query_map([webhook], delivery_row)?;
+        Ok(rows.next().transpose()?)
+    }
+
+    /// Pending deliveries per webhook.
+    pub fn pending_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT webhook, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY webhook",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn update_delivery(&mut self, d: &DeliveryRecord) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = ?2, attempts = ?3, next_ms = ?4, log = ?5
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                d.id,
+                d.state,
+                d.attempts,
+                d.next_ms.map(|v| v as i64),
+                d.log
+            ])?;
+        Ok(())
+    }
+
+    /// The newest `limit` deliveries of `webhook`, newest first.
+    pub fn deliveries_of(
+        &self,
+        webhook: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook = ?1
+             ORDER BY seq DESC LIMIT ?2"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(params![webhook, limit as i64], delivery_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps the newest `keep` finished deliveries of `webhook`.
+    pub fn trim_deliveries(&mut self, webhook: &str, keep: usize) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "DELETE FROM deliveries WHERE webhook = ?1 AND state != 'pending' AND seq <=
+                 (SELECT seq FROM deliveries WHERE webhook = ?1 AND state != 'pending'
+                  ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![webhook, keep as i64])?)
     }
 
     pub fn set_event_id_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@ mod coord;
 mod exec;
 mod output;
 mod shim;
+mod webhook;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -239,6 +240,9 @@ enum Command {
     },
     /// The activity log.
     Log(coord::LogCmd),
+    /// Webhooks: signed HTTP deliveries of the broker's events.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCmd),
 }
 
 fn main() -> ExitCode {
@@ -311,6 +315,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         Command::Agent(c) => coord::agent(&paths, c, fmt),
         Command::Wait { ids, timeout, http } => coord::wait(&paths, ids, &timeout, http, fmt),
         Command::Log(c) => coord::log(&paths, c, fmt),
+        Command::Webhook(c) => webhook::webhook(&paths, c, fmt),
         Command::Daemon => {
             pb_broker::run(pb_broker::Config::from_env()?)?;
             Ok(0)

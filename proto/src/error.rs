@@ -52,6 +52,12 @@ pub enum ErrorCode {
     /// A subscriber fell too far behind and was dropped; resume from the
     /// last id it received.
     Lagged,
+    /// A webhook URL that cannot be used: not a URL, a scheme other than
+    /// http and https, credentials in it.
+    InvalidUrl,
+    /// The address is one webhooks never reach (link-local, cloud
+    /// metadata, private unless allowed): docs/SECURITY.md.
+    BlockedAddress,
 }
 
 impl ErrorCode {
@@ -61,9 +67,10 @@ impl ErrorCode {
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
             | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge
-            | UnsupportedMediaType | MethodNotAllowed => 2,
+            | UnsupportedMediaType | MethodNotAllowed | InvalidUrl => 2,
             NotFound => 4,
-            ReservedPort | PortTaken | IdConflict | Forbidden | Held | Unauthorized => 5,
+            ReservedPort | PortTaken | IdConflict | Forbidden | Held | Unauthorized
+            | BlockedAddress => 5,
             Exhausted | Limit | Lagged => 6,
             Timeout => 7,
             Internal => 1,
@@ -75,9 +82,9 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName => 400,
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | InvalidUrl => 400,
             Unauthorized => 401,
-            Forbidden => 403,
+            Forbidden | BlockedAddress => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
             Timeout => 408,

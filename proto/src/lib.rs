@@ -10,11 +10,13 @@ pub mod frame;
 pub mod message;
 pub mod paths;
 pub mod shim;
+pub mod webhook;
 
 pub use client::Client;
 pub use coord::*;
 pub use error::{ErrorCode, WireError};
 pub use message::*;
+pub use webhook::*;
 
 /// The protocol version this build speaks. Every request carries it in `v`.
 pub const PROTOCOL_VERSION: u32 = 1;

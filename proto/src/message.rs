@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::coord::{ActivityArgs, AgentArgs, LockArgs, LockOwnerArg};
 use crate::error::{ErrorCode, WireError};
+use crate::webhook::{WebhookArgs, WebhookUpdateArgs};
 use crate::PROTOCOL_VERSION;
 
 /// One operation. On the wire, a JSON object whose `op` names the variant,
@@ -138,6 +139,32 @@ pub enum Op {
     },
     /// The activity log, filtered; with `follow`, a stream.
     Activity(ActivityArgs),
+
+    // Webhooks (proto/src/webhook.rs has the argument and reply types).
+    /// Registers a webhook; the reply carries its secret, shown only here.
+    WebhookAdd(WebhookArgs),
+    /// Every webhook, without secrets.
+    Webhooks,
+    WebhookGet {
+        id: String,
+    },
+    WebhookUpdate(WebhookUpdateArgs),
+    /// Removes a webhook and its queued deliveries and log.
+    WebhookDelete {
+        id: String,
+    },
+    /// Queues a `webhook.test` delivery to this webhook alone.
+    WebhookTest {
+        id: String,
+    },
+    /// The webhook's newest deliveries, with every attempt.
+    WebhookDeliveries {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<i64>,
+    },
+    /// The event kinds a webhook can subscribe to.
+    WebhookEvents,
 }
 
 /// Who owns a lease: whose death ends it.
@@ -455,6 +482,29 @@ mod tests {
         };
         let bytes = req.to_json();
         assert_eq!(Request::from_json(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn webhook_ops_take_port_daddys_body() {
+        let r = Request::from_json(
+            br#"{"v":1,"op":"webhook_add","url":"https://x.example/h","events":["service.claim"],"secret":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.op,
+            Op::WebhookAdd(crate::WebhookArgs {
+                url: "https://x.example/h".into(),
+                events: vec!["service.claim".into()],
+                secret: Some("s".into()),
+                filter: None,
+            })
+        );
+        let r = Request::from_json(br#"{"v":1,"op":"webhook_update","id":"wh_1","active":true}"#)
+            .unwrap();
+        assert_eq!(Request::from_json(&r.to_json()).unwrap(), r);
+        let e =
+            Request::from_json(br#"{"v":1,"op":"webhook_add","url":"u","evil":1}"#).unwrap_err();
+        assert_eq!(e.1.code, ErrorCode::InvalidRequest);
     }
 
     #[test]
