@@ -29,6 +29,15 @@ impl ProcessId {
         crate::sys::started_at_ms(self.start_time)
     }
 
+    /// The process that started this one (its parent now, if it was
+    /// reparented), or `None` when either is gone.
+    pub fn parent(&self) -> Option<ProcessId> {
+        let ppid = crate::sys::process_parent(self.pid)?;
+        // The child must still be the same process for its parent to mean
+        // anything.
+        self.is_alive().then(|| ProcessId::of(ppid)).flatten()
+    }
+
     /// Whether this exact process (not merely this pid) is still alive.
     /// A zombie counts as dead: it can no longer use any port.
     pub fn is_alive(&self) -> bool {

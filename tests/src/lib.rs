@@ -206,6 +206,8 @@ pub struct Broker {
     _ports: PortBlock,
     env: Vec<(String, String)>,
     daemon: Option<Child>,
+    /// The uid and gid the broker runs as, when not the test's own.
+    user: Option<(u32, u32)>,
 }
 
 impl Broker {
@@ -223,7 +225,18 @@ impl Broker {
     /// (PB_HTTP_ADDR, on 127.0.0.1 and ::1, unless `env` sets it, to `off`
     /// say), the rest is PB_RANGE. No test broker ever binds the default
     /// HTTP port 9876.
+    /// Starts a broker running as another user (root only: setpriv), its
+    /// PB_HOME that user's; the test's own processes are then another user
+    /// to it (root is served as itself, not as the broker's user).
+    pub fn start_as(uid: u32, gid: u32, env: &[(&str, &str)]) -> Broker {
+        Broker::start_in_as(PortBlock::take(200), env, Some((uid, gid)))
+    }
+
     pub fn start_in(block: PortBlock, env: &[(&str, &str)]) -> Broker {
+        Broker::start_in_as(block, env, None)
+    }
+
+    fn start_in_as(block: PortBlock, env: &[(&str, &str)], user: Option<(u32, u32)>) -> Broker {
         assert!(
             env.iter().all(|(k, _)| *k != "PB_RANGE"),
             "the range comes from the block"
@@ -247,12 +260,16 @@ impl Broker {
             all.retain(|(key, _)| key != k);
             all.push((k.to_string(), v.to_string()));
         }
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(home.path(), Some(uid), Some(gid)).expect("chown PB_HOME");
+        }
         let mut b = Broker {
             home,
             range,
             _ports: block,
             env: all,
             daemon: None,
+            user,
         };
         b.spawn();
         b
@@ -264,7 +281,21 @@ impl Broker {
             .append(true)
             .open(self.home.path().join("broker.log"))
             .unwrap();
-        let child = Command::new(pb_bin())
+        let mut cmd = match self.user {
+            // setpriv execs pb: the child is the daemon itself.
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={gid}"),
+                    "--clear-groups",
+                ])
+                .arg(pb_bin());
+                c
+            }
+            None => Command::new(pb_bin()),
+        };
+        let child = cmd
             .arg("daemon")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -278,6 +309,15 @@ impl Broker {
             pb_proto::Client::connect(&sock).ok()
         });
         assert!(up.is_some(), "broker did not come up; log:\n{}", self.log());
+        // The Unix socket accepts connections from its bind on, a moment
+        // before the HTTP listeners exist: a test's first HTTP request must
+        // not race them. (A connection, not a bind probe, which could take
+        // the port from the broker.)
+        if let Some(port) = self.http_port() {
+            wait_until(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(v4(port)).ok()
+            });
+        }
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -1,41 +1,108 @@
-//! `GET /activity`: the activity log (Port Daddy's route), with the filters
-//! of `pb log`: `action` (pb's names such as `service.claim`, a prefix
-//! ending in `*`, or Port Daddy's names such as `claim` and
-//! `lock_acquire`), `target` (or Port Daddy's `targetId`), `agent`, `since`
-//! (ms since the epoch) and `limit`. One `activity` operation; following
-//! the log as it grows (SSE) comes with the streaming routes.
+//! The activity log over HTTP: `GET /activity` with `pb log`'s filters,
+//! under Port Daddy's query names (`limit`, `action`, `targetId`; also
+//! `type`, `target`, `agent`, `since`), and the same query followed live as
+//! server-sent events (`GET /activity/stream`, or `?follow=1`), each entry
+//! an event whose id is the entry's. One `activity` `Op` either way.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::Uri;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use pb_proto::{ActivityArgs, ActivityReply, Op};
+use pb_proto::{ActivityArgs, ActivityReply, ErrorCode, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::{call, query, HttpState};
+use super::sse;
+use super::{call, call_stream, query, HttpState, Millis};
 use crate::core::Caller;
 
 pub fn routes() -> Router<Arc<HttpState>> {
-    Router::new().route("/activity", get(activity))
+    Router::new()
+        .route("/activity", get(activity))
+        .route("/activity/stream", get(stream))
 }
 
-#[derive(Deserialize, ToSchema, Default)]
+#[derive(Deserialize, utoipa::IntoParams, Default, Debug)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ActivityQuery {
+    /// The newest this many (default 100, at most 10 000).
+    limit: Option<i64>,
+    /// An action (`service.claim`, or Port Daddy's `claim`,
+    /// `lock_acquire`, ...) or a prefix ending in `*` (`lock.*`).
     action: Option<String>,
+    /// Port Daddy's other name for `action`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// The service id, lock, channel or agent acted on.
     target: Option<String>,
     /// Port Daddy's name for `target`.
     target_id: Option<String>,
+    /// Only what this agent did.
     agent: Option<String>,
-    /// Entries at or after this time, ms since the epoch.
-    since: Option<i64>,
-    /// The newest this many (default 100).
-    limit: Option<i64>,
+    /// Entries at or after this time: ms since the epoch, or a duration
+    /// back from now (`10m`).
+    #[param(value_type = Option<String>)]
+    since: Option<Millis>,
+    /// `1`/`true`: follow as server-sent events.
+    follow: Option<String>,
+}
+
+/// Port Daddy's action names (`claim`, `lock_acquire`, ...) as pb's
+/// (`service.claim`, `lock.acquire`); pb's own pass unchanged.
+pub fn action_name(a: &str) -> String {
+    match a {
+        "claim" | "release" | "expire" | "renew" | "reclaim" => format!("service.{a}"),
+        "publish" => "message.publish".into(),
+        _ if a.contains('.') || a.ends_with('*') => a.into(),
+        _ => match a.split_once('_') {
+            Some((area, what)) => format!("{area}.{what}"),
+            None => a.into(),
+        },
+    }
+}
+
+fn args(q: ActivityQuery, follow: bool) -> Result<ActivityArgs, ApiError> {
+    let one = |a: Option<String>, b: Option<String>, names: &str| match (a, b) {
+        (Some(_), Some(_)) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("give one of {names}"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    };
+    let since_ms = match q.since {
+        None => None,
+        // A bare number is a time; a duration counts back from now.
+        Some(Millis::Ms(ms)) => Some(ms),
+        Some(Millis::Text(t)) if t.trim().parse::<i64>().is_ok() => {
+            Some(t.trim().parse::<i64>().expect("checked"))
+        }
+        Some(d) => Some((crate::core::now_ms() as i64).saturating_sub(d.ms()?)),
+    };
+    let follow = follow
+        || match q.follow.as_deref() {
+            None | Some("0") | Some("false") => false,
+            Some("1") | Some("true") | Some("") => true,
+            Some(f) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("follow={f:?} is not 1, true, 0 or false"),
+                ))
+            }
+        };
+    Ok(ActivityArgs {
+        action: one(q.action, q.kind, "action or type")?.map(|a| action_name(&a)),
+        target: one(q.target, q.target_id, "target or targetId")?,
+        agent: q.agent,
+        since_ms,
+        limit: q.limit,
+        follow,
+    })
 }
 
 #[derive(Serialize, ToSchema)]
@@ -47,57 +114,63 @@ pub struct ActivityResponse {
     count: usize,
 }
 
-/// Port Daddy's action names, as pb's event kinds.
-fn action_name(a: &str) -> String {
-    match a {
-        "claim" => "service.claim",
-        "release" => "service.release",
-        "lock_acquire" => "lock.acquire",
-        "lock_release" => "lock.release",
-        "publish" => "message.publish",
-        "agent_register" => "agent.register",
-        "agent_heartbeat" => "agent.heartbeat",
-        "agent_unregister" => "agent.unregister",
-        other => other,
-    }
-    .to_string()
-}
-
-/// The activity log, filtered.
-#[utoipa::path(get, path = "/activity", tag = "port-daddy",
-    params(("action" = Option<String>, Query, description = "service.claim, lock.*, or Port Daddy's claim, lock_acquire, ..."),
-           ("target" = Option<String>, Query, description = "service id, lock, channel or agent (also targetId)"),
-           ("agent" = Option<String>, Query, description = "the agent that acted"),
-           ("since" = Option<i64>, Query, description = "ms since the epoch"),
-           ("limit" = Option<i64>, Query, description = "the newest this many (default 100)")),
-    responses((status = 200, body = ActivityResponse), (status = 400, body = ErrorBody)))]
+/// The activity log, filtered (`?follow=1`: as `/activity/stream`).
+#[utoipa::path(get, path = "/activity", tag = "activity",
+    params(ActivityQuery),
+    responses((status = 200, body = ActivityResponse),
+              (status = 400, body = ErrorBody)))]
 pub async fn activity(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     uri: Uri,
-) -> Result<Json<ActivityResponse>, ApiError> {
-    let q: ActivityQuery = query(&uri)?;
-    let reply: ActivityReply = call(
-        &state,
-        &caller,
-        Op::Activity(ActivityArgs {
-            action: q.action.as_deref().map(action_name),
-            target: q.target.or(q.target_id),
-            agent: q.agent,
-            since_ms: q.since,
-            limit: q.limit,
-            follow: false,
-        }),
-    )
-    .await?;
-    let entries: Vec<Value> = reply
+) -> Result<Response, ApiError> {
+    let a = args(query(&uri)?, false)?;
+    if a.follow {
+        return follow(&state, &caller, &headers, a).await;
+    }
+    let r: ActivityReply = call(&state, &caller, Op::Activity(a)).await?;
+    let entries: Vec<Value> = r
         .entries
-        .into_iter()
-        .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+        .iter()
+        .map(|e| serde_json::to_value(e).expect("entries serialize"))
         .collect();
     Ok(Json(ActivityResponse {
         success: true,
         count: entries.len(),
         entries,
-    }))
+    })
+    .into_response())
+}
+
+/// The activity log followed as server-sent events: the matching entries
+/// (the newest `limit`), then each new one, each an event whose id is the
+/// entry's id. Reconnecting with `Last-Event-ID` leaves out the entries up
+/// to it.
+#[utoipa::path(get, path = "/activity/stream", tag = "activity",
+    params(ActivityQuery,
+           ("Last-Event-ID" = Option<u64>, Header, description = "leave out entries up to this id")),
+    responses((status = 200, description = "the event stream", content_type = "text/event-stream"),
+              (status = 400, body = ErrorBody)))]
+pub async fn stream(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let a = args(query(&uri)?, true)?;
+    follow(&state, &caller, &headers, a).await
+}
+
+async fn follow(
+    state: &HttpState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    a: ActivityArgs,
+) -> Result<Response, ApiError> {
+    let last = sse::last_event_id(headers)?.unwrap_or(0);
+    let (_first, stream): (Value, _) = call_stream(state, caller, Op::Activity(a)).await?;
+    let stream =
+        stream.ok_or_else(|| ApiError::new(ErrorCode::Internal, "following opened no stream"))?;
+    Ok(sse::from_stream(Vec::new(), stream, last))
 }

@@ -27,6 +27,10 @@ pub struct ErrorBody {
     pub error: String,
     /// For programs: one of pb's error codes (docs/PROTOCOL.md).
     pub code: String,
+    /// What the code is about, for some codes: a held lock's holder
+    /// (`held`), the last id a dropped subscriber was sent (`lagged`).
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 impl IntoResponse for ApiError {
@@ -34,7 +38,10 @@ impl IntoResponse for ApiError {
         let code = self.0.code;
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({"error": self.0.message, "code": code});
+        let mut body = serde_json::json!({"error": self.0.message, "code": code});
+        if let Some(d) = self.0.details {
+            body["details"] = d;
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         match code {
             ErrorCode::Unauthorized => {

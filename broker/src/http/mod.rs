@@ -11,11 +11,14 @@
 //! never from what the client says.
 
 pub mod activity;
+pub mod agents;
 pub mod error;
 pub mod guard;
 pub mod io;
 pub mod limits;
+pub mod locks;
 pub mod login;
+pub mod messages;
 pub mod openapi;
 pub mod portdaddy;
 pub mod portmanager;
@@ -164,8 +167,11 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .merge(portdaddy::routes())
         .merge(portmanager::routes())
-        .merge(login::routes())
+        .merge(locks::routes())
+        .merge(messages::routes())
+        .merge(agents::routes())
         .merge(activity::routes())
+        .merge(login::routes())
         .merge(whoami::routes())
         .merge(webhooks::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
@@ -292,6 +298,63 @@ pub async fn call<T: serde::de::DeserializeOwned>(
     tokio::spawn(async move { crate::ipc::lock(&core).after_reply() });
     serde_json::from_value(out.result)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("unexpected reply: {e}")))
+}
+
+/// Applies `op` like [`call`], for operations that may open a stream
+/// (`subscribe`, `activity` with `follow`): the first reply, read as `T`,
+/// and the stream, for the route to send as server-sent events.
+pub async fn call_stream<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    caller: &crate::core::Caller,
+    op: pb_proto::Op,
+) -> Result<(T, Option<crate::stream::Stream>), ApiError> {
+    let mut out = crate::service::dispatch(&state.core, caller, op).await?;
+    let stream = out.stream.take();
+    let first = serde_json::from_value(out.result)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("unexpected reply: {e}")))?;
+    Ok((first, stream))
+}
+
+/// The agent a request acts as: the `X-Agent-Id` header (Port Daddy's
+/// SDK sends it; the IPC equivalent is `--agent` / PB_AGENT). It names a
+/// registered agent of the caller's user, which the core checks: it is
+/// never the caller's identity, only whose limits and lifetime apply.
+pub fn agent_header(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("x-agent-id") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| Some(s.to_string()))
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "X-Agent-Id is not an agent id"))
+}
+
+/// Milliseconds from a body or query field that Port Daddy sends as a
+/// number of ms and pb's CLI as a duration (`"30s"`, `"5m"`).
+#[derive(serde::Deserialize, utoipa::ToSchema, Debug, Clone)]
+#[serde(untagged)]
+pub enum Millis {
+    Ms(i64),
+    Text(String),
+}
+
+impl Millis {
+    pub fn ms(&self) -> Result<i64, ApiError> {
+        match self {
+            Millis::Ms(ms) => Ok(*ms),
+            Millis::Text(t) => {
+                if let Ok(ms) = t.trim().parse::<i64>() {
+                    return Ok(ms);
+                }
+                Ok(pb_proto::duration::parse(t)
+                    .map_err(|e| ApiError::new(ErrorCode::InvalidDuration, e.to_string()))?
+                    .as_millis()
+                    .min(i64::MAX as u128) as i64)
+            }
+        }
+    }
 }
 
 /// Parses a JSON body into `T`: bad JSON, wrong types and unknown fields

@@ -4,13 +4,16 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{activity, error, login, portdaddy, portmanager, webhooks, whoami};
+use super::{
+    activity, agents, error, locks, login, messages, portdaddy, portmanager, webhooks, whoami,
+};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "pb HTTP API",
-        description = "pb's broker on loopback: Port Daddy's and PortManager's service routes. \
+        description = "pb's broker on loopback: Port Daddy's and PortManager's service routes, \
+            and Port Daddy's locks, messages, agents and activity log. \
             Errors are {error, code}; see docs/PROTOCOL.md for the codes."
     ),
     paths(
@@ -27,8 +30,28 @@ use super::{activity, error, login, portdaddy, portmanager, webhooks, whoami};
         portmanager::heartbeat,
         portmanager::list,
         portmanager::lookup,
-        login::login,
+        locks::acquire,
+        locks::release,
+        locks::extend,
+        locks::extend_post,
+        locks::list,
+        locks::show,
+        messages::publish,
+        messages::history,
+        messages::clear,
+        messages::channels,
+        messages::channels_msg,
+        messages::subscribe,
+        messages::subscribe_msg,
+        agents::register,
+        agents::register_id,
+        agents::heartbeat,
+        agents::unregister,
+        agents::list,
+        agents::show,
         activity::activity,
+        activity::stream,
+        login::login,
         whoami::whoami,
         webhooks::add,
         webhooks::list,
@@ -79,6 +102,19 @@ mod tests {
             "/webhooks/{id}",
             "/webhooks/{id}/test",
             "/webhooks/{id}/deliveries",
+            "/locks",
+            "/locks/{name}",
+            "/locks/{name}/extend",
+            "/msg/{channel}",
+            "/channels",
+            "/subscribe/{channel}",
+            "/msg",
+            "/msg/{channel}/subscribe",
+            "/agents",
+            "/agents/{id}",
+            "/agents/{id}/heartbeat",
+            "/activity",
+            "/activity/stream",
         ] {
             assert!(
                 paths.contains_key(p),
@@ -95,5 +131,16 @@ mod tests {
         assert!(
             paths["/webhooks"].get("post").is_some() && paths["/webhooks"].get("get").is_some()
         );
+        for (p, methods) in [
+            ("/locks/{name}", &["get", "post", "put", "delete"][..]),
+            ("/msg/{channel}", &["get", "post", "delete"][..]),
+            ("/agents/{id}", &["get", "post", "delete"][..]),
+            ("/agents/{id}/heartbeat", &["put", "post"][..]),
+            ("/agents", &["get", "post"][..]),
+        ] {
+            for m in methods {
+                assert!(paths[p].get(*m).is_some(), "{m} {p} missing");
+            }
+        }
     }
 }

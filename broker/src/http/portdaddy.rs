@@ -152,7 +152,7 @@ pub struct ClaimResponse {
 #[utoipa::path(post, path = "/claim/{id}", tag = "port-daddy",
     params(("id" = String, Path, description = "service id, project[:stack[:context]]"),
            ("X-PID" = Option<u32>, Header, description = "owning process"),
-           ("X-Agent-Id" = Option<String>, Header, description = "the registered agent claiming")),
+           ("X-Agent-Id" = Option<String>, Header, description = "the agent claiming: its max_services apply")),
     request_body(content = Option<ClaimBody>, content_type = "application/json"),
     responses((status = 200, body = ClaimResponse),
               (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -177,7 +177,7 @@ pub async fn claim_id(
 /// Claim a port for the id in the body (Port Daddy's SDK and CLI).
 #[utoipa::path(post, path = "/claim", tag = "port-daddy",
     params(("X-PID" = Option<u32>, Header, description = "owning process"),
-           ("X-Agent-Id" = Option<String>, Header, description = "the registered agent claiming")),
+           ("X-Agent-Id" = Option<String>, Header, description = "the agent claiming: its max_services apply")),
     request_body(content = ClaimBody, content_type = "application/json"),
     responses((status = 200, body = ClaimResponse),
               (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -242,7 +242,7 @@ async fn do_claim(
             fallback: body.fallback.unwrap_or(false),
             owner,
             metadata: body.metadata,
-            agent: agent_hint(headers)?,
+            agent: super::agent_header(headers)?,
             ..Default::default()
         }),
     )
@@ -266,21 +266,8 @@ async fn do_claim(
     }))
 }
 
-/// X-Agent-Id, when sent: the registered agent claiming (its limits apply
-/// and the lease ends with it), checked by the core as `--agent` is.
-pub fn agent_hint(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    headers
-        .get("x-agent-id")
-        .map(|v| {
-            v.to_str()
-                .map(|s| s.trim().to_string())
-                .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "X-Agent-Id is not text"))
-        })
-        .transpose()
-}
-
 /// X-PID, when sent: a process of the caller's, checked by the core.
-fn owner_hint(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+pub(crate) fn owner_hint(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
     let Some(v) = headers.get("x-pid") else {
         return Ok(None);
     };

@@ -131,7 +131,7 @@ pub async fn alloc(
             // An overflowing TTL is passed on as one the core refuses.
             expires_ms: Some(ttl.checked_mul(1000).unwrap_or(i64::MAX)),
             metadata,
-            agent: super::portdaddy::agent_hint(&headers)?,
+            agent: super::agent_header(&headers)?,
             ..Default::default()
         }),
     )

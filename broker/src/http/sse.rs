@@ -28,11 +28,15 @@ use pb_proto::ErrorCode;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use crate::stream::{Stream, StreamNext};
 
 /// How often an idle stream sends a comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events queued for one subscriber before it is dropped as too slow.
 pub const BUFFER: usize = 256;
+/// Events copied for one client of [`from_stream`] that wait for its
+/// socket: few, since the core's own queue is the real buffer.
+pub const HANDOFF: usize = 16;
 /// Events a [`History`] keeps for resuming, by default.
 pub const REPLAY: usize = 1024;
 
@@ -144,6 +148,62 @@ impl Subscriber {
     pub fn offer(&self, e: &Event) -> bool {
         self.0.try_send(e.clone()).is_ok()
     }
+}
+
+/// Sends the broker's own stream (a subscription, a followed log) as
+/// server-sent events: `first`, then each item as an event whose id is the
+/// item's own (a message or log entry id, so `Last-Event-ID` resumes
+/// through the core's `since_id`), leaving out items up to `skip_through`.
+/// The core's queue for the subscriber is its bounded buffer (its items
+/// are shared by every subscriber); only [`HANDOFF`] events, copied for
+/// this client, wait between it and the socket. A client that does not
+/// read lets the core's queue fill, and
+/// the core then drops the subscriber: that ending (`lagged`, or any other
+/// error) goes out as a last `end` event, `{error, code, details}`, whose
+/// id is the last item delivered, before the stream closes. A client that
+/// goes away ends the subscription at once.
+pub fn from_stream(first: Vec<Event>, mut stream: Stream, skip_through: u64) -> Response {
+    let (tx, rx) = mpsc::channel::<Event>(HANDOFF);
+    tokio::spawn(async move {
+        let mut last = skip_through;
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = tx.closed() => return,
+            };
+            match next {
+                StreamNext::Item { id, json } => {
+                    if id <= skip_through {
+                        continue;
+                    }
+                    last = id;
+                    let e = Event {
+                        id,
+                        name: None,
+                        data: json.to_string(),
+                    };
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                StreamNext::End(None) => return,
+                StreamNext::End(Some(err)) => {
+                    let mut data = serde_json::json!({"error": err.message, "code": err.code});
+                    if let Some(d) = err.details {
+                        data["details"] = d;
+                    }
+                    let e = Event {
+                        id: last,
+                        name: Some("end".into()),
+                        data: data.to_string(),
+                    };
+                    let _ = tx.send(e).await;
+                    return;
+                }
+            }
+        }
+    });
+    response(first, rx, HEARTBEAT)
 }
 
 /// A subscriber with a buffer of `buffer` events, and the receiving end

@@ -22,6 +22,12 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|s| s.starttime)
 }
 
+pub fn process_parent(pid: u32) -> Option<u32> {
+    stat(pid)
+        .and_then(|s| u32::try_from(s.ppid).ok())
+        .filter(|p| *p > 0)
+}
+
 pub fn process_start_time_if_running(pid: u32) -> Option<u64> {
     let s = stat(pid)?;
     match s.state() {
