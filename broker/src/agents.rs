@@ -163,13 +163,17 @@ impl Core {
         }
     }
 
-    fn agent_of_caller(&self, caller: &Caller, id: &str) -> Result<&Agent, WireError> {
+    /// The agent named `id`, after checking the name.
+    fn named_agent(&self, id: &str) -> Result<&Agent, WireError> {
         names::check_agent(id)?;
-        let a = self
-            .agents
+        self.agents
             .map
             .get(id)
-            .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no agent {id}")))?;
+            .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no agent {id}")))
+    }
+
+    fn agent_of_caller(&self, caller: &Caller, id: &str) -> Result<&Agent, WireError> {
+        let a = self.named_agent(id)?;
         if a.rec.uid != caller.uid {
             return Err(WireError::new(
                 ErrorCode::Forbidden,
@@ -290,12 +294,7 @@ impl Core {
     }
 
     pub(crate) fn agent_info_op(&self, id: &str) -> Result<Outcome, WireError> {
-        names::check_agent(id)?;
-        let a = self
-            .agents
-            .map
-            .get(id)
-            .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no agent {id}")))?;
+        let a = self.named_agent(id)?;
         Ok(Outcome::of(self.agent_info(a)))
     }
 

@@ -518,3 +518,40 @@ pub fn claimant(
         .unwrap_or_else(|_| panic!("claimant printed no port: {line:?}"));
     (Proc(child), out, port)
 }
+
+/// Splits curl's output under `-w '\n%{http_code}'` into the HTTP status
+/// and the JSON body (`Null` when the body is not JSON).
+pub fn curl_status_json(stdout: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(stdout);
+    let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// Runs curl with `args`, at most `max_secs`, as this process's user or
+/// (root only, through setpriv) as `user` (uid, gid); returns the HTTP
+/// status and the JSON body.
+pub fn curl_json(user: Option<(u32, u32)>, max_secs: u32, args: &[&str]) -> (u16, Value) {
+    let mut c = match user {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "curl",
+            ]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = c
+        .args(["-sS", "--max-time", &max_secs.to_string()])
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    curl_status_json(&out.stdout)
+}

@@ -81,30 +81,7 @@ fn curl(args: &[&str]) -> (u16, Value) {
 
 /// The same as another user (root only: setpriv).
 fn curl_as(user: Option<(u32, u32)>, args: &[&str]) -> (u16, Value) {
-    let mut c = match user {
-        Some((uid, gid)) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={gid}"),
-                "--clear-groups",
-                "curl",
-            ]);
-            c
-        }
-        None => Command::new("curl"),
-    };
-    let out = c
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    pb_tests::curl_json(user, 10, args)
 }
 
 fn assert_error(r: &Resp, status: u16, code: &str) {

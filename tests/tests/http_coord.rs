@@ -19,21 +19,7 @@ use serde_json::{json, Value};
 /// Runs curl with `args` (URLs already pointing at the test broker) and
 /// returns (status, JSON body).
 fn curl(args: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl");
-    parse_curl(&out.stdout)
-}
-
-fn parse_curl(stdout: &[u8]) -> (u16, Value) {
-    let text = String::from_utf8_lossy(stdout);
-    let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    pb_tests::curl_json(None, 30, args)
 }
 
 /// A README recipe with Port Daddy's address replaced by the broker's.
@@ -343,7 +329,7 @@ fn a_waiting_http_acquire_is_granted_when_the_ipc_holder_releases() {
     assert!(queued.is_some(), "the HTTP request never queued");
     broker.pb_ok(&["unlock", "deploy", "--owner", "ipc"]);
     let out = waiter.wait_with_output().unwrap();
-    let (s, v) = parse_curl(&out.stdout);
+    let (s, v) = pb_tests::curl_status_json(&out.stdout);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["owner"], "http");
     assert_eq!(broker.pb_json(&["locks"])["locks"][0]["owner_name"], "http");
@@ -715,7 +701,7 @@ fn another_users_request_must_name_a_lock_owner() {
             .args(args)
             .output()
             .expect("setpriv curl");
-        parse_curl(&out.stdout)
+        pb_tests::curl_status_json(&out.stdout)
     };
     let r = run(&["-X", "POST", &url(&broker, "/locks/shared"), "-H", &auth]);
     assert_error(&r, 400, "invalid_request");
@@ -820,15 +806,7 @@ fn another_users_agent_cannot_be_kept_alive_or_removed_over_http() {
     // The broker runs as nobody; curl as nobody is the broker's user, and
     // this test's curl (root) is another user, served as itself.
     let broker = Broker::start_as(65534, 65534, &[]);
-    let as_nobody = |args: &[&str]| {
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"])
-            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-            .args(args)
-            .output()
-            .expect("setpriv curl");
-        parse_curl(&out.stdout)
-    };
+    let as_nobody = |args: &[&str]| pb_tests::curl_json(Some((65534, 65534)), 10, args);
     let (s, v) = as_nobody(&[
         "-X",
         "POST",

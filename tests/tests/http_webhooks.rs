@@ -81,17 +81,7 @@ impl Receiver {
 
 /// Runs curl with `args` and returns (status, JSON body).
 fn curl(args: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    curl_json(None, 10, args)
 }
 
 /// A request with a JSON body (`-d`), as Port Daddy's clients send it.

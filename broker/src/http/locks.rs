@@ -130,6 +130,24 @@ pub struct AcquireResponse {
     lock: Lock,
 }
 
+impl AcquireResponse {
+    /// The reply to an acquire or an extend: Port Daddy's flat fields beside
+    /// the whole lock.
+    fn new(lock: pb_proto::LockInfo, existing: bool, waited_ms: u64) -> AcquireResponse {
+        let lock = Lock::from(lock);
+        AcquireResponse {
+            success: true,
+            name: lock.name.clone(),
+            owner: lock.owner.clone(),
+            token: lock.token,
+            expires_at: lock.expires_at,
+            existing,
+            waited_ms,
+            lock,
+        }
+    }
+}
+
 /// The owner a request names, or the default (see the module's doc).
 fn lock_owner(
     caller: &Caller,
@@ -224,17 +242,11 @@ pub async fn acquire(
         }),
     )
     .await?;
-    let lock = Lock::from(reply.lock);
-    Ok(Json(AcquireResponse {
-        success: true,
-        name: lock.name.clone(),
-        owner: lock.owner.clone(),
-        token: lock.token,
-        expires_at: lock.expires_at,
-        existing: reply.existing,
-        waited_ms: reply.waited_ms,
-        lock,
-    }))
+    Ok(Json(AcquireResponse::new(
+        reply.lock,
+        reply.existing,
+        reply.waited_ms,
+    )))
 }
 
 /// The body of `DELETE /locks/{name}`.
@@ -357,17 +369,7 @@ pub async fn extend(
         },
     )
     .await?;
-    let lock = Lock::from(reply.lock);
-    Ok(Json(AcquireResponse {
-        success: true,
-        name: lock.name.clone(),
-        owner: lock.owner.clone(),
-        token: lock.token,
-        expires_at: lock.expires_at,
-        existing: true,
-        waited_ms: 0,
-        lock,
-    }))
+    Ok(Json(AcquireResponse::new(reply.lock, true, 0)))
 }
 
 /// The same renewal as `PUT /locks/{name}`, for clients that only POST.
