@@ -252,6 +252,8 @@ pub struct Core {
     http_base: Option<String>,
     logins: Logins,
     pub(crate) webhooks: crate::webhooks::Webhooks,
+    /// The machine's listeners for those who follow them.
+    pub(crate) listener_feed: Arc<crate::inspect::ListenerFeed>,
 }
 
 impl Core {
@@ -278,6 +280,7 @@ impl Core {
             http_base: None,
             logins: Logins::default(),
             webhooks: Default::default(),
+            listener_feed: Default::default(),
         };
         // Before anything is emitted, so that webhooks see every event.
         core.load_webhooks()?;
@@ -544,7 +547,7 @@ impl Core {
                 let id = self.named_lease(id, port)?;
                 self.heartbeat(caller, &id, ttl_ms)
             }
-            Op::Who { .. } | Op::Listeners => Err(WireError::new(
+            Op::Who { .. } | Op::Listeners { .. } => Err(WireError::new(
                 ErrorCode::Internal,
                 "inspections are answered by service::dispatch, not the core",
             )),

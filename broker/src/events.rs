@@ -64,6 +64,20 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// A lease began, ended or changed hands.
+    pub fn is_service(self) -> bool {
+        use EventKind::*;
+        matches!(
+            self,
+            ServiceClaim
+                | ServiceRelease
+                | ServiceExpire
+                | ServiceReclaim
+                | ServiceOwnerChanged
+                | ServiceRenew
+        )
+    }
+
     pub fn name(self) -> &'static str {
         use EventKind::*;
         match self {

@@ -1,17 +1,23 @@
 //! Answers about the whole machine: every listener with the processes
-//! behind it (`pb ps --all`), and who holds one port (`pb who`). The core
-//! contributes what it knows of its leases; the kernel the rest.
+//! behind it (`pb ps --all`), followed live if asked (the dashboard), and
+//! who holds one port (`pb who`). The core contributes what it knows of its
+//! leases; the kernel the rest.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use pb_platform::sockets::{self, SocketEntry};
 use pb_platform::ProcessInfo;
 use pb_proto::{ErrorCode, Holder, ListenerInfo, ListenersReply, WhoReply, WireError};
+use tokio::sync::{broadcast, watch};
 
 use crate::core::Outcome;
 use crate::ipc::{lock, SharedCore};
 use crate::reaper::LeaseView;
 use crate::rules;
+use crate::stream::{Stream, StreamNext};
 
 pub async fn who(core: &SharedCore, port: i64) -> Result<Outcome, WireError> {
     let port = rules::check_any_port(port)?;
@@ -27,10 +33,171 @@ pub async fn who(core: &SharedCore, port: i64) -> Result<Outcome, WireError> {
     }))
 }
 
-pub async fn listeners(core: &SharedCore) -> Result<Outcome, WireError> {
+pub async fn listeners(core: &SharedCore, follow: bool) -> Result<Outcome, WireError> {
+    if !follow {
+        return Ok(Outcome::of(ListenersReply {
+            listeners: all_listeners(core).await?,
+        }));
+    }
+    let feed = lock(core).listener_feed.clone();
+    let mut rx = feed.follow(core);
+    let first = tokio::time::timeout(FIRST_READ, rx.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|s| s.clone()))
+        .ok_or_else(|| {
+            WireError::new(
+                ErrorCode::Internal,
+                format!("the socket tables could not be read within {FIRST_READ:?}"),
+            )
+        })?;
+    Ok(Outcome {
+        stream: Some(Stream::Listeners(ListenerFollow { rx })),
+        ..Outcome::of(serde_json::json!({
+            "listeners": first.reply.listeners,
+            "generation": first.generation,
+        }))
+    })
+}
+
+async fn all_listeners(core: &SharedCore) -> Result<Vec<ListenerInfo>, WireError> {
     let views = lock(core).views(None);
-    let listeners = blocking(move || describe(|_| true, &views)).await?;
-    Ok(Outcome::of(ListenersReply { listeners }))
+    blocking(move || describe(|_| true, &views)).await
+}
+
+/// How long a new follower waits for the feed's first reading.
+const FIRST_READ: Duration = Duration::from_secs(10);
+/// The least time between two readings, however many service events come:
+/// a reading walks every process's descriptors.
+const MIN_GAP: Duration = Duration::from_millis(200);
+
+/// The machine's listeners, read again for whoever follows them. The
+/// kernel announces no new listening socket, so one task re-reads the
+/// tables every scan interval, and soon after each of the broker's service
+/// events, for as long as any follower is left; a follower is sent a
+/// reading only when it differs from the last one.
+#[derive(Debug, Default)]
+pub struct ListenerFeed {
+    tx: watch::Sender<Option<Reading>>,
+    running: AtomicBool,
+    /// Numbers readings across the feed's idle spells, so ids only grow.
+    generation: AtomicU64,
+}
+
+/// One reading of the tables, serialized once for every follower.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub generation: u64,
+    pub reply: Arc<ListenersReply>,
+    pub json: Arc<str>,
+}
+
+impl ListenerFeed {
+    fn follow(self: &Arc<Self>, core: &SharedCore) -> watch::Receiver<Option<Reading>> {
+        let rx = self.tx.subscribe();
+        if !self.running.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().run(core.clone()));
+        }
+        rx
+    }
+
+    async fn run(self: Arc<Self>, core: SharedCore) {
+        let (interval, mut events) = {
+            let c = lock(&core);
+            (c.cfg.scan_interval, c.bus.follow())
+        };
+        loop {
+            match all_listeners(&core).await {
+                Ok(listeners) => self.publish(listeners),
+                Err(e) => eprintln!("pb: reading the listeners for followers: {}", e.message),
+            }
+            tokio::time::sleep(MIN_GAP).await;
+            let next_scan = tokio::time::sleep(interval.saturating_sub(MIN_GAP));
+            tokio::pin!(next_scan);
+            loop {
+                tokio::select! {
+                    _ = &mut next_scan => break,
+                    ev = events.recv() => match ev {
+                        Ok(ev) if ev.kind.is_service() => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            (&mut next_scan).await;
+                            break;
+                        }
+                    },
+                }
+            }
+            if self.tx.receiver_count() == 0 {
+                // Nobody follows: stop, and forget the reading, which would
+                // be stale for the next follower.
+                self.tx.send_replace(None);
+                self.running.store(false, Ordering::SeqCst);
+                // A follower that came meanwhile saw the task running.
+                if self.tx.receiver_count() == 0 || self.running.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&self, listeners: Vec<ListenerInfo>) {
+        self.tx.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|r| r.reply.listeners == listeners) {
+                return false;
+            }
+            let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+            let reply = ListenersReply { listeners };
+            let json = serde_json::json!({
+                "listeners": &reply.listeners,
+                "generation": generation,
+            })
+            .to_string();
+            *cur = Some(Reading {
+                generation,
+                reply: Arc::new(reply),
+                json: json.into(),
+            });
+            true
+        });
+    }
+}
+
+/// One follower of the [`ListenerFeed`]: each new reading is an item,
+/// whose id is its generation.
+pub struct ListenerFollow {
+    rx: watch::Receiver<Option<Reading>>,
+}
+
+impl ListenerFollow {
+    pub async fn next(&mut self) -> StreamNext {
+        loop {
+            if self.rx.changed().await.is_err() {
+                return StreamNext::End(None);
+            }
+            if let Some(item) = self.current() {
+                return item;
+            }
+        }
+    }
+
+    pub fn try_next(&mut self) -> Option<StreamNext> {
+        if self.rx.has_changed().unwrap_or(false) {
+            self.current()
+        } else {
+            None
+        }
+    }
+
+    fn current(&mut self) -> Option<StreamNext> {
+        self.rx
+            .borrow_and_update()
+            .as_ref()
+            .map(|r| StreamNext::Item {
+                id: r.generation,
+                json: r.json.clone(),
+            })
+    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -19,7 +19,7 @@ use crate::readiness;
 pub async fn dispatch(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
     match op {
         Op::Who { port } => inspect::who(core, port).await,
-        Op::Listeners => inspect::listeners(core).await,
+        Op::Listeners { follow } => inspect::listeners(core, follow).await,
         Op::Activity(a) => activity::query(core, a).await,
         Op::Wait {
             ids,

@@ -1,5 +1,5 @@
-//! Replies that go on: a subscription's messages or the activity log
-//! followed live. A transport sends the first reply, then each item as
+//! Replies that go on: a subscription's messages, the activity log or the
+//! machine's listeners followed live. A transport sends the first reply, then each item as
 //! its own frame (IPC) or event (SSE), then the end: normal, or an error
 //! such as `lagged`.
 
@@ -8,11 +8,13 @@ use std::sync::Arc;
 use pb_proto::WireError;
 
 use crate::activity::Follow;
+use crate::inspect::ListenerFollow;
 use crate::pubsub::Subscription;
 
 pub enum Stream {
     Messages(Subscription),
     Activity(Follow),
+    Listeners(ListenerFollow),
 }
 
 impl std::fmt::Debug for Stream {
@@ -20,6 +22,7 @@ impl std::fmt::Debug for Stream {
         f.write_str(match self {
             Stream::Messages(_) => "Stream::Messages",
             Stream::Activity(_) => "Stream::Activity",
+            Stream::Listeners(_) => "Stream::Listeners",
         })
     }
 }
@@ -41,6 +44,7 @@ impl Stream {
         match self {
             Stream::Messages(s) => s.next().await,
             Stream::Activity(f) => f.next().await,
+            Stream::Listeners(l) => l.next().await,
         }
     }
 
@@ -50,6 +54,7 @@ impl Stream {
         match self {
             Stream::Messages(s) => s.try_next(),
             Stream::Activity(f) => f.try_next(),
+            Stream::Listeners(l) => l.try_next(),
         }
     }
 }

@@ -160,8 +160,9 @@ enum Command {
         )]
         command: Vec<OsString>,
     },
-    /// Print a one-time URL that logs a browser in to the HTTP API (valid
-    /// for a minute, once), and open it unless --print-url.
+    /// Print a one-time URL that logs a browser in to the dashboard and the
+    /// HTTP API (valid for a minute, once), and open it in the browser
+    /// ($BROWSER, or the desktop's) unless --print-url.
     Dashboard {
         /// Only print the URL.
         #[arg(long)]
@@ -358,7 +359,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         }
         Command::Find { all: true, .. } => {
             let (reply, _): (ListenersReply, _) =
-                connect::connect(&paths)?.call_as(Op::Listeners)?;
+                connect::connect(&paths)?.call_as(Op::Listeners { follow: false })?;
             match fmt {
                 Format::Json => output::print_json(&reply),
                 _ => output::listener_table(&reply.listeners, fmt),
@@ -438,13 +439,8 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 Format::Json => output::print_json(&reply),
                 _ => println!("{}", reply.url),
             }
-            if !print_url {
-                // Best effort: with no desktop, the printed URL is the way.
-                let _ = std::process::Command::new("xdg-open")
-                    .arg(&reply.url)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn();
+            if !print_url && open_in_browser(&reply.url) {
+                eprintln!("pb: opened in your browser; the link works once, for a minute");
             }
             Ok(0)
         }
@@ -539,4 +535,27 @@ fn stop(paths: &Paths, fmt: Format) -> Result<i32> {
         println!("pb broker stopped (pid {})", status.pid);
     }
     Ok(0)
+}
+
+/// Opens `url` in the user's browser: $BROWSER if set, else the desktop's
+/// opener when there is a desktop. Says whether one was started; without
+/// one, the printed URL is the way in.
+fn open_in_browser(url: &str) -> bool {
+    let opener = match std::env::var("BROWSER") {
+        Ok(b) if !b.trim().is_empty() => b,
+        _ if cfg!(target_os = "macos") => "open".into(),
+        _ if std::env::var_os("DISPLAY").is_some()
+            || std::env::var_os("WAYLAND_DISPLAY").is_some() =>
+        {
+            "xdg-open".into()
+        }
+        _ => return false,
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
 }

@@ -47,8 +47,14 @@ pub enum Op {
     Who {
         port: i64,
     },
-    /// Every listening TCP socket on the machine, brokered or not.
-    Listeners,
+    /// Every listening TCP socket on the machine, brokered or not. With
+    /// `follow`, the reply stays open and each new reading that differs
+    /// from the last follows as an item (the same shape, with its
+    /// `generation`).
+    Listeners {
+        #[serde(default)]
+        follow: bool,
+    },
     /// A one-time code (and URL) with which a browser logs in to the
     /// broker's HTTP API (`pb dashboard`).
     LoginCode,

@@ -394,6 +394,33 @@ impl Broker {
         self.pb_ok(&a).trim().parse().expect("a port")
     }
 
+    /// Starts `pb exec ARGS...` (ARGS begins with the id) and reads the
+    /// port from its banner.
+    pub fn exec(&self, args: &[&str]) -> (Proc, u16) {
+        use std::io::{BufRead, BufReader};
+        let mut child = self
+            .cmd()
+            .arg("exec")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pb exec");
+        let mut line = String::new();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        stderr.read_line(&mut line).unwrap();
+        // Keep draining, so the child's own logging never hits a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in banner {line:?}"));
+        (Proc(child), port)
+    }
+
     /// The ids and ports of every lease, sorted by port.
     pub fn leases(&self) -> Vec<(String, u16)> {
         let v = self.pb_json(&["find"]);

@@ -8,31 +8,6 @@ use std::time::Duration;
 
 use pb_tests::*;
 
-/// Starts `pb exec ID ARGS...` and reads the port from its banner.
-fn exec(broker: &Broker, args: &[&str]) -> (Proc, u16) {
-    let mut child = broker
-        .cmd()
-        .arg("exec")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pb exec");
-    let mut line = String::new();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    stderr.read_line(&mut line).unwrap();
-    // Keep draining, so the child's own logging never hits a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in banner {line:?}"));
-    (Proc(child), port)
-}
-
 fn lease_gone(broker: &Broker, id: &str) -> bool {
     wait_until(Duration::from_secs(10), || {
         (!broker.leases().iter().any(|(i, _)| i == id)).then_some(())
@@ -44,7 +19,7 @@ fn serves_from_inherited_fds(server: &[&str], name: &str) {
     let broker = Broker::start();
     let mut args = vec!["web", "--"];
     args.extend_from_slice(server);
-    let (mut pb, port) = exec(&broker, &args);
+    let (mut pb, port) = broker.exec(&args);
     let v4body = curl_until("-4", port).expect("reachable over IPv4");
     assert_eq!(v4body.trim(), format!("{name} ipv4 port={port}"));
     let v6body = curl_until("-6", port).expect("reachable over IPv6");
@@ -129,8 +104,7 @@ fn exit_codes_are_the_childs() {
 #[test]
 fn signals_sent_to_pb_reach_the_child() {
     let broker = Broker::start();
-    let (mut pb, _port) = exec(
-        &broker,
+    let (mut pb, _port) = broker.exec(
         &[
             "sig",
             "--",
@@ -159,10 +133,7 @@ fn signals_sent_to_pb_reach_the_child() {
 fn killing_pb_exec_releases_the_lease_when_its_connection_closes() {
     let broker = Broker::start();
     // The child lets go of the sockets, so nobody else holds them.
-    let (mut pb, port) = exec(
-        &broker,
-        &["victim", "--", "sh", "-c", "exec sleep 60 3>&- 4>&-"],
-    );
+    let (mut pb, port) = broker.exec(&["victim", "--", "sh", "-c", "exec sleep 60 3>&- 4>&-"]);
     assert_eq!(broker.leases(), vec![("victim".to_string(), port)]);
     pb.signal(libc::SIGKILL);
     pb.wait_for(Duration::from_secs(5));
@@ -199,17 +170,14 @@ fn exec_of_an_existing_claim_keeps_that_claim() {
 #[test]
 fn port_only_mode_lets_the_app_bind_port_itself() {
     let broker = Broker::start();
-    let (mut pb, port) = exec(
-        &broker,
-        &[
-            "--port-only",
-            "plain",
-            "--",
-            "sh",
-            "-c",
-            "[ -z \"$LISTEN_FDS\" ] && exec python3 -m http.server $PORT --bind 127.0.0.1",
-        ],
-    );
+    let (mut pb, port) = broker.exec(&[
+        "--port-only",
+        "plain",
+        "--",
+        "sh",
+        "-c",
+        "[ -z \"$LISTEN_FDS\" ] && exec python3 -m http.server $PORT --bind 127.0.0.1",
+    ]);
     assert!(
         curl_until("-4", port).is_some(),
         "python's own bind reached the port"

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 use super::sse;
-use super::{call, call_stream, query, HttpState, Millis};
+use super::{call, call_stream, flag, query, HttpState, Millis};
 use crate::core::Caller;
 
 pub fn routes() -> Router<Arc<HttpState>> {
@@ -84,17 +84,7 @@ fn args(q: ActivityQuery, follow: bool) -> Result<ActivityArgs, ApiError> {
         }
         Some(d) => Some((crate::core::now_ms() as i64).saturating_sub(d.ms()?)),
     };
-    let follow = follow
-        || match q.follow.as_deref() {
-            None | Some("0") | Some("false") => false,
-            Some("1") | Some("true") | Some("") => true,
-            Some(f) => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("follow={f:?} is not 1, true, 0 or false"),
-                ))
-            }
-        };
+    let follow = follow || flag("follow", q.follow.as_deref())?;
     Ok(ActivityArgs {
         action: one(q.action, q.kind, "action or type")?.map(|a| action_name(&a)),
         target: one(q.target, q.target_id, "target or targetId")?,

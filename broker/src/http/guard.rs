@@ -34,8 +34,9 @@ pub async fn admit(
     // login-code guessing is held to the same rate).
     state.rate.take(conn.peer_uid, Instant::now())?;
     // The login route's credential is its one-time code: it is reachable
-    // without the token, and can do nothing but exchange that code.
-    let caller = if req.uri().path() == LOGIN_PATH && req.method() == Method::GET {
+    // without the token, and can do nothing but exchange that code. The
+    // dashboard's pages and files hold no data: anyone may load them.
+    let caller = if public(req.method(), req.uri().path()) {
         Caller {
             uid: conn.peer_uid,
             peer_uid: conn.peer_uid,
@@ -62,6 +63,12 @@ pub async fn admit(
     parts.extensions.insert(caller);
     parts.extensions.insert(conn.clone());
     Ok(Request::from_parts(parts, Body::from(body)))
+}
+
+/// Requests that need no identification (see [`admit`]).
+fn public(method: &Method, path: &str) -> bool {
+    method == Method::GET
+        && (path == LOGIN_PATH || path == "/" || path.starts_with(super::dashboard::FILES_PREFIX))
 }
 
 fn changes_state(m: &Method) -> bool {

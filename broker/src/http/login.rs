@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -37,32 +37,64 @@ pub struct LoggedIn {
     expires_ms: u64,
 }
 
-/// Exchange a one-time login code for a session cookie.
+/// Exchange a one-time login code for a session cookie. A browser
+/// (`Accept: text/html`) is sent on to the dashboard at `/` instead, or to
+/// `/?login=failed` when the code is wrong, used or expired, so the code
+/// never stays in its address bar.
 #[utoipa::path(get, path = "/login", tag = "pb",
     params(("code" = String, Query, description = "the one-time code `pb dashboard` printed")),
     responses((status = 200, body = LoggedIn, description = "sets the pb_session cookie"),
+              (status = 303, description = "a browser: sets the cookie and goes to the dashboard"),
               (status = 401, body = ErrorBody)))]
 pub async fn login(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let q: LoginQuery = query(&uri)?;
-    let reply: LoginReply = call(&state, &caller, Op::Login { code: q.code }).await?;
+    let browser = wants_html(&headers);
+    let reply = match exchange(&state, &caller, &uri).await {
+        Ok(r) => r,
+        Err(_) if browser => return Ok(see_other("/?login=failed")),
+        Err(e) => return Err(e),
+    };
     let max_age = reply.expires_ms.saturating_sub(crate::core::now_ms()) / 1000;
     let cookie = format!(
         "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}",
         reply.session
     );
-    let mut resp = Json(LoggedIn {
-        logged_in: true,
-        expires_ms: reply.expires_ms,
-    })
-    .into_response();
+    let mut resp = if browser {
+        see_other("/")
+    } else {
+        Json(LoggedIn {
+            logged_in: true,
+            expires_ms: reply.expires_ms,
+        })
+        .into_response()
+    };
     let cookie = HeaderValue::from_str(&cookie)
         .map_err(|e| ApiError::new(pb_proto::ErrorCode::Internal, e.to_string()))?;
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+async fn exchange(state: &HttpState, caller: &Caller, uri: &Uri) -> Result<LoginReply, ApiError> {
+    let q: LoginQuery = query(uri)?;
+    call(state, caller, Op::Login { code: q.code }).await
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+fn see_other(to: &'static str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(to));
+    resp
 }

@@ -1,6 +1,8 @@
 //! The HTTP transport: the broker's API on loopback TCP, with the routes
 //! of both seeds (Port Daddy's and PortManager's) and /openapi.json.
 //!
+//! It also serves the dashboard ([`dashboard`]), a client of this same API.
+//!
 //! Like the Unix-socket transport it only translates: each route turns a
 //! request into an [`pb_proto::Op`] and calls [`crate::service::dispatch`],
 //! the path every transport shares, so no rule exists here a second time.
@@ -12,10 +14,12 @@
 
 pub mod activity;
 pub mod agents;
+pub mod dashboard;
 pub mod error;
 pub mod guard;
 pub mod io;
 pub mod limits;
+pub mod listeners;
 pub mod locks;
 pub mod login;
 pub mod messages;
@@ -174,6 +178,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(login::routes())
         .merge(whoami::routes())
         .merge(webhooks::routes())
+        .merge(listeners::routes())
+        .merge(dashboard::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async {
             ApiError::new(ErrorCode::NotFound, "no such route (see /openapi.json)")
@@ -367,6 +373,19 @@ pub fn json_body<T: serde::de::DeserializeOwned + Default>(
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("bad JSON body: {e}")))
+}
+
+/// A query's yes/no parameter: absent, `0` or `false` is no; `1`, `true`
+/// or empty (`?follow`) is yes; anything else is an error.
+pub fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("0") | Some("false") => Ok(false),
+        Some("1") | Some("true") | Some("") => Ok(true),
+        Some(v) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{name}={v:?} is not 1, true, 0 or false"),
+        )),
+    }
 }
 
 /// Parses a query string into `T`, with the same errors.

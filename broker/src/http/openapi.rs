@@ -5,7 +5,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::{
-    activity, agents, error, locks, login, messages, portdaddy, portmanager, webhooks, whoami,
+    activity, agents, error, listeners, locks, login, messages, portdaddy, portmanager, webhooks,
+    whoami,
 };
 
 #[derive(OpenApi)]
@@ -51,6 +52,8 @@ use super::{
         agents::show,
         activity::activity,
         activity::stream,
+        listeners::list,
+        listeners::stream,
         login::login,
         whoami::whoami,
         webhooks::add,

@@ -1,0 +1,222 @@
+// The dashboard: loads each part of the page from the HTTP API, then keeps
+// it current from server-sent events, with no polling. The activity stream
+// says what changed (a claim, a lock, an agent...), and only the parts it
+// touches are read again; the listeners and the live tail have streams of
+// their own. After a dropped connection every part is read again, since
+// events may have been missed.
+
+import { ApiError, get, request, seg, follow } from "./api.js";
+import { applyTheme, tickTimes } from "./dom.js";
+import * as view from "./views.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** Most entries kept in the activity list and in the live tail. */
+const KEEP = 200;
+
+function showError(e) {
+  const box = $("alert");
+  box.textContent = e instanceof ApiError ? `${e.message} (${e.code})` : String(e.message ?? e);
+  box.hidden = false;
+}
+
+function clearError() {
+  $("alert").hidden = true;
+}
+
+// ---- Parts read from the API, each redrawn from one route ----
+
+const parts = {
+  services: { path: "/services", draw: (r) => view.services(r.services, { release: releaseService }) },
+  locks: { path: "/locks", draw: (r) => view.locks(r.locks, { release: releaseLock }) },
+  agents: { path: "/agents", draw: (r) => view.agents(r.agents) },
+  channels: { path: "/channels", draw: (r) => view.channels(r.channels, { showSystem: $("show-system").checked, pick: tail }) },
+  webhooks: { path: "/webhooks", draw: (r) => { view.webhooks(r.webhooks, { deliveries }); reopenWebhooks(); } },
+};
+
+// A burst of events reads each part once; a slow answer never overwrites
+// a newer one.
+const pending = new Map();
+const generation = new Map();
+
+function reload(name) {
+  if (pending.has(name)) return;
+  pending.set(name, setTimeout(async () => {
+    pending.delete(name);
+    const mine = (generation.get(name) ?? 0) + 1;
+    generation.set(name, mine);
+    try {
+      const r = await get(parts[name].path);
+      if (generation.get(name) === mine) parts[name].draw(r);
+    } catch (e) {
+      showError(e);
+    }
+  }, 60));
+}
+
+const reloadAll = () => Object.keys(parts).forEach(reload);
+
+/** What each kind of event changes. */
+function touched(action) {
+  const area = action.split(".")[0];
+  switch (area) {
+    case "service": return ["services", "agents", "webhooks"];
+    case "lock": return ["locks", "agents"];
+    case "agent": return ["agents", "services", "locks", "webhooks"];
+    case "message": case "channel": return ["channels"];
+    default: return Object.keys(parts);
+  }
+}
+
+// ---- Actions ----
+
+async function act(what) {
+  clearError();
+  try {
+    await what();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+function releaseService(s) {
+  if (!confirm(`Release ${s.id} (port ${s.port})? A process serving it keeps its socket, but the port is no longer reserved.`)) return;
+  act(async () => {
+    await request("DELETE", `/release/${seg(s.id)}`);
+    reload("services");
+  });
+}
+
+function releaseLock(l) {
+  if (!confirm(`Release lock ${l.name}, held by ${l.owner} (token ${l.token})? The next waiter gets it.`)) return;
+  act(async () => {
+    await request("DELETE", `/locks/${seg(l.name)}?force=true`);
+    reload("locks");
+  });
+}
+
+// Webhooks whose deliveries are shown stay open, and current, across redraws.
+const openWebhooks = new Set();
+
+async function deliveries(id, into) {
+  openWebhooks.add(id);
+  try {
+    const r = await get(`/webhooks/${seg(id)}/deliveries`);
+    into.replaceChildren(view.deliveryTable(r.deliveries));
+  } catch (e) {
+    into.replaceChildren(String(e.message));
+  }
+}
+
+function reopenWebhooks() {
+  for (const d of document.querySelectorAll("#webhooks-list details")) {
+    if (openWebhooks.has(d.dataset.webhook)) d.open = true;
+    d.addEventListener("toggle", () => { if (!d.open) openWebhooks.delete(d.dataset.webhook); });
+  }
+}
+
+// ---- The live tail ----
+
+let tailStream = null;
+
+function showSystem(channel) {
+  return $("show-system").checked || $("tail-pattern").value.startsWith("pb:") || !channel.startsWith("pb:");
+}
+
+function addMessage(m) {
+  if (!showSystem(m.channel)) return;
+  const list = $("tail");
+  list.querySelector(".empty")?.remove();
+  if (list.querySelector(`[data-id="${m.id}"]`)) return;
+  list.prepend(view.message(m));
+  while (list.children.length > KEEP) list.lastElementChild.remove();
+}
+
+async function tail(pattern) {
+  $("tail-pattern").value = pattern;
+  tailStream?.close();
+  const list = $("tail");
+  list.replaceChildren(view.tailEmpty(pattern));
+  let since = 0;
+  try {
+    const r = await get(`/msg/${seg(pattern)}?limit=${KEEP}`);
+    for (const m of r.messages) {
+      addMessage(m);
+      since = Math.max(since, m.id);
+    }
+  } catch (e) {
+    showError(e);
+    return;
+  }
+  tailStream = follow(`/subscribe/${seg(pattern)}?since=${since}`, { onEvent: addMessage });
+}
+
+// ---- Streams ----
+
+const up = { activity: false, listeners: false };
+
+function liveness(name, isUp) {
+  up[name] = isUp;
+  const live = Object.values(up).every(Boolean);
+  const el = $("live");
+  el.textContent = live ? "Live" : "Reconnecting…";
+  el.classList.toggle("down", !live);
+}
+
+function addEntry(e) {
+  const list = $("activity-list");
+  list.querySelector(".empty")?.remove();
+  if (list.querySelector(`[data-id="${e.id}"]`)) return;
+  list.prepend(view.entry(e));
+  while (list.children.length > KEEP) list.lastElementChild.remove();
+}
+
+function start() {
+  applyTheme();
+  $("theme").value = localStorage.getItem("pb-theme") || "system";
+  $("theme").addEventListener("change", (ev) => {
+    localStorage.setItem("pb-theme", ev.target.value);
+    applyTheme(ev.target.value);
+  });
+  $("activity-list").replaceChildren(view.activityEmpty());
+
+  follow("/activity/stream?limit=50", {
+    onOpen: () => { liveness("activity", true); reloadAll(); },
+    onDown: () => liveness("activity", false),
+    onEvent: (e) => {
+      addEntry(e);
+      touched(e.action).forEach(reload);
+    },
+  });
+  follow("/listeners/stream", {
+    onOpen: () => liveness("listeners", true),
+    onDown: () => liveness("listeners", false),
+    onEvent: (r) => view.listeners(r.listeners),
+  });
+
+  $("show-system").addEventListener("change", () => { reload("channels"); tail($("tail-pattern").value); });
+  $("tail-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    tail($("tail-pattern").value.trim() || "*");
+  });
+  $("publish").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const channel = $("pub-channel").value.trim();
+    const text = $("pub-message").value;
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = text;
+    }
+    act(async () => {
+      await request("POST", `/msg/${seg(channel)}`, body);
+      $("pub-message").value = "";
+    });
+  });
+  tail("*");
+  // Relative times ("3m ago") are rewritten on a clock; no data moves.
+  setInterval(tickTimes, 10_000);
+}
+
+start();
