@@ -57,6 +57,8 @@ pub enum EventKind {
     AgentHeartbeat,
     AgentUnregister,
     AgentStale,
+    /// A webhook delivery attempt ended: delivered, failed, or retrying.
+    WebhookAttempt,
     DaemonStart,
     DaemonStop,
     /// Retention trims and other housekeeping that removed data.
@@ -99,6 +101,7 @@ impl EventKind {
             AgentHeartbeat => "agent.heartbeat",
             AgentUnregister => "agent.unregister",
             AgentStale => "agent.stale",
+            WebhookAttempt => "webhook.attempt",
             DaemonStart => "daemon.start",
             DaemonStop => "daemon.stop",
             Cleanup => "cleanup",

@@ -616,7 +616,7 @@ impl Core {
             started_ms,
             duration_ms,
             status,
-            error,
+            error: error.clone(),
         });
         d.log = serde_json::to_string(&log).expect("attempts serialize");
         let mut retry_after = None;
@@ -665,6 +665,22 @@ impl Core {
                 }
             }
         }
+        // Never delivered to webhooks themselves (not in WEBHOOK_KINDS):
+        // an attempt cannot cause another.
+        self.emit(
+            EventKind::WebhookAttempt,
+            &hook_id,
+            None,
+            serde_json::json!({
+                "delivery": d.id,
+                "event": d.event,
+                "attempt": d.attempts,
+                "status": status,
+                "error": error,
+                "state": finished.unwrap_or("retrying"),
+                "next_ms": d.next_ms,
+            }),
+        );
     }
 }
 

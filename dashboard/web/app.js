@@ -64,6 +64,7 @@ function touched(action) {
     case "lock": return ["locks", "agents"];
     case "agent": return ["agents", "services", "locks", "webhooks"];
     case "message": case "channel": return ["channels"];
+    case "webhook": return ["webhooks"];
     default: return Object.keys(parts);
   }
 }

@@ -125,6 +125,21 @@ const scenarios = {
     assert.equal(await page.getByLabel("Message (JSON, or text)").inputValue(), "hello");
   },
 
+  // A webhook's deliveries, open on the page, follow each attempt.
+  async webhook_live() {
+    await logIn();
+    const hook = page.locator("#webhooks-list details").first();
+    await hook.locator("summary").click();
+    await hook.getByText("No deliveries yet.").waitFor();
+    pb("claim", "shop:hooked");
+    const delivered = hook.locator("tbody tr", { hasText: "service.claim" }).filter({ hasText: "delivered" });
+    await delivered.waitFor();
+    assert.match(await delivered.innerText(), /HTTP 200/);
+    // Redraws keep it open: the next one shows too.
+    pb("claim", "shop:hooked2");
+    await hook.locator("tbody tr", { hasText: "delivered" }).nth(1).waitFor();
+  },
+
   // A process that took its port without pb is shown as foreign; pb's own
   // sockets as brokered.
   async foreign_listener() {

@@ -19,7 +19,8 @@ verify SECRET RECORD INDEX [--tamper] [--age SECS] [--forge-timestamp]
     base64-decoded part of a whsec_ secret), with a 5-minute tolerance on
     webhook-timestamp. --tamper changes one byte of the body; --age judges
     the request as if SECS had passed; --forge-timestamp replaces the
-    timestamp with the current time (a replay with a fresh timestamp).
+    timestamp with the current time, or a second later than the original
+    if that is the same (a replay with a fresh timestamp).
     Prints "ok" and exits 0, or prints why and exits 1.
 """
 
@@ -108,7 +109,9 @@ def verify(argv):
         body = body.replace(b'"', b"'", 1)
     ts = h["webhook-timestamp"]
     if "--forge-timestamp" in flags:
-        ts = str(int(time.time()))
+        # A fresh timestamp, and never the original one (a replay within
+        # the same second would otherwise not be a forgery at all).
+        ts = str(max(int(time.time()), int(ts) + 1))
     problems = []
     want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(want, h["x-portdaddy-signature"]):

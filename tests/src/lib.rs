@@ -387,6 +387,16 @@ impl Broker {
         serde_json::from_str(&self.pb_ok(&a)).expect("pb -j prints JSON")
     }
 
+    /// `pb -j log ARGS...`: the activity log's entries, one per line.
+    pub fn activity(&self, args: &[&str]) -> Vec<Value> {
+        let mut a = vec!["-j", "log"];
+        a.extend_from_slice(args);
+        self.pb_ok(&a)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("pb -j log prints JSON lines"))
+            .collect()
+    }
+
     /// `pb claim ID -q ...`, as a port.
     pub fn claim(&self, id: &str, extra: &[&str]) -> u16 {
         let mut a = vec!["claim", id, "-q"];
@@ -456,6 +466,26 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A server that knows nothing of pb: python's http.server on
+/// 127.0.0.1:`port`, started (not yet necessarily listening).
+pub fn foreign_http_server(port: u16) -> Proc {
+    Proc(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    )
 }
 
 /// A child process that is killed (by its pid) when dropped.

@@ -9,16 +9,6 @@ use std::time::Duration;
 use pb_tests::*;
 use serde_json::Value;
 
-fn log(broker: &Broker, args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["-j", "log"];
-    a.extend_from_slice(args);
-    broker
-        .pb_ok(&a)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn every_operation_is_recorded_with_its_real_actor() {
     let broker = Broker::start();
@@ -32,7 +22,7 @@ fn every_operation_is_recorded_with_its_real_actor() {
         broker.leases().is_empty().then_some(())
     })
     .expect("the lease expires");
-    let all = log(&broker, &["-n", "1000"]);
+    let all = broker.activity(&["-n", "1000"]);
     let actions: Vec<&str> = all.iter().map(|e| e["action"].as_str().unwrap()).collect();
     for want in [
         "daemon.start",
@@ -49,10 +39,7 @@ fn every_operation_is_recorded_with_its_real_actor() {
     assert!(all
         .windows(2)
         .all(|w| w[0]["id"].as_u64() < w[1]["id"].as_u64()));
-    let claim = &log(
-        &broker,
-        &["--action", "service.claim", "--target", "act:web"],
-    )[0];
+    let claim = &broker.activity(&["--action", "service.claim", "--target", "act:web"])[0];
     assert_eq!(claim["details"]["port"], port);
     assert!(claim["actor"]["pid"].as_u64().is_some());
     assert_eq!(claim["actor"]["uid"], unsafe { libc::geteuid() });
@@ -61,13 +48,13 @@ fn every_operation_is_recorded_with_its_real_actor() {
         .unwrap()
         .contains("claim act:web"));
     // The broker's own actions have no actor.
-    let expired = &log(&broker, &["--action", "service.expire"])[0];
+    let expired = &broker.activity(&["--action", "service.expire"])[0];
     assert!(expired["actor"].is_null());
     // Prefix filters, limits, since.
-    let locks = log(&broker, &["--action", "lock.*"]);
+    let locks = broker.activity(&["--action", "lock.*"]);
     assert_eq!(locks.len(), 2);
-    assert_eq!(log(&broker, &["-n", "3"]).len(), 3);
-    assert!(log(&broker, &["--since", "1h"]).len() >= 8);
+    assert_eq!(broker.activity(&["-n", "3"]).len(), 3);
+    assert!(broker.activity(&["--since", "1h"]).len() >= 8);
     assert_eq!(
         broker.pb(&["log", "--action", "DROP TABLE"]).status.code(),
         Some(2)
@@ -113,7 +100,7 @@ fn follow_streams_new_entries_and_retention_bounds_the_log() {
         broker.pb_ok(&["pub", "noise", &i.to_string()]);
     }
     let trimmed = wait_until(Duration::from_secs(30), || {
-        (log(&broker, &["-n", "10000"]).len() <= 52).then_some(())
+        (broker.activity(&["-n", "10000"]).len() <= 52).then_some(())
     });
     assert!(trimmed.is_some(), "the log was not trimmed to its limit");
 }

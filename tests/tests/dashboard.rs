@@ -61,25 +61,18 @@ fn scenario(broker: &Broker, name: &str, extra: &[(&str, String)]) {
     );
 }
 
-/// A foreign server: python's http.server on `port`, not through pb.
+/// A foreign server (python's http.server, not through pb), answering.
 fn foreign_server(port: u16) -> Proc {
-    let p = Proc(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let p = foreign_http_server(port);
     wait_until(Duration::from_secs(10), || curl("4", port)).expect("the foreign server answers");
     p
+}
+
+/// A service run by `pb exec` on tests/servers/fd_server.py, which serves
+/// on the sockets it inherits, as a systemd-aware app does.
+fn served(broker: &Broker, id: &str) -> (Proc, u16) {
+    let server = tests_dir().join("servers/fd_server.py");
+    broker.exec(&[id, "--", "python3", server.to_str().unwrap()])
 }
 
 #[test]
@@ -124,6 +117,56 @@ fn a_message_from_the_cli_shows_in_the_live_tail() {
     );
 }
 
+/// tests/servers/webhook_receiver.py on 127.0.0.1:`port`, answering 200
+/// and recording each request as a line of `record`.
+fn webhook_receiver(port: u16, record: &Path) -> Proc {
+    let mut receiver = Command::new("python3")
+        .arg(tests_dir().join("servers/webhook_receiver.py"))
+        .args(["serve", &port.to_string()])
+        .arg(record)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(receiver.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    Proc(receiver)
+}
+
+#[test]
+#[cfg_attr(
+    not(pb_browser),
+    ignore = "needs chromium and playwright-core (tests/build.rs)"
+)]
+fn webhook_deliveries_update_live() {
+    let broker = broker();
+    let port = broker.range.1 - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.jsonl");
+    let _receiver = webhook_receiver(port, &record);
+    broker.pb_ok(&[
+        "webhook",
+        "add",
+        &format!("http://127.0.0.1:{port}/hook"),
+        "-e",
+        "service.claim",
+    ]);
+    scenario(&broker, "webhook_live", &[]);
+    let received = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(received.lines().count(), 2, "{received}");
+    // Each attempt is in the activity log too.
+    let log = broker.activity(&["--action", "webhook.attempt"]);
+    let states: Vec<&str> = log
+        .iter()
+        .map(|e| e["details"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["delivered", "delivered"], "{log:?}");
+}
+
 #[test]
 #[cfg_attr(
     not(pb_browser),
@@ -134,7 +177,7 @@ fn a_foreign_listener_shows_as_foreign() {
     let foreign = broker.range.1 - 1;
     let later = broker.range.1 - 2;
     let _server = foreign_server(foreign);
-    let (_exec, brokered) = broker.exec(&["shop:web", "--", "python3", "-c", SERVE_INHERITED]);
+    let (_exec, brokered) = served(&broker, "shop:web");
     scenario(
         &broker,
         "foreign_listener",
@@ -168,18 +211,6 @@ fn the_page_is_usable_by_keyboard_in_both_themes_and_narrow() {
     scenario(&broker, "usable", &[]);
 }
 
-/// A python server that serves on the socket `pb exec` passed it
-/// (LISTEN_FDS), as a systemd-aware app would.
-const SERVE_INHERITED: &str = "
-import http.server, socket
-s = socket.socket(fileno=3)
-class H(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *a): pass
-srv = http.server.HTTPServer(('127.0.0.1', 0), H, bind_and_activate=False)
-srv.socket = s
-srv.serve_forever()
-";
-
 /// The README's picture (docs/dashboard.png): a realistic state, from real
 /// processes, the whole page at 1280 pixels wide. The test writes it to target/dashboard.png;
 /// with PB_UPDATE_SCREENSHOT=1 it replaces docs/dashboard.png.
@@ -190,8 +221,8 @@ srv.serve_forever()
 )]
 fn a_screenshot_of_a_realistic_state() {
     let broker = broker();
-    let (_web, _) = broker.exec(&["shop:web", "--", "python3", "-c", SERVE_INHERITED]);
-    let (_api, _) = broker.exec(&["shop:api", "--", "python3", "-c", SERVE_INHERITED]);
+    let (_web, _) = served(&broker, "shop:web");
+    let (_api, _) = served(&broker, "shop:api");
     broker.claim("shop:db", &[]);
     broker.pb_ok(&["agent", "register", "claude-1", "--type", "claude"]);
     broker.claim("docs:preview", &["--agent", "claude-1"]);
@@ -230,15 +261,8 @@ fn a_screenshot_of_a_realistic_state() {
             .unwrap(),
     );
     let hook_port = broker.range.1 - 2;
-    let _receiver = Proc(
-        Command::new("python3")
-            .args(["-c", HOOK_RECEIVER, &hook_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(Duration::from_secs(10), || curl("4", hook_port)).expect("the receiver answers");
+    let hooks = tempfile::tempdir().unwrap();
+    let _receiver = webhook_receiver(hook_port, &hooks.path().join("record.jsonl"));
     broker.pb_ok(&[
         "webhook",
         "add",
@@ -273,19 +297,6 @@ fn a_screenshot_of_a_realistic_state() {
         .unwrap();
     }
 }
-
-/// Answers every POST with 204, as a webhook receiver would.
-const HOOK_RECEIVER: &str = "
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get('Content-Length', 0)))
-        self.send_response(204); self.end_headers()
-    def do_GET(self):
-        self.send_response(200); self.end_headers()
-    def log_message(self, *a): pass
-http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
-";
 
 /// `pb dashboard` opens its URL in $BROWSER (here a script that writes
 /// down what it was given), and `--print-url` opens nothing.

@@ -184,20 +184,7 @@ fn an_owner_that_closes_its_sockets_without_exiting_loses_the_lease() {
 fn who_and_ps_all_name_an_unrelated_listener() {
     let broker = broker();
     let port = broker.range.1;
-    let server = Proc(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let server = foreign_http_server(port);
     let pid = server.pid();
     let who = wait_for("the server to listen", || {
         let v = broker.pb_json(&["who", &port.to_string()]);
