@@ -62,6 +62,39 @@ async function logIn() {
   await page.locator("#live", { hasText: /^Live$/ }).waitFor();
 }
 
+/**
+ * Runs in the page: every visible element with text of its own whose
+ * contrast against its effective background is under WCAG AA (4.5:1, or
+ * 3:1 for large text), as "text (ratio)".
+ */
+function lowContrast() {
+  const rgba = (c) => (c.match(/[\d.]+/g) ?? []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  const out = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length) continue;
+    const st = getComputedStyle(el);
+    if (st.visibility === "hidden") continue;
+    const a = lum(rgba(st.color)), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(st.fontSize), bold = Number(st.fontWeight) >= 700;
+    const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+    if (ratio < need) out.push(`${el.textContent.trim().slice(0, 40)} (${ratio.toFixed(2)})`);
+  }
+  return out;
+}
+
 const scenarios = {
   // A claim made in a terminal shows up without a reload.
   async claim_appears() {
@@ -209,6 +242,12 @@ const scenarios = {
       reached = await page.evaluate(() => document.activeElement?.getAttribute("aria-label") === "Release shop:web");
     }
     assert.ok(reached, "Release is reachable by keyboard");
+    // Every piece of text meets WCAG AA contrast, in both themes.
+    for (const theme of ["light", "dark"]) {
+      await page.getByLabel("Theme").selectOption(theme);
+      const low = await page.evaluate(lowContrast);
+      assert.deepEqual(low, [], `text below AA contrast in the ${theme} theme`);
+    }
     const bg = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
     await page.getByLabel("Theme").selectOption("dark");
     assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), "dark");

@@ -208,6 +208,11 @@ fn without_login_nothing_is_shown() {
 fn the_page_is_usable_by_keyboard_in_both_themes_and_narrow() {
     let broker = broker();
     broker.claim("shop:web", &[]);
+    // Something in every part, so that every kind of row is checked.
+    broker.pb_ok(&["agent", "register", "claude-1", "--type", "claude"]);
+    broker.pb_ok(&["lock", "ci", "--owner", "build-bot"]);
+    broker.pb_ok(&["pub", "build:status", r#"{"ok":false}"#]);
+    let _server = foreign_server(broker.range.1 - 1);
     scenario(&broker, "usable", &[]);
 }
 

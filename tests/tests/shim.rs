@@ -415,7 +415,27 @@ fn a_server_started_through_a_shell_script_that_execs_it() {
     let mut run = shim_exec(&broker, &["scripted", "--", "sh", "-c", &chain]);
     let (port, _) = run.port("scripted");
     assert!(served_on_both_families(port).starts_with(&format!("node port={port} ")));
+    // pb exec signals its own child, the outer shell; node, two execs down,
+    // would outlive it (and keep the lease, which follows the socket). This
+    // test started it, so it ends it, by the pid the broker names.
+    let who = broker.pb_json(&["who", &port.to_string()]);
+    let pids: Vec<i32> = who["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["holders"].as_array().unwrap().iter())
+        .map(|h| h["pid"].as_i64().unwrap() as i32)
+        .collect();
+    assert!(!pids.is_empty(), "{who}");
     run.stop();
+    for pid in pids {
+        // SAFETY: plain kill(2) of a process this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        wait_until(Duration::from_secs(10), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        })
+        .expect("node ends on SIGTERM");
+    }
 }
 
 #[test]
