@@ -335,8 +335,9 @@ impl Core {
     }
 
     /// Whether `secret` is a live dashboard session.
-    pub fn session_valid(&self, secret: &str) -> bool {
-        self.logins.session_valid(secret, now_ms())
+    /// Whether `secret` is a live dashboard session of `peer_uid`'s.
+    pub fn session_valid(&self, secret: &str, peer_uid: u32) -> bool {
+        self.logins.session_valid(secret, peer_uid, now_ms())
     }
 
     pub fn config(&self) -> &Config {
@@ -563,7 +564,7 @@ impl Core {
                 }))
             }
             Op::Login { code } => {
-                let (session, expires_ms) = self.logins.redeem(&code, now_ms())?;
+                let (session, expires_ms) = self.logins.redeem(&code, caller.peer_uid, now_ms())?;
                 Ok(Outcome::of(LoginReply {
                     session,
                     expires_ms,

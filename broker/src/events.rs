@@ -66,17 +66,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// A lease began, ended or changed hands.
-    pub fn is_service(self) -> bool {
+    /// A lease began, ended or changed hands, so the broker's sockets (or
+    /// who holds them) may have changed. A renewal changes no socket.
+    pub fn moves_sockets(self) -> bool {
         use EventKind::*;
         matches!(
             self,
-            ServiceClaim
-                | ServiceRelease
-                | ServiceExpire
-                | ServiceReclaim
-                | ServiceOwnerChanged
-                | ServiceRenew
+            ServiceClaim | ServiceRelease | ServiceExpire | ServiceReclaim | ServiceOwnerChanged
         )
     }
 

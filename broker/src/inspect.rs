@@ -102,6 +102,16 @@ impl ListenerFeed {
     }
 
     async fn run(self: Arc<Self>, core: SharedCore) {
+        // A panic here must not leave the feed marked running with no task.
+        struct Unwinding<'a>(&'a AtomicBool);
+        impl Drop for Unwinding<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        let _unwinding = Unwinding(&self.running);
         let (interval, mut events) = {
             let c = lock(&core);
             (c.cfg.scan_interval, c.bus.follow())
@@ -118,7 +128,7 @@ impl ListenerFeed {
                 tokio::select! {
                     _ = &mut next_scan => break,
                     ev = events.recv() => match ev {
-                        Ok(ev) if ev.kind.is_service() => break,
+                        Ok(ev) if ev.kind.moves_sockets() => break,
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => {

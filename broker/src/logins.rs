@@ -5,6 +5,11 @@
 //! user's process: for browsers the kernel cannot attribute to the user
 //! (another uid, a sandbox) and that cannot send an Authorization header.
 //!
+//! A session belongs to the uid (as the kernel named it) whose browser
+//! redeemed the code, and is accepted from that uid only: browsers send
+//! localhost cookies to every local port, so another user's server on
+//! localhost may see the cookie, and must not be able to replay it.
+//!
 //! Codes and sessions live in memory only (a restart logs everyone out),
 //! each kind bounded, each with an expiry.
 
@@ -25,8 +30,8 @@ pub const MAX_SESSIONS: usize = 64;
 pub struct Logins {
     /// Code → when it expires.
     codes: HashMap<String, u64>,
-    /// Session secret → when it expires.
-    sessions: HashMap<String, u64>,
+    /// Session secret → when it expires, and the uid it belongs to.
+    sessions: HashMap<String, (u64, u32)>,
 }
 
 impl Logins {
@@ -45,8 +50,8 @@ impl Logins {
         Ok((code, exp))
     }
 
-    /// Uses up `code` and opens a session for it.
-    pub fn redeem(&mut self, code: &str, now: u64) -> Result<(String, u64), WireError> {
+    /// Uses up `code` and opens a session for it, for `uid`'s browser.
+    pub fn redeem(&mut self, code: &str, uid: u32, now: u64) -> Result<(String, u64), WireError> {
         let valid = self
             .codes
             .iter()
@@ -59,12 +64,12 @@ impl Logins {
         if exp <= now {
             return Err(unauthorized("the login code has expired"));
         }
-        self.sessions.retain(|_, exp| *exp > now);
+        self.sessions.retain(|_, (exp, _)| *exp > now);
         if self.sessions.len() >= MAX_SESSIONS {
             if let Some(oldest) = self
                 .sessions
                 .iter()
-                .min_by_key(|(_, exp)| **exp)
+                .min_by_key(|(_, (exp, _))| *exp)
                 .map(|(s, _)| s.clone())
             {
                 self.sessions.remove(&oldest);
@@ -72,15 +77,15 @@ impl Logins {
         }
         let secret = random_hex(32)?;
         let exp = now + SESSION_TTL_MS;
-        self.sessions.insert(secret.clone(), exp);
+        self.sessions.insert(secret.clone(), (exp, uid));
         Ok((secret, exp))
     }
 
-    /// Whether `secret` names a live session.
-    pub fn session_valid(&self, secret: &str, now: u64) -> bool {
+    /// Whether `secret` names a live session of `uid`'s.
+    pub fn session_valid(&self, secret: &str, uid: u32, now: u64) -> bool {
         self.sessions
             .iter()
-            .any(|(s, exp)| *exp > now && same(s, secret))
+            .any(|(s, (exp, owner))| *exp > now && *owner == uid && same(s, secret))
     }
 }
 
@@ -127,21 +132,25 @@ mod tests {
         let mut l = Logins::default();
         let (code, exp) = l.new_code(1000).unwrap();
         assert_eq!(exp, 1000 + CODE_TTL_MS);
-        let (session, _) = l.redeem(&code, 2000).unwrap();
-        assert!(l.session_valid(&session, 3000));
-        assert!(!l.session_valid("nope", 3000));
-        assert!(!l.session_valid(&session, 2000 + SESSION_TTL_MS));
+        let (session, _) = l.redeem(&code, 1000, 2000).unwrap();
+        assert!(l.session_valid(&session, 1000, 3000));
+        assert!(
+            !l.session_valid(&session, 1001, 3000),
+            "another uid's replay"
+        );
+        assert!(!l.session_valid("nope", 1000, 3000));
+        assert!(!l.session_valid(&session, 1000, 2000 + SESSION_TTL_MS));
         assert_eq!(
-            l.redeem(&code, 2000).unwrap_err().code,
+            l.redeem(&code, 1000, 2000).unwrap_err().code,
             ErrorCode::Unauthorized
         );
         let (late, _) = l.new_code(1000).unwrap();
         assert_eq!(
-            l.redeem(&late, 1000 + CODE_TTL_MS).unwrap_err().code,
+            l.redeem(&late, 1000, 1000 + CODE_TTL_MS).unwrap_err().code,
             ErrorCode::Unauthorized
         );
         assert!(
-            l.redeem(&late, 1000).is_err(),
+            l.redeem(&late, 1000, 1000).is_err(),
             "an expired code is gone, not reusable"
         );
     }
@@ -157,12 +166,12 @@ mod tests {
         let mut first = None;
         for i in 0..=MAX_SESSIONS as u64 {
             let (c, _) = l.new_code(i).unwrap();
-            let (s, _) = l.redeem(&c, i).unwrap();
+            let (s, _) = l.redeem(&c, 1000, i).unwrap();
             first.get_or_insert(s);
         }
         assert_eq!(l.sessions.len(), MAX_SESSIONS);
         assert!(
-            !l.session_valid(first.as_ref().unwrap(), 100),
+            !l.session_valid(first.as_ref().unwrap(), 1000, 100),
             "the oldest session made room"
         );
         drop(codes);

@@ -45,24 +45,53 @@ export const get = (path) => request("GET", path);
 /** A path segment: ids and channel names may hold any character. */
 export const seg = (s) => encodeURIComponent(s);
 
+/** The longest wait between two attempts to reopen a refused stream. */
+const MAX_RETRY_MS = 30_000;
+
 /**
- * Follows an event stream. `onEvent(data)` gets each parsed event; `onOpen`
- * runs on every (re)connection, when what was missed must be reloaded;
- * `onDown` when the connection drops (the browser reconnects by itself,
- * resuming with Last-Event-ID).
+ * Follows an event stream. `path()` names it (asked again at each reopen,
+ * so it can say where to resume). `onEvent(data)` gets each parsed event;
+ * `onOpen` runs on every (re)connection, when what was missed must be
+ * reloaded; `onDown` when the connection drops. A dropped connection is
+ * reopened by the browser (resuming with Last-Event-ID); a refused one (an
+ * error status, which browsers never retry) is reopened here, waiting
+ * twice as long each time, after checking the session: a 401 goes to the
+ * login page. Returns `{close()}`.
  */
 export function follow(path, { onEvent, onOpen, onDown }) {
-  const es = new EventSource(path);
-  es.onmessage = (ev) => {
-    let data;
-    try {
-      data = JSON.parse(ev.data);
-    } catch {
-      return;
-    }
-    onEvent(data);
+  let es = null;
+  let closed = false;
+  let retry = 1000;
+  let timer = null;
+  const open = () => {
+    es = new EventSource(path());
+    es.onmessage = (ev) => {
+      let data;
+      try {
+        data = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      onEvent(data);
+    };
+    es.onopen = () => {
+      retry = 1000;
+      onOpen?.();
+    };
+    es.onerror = () => {
+      onDown?.();
+      if (closed || es.readyState !== EventSource.CLOSED) return;
+      request("GET", "/whoami").catch(() => {});
+      timer = setTimeout(open, retry);
+      retry = Math.min(retry * 2, MAX_RETRY_MS);
+    };
   };
-  es.onopen = () => onOpen?.();
-  es.onerror = () => onDown?.();
-  return es;
+  open();
+  return {
+    close() {
+      closed = true;
+      clearTimeout(timer);
+      es?.close();
+    },
+  };
 }

@@ -31,7 +31,7 @@ const parts = {
   locks: { path: "/locks", draw: (r) => view.locks(r.locks, { release: releaseLock }) },
   agents: { path: "/agents", draw: (r) => view.agents(r.agents) },
   channels: { path: "/channels", draw: (r) => view.channels(r.channels, { showSystem: $("show-system").checked, pick: tail }) },
-  webhooks: { path: "/webhooks", draw: (r) => { view.webhooks(r.webhooks, { deliveries }); reopenWebhooks(); } },
+  webhooks: { path: "/webhooks", draw: (r) => { keepOpen(); view.webhooks(r.webhooks, { deliveries }); reopenWebhooks(); } },
 };
 
 // A burst of events reads each part once; a slow answer never overwrites
@@ -58,11 +58,14 @@ const reloadAll = () => Object.keys(parts).forEach(reload);
 
 /** What each kind of event changes. */
 function touched(action) {
-  const area = action.split(".")[0];
-  switch (area) {
-    case "service": return ["services", "agents", "webhooks"];
+  switch (action) {
+    case "agent.register": case "agent.heartbeat": return ["agents"];
+    case "lock.wait": case "lock.cancel": case "lock.extend": return ["locks"];
+  }
+  switch (action.split(".")[0]) {
+    case "service": return ["services", "agents"];
     case "lock": return ["locks", "agents"];
-    case "agent": return ["agents", "services", "locks", "webhooks"];
+    case "agent": return ["agents", "services", "locks"];
     case "message": case "channel": return ["channels"];
     case "webhook": return ["webhooks"];
     default: return Object.keys(parts);
@@ -109,6 +112,11 @@ async function deliveries(id, into) {
   }
 }
 
+/** Remembers the webhooks open now, even one whose toggle event is due. */
+function keepOpen() {
+  for (const d of document.querySelectorAll("#webhooks-list details[open]")) openWebhooks.add(d.dataset.webhook);
+}
+
 function reopenWebhooks() {
   for (const d of document.querySelectorAll("#webhooks-list details")) {
     if (openWebhooks.has(d.dataset.webhook)) d.open = true;
@@ -119,6 +127,8 @@ function reopenWebhooks() {
 // ---- The live tail ----
 
 let tailStream = null;
+/** Which call of tail() is the latest: an older one gives way. */
+let tailCall = 0;
 
 function showSystem(channel) {
   return $("show-system").checked || $("tail-pattern").value.startsWith("pb:") || !channel.startsWith("pb:");
@@ -134,22 +144,32 @@ function addMessage(m) {
 }
 
 async function tail(pattern) {
+  const call = ++tailCall;
   $("tail-pattern").value = pattern;
   tailStream?.close();
+  tailStream = null;
   const list = $("tail");
   list.replaceChildren(view.tailEmpty(pattern));
   let since = 0;
+  let r;
   try {
-    const r = await get(`/msg/${seg(pattern)}?limit=${KEEP}`);
-    for (const m of r.messages) {
-      addMessage(m);
-      since = Math.max(since, m.id);
-    }
+    r = await get(`/msg/${seg(pattern)}?limit=${KEEP}`);
   } catch (e) {
-    showError(e);
+    if (call === tailCall) showError(e);
     return;
   }
-  tailStream = follow(`/subscribe/${seg(pattern)}?since=${since}`, { onEvent: addMessage });
+  if (call !== tailCall) return;
+  for (const m of r.messages) {
+    addMessage(m);
+    since = Math.max(since, m.id);
+  }
+  // Reopened streams resume after the last message shown.
+  tailStream = follow(() => `/subscribe/${seg(pattern)}?since=${since}`, {
+    onEvent: (m) => {
+      since = Math.max(since, m.id);
+      addMessage(m);
+    },
+  });
 }
 
 // ---- Streams ----
@@ -181,7 +201,8 @@ function start() {
   });
   $("activity-list").replaceChildren(view.activityEmpty());
 
-  follow("/activity/stream?limit=50", {
+  reloadAll();
+  follow(() => "/activity/stream?limit=50", {
     onOpen: () => { liveness("activity", true); reloadAll(); },
     onDown: () => liveness("activity", false),
     onEvent: (e) => {
@@ -189,7 +210,7 @@ function start() {
       touched(e.action).forEach(reload);
     },
   });
-  follow("/listeners/stream", {
+  follow(() => "/listeners/stream", {
     onOpen: () => liveness("listeners", true),
     onDown: () => liveness("listeners", false),
     onEvent: (r) => view.listeners(r.listeners),

@@ -18,9 +18,21 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** Replaces a container's children. */
+/**
+ * Replaces a container's children, keeping keyboard focus on the control
+ * that had it (found again by its aria-label or data-focus-key), so a
+ * redraw never throws a keyboard user back to the top.
+ */
 export function fill(container, children) {
+  const active = document.activeElement;
+  const key = active && container.contains(active)
+    ? active.getAttribute("aria-label") ?? active.dataset.focusKey
+    : null;
   container.replaceChildren(...children);
+  if (!key) return;
+  const again = [...container.querySelectorAll("[aria-label], [data-focus-key]")]
+    .find((el) => (el.getAttribute("aria-label") ?? el.dataset.focusKey) === key);
+  again?.focus();
 }
 
 /** A table row that explains an empty table, spanning its columns. */

@@ -124,7 +124,7 @@ export function webhooks(list, { deliveries }) {
   const items = list.map((w) => {
     const body = h("div", { class: "deliveries" }, h("p", { class: "muted" }, "Loading deliveries…"));
     const details = h("details", { dataset: { webhook: w.id } },
-      h("summary", {},
+      h("summary", { dataset: { focusKey: `webhook ${w.id}` } },
         h("code", {}, w.url), " ",
         w.active ? h("span", { class: "tag ok" }, "active") : h("span", { class: "tag bad", title: w.disabled_reason ?? "" }, "disabled"),
         " ", h("span", { class: "muted small" }, (w.events?.length ? w.events.join(", ") : "every event") + (w.pending ? ` · ${w.pending} pending` : ""))),

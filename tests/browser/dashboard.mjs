@@ -116,11 +116,14 @@ const scenarios = {
     const r = row("services", "service", "shop:web");
     await r.waitFor();
     const release = page.getByRole("button", { name: "Release shop:web", exact: true });
-    // Refusing the question changes nothing.
+    const deletes = [];
+    page.on("request", (q) => q.method() === "DELETE" && deletes.push(q.url()));
+    // Refusing the question sends nothing.
     page.once("dialog", (d) => d.dismiss());
     await release.focus();
     await page.keyboard.press("Enter");
     await page.waitForTimeout(500);
+    assert.deepEqual(deletes, [], "dismissed: no request");
     assert.equal(await r.count(), 1, "dismissed: still there");
     page.once("dialog", (d) => {
       assert.match(d.message(), /Release shop:web/);
@@ -129,6 +132,8 @@ const scenarios = {
     await release.focus();
     await page.keyboard.press("Enter");
     await r.waitFor({ state: "detached" });
+    assert.equal(deletes.length, 1, "one release request");
+    assert.match(deletes[0], /\/release\/shop%3Aweb$/);
     // The other service stays.
     await row("services", "service", "shop:db").waitFor();
   },
@@ -242,6 +247,14 @@ const scenarios = {
       reached = await page.evaluate(() => document.activeElement?.getAttribute("aria-label") === "Release shop:web");
     }
     assert.ok(reached, "Release is reachable by keyboard");
+    // A redraw (another claim arrives) keeps the focus where it was.
+    pb("claim", "shop:api");
+    await row("services", "service", "shop:api").waitFor();
+    assert.equal(
+      await page.evaluate(() => document.activeElement?.getAttribute("aria-label")),
+      "Release shop:web",
+      "focus survives a redraw",
+    );
     // Every piece of text meets WCAG AA contrast, in both themes.
     for (const theme of ["light", "dark"]) {
       await page.getByLabel("Theme").selectOption(theme);

@@ -996,7 +996,9 @@ fn another_users_browser_logs_in_with_a_one_time_url() {
         .find_map(|l| l.strip_prefix("set-cookie: "))
         .unwrap_or_else(|| panic!("no cookie: {text}"));
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        cookie.starts_with(&format!("pb_session_{p}="))
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
     let session = cookie.split(';').next().unwrap().to_string();
@@ -1023,8 +1025,40 @@ fn another_users_browser_logs_in_with_a_one_time_url() {
     );
     assert_eq!(status, 200);
     assert_eq!(broker.leases()[0].0, "from-browser");
-    let (status, _) = curl_as(Some(user), &["-H", "Cookie: pb_session=0000", &services]);
+    let made_up = format!("Cookie: pb_session_{p}=0000");
+    let (status, _) = curl_as(Some(user), &["-H", &made_up, &services]);
     assert_eq!(status, 401, "a made-up session is nothing");
+    // The session is that uid's: the same cookie from another uid (here
+    // root, which needs none for the API) does not open the dashboard.
+    let page = |who: Option<(u32, u32)>| {
+        let mut c = match who {
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={}", u.0),
+                    &format!("--regid={}", u.1),
+                    "--clear-groups",
+                    "curl",
+                ]);
+                c
+            }
+            None => Command::new("curl"),
+        };
+        let out = c
+            .args(["-sS", "--max-time", "10", "-H", &cookie_h])
+            .arg(format!("http://localhost:{p}/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        page(Some(user)).contains("dashboard/app.js"),
+        "its own browser gets the app"
+    );
+    assert!(
+        page(None).contains("Log in to pb"),
+        "a replay from another uid gets the login page"
+    );
     // With HTTP off there is no URL to give.
     let off = Broker::start_with(&[("PB_HTTP_ADDR", "off")]);
     let out = off.pb(&["dashboard", "--print-url"]);

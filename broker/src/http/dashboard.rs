@@ -16,12 +16,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use pb_proto::ErrorCode;
 
 use super::error::ApiError;
-use super::guard::session_cookie;
-use super::{HttpState, IdPath};
+use super::guard::has_session;
+use super::{Conn, HttpState, IdPath};
 
 /// Where the dashboard's files are served.
 pub const FILES_PREFIX: &str = "/dashboard/";
@@ -33,10 +33,12 @@ pub fn routes() -> Router<Arc<HttpState>> {
 }
 
 /// The app for a logged-in browser, else the login page.
-async fn page(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    let logged_in =
-        session_cookie(&headers).is_some_and(|s| crate::ipc::lock(&state.core).session_valid(s));
-    let name = if logged_in {
+async fn page(
+    State(state): State<Arc<HttpState>>,
+    Extension(conn): Extension<Arc<Conn>>,
+    headers: HeaderMap,
+) -> Response {
+    let name = if has_session(&state, &conn, &headers) {
         pb_dashboard::INDEX
     } else {
         pb_dashboard::LOGIN

@@ -144,8 +144,7 @@ fn identify(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> Result<Calle
         .and_then(|v| v.to_str().ok());
     let foreign = conn.peer_uid != state.broker_uid && conn.peer_uid != 0;
     // The session lookup takes the core's lock: only when it can matter.
-    let session = foreign
-        && session_cookie(headers).is_some_and(|s| crate::ipc::lock(&state.core).session_valid(s));
+    let session = foreign && has_session(state, conn, headers);
     let uid = authorize(
         conn.peer_uid,
         state.broker_uid,
@@ -164,19 +163,31 @@ fn identify(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> Result<Calle
 
 /// The path where a browser exchanges a one-time login code.
 pub const LOGIN_PATH: &str = "/login";
-/// The cookie that carries a dashboard session.
-pub const SESSION_COOKIE: &str = "pb_session";
 
-/// The session secret in a request's cookies, if any.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The cookie that carries a dashboard session for the broker on `port`.
+/// Browsers keep localhost cookies per host, not per port: each broker
+/// (each user's, each test's) names its own.
+pub fn session_cookie_name(port: u16) -> String {
+    format!("pb_session_{port}")
+}
+
+/// The session secret in a request's cookies for the broker on `port`.
+pub fn session_cookie(headers: &HeaderMap, port: u16) -> Option<&str> {
+    let name = session_cookie_name(port);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim())
+}
+
+/// Whether the request carries a live session of its connection's uid.
+pub fn has_session(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> bool {
+    session_cookie(headers, conn.local.port())
+        .is_some_and(|s| crate::ipc::lock(&state.core).session_valid(s, conn.peer_uid))
 }
 
 /// The uid a request acts as, given the uid the kernel says made its
@@ -357,13 +368,14 @@ mod tests {
 
     #[test]
     fn session_cookies() {
-        let h = headers(&[(header::COOKIE, "a=1; pb_session=abc ; b=2")]);
-        assert_eq!(session_cookie(&h), Some("abc"));
+        let h = headers(&[(header::COOKIE, "a=1; pb_session_9876=abc ; b=2")]);
+        assert_eq!(session_cookie(&h, 9876), Some("abc"));
+        assert_eq!(session_cookie(&h, 9877), None, "another broker's");
         assert_eq!(
-            session_cookie(&headers(&[(header::COOKIE, "xpb_session=abc")])),
+            session_cookie(&headers(&[(header::COOKIE, "xpb_session_9876=abc")]), 9876),
             None
         );
-        assert_eq!(session_cookie(&HeaderMap::new()), None);
+        assert_eq!(session_cookie(&HeaderMap::new(), 9876), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The dashboard's login: `GET /login?code=...` exchanges a one-time code
-//! from `pb dashboard` for a session cookie (HttpOnly, SameSite=Strict), with
+//! from `pb dashboard` for a session cookie (HttpOnly, SameSite=Lax, named for
+//! the broker's port, and valid only from the uid that redeemed it), with
 //! which a browser the kernel cannot attribute to the broker's user is
 //! admitted as that user. The codes and sessions are the core's
 //! (crate::logins); this only translates.
@@ -16,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::guard::{LOGIN_PATH, SESSION_COOKIE};
-use super::{call, query, HttpState};
+use super::guard::{session_cookie_name, LOGIN_PATH};
+use super::{call, query, Conn, HttpState};
 use crate::core::Caller;
 
 pub fn routes() -> Router<Arc<HttpState>> {
@@ -43,12 +44,13 @@ pub struct LoggedIn {
 /// never stays in its address bar.
 #[utoipa::path(get, path = "/login", tag = "pb",
     params(("code" = String, Query, description = "the one-time code `pb dashboard` printed")),
-    responses((status = 200, body = LoggedIn, description = "sets the pb_session cookie"),
+    responses((status = 200, body = LoggedIn, description = "sets the pb_session_PORT cookie"),
               (status = 303, description = "a browser: sets the cookie and goes to the dashboard"),
               (status = 401, body = ErrorBody)))]
 pub async fn login(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
+    Extension(conn): Extension<Arc<Conn>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
@@ -59,8 +61,12 @@ pub async fn login(
         Err(e) => return Err(e),
     };
     let max_age = reply.expires_ms.saturating_sub(crate::core::now_ms()) / 1000;
+    // Lax, not Strict: a link opened from another site's page must still
+    // arrive logged in after the redirect. Lax cookies go only with
+    // top-level GETs, which change nothing here.
     let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}",
+        "{}={}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}",
+        session_cookie_name(conn.local.port()),
         reply.session
     );
     let mut resp = if browser {
