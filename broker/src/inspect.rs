@@ -37,6 +37,7 @@ pub async fn listeners(core: &SharedCore, follow: bool) -> Result<Outcome, WireE
     if !follow {
         return Ok(Outcome::of(ListenersReply {
             listeners: all_listeners(core).await?,
+            generation: None,
         }));
     }
     let feed = lock(core).listener_feed.clone();
@@ -53,10 +54,7 @@ pub async fn listeners(core: &SharedCore, follow: bool) -> Result<Outcome, WireE
         })?;
     Ok(Outcome {
         stream: Some(Stream::Listeners(ListenerFollow { rx })),
-        ..Outcome::of(serde_json::json!({
-            "listeners": first.reply.listeners,
-            "generation": first.generation,
-        }))
+        ..Outcome::of(&*first.reply)
     })
 }
 
@@ -84,10 +82,10 @@ pub struct ListenerFeed {
     generation: AtomicU64,
 }
 
-/// One reading of the tables, serialized once for every follower.
+/// One reading of the tables (with its generation), serialized once for
+/// every follower.
 #[derive(Debug, Clone)]
 pub struct Reading {
-    pub generation: u64,
     pub reply: Arc<ListenersReply>,
     pub json: Arc<str>,
 }
@@ -156,15 +154,12 @@ impl ListenerFeed {
             if cur.as_ref().is_some_and(|r| r.reply.listeners == listeners) {
                 return false;
             }
-            let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            let reply = ListenersReply { listeners };
-            let json = serde_json::json!({
-                "listeners": &reply.listeners,
-                "generation": generation,
-            })
-            .to_string();
+            let reply = ListenersReply {
+                listeners,
+                generation: Some(self.generation.fetch_add(1, Ordering::SeqCst) + 1),
+            };
+            let json = serde_json::to_string(&reply).expect("listeners serialize");
             *cur = Some(Reading {
-                generation,
                 reply: Arc::new(reply),
                 json: json.into(),
             });
@@ -204,7 +199,7 @@ impl ListenerFollow {
             .borrow_and_update()
             .as_ref()
             .map(|r| StreamNext::Item {
-                id: r.generation,
+                id: r.reply.generation.unwrap_or(0),
                 json: r.json.clone(),
             })
     }

@@ -31,7 +31,7 @@ const parts = {
   locks: { path: "/locks", draw: (r) => view.locks(r.locks, { release: releaseLock }) },
   agents: { path: "/agents", draw: (r) => view.agents(r.agents) },
   channels: { path: "/channels", draw: (r) => view.channels(r.channels, { showSystem: $("show-system").checked, pick: tail }) },
-  webhooks: { path: "/webhooks", draw: (r) => { keepOpen(); view.webhooks(r.webhooks, { deliveries }); reopenWebhooks(); } },
+  webhooks: { path: "/webhooks", draw: (r) => { keepOpen(); view.webhooks(r.webhooks, { toggled }); reopenWebhooks(); } },
 };
 
 // A burst of events reads each part once; a slow answer never overwrites
@@ -102,7 +102,12 @@ function releaseLock(l) {
 // Webhooks whose deliveries are shown stay open, and current, across redraws.
 const openWebhooks = new Set();
 
-async function deliveries(id, into) {
+/** A webhook opened (its deliveries are read) or closed. */
+async function toggled(id, open, into) {
+  if (!open) {
+    openWebhooks.delete(id);
+    return;
+  }
   openWebhooks.add(id);
   try {
     const r = await get(`/webhooks/${seg(id)}/deliveries`);
@@ -120,7 +125,6 @@ function keepOpen() {
 function reopenWebhooks() {
   for (const d of document.querySelectorAll("#webhooks-list details")) {
     if (openWebhooks.has(d.dataset.webhook)) d.open = true;
-    d.addEventListener("toggle", () => { if (!d.open) openWebhooks.delete(d.dataset.webhook); });
   }
 }
 

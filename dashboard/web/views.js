@@ -119,7 +119,7 @@ export function tailEmpty(pattern) {
   return h("li", { class: "empty" }, "Waiting for messages on ", h("code", {}, pattern), "…");
 }
 
-export function webhooks(list, { deliveries }) {
+export function webhooks(list, { toggled }) {
   count("webhooks-count", list.length);
   const items = list.map((w) => {
     const body = h("div", { class: "deliveries" }, h("p", { class: "muted" }, "Loading deliveries…"));
@@ -129,7 +129,7 @@ export function webhooks(list, { deliveries }) {
         w.active ? h("span", { class: "tag ok" }, "active") : h("span", { class: "tag bad", title: w.disabled_reason ?? "" }, "disabled"),
         " ", h("span", { class: "muted small" }, (w.events?.length ? w.events.join(", ") : "every event") + (w.pending ? ` · ${w.pending} pending` : ""))),
       body);
-    details.addEventListener("toggle", () => details.open && deliveries(w.id, body));
+    details.addEventListener("toggle", () => toggled(w.id, details.open, body));
     return details;
   });
   fill($("webhooks-list"), items.length ? items : [h("p", { class: "empty" }, "No webhooks: try ", cmd("pb webhook add https://example.com/hook"), ".")]);

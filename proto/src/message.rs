@@ -324,6 +324,9 @@ pub struct WhoReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListenersReply {
     pub listeners: Vec<ListenerInfo>,
+    /// With `follow`: which reading this is (only grows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -281,20 +281,8 @@ impl Broker {
             .append(true)
             .open(self.home.path().join("broker.log"))
             .unwrap();
-        let mut cmd = match self.user {
-            // setpriv execs pb: the child is the daemon itself.
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={gid}"),
-                    "--clear-groups",
-                ])
-                .arg(pb_bin());
-                c
-            }
-            None => Command::new(pb_bin()),
-        };
+        // setpriv execs pb: the child is the daemon itself.
+        let mut cmd = command_as(self.user, pb_bin());
         let child = cmd
             .arg("daemon")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -488,6 +476,86 @@ pub fn foreign_http_server(port: u16) -> Proc {
     )
 }
 
+/// tests/servers/webhook_receiver.py serving on 127.0.0.1:`port`: it
+/// records each request it gets as a JSON line, and checks both webhook
+/// signatures with its own code.
+pub struct WebhookReceiver {
+    _proc: Proc,
+    pub port: u16,
+    pub record: PathBuf,
+}
+
+impl WebhookReceiver {
+    /// Starts one recording into `dir/name.jsonl`, with the script's
+    /// `serve` options `args` (`--fail N`, `--status CODE`, ...), and waits
+    /// until it listens.
+    pub fn start(dir: &Path, port: u16, name: &str, args: &[&str]) -> WebhookReceiver {
+        use std::io::{BufRead, BufReader};
+        let record = dir.join(format!("{name}.jsonl"));
+        let mut child = Command::new("python3")
+            .arg(tests_dir().join("servers/webhook_receiver.py"))
+            .arg("serve")
+            .arg(port.to_string())
+            .arg(&record)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "receiver did not start");
+        WebhookReceiver {
+            _proc: Proc(child),
+            port,
+            record,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// The requests recorded so far.
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (at most `limit`) until at least `n` requests are recorded.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Value> {
+        wait_until(limit, || {
+            let r = self.records();
+            (r.len() >= n).then_some(r)
+        })
+        .unwrap_or_else(|| panic!("receiver got {:?}, wanted {n}", self.records()))
+    }
+
+    /// The script's own check of both signatures of request `index`, with
+    /// its `verify` options `flags` (`--tamper`, ...): Ok, or the reasons.
+    pub fn verify(&self, secret: &str, index: usize, flags: &[&str]) -> Result<(), String> {
+        let out = Command::new("python3")
+            .arg(tests_dir().join("servers/webhook_receiver.py"))
+            .arg("verify")
+            .arg(secret)
+            .arg(&self.record)
+            .arg(index.to_string())
+            .args(flags)
+            .output()
+            .expect("python3");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && text == "ok" {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    }
+}
+
 /// A child process that is killed (by its pid) when dropped.
 pub struct Proc(pub Child);
 
@@ -587,24 +655,29 @@ pub fn curl_status_json(stdout: &[u8]) -> (u16, Value) {
     )
 }
 
-/// Runs curl with `args`, at most `max_secs`, as this process's user or
-/// (root only, through setpriv) as `user` (uid, gid); returns the HTTP
-/// status and the JSON body.
-pub fn curl_json(user: Option<(u32, u32)>, max_secs: u32, args: &[&str]) -> (u16, Value) {
-    let mut c = match user {
+/// `program` run as this process's user, or (root only) as `user` (uid,
+/// gid), through setpriv, which execs it: the child is the program itself.
+pub fn command_as(user: Option<(u32, u32)>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match user {
         Some((uid, gid)) => {
             let mut c = Command::new("setpriv");
             c.args([
                 &format!("--reuid={uid}"),
                 &format!("--regid={gid}"),
                 "--clear-groups",
-                "curl",
-            ]);
+            ])
+            .arg(program);
             c
         }
-        None => Command::new("curl"),
-    };
-    let out = c
+        None => Command::new(program),
+    }
+}
+
+/// Runs curl with `args`, at most `max_secs`, as this process's user or
+/// (root only, through setpriv) as `user` (uid, gid); returns the HTTP
+/// status and the JSON body.
+pub fn curl_json(user: Option<(u32, u32)>, max_secs: u32, args: &[&str]) -> (u16, Value) {
+    let out = command_as(user, "curl")
         .args(["-sS", "--max-time", &max_secs.to_string()])
         .args(["-w", "\n%{http_code}"])
         .args(args)

@@ -122,26 +122,6 @@ fn a_message_from_the_cli_shows_in_the_live_tail() {
     );
 }
 
-/// tests/servers/webhook_receiver.py on 127.0.0.1:`port`, answering 200
-/// and recording each request as a line of `record`.
-fn webhook_receiver(port: u16, record: &Path) -> Proc {
-    let mut receiver = Command::new("python3")
-        .arg(tests_dir().join("servers/webhook_receiver.py"))
-        .args(["serve", &port.to_string()])
-        .arg(record)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(receiver.stdout.take().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    assert_eq!(ready.trim(), "ready");
-    Proc(receiver)
-}
-
 #[test]
 #[cfg_attr(
     not(pb_browser),
@@ -151,18 +131,11 @@ fn webhook_deliveries_update_live() {
     let broker = broker();
     let port = broker.range.1 - 1;
     let dir = tempfile::tempdir().unwrap();
-    let record = dir.path().join("record.jsonl");
-    let _receiver = webhook_receiver(port, &record);
-    broker.pb_ok(&[
-        "webhook",
-        "add",
-        &format!("http://127.0.0.1:{port}/hook"),
-        "-e",
-        "service.claim",
-    ]);
+    let receiver = WebhookReceiver::start(dir.path(), port, "record", &[]);
+    broker.pb_ok(&["webhook", "add", &receiver.url(), "-e", "service.claim"]);
     scenario(&broker, "webhook_live", &[]);
-    let received = std::fs::read_to_string(&record).unwrap();
-    assert_eq!(received.lines().count(), 2, "{received}");
+    let received = receiver.records();
+    assert_eq!(received.len(), 2, "{received:?}");
     // Each attempt is in the activity log too.
     let log = broker.activity(&["--action", "webhook.attempt"]);
     let states: Vec<&str> = log
@@ -272,7 +245,7 @@ fn a_screenshot_of_a_realistic_state() {
     );
     let hook_port = broker.range.1 - 2;
     let hooks = tempfile::tempdir().unwrap();
-    let _receiver = webhook_receiver(hook_port, &hooks.path().join("record.jsonl"));
+    let _receiver = WebhookReceiver::start(hooks.path(), hook_port, "record", &[]);
     broker.pb_ok(&[
         "webhook",
         "add",

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use pb_tests::{can_bind, v4, v6, wait_until, Broker, PortBlock, Proc};
+use pb_tests::{can_bind, command_as, v4, v6, wait_until, Broker, PortBlock, Proc};
 use serde_json::{json, Value};
 
 /// One response: status, raw headers, body as JSON (Null if not JSON).
@@ -909,17 +909,7 @@ fn another_user_needs_the_token() {
     let auth = format!("Authorization: Bearer {token}");
     // X-PID is checked like --pid: the token holder's own process belongs
     // to another user than the one it acts for, so it cannot own a lease.
-    let theirs = Proc(
-        Command::new("setpriv")
-            .args([
-                &format!("--reuid={}", user.0),
-                &format!("--regid={}", user.1),
-                "--clear-groups",
-            ])
-            .args(["sleep", "30"])
-            .spawn()
-            .unwrap(),
-    );
+    let theirs = Proc(command_as(Some(user), "sleep").arg("30").spawn().unwrap());
     let pid_h = format!("X-PID: {}", theirs.pid());
     let (status, body) = curl_as(Some(user), &["-X", "POST", &url, "-H", &auth, "-H", &pid_h]);
     assert_eq!(
@@ -980,13 +970,8 @@ fn another_users_browser_logs_in_with_a_one_time_url() {
     let (status, _) = curl_as(Some(user), &[&services]);
     assert_eq!(status, 401);
     // The browser opens the URL: a session cookie comes back.
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={}", user.0),
-            &format!("--regid={}", user.1),
-            "--clear-groups",
-        ])
-        .args(["curl", "-sS", "--max-time", "10", "-D", "-", &url])
+    let out = command_as(Some(user), "curl")
+        .args(["-sS", "--max-time", "10", "-D", "-", &url])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1031,20 +1016,7 @@ fn another_users_browser_logs_in_with_a_one_time_url() {
     // The session is that uid's: the same cookie from another uid (here
     // root, which needs none for the API) does not open the dashboard.
     let page = |who: Option<(u32, u32)>| {
-        let mut c = match who {
-            Some(u) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={}", u.0),
-                    &format!("--regid={}", u.1),
-                    "--clear-groups",
-                    "curl",
-                ]);
-                c
-            }
-            None => Command::new("curl"),
-        };
-        let out = c
+        let out = command_as(who, "curl")
             .args(["-sS", "--max-time", "10", "-H", &cookie_h])
             .arg(format!("http://localhost:{p}/"))
             .output()

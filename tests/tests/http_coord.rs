@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pb_tests::{v4, wait_until, Broker};
+use pb_tests::{curl_json, v4, wait_until, Broker};
 use serde_json::{json, Value};
 
 /// Runs curl with `args` (URLs already pointing at the test broker) and
@@ -685,24 +685,7 @@ fn another_users_request_must_name_a_lock_owner() {
     let broker = Broker::start();
     let token = broker.pb_ok(&["token"]).trim().to_string();
     let auth = format!("Authorization: Bearer {token}");
-    let run = |args: &[&str]| {
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "curl",
-                "-sS",
-                "--max-time",
-                "10",
-                "-w",
-                "\n%{http_code}",
-            ])
-            .args(args)
-            .output()
-            .expect("setpriv curl");
-        pb_tests::curl_status_json(&out.stdout)
-    };
+    let run = |args: &[&str]| curl_json(Some((65534, 65534)), 10, args);
     let r = run(&["-X", "POST", &url(&broker, "/locks/shared"), "-H", &auth]);
     assert_error(&r, 400, "invalid_request");
     assert!(

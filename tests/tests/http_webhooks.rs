@@ -5,79 +5,10 @@
 //! webhooks; refusals get the core's codes as statuses and change nothing;
 //! /webhooks/events lists the kinds; /test delivers and /deliveries shows it.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pb_tests::*;
 use serde_json::{json, Value};
-
-struct Receiver {
-    _proc: Proc,
-    port: u16,
-    record: PathBuf,
-}
-
-impl Receiver {
-    /// Starts a receiver on `port`, recording into `dir/name.jsonl`.
-    fn start(dir: &Path, port: u16, name: &str) -> Receiver {
-        let record = dir.join(format!("{name}.jsonl"));
-        let mut child = Command::new("python3")
-            .arg(tests_dir().join("servers/webhook_receiver.py"))
-            .arg("serve")
-            .arg(port.to_string())
-            .arg(&record)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "receiver did not start");
-        Receiver {
-            _proc: Proc(child),
-            port,
-            record,
-        }
-    }
-
-    fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.record)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// Waits (at most 10 s) until at least `n` requests are recorded.
-    fn wait_for(&self, n: usize) -> Vec<Value> {
-        wait_until(Duration::from_secs(10), || {
-            let r = self.records();
-            (r.len() >= n).then_some(r)
-        })
-        .unwrap_or_else(|| panic!("receiver got {:?}, wanted {n}", self.records()))
-    }
-
-    /// The receiver script's own check of both signatures of request
-    /// `index`.
-    fn verify(&self, secret: &str, index: usize) -> Result<(), String> {
-        let out = Command::new("python3")
-            .arg(tests_dir().join("servers/webhook_receiver.py"))
-            .arg("verify")
-            .arg(secret)
-            .arg(&self.record)
-            .arg(index.to_string())
-            .output()
-            .expect("python3");
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && text == "ok" {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    }
-}
 
 /// Runs curl with `args` and returns (status, JSON body).
 fn curl(args: &[&str]) -> (u16, Value) {
@@ -142,7 +73,7 @@ fn port_daddys_readme_recipe_runs_unchanged_and_a_signed_delivery_arrives() {
     let b = Broker::start();
     let p = b.http_port().unwrap();
     let ports = PortBlock::take(1);
-    let r = Receiver::start(b.home.path(), ports.range.0, "r");
+    let r = WebhookReceiver::start(b.home.path(), ports.range.0, "r", &[]);
     // The README's recipe, with the broker's port for 9876 and the loopback
     // receiver for your-server.com.
     let recipe = format!(
@@ -179,7 +110,7 @@ fn port_daddys_readme_recipe_runs_unchanged_and_a_signed_delivery_arrives() {
     assert_eq!(hook["active"], true);
 
     let port = b.claim("myapp", &[]);
-    let got = r.wait_for(1);
+    let got = r.wait_for(1, Duration::from_secs(10));
     let req = &got[0];
     assert_eq!(req["path"], "/port-daddy-events");
     assert_eq!(req["headers"]["x-portdaddy-event"], "service.claim");
@@ -190,8 +121,8 @@ fn port_daddys_readme_recipe_runs_unchanged_and_a_signed_delivery_arrives() {
     assert_eq!(body["event"], "service.claim");
     assert_eq!(body["data"]["target"], "myapp");
     assert!(body.to_string().contains(&port.to_string()), "{body}");
-    r.verify("your-hmac-secret", 0).unwrap();
-    assert!(r.verify("another-secret", 0).is_err());
+    r.verify("your-hmac-secret", 0, &[]).unwrap();
+    assert!(r.verify("another-secret", 0, &[]).is_err());
 
     let base = b.http_url();
     let d = wait_delivered(&base, &id);
@@ -510,7 +441,7 @@ fn test_route_delivers_and_deliveries_shows_it() {
     let b = Broker::start();
     let base = b.http_url();
     let ports = PortBlock::take(1);
-    let r = Receiver::start(b.home.path(), ports.range.0, "r");
+    let r = WebhookReceiver::start(b.home.path(), ports.range.0, "r", &[]);
     // Subscribed to nothing that happens here: only the test is delivered.
     let (status, created) = send(
         "POST",
@@ -524,11 +455,11 @@ fn test_route_delivers_and_deliveries_shows_it() {
     let (status, queued) = curl(&["-X", "POST", &format!("{base}/webhooks/{id}/test")]);
     assert_eq!(status, 200, "{queued}");
     let delivery = queued["delivery"].as_str().unwrap().to_string();
-    let got = r.wait_for(1);
+    let got = r.wait_for(1, Duration::from_secs(10));
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["headers"]["x-portdaddy-event"], "webhook.test");
     assert_eq!(got[0]["headers"]["x-portdaddy-delivery"], delivery.as_str());
-    r.verify(&secret, 0).unwrap();
+    r.verify(&secret, 0, &[]).unwrap();
 
     let d = wait_delivered(&base, &id);
     assert_eq!(d.len(), 1, "{d:?}");
@@ -541,7 +472,7 @@ fn test_route_delivers_and_deliveries_shows_it() {
     // A second test; `limit` keeps the newest.
     let (status, second) = curl(&["-X", "POST", &format!("{base}/webhooks/{id}/test")]);
     assert_eq!(status, 200, "{second}");
-    r.wait_for(2);
+    r.wait_for(2, Duration::from_secs(10));
     wait_until(Duration::from_secs(10), || {
         let d = wait_delivered(&base, &id);
         (d.len() == 2).then_some(())

@@ -7,87 +7,14 @@
 //! resolver seam); a slow receiver holds up only its own deliveries; 410
 //! disables a webhook; filters; bad input.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use pb_proto::client::ClientError;
 use pb_proto::{ErrorCode, Op, WebhookUpdateArgs};
 use pb_tests::*;
 use serde_json::{json, Value};
-
-struct Receiver {
-    _proc: Proc,
-    port: u16,
-    record: PathBuf,
-}
-
-impl Receiver {
-    /// Starts a receiver on `port`, recording into `dir/name.jsonl`.
-    fn start(dir: &Path, port: u16, name: &str, args: &[&str]) -> Receiver {
-        let record = dir.join(format!("{name}.jsonl"));
-        let mut child = Command::new("python3")
-            .arg(tests_dir().join("servers/webhook_receiver.py"))
-            .arg("serve")
-            .arg(port.to_string())
-            .arg(&record)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "receiver did not start");
-        Receiver {
-            _proc: Proc(child),
-            port,
-            record,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.record)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// Waits (at most `limit`) until at least `n` requests are recorded.
-    fn wait_for(&self, n: usize, limit: Duration) -> Vec<Value> {
-        wait_until(limit, || {
-            let r = self.records();
-            (r.len() >= n).then_some(r)
-        })
-        .unwrap_or_else(|| panic!("receiver got {:?}, wanted {n}", self.records()))
-    }
-}
-
-/// `pb verify` of the receiver script: Ok(()) or the reasons.
-fn verify(secret: &str, r: &Receiver, index: usize, flags: &[&str]) -> Result<(), String> {
-    let out = Command::new("python3")
-        .arg(tests_dir().join("servers/webhook_receiver.py"))
-        .arg("verify")
-        .arg(secret)
-        .arg(&r.record)
-        .arg(index.to_string())
-        .args(flags)
-        .output()
-        .expect("python3");
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if out.status.success() {
-        assert_eq!(text, "ok");
-        Ok(())
-    } else {
-        Err(text)
-    }
-}
 
 /// Registers a webhook; returns its id and secret.
 fn add(b: &Broker, args: &[&str]) -> (String, String) {
@@ -138,11 +65,11 @@ fn list(b: &Broker) -> Vec<Value> {
 fn both_signatures_verify_and_tampering_or_old_timestamps_fail() {
     let b = Broker::start();
     let ports = PortBlock::take(10);
-    let r = Receiver::start(b.home.path(), ports.range.0, "r", &[]);
+    let r = WebhookReceiver::start(b.home.path(), ports.range.0, "r", &[]);
     let (id, generated) = add(&b, &[&r.url(), "-e", "message.publish"]);
     assert!(generated.starts_with("whsec_"), "{generated}");
     let given = "a-port-daddy-style-secret";
-    let r2 = Receiver::start(b.home.path(), ports.range.0 + 1, "r2", &[]);
+    let r2 = WebhookReceiver::start(b.home.path(), ports.range.0 + 1, "r2", &[]);
     let (id2, echoed) = add(
         &b,
         &[&r2.url(), "--event", "message.publish", "--secret", given],
@@ -176,14 +103,14 @@ fn both_signatures_verify_and_tampering_or_old_timestamps_fail() {
         assert_eq!(body["data"]["target"], "builds");
         assert_eq!(body["data"]["details"]["data"]["ok"], true);
 
-        verify(secret, rec, 0, &[]).unwrap();
-        let e = verify(secret, rec, 0, &["--tamper"]).unwrap_err();
+        rec.verify(secret, 0, &[]).unwrap();
+        let e = rec.verify(secret, 0, &["--tamper"]).unwrap_err();
         assert!(e.contains("X-PortDaddy-Signature does not match"), "{e}");
         assert!(e.contains("webhook-signature does not match"), "{e}");
-        let e = verify(secret, rec, 0, &["--age", "600"]).unwrap_err();
+        let e = rec.verify(secret, 0, &["--age", "600"]).unwrap_err();
         assert!(e.contains("tolerance"), "{e}");
         // A replay that freshens the timestamp breaks the signature.
-        let e = verify(secret, rec, 0, &["--forge-timestamp"]).unwrap_err();
+        let e = rec.verify(secret, 0, &["--forge-timestamp"]).unwrap_err();
         assert!(e.contains("webhook-signature does not match"), "{e}");
         // The other webhook's secret does not verify this delivery.
         let other = if secret == given {
@@ -191,7 +118,7 @@ fn both_signatures_verify_and_tampering_or_old_timestamps_fail() {
         } else {
             given
         };
-        assert!(verify(other, rec, 0, &[]).is_err());
+        assert!(rec.verify(other, 0, &[]).is_err());
         let d = wait_finished(&b, hook, 1, Duration::from_secs(10));
         assert_eq!(d[0]["state"], "delivered");
         assert_eq!(d[0]["id"], h["webhook-id"]);
@@ -202,7 +129,7 @@ fn both_signatures_verify_and_tampering_or_old_timestamps_fail() {
 fn a_receiver_failing_twice_gets_exactly_three_attempts_with_growing_gaps() {
     let b = Broker::start();
     let ports = PortBlock::take(10);
-    let r = Receiver::start(b.home.path(), ports.range.0, "r", &["--fail", "2"]);
+    let r = WebhookReceiver::start(b.home.path(), ports.range.0, "r", &["--fail", "2"]);
     let (id, _) = add(&b, &[&r.url(), "-e", "lock.acquire"]);
     b.pb_ok(&["lock", "deploy", "--owner", "ci"]);
     let d = wait_finished(&b, &id, 1, Duration::from_secs(20));
@@ -234,7 +161,7 @@ fn a_receiver_failing_twice_gets_exactly_three_attempts_with_growing_gaps() {
 fn retry_after_is_honoured() {
     let b = Broker::start();
     let ports = PortBlock::take(10);
-    let r = Receiver::start(
+    let r = WebhookReceiver::start(
         b.home.path(),
         ports.range.0,
         "r",
@@ -257,7 +184,7 @@ fn retry_after_is_honoured() {
 fn the_queue_survives_kill9_and_delivery_resumes_after_restart() {
     let mut b = Broker::start();
     let ports = PortBlock::take(10);
-    let failing = Receiver::start(b.home.path(), ports.range.0, "down", &["--fail", "1000"]);
+    let failing = WebhookReceiver::start(b.home.path(), ports.range.0, "down", &["--fail", "1000"]);
     let (id, _) = add(&b, &[&failing.url(), "-e", "agent.register"]);
     b.pb_ok(&["agent", "register", "builder-1"]);
     // The first attempt failed and is recorded: the delivery waits for
@@ -272,7 +199,7 @@ fn the_queue_survives_kill9_and_delivery_resumes_after_restart() {
     b.kill9();
     drop(failing);
 
-    let up = Receiver::start(b.home.path(), ports.range.0, "up", &[]);
+    let up = WebhookReceiver::start(b.home.path(), ports.range.0, "up", &[]);
     b.restart();
     let got = up.wait_for(1, Duration::from_secs(15));
     assert_eq!(got[0]["headers"]["x-portdaddy-delivery"], delivery.as_str());
@@ -295,7 +222,7 @@ fn an_acknowledged_events_delivery_survives_an_immediate_kill9() {
     b.pb_ok(&["pub", "alerts", "disk full"]);
     // Killed at once, well within the activity log's 100 ms batch.
     b.kill9();
-    let up = Receiver::start(b.home.path(), ports.range.0, "up", &[]);
+    let up = WebhookReceiver::start(b.home.path(), ports.range.0, "up", &[]);
     b.restart();
     let got = up.wait_for(1, Duration::from_secs(15));
     let body: Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();
@@ -369,7 +296,7 @@ fn host_names_resolving_to_blocked_addresses_are_refused_at_delivery() {
     )
     .unwrap();
     let b = Broker::start_with(&[("PB_TEST_HOSTS", hosts.to_str().unwrap())]);
-    let r = Receiver::start(dir.path(), ports.range.0, "r", &[]);
+    let r = WebhookReceiver::start(dir.path(), ports.range.0, "r", &[]);
     let mut refused = Vec::new();
     for name in ["metadata.test", "private.test", "mixed.test", "mapped.test"] {
         // Names pass registration: they are judged when resolved.
@@ -409,8 +336,8 @@ fn host_names_resolving_to_blocked_addresses_are_refused_at_delivery() {
 fn a_slow_receiver_does_not_delay_another_webhooks_deliveries() {
     let b = Broker::start();
     let ports = PortBlock::take(10);
-    let slow = Receiver::start(b.home.path(), ports.range.0, "slow", &["--delay", "4"]);
-    let fast = Receiver::start(b.home.path(), ports.range.0 + 1, "fast", &[]);
+    let slow = WebhookReceiver::start(b.home.path(), ports.range.0, "slow", &["--delay", "4"]);
+    let fast = WebhookReceiver::start(b.home.path(), ports.range.0 + 1, "fast", &[]);
     let (slow_id, _) = add(&b, &[&slow.url(), "-e", "lock.acquire"]);
     add(&b, &[&fast.url(), "-e", "message.publish"]);
     // The slow receiver first has a request in hand...
@@ -441,7 +368,7 @@ fn a_slow_receiver_does_not_delay_another_webhooks_deliveries() {
 fn gone_disables_the_webhook_until_enabled() {
     let b = Broker::start();
     let ports = PortBlock::take(10);
-    let r = Receiver::start(b.home.path(), ports.range.0, "r", &["--status", "410"]);
+    let r = WebhookReceiver::start(b.home.path(), ports.range.0, "r", &["--status", "410"]);
     let (id, _) = add(&b, &[&r.url(), "-e", "message.publish"]);
     b.pb_ok(&["webhook", "test", &id]);
     let d = wait_finished(&b, &id, 1, Duration::from_secs(10));
@@ -464,7 +391,7 @@ fn gone_disables_the_webhook_until_enabled() {
 fn webhooks_filter_by_event_and_id_pattern() {
     let b = Broker::start();
     let ports = PortBlock::take(10);
-    let r = Receiver::start(b.home.path(), ports.range.0, "r", &[]);
+    let r = WebhookReceiver::start(b.home.path(), ports.range.0, "r", &[]);
     let (id, _) = add(
         &b,
         &[
@@ -499,7 +426,7 @@ fn webhooks_filter_by_event_and_id_pattern() {
 fn daemon_start_and_stop_are_delivered() {
     let mut b = Broker::start();
     let ports = PortBlock::take(10);
-    let r = Receiver::start(b.home.path(), ports.range.0, "r", &[]);
+    let r = WebhookReceiver::start(b.home.path(), ports.range.0, "r", &[]);
     add(&b, &[&r.url(), "-e", "daemon.stop", "-e", "daemon.start"]);
     b.pb_ok(&["stop"]);
     b.restart();
@@ -691,7 +618,7 @@ fn https_deliveries_verify_the_receivers_certificate() {
     let ports = PortBlock::take(10);
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = make_certs(dir.path());
-    let r = Receiver::start(
+    let r = WebhookReceiver::start(
         dir.path(),
         ports.range.0,
         "tls",
@@ -712,7 +639,7 @@ fn https_deliveries_verify_the_receivers_certificate() {
     assert_eq!(d[0]["state"], "delivered", "{d:?}");
     let got = r.wait_for(1, Duration::from_secs(5));
     assert_eq!(got[0]["path"], "/secure");
-    verify(&secret, &r, 0, &[]).unwrap();
+    r.verify(&secret, 0, &[]).unwrap();
 
     // Without it, the certificate is not trusted and nothing is sent.
     let strict = Broker::start_with(&[("PB_WEBHOOK_MAX_ATTEMPTS", "1")]);

@@ -88,15 +88,15 @@ pub async fn stream(
 }
 
 async fn follow(state: &HttpState, caller: &Caller) -> Result<Response, ApiError> {
-    let (first, stream): (Value, _) =
+    let (first, stream): (ListenersReply, _) =
         call_stream(state, caller, Op::Listeners { follow: true }).await?;
     let stream =
         stream.ok_or_else(|| ApiError::new(ErrorCode::Internal, "following opened no stream"))?;
-    let generation = first["generation"].as_u64().unwrap_or(0);
+    let generation = first.generation.unwrap_or(0);
     let first = sse::Event {
         id: generation,
         name: None,
-        data: first.to_string(),
+        data: serde_json::to_string(&first).expect("listeners serialize"),
     };
     Ok(sse::from_stream(vec![first], stream, generation))
 }
