@@ -8,8 +8,6 @@
 //! the worker sending it meanwhile); then the time from the last claim
 //! until every delivery has reached the receiver.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pb_proto::{ClaimArgs, Client, Op, WebhookArgs};
@@ -72,20 +70,8 @@ fn main() {
     let broker = Broker::start();
     let ports = PortBlock::take(10);
     let dir = tempfile::tempdir().unwrap();
-    let record = dir.path().join("r.jsonl");
-    let mut child = Command::new("python3")
-        .arg(tests_dir().join("servers/webhook_receiver.py"))
-        .args(["serve", &ports.range.0.to_string()])
-        .arg(&record)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _receiver = Proc(child);
-    let url = format!("http://127.0.0.1:{}/", ports.range.0);
+    let receiver = WebhookReceiver::start(dir.path(), ports.range.0, "r", &[]);
+    let url = receiver.url();
     let mut c = broker.client();
 
     let base = sequential("baseline: claim+release, no webhook", n, &mut c, "bench:a");
@@ -118,7 +104,10 @@ fn main() {
         (v["pending"].as_u64() == Some(0)).then_some(())
     });
     assert!(drained.is_some(), "deliveries did not drain");
-    let lines = std::fs::read_to_string(&record).unwrap().lines().count();
+    let lines = std::fs::read_to_string(&receiver.record)
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(lines, want, "every claim delivered once");
     let total = t_hit.elapsed().as_secs_f64();
     println!(
