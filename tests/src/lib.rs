@@ -375,6 +375,29 @@ impl Broker {
         serde_json::from_str(&self.pb_ok(&a)).expect("pb -j prints JSON")
     }
 
+    /// Starts tests/clients/holder.py with `args` (what to take and hold
+    /// until killed) and returns it with the JSON line it printed once it
+    /// held everything.
+    pub fn holder(&self, args: &[&str]) -> (Proc, Value) {
+        use std::io::{BufRead, BufReader};
+        let mut holder = Proc(
+            Command::new("python3")
+                .arg(tests_dir().join("clients/holder.py"))
+                .arg(self.socket())
+                .args(args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3"),
+        );
+        let mut line = String::new();
+        BufReader::new(holder.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let held = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("holder.py printed {line:?}: {e}"));
+        (holder, held)
+    }
+
     /// `pb -j log ARGS...`: the activity log's entries, one per line.
     pub fn activity(&self, args: &[&str]) -> Vec<Value> {
         let mut a = vec!["-j", "log"];
@@ -653,6 +676,23 @@ pub fn curl_status_json(stdout: &[u8]) -> (u16, Value) {
         code.trim().parse().unwrap_or(0),
         serde_json::from_str(body).unwrap_or(Value::Null),
     )
+}
+
+/// Runs `node SCRIPT ARGS...` (a client under tests/clients/), asserts it
+/// succeeded, and returns the one JSON document it printed.
+pub fn node_json(script: &str, args: &[&str]) -> Value {
+    let out = Command::new("node")
+        .arg(tests_dir().join("clients").join(script))
+        .args(args)
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON summary")
 }
 
 /// `program` run as this process's user, or (root only) as `user` (uid,

@@ -4,8 +4,7 @@
 //! announced; the activity log names the agent and the real process; bad
 //! input.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use pb_proto::{AgentArgs, ErrorCode, Op, Owner};
@@ -132,20 +131,7 @@ fn an_agent_without_heartbeats_goes_stale_and_its_things_are_released() {
 #[test]
 fn an_agent_whose_process_dies_is_cleaned_up_at_once() {
     let broker = Broker::start();
-    let mut holder = Proc(
-        Command::new("python3")
-            .arg(tests_dir().join("clients/holder.py"))
-            .arg(broker.socket())
-            .args(["agent", "worker", "worker:api", "worker-lock"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(holder.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let held: Value = serde_json::from_str(&line).unwrap();
+    let (holder, held) = broker.holder(&["agent", "worker", "worker:api", "worker-lock"]);
     assert_eq!(held["agent"]["agent"]["pid"], holder.pid());
     let port = held["service"]["lease"]["port"].as_u64().unwrap() as u16;
     assert_eq!(locks(&broker), vec!["worker-lock".to_string()]);

@@ -313,19 +313,7 @@ fn port_daddy_service_routes() {
 #[test]
 fn a_client_written_like_port_daddys_sdk_works() {
     let broker = Broker::start();
-    let out = Command::new("node")
-        .arg(pb_tests::tests_dir().join("clients/port_daddy_sdk.mjs"))
-        .arg(broker.http_url())
-        .arg("sdk:api")
-        .output()
-        .expect("node");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = pb_tests::node_json("port_daddy_sdk.mjs", &[&broker.http_url(), "sdk:api"]);
     let port = v["claim"]["port"].as_u64().unwrap();
     assert_eq!(
         (

@@ -826,19 +826,7 @@ fn another_users_agent_cannot_be_kept_alive_or_removed_over_http() {
 #[test]
 fn a_port_daddy_style_sdk_client_coordinates_over_http() {
     let broker = Broker::start();
-    let out = Command::new("node")
-        .arg(pb_tests::tests_dir().join("clients/port_daddy_coord.mjs"))
-        .arg(broker.http_url())
-        .arg("sdk-1")
-        .output()
-        .expect("node");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
+    let v = pb_tests::node_json("port_daddy_coord.mjs", &[&broker.http_url(), "sdk-1"]);
     assert_eq!(v["registered"]["agent"]["id"], "sdk-1");
     assert_eq!(v["heartbeat"]["agent"]["id"], "sdk-1");
     // X-Agent-Id made the agent the lock's owner; X-Pid naming the client

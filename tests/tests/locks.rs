@@ -136,20 +136,7 @@ fn sixteen_processes_contend_and_the_history_shows_mutual_exclusion_and_fifo() {
 #[test]
 fn kill9_of_the_holder_frees_the_lock_and_the_waiter_gets_it() {
     let broker = Broker::start();
-    let mut holder = Proc(
-        Command::new("python3")
-            .arg(tests_dir().join("clients/holder.py"))
-            .arg(broker.socket())
-            .args(["lock", "k9"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(holder.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let held: Value = serde_json::from_str(&line).unwrap();
+    let (holder, held) = broker.holder(&["lock", "k9"]);
     let first = held["lock"]["token"].as_u64().unwrap();
     assert_eq!(held["lock"]["pid"], holder.pid());
 
