@@ -135,9 +135,23 @@ fn killing_pb_exec_releases_the_lease_when_its_connection_closes() {
     // The child lets go of the sockets, so nobody else holds them.
     let (mut pb, port) = broker.exec(&["victim", "--", "sh", "-c", "exec sleep 60 3>&- 4>&-"]);
     assert_eq!(broker.leases(), vec![("victim".to_string(), port)]);
+    // The sleep outlives a SIGKILLed pb exec: note its pid to end it after
+    // (the banner comes before the fork, so wait for the child).
+    let children = format!("/proc/{0}/task/{0}/children", pb.pid());
+    let child: i32 = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&children)
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+    .expect("pb exec has a child");
     pb.signal(libc::SIGKILL);
     pb.wait_for(Duration::from_secs(5));
     assert!(lease_gone(&broker, "victim"));
+    // SAFETY: plain kill(2) of the process this test started.
+    unsafe { libc::kill(child, libc::SIGKILL) };
 }
 
 #[test]
