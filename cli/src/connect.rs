@@ -69,15 +69,23 @@ pub fn spawn_daemon(paths: &Paths) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe. A new session keeps the broker
-    // alive when the terminal that started it closes.
+    // SAFETY: setsid, fork and _exit are async-signal-safe. A new session
+    // keeps the broker alive when the terminal that started it closes; the
+    // second fork makes it nobody's child, so a `pb exec` that started it
+    // (and reaps its whole tree) neither waits for it nor ends it.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
-            Ok(())
+            match libc::fork() {
+                -1 => Err(std::io::Error::last_os_error()),
+                0 => Ok(()),
+                _ => libc::_exit(0),
+            }
         });
     }
-    cmd.spawn().context("starting the broker")?;
+    let mut first = cmd.spawn().context("starting the broker")?;
+    // The intermediate process exits at once.
+    let _ = first.wait();
     Ok(())
 }
 

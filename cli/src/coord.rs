@@ -173,7 +173,7 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
             }
         })
     };
-    let code = child.wait()?;
+    let code = child.wait(supervise::DEFAULT_GRACE)?;
     done.store(true, Ordering::Relaxed);
     renew.thread().unpark();
     let _ = renew.join();

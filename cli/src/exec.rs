@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use pb_platform::supervise::{self, ChildSpec};
 use pb_proto::paths::Paths;
 use pb_proto::shim::{PortMap, ShimReport, ENV_MAP, ENV_REPORT, ENV_SOCKET};
-use pb_proto::{ClaimArgs, ClaimReply, Client, Op, Owner};
+use pb_proto::{ClaimArgs, ClaimReply, Client, IpFamily, Op, Owner};
 
 use crate::{connect, output, shim, ClaimOpts};
 
@@ -33,25 +33,47 @@ pub struct ExecOpts {
     pub claim: ClaimOpts,
     pub env_name: String,
     pub keep: bool,
-    pub port_only: bool,
-    /// Load the preload shim, with these `--map` values.
-    pub shim: Option<Vec<String>>,
+    pub mode: Mode,
+    /// How long the rest of the tree gets between SIGTERM and SIGKILL.
+    pub grace: Duration,
     pub quiet: bool,
     pub command: Vec<OsString>,
 }
 
+/// How the app receives its port.
+pub enum Mode {
+    /// The default: one listener at fd 3 (LISTEN_FDS), the other loopback
+    /// family relayed to it by the broker (both families with
+    /// `both_families`), and $PORT; with `preload`, the shim too, so that
+    /// an app's own bind of $PORT gets the broker's listener.
+    Sockets { both_families: bool, preload: bool },
+    /// Only $PORT; the app binds the port itself over the placeholder.
+    PortOnly,
+    /// The shim with these `--map` values, for hard-coded ports.
+    Shim(Vec<String>),
+}
+
 /// Runs the command; returns the exit code pb should exit with.
 pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
-    // Every --map is checked before anything is claimed or started.
-    let map = o
-        .shim
-        .as_ref()
-        .map(|maps| PortMap::from_args(&o.id, maps))
-        .transpose()?;
+    // Every --map is checked, and the program found, before anything is
+    // claimed or started.
+    let map = match &o.mode {
+        Mode::Shim(maps) => Some(PortMap::from_args(&o.id, maps)?),
+        _ => None,
+    };
+    if let Err(e) = supervise::find_program(&o.command[0]) {
+        eprintln!("pb: {e}");
+        return Ok(e.exit_code());
+    }
     let mut client = connect::connect(paths)?;
+    let (fds, family) = match o.mode {
+        Mode::Sockets { both_families, .. } => (true, (!both_families).then_some(IpFamily::V4)),
+        _ => (false, None),
+    };
     let args = ClaimArgs {
         id: o.id.clone(),
-        fds: !o.port_only && map.is_none(),
+        fds,
+        family,
         session: !o.keep,
         // A kept lease must outlive this process: with it as the owner,
         // the reaper would end the lease the moment pb exits.
@@ -70,16 +92,9 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
     let mut env = vec![(o.env_name.clone().into(), port.to_string().into())];
     let mut unset: Vec<OsString> = Vec::new();
     let mut reports = None;
-    match &map {
-        None => {
-            if !o.quiet {
-                eprintln!("pb: {} → {}", o.id, output::url(port));
-            }
-            // A shimmed app that runs `pb exec` passes its shim on, but not
-            // its port map: binds in here are not the outer service's.
-            unset.push(ENV_MAP.into());
-        }
-        Some(map) => {
+    let mut url_now = true;
+    match (&o.mode, &map) {
+        (Mode::Shim(_), Some(map)) => {
             for id in map.ids().into_iter().filter(|id| *id != o.id) {
                 let extra = ClaimArgs {
                     id: id.to_string(),
@@ -99,22 +114,19 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
                     }
                 }
             }
-            let (sock, path) = report_socket(paths)?;
-            let lib = shim::path(paths)?;
-            let preload = match std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
-                Some(old) => {
-                    let mut v = lib.into_os_string();
-                    v.push(" ");
-                    v.push(old);
-                    v
-                }
-                None => lib.into_os_string(),
-            };
-            env.push(("LD_PRELOAD".into(), preload));
-            env.push((ENV_MAP.into(), map.to_env().into()));
-            env.push((ENV_SOCKET.into(), paths.socket().into_os_string()));
-            env.push((ENV_REPORT.into(), path.clone().into_os_string()));
-            reports = Some(ReportSocket { sock, path });
+            reports = Some(preload(paths, map, &mut env, true)?);
+            // The shim's report says where the app really serves.
+            url_now = false;
+        }
+        (Mode::Sockets { preload: true, .. }, _) => {
+            // The app's own bind of $PORT lands on the lease's listener.
+            let own = PortMap::Ports(vec![(port, o.id.clone())]);
+            reports = Some(preload(paths, &own, &mut env, false)?);
+        }
+        _ => {
+            // A shimmed app that runs `pb exec` passes its shim on, but not
+            // its port map: binds in here are not the outer service's.
+            unset.push(ENV_MAP.into());
         }
     }
 
@@ -137,6 +149,9 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
             return Ok(e.exit_code());
         }
     };
+    if url_now && !o.quiet {
+        eprintln!("pb: {} → {}", o.id, output::url(port));
+    }
 
     let client = Arc::new(Mutex::new(client));
     let done = Arc::new(AtomicBool::new(false));
@@ -152,7 +167,9 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         std::thread::spawn(move || r.print_until(&done, quiet))
     });
 
-    let code = child.wait()?;
+    // Returns once the whole tree is gone, so the lease is released only
+    // when nothing started here can still serve the port.
+    let code = child.wait(o.grace)?;
     done.store(true, Ordering::Relaxed);
     if let Some(h) = heartbeat {
         h.thread().unpark();
@@ -168,11 +185,44 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
     Ok(code)
 }
 
+/// Adds what loads the shim with `map` to `env`, and opens the socket its
+/// reports come to; `successes` says whether swapped binds are worth a line
+/// (with `--shim` they say where the app serves; by default the URL is
+/// printed already, and only a bind the shim could not swap is news).
+fn preload(
+    paths: &Paths,
+    map: &PortMap,
+    env: &mut Vec<(OsString, OsString)>,
+    successes: bool,
+) -> Result<ReportSocket> {
+    let (sock, path) = report_socket(paths)?;
+    let lib = shim::path(paths)?;
+    let preload = match std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        Some(old) => {
+            let mut v = lib.into_os_string();
+            v.push(" ");
+            v.push(old);
+            v
+        }
+        None => lib.into_os_string(),
+    };
+    env.push(("LD_PRELOAD".into(), preload));
+    env.push((ENV_MAP.into(), map.to_env().into()));
+    env.push((ENV_SOCKET.into(), paths.socket().into_os_string()));
+    env.push((ENV_REPORT.into(), path.clone().into_os_string()));
+    Ok(ReportSocket {
+        sock,
+        path,
+        successes,
+    })
+}
+
 /// Where the shim's reports arrive: a datagram socket in the private
 /// runtime directory, removed when this run ends.
 struct ReportSocket {
     sock: UnixDatagram,
     path: PathBuf,
+    successes: bool,
 }
 
 fn report_socket(paths: &Paths) -> Result<(UnixDatagram, PathBuf)> {
@@ -193,7 +243,9 @@ impl ReportSocket {
         loop {
             match self.sock.recv(&mut buf) {
                 Ok(n) => match serde_json::from_slice::<ShimReport>(&buf[..n]) {
-                    Ok(r) if !quiet => eprintln!("pb: {}", describe(&r)),
+                    Ok(r) if !quiet && (self.successes || r.port.is_none()) => {
+                        eprintln!("pb: {}", describe(&r))
+                    }
                     Ok(_) => {}
                     Err(e) => eprintln!("pb: unreadable report from the shim: {e}"),
                 },

@@ -140,10 +140,25 @@ enum Command {
         /// Keep the lease after the command ends.
         #[arg(long)]
         keep: bool,
-        /// Pass only $PORT, no sockets: for apps that bind the port
-        /// themselves (with SO_REUSEADDR).
-        #[arg(long, conflicts_with = "shim")]
+        /// Pass only $PORT, no sockets: the app binds the port itself, over
+        /// the broker's placeholder (which its bind must step over with
+        /// SO_REUSEADDR). Without it, an app's own bind of $PORT already
+        /// gets the broker's listener, through the preload shim.
+        #[arg(long, conflicts_with_all = ["shim", "both_families", "no_shim"])]
         port_only: bool,
+        /// Hand over both loopback listeners (fd 3 on 127.0.0.1, fd 4 on
+        /// [::1]) instead of one with the other family relayed to it: for
+        /// servers that accept on every LISTEN_FDS socket.
+        #[arg(long, conflicts_with = "shim")]
+        both_families: bool,
+        /// Do not load the preload shim by default: the app gets only the
+        /// inherited listener and $PORT, and its own bind of $PORT fails.
+        #[arg(long, conflicts_with = "shim")]
+        no_shim: bool,
+        /// How long the processes the command leaves behind get between
+        /// SIGTERM and SIGKILL when it ends or pb is signalled: 5s, 500ms.
+        #[arg(long, value_name = "DUR", default_value = "5s")]
+        grace: String,
         /// Load the preload shim: the app's own bind() of a hard-coded
         /// port gets the broker's socket. Without --map, its first TCP bind.
         #[arg(long)]
@@ -416,22 +431,37 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             env_name,
             keep,
             port_only,
+            both_families,
+            no_shim,
+            grace,
             shim,
             maps,
             command,
-        } => exec::run(
-            &paths,
-            exec::ExecOpts {
-                id,
-                claim: ClaimOpts { agent, ..opts },
-                env_name,
-                keep,
-                port_only,
-                shim: shim.then_some(maps),
-                quiet: fmt == Format::Quiet,
-                command,
-            },
-        ),
+        } => {
+            let mode = if port_only {
+                exec::Mode::PortOnly
+            } else if shim {
+                exec::Mode::Shim(maps)
+            } else {
+                exec::Mode::Sockets {
+                    both_families,
+                    preload: !no_shim,
+                }
+            };
+            exec::run(
+                &paths,
+                exec::ExecOpts {
+                    id,
+                    claim: ClaimOpts { agent, ..opts },
+                    env_name,
+                    keep,
+                    mode,
+                    grace: grace_period(&grace)?,
+                    quiet: fmt == Format::Quiet,
+                    command,
+                },
+            )
+        }
         Command::Dashboard { print_url } => {
             let (reply, _): (pb_proto::LoginCodeReply, _) =
                 connect::connect(&paths)?.call_as(Op::LoginCode)?;
@@ -558,4 +588,13 @@ fn open_in_browser(url: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .spawn()
         .is_ok()
+}
+
+/// `--grace`: at most an hour, so a typo cannot leave a tree standing.
+fn grace_period(text: &str) -> Result<std::time::Duration> {
+    let d = pb_proto::duration::parse(text).with_context(|| format!("--grace {text:?}"))?;
+    if d > std::time::Duration::from_secs(3600) {
+        anyhow::bail!("--grace {text:?} is longer than the limit of 1h");
+    }
+    Ok(d)
 }

@@ -1,5 +1,6 @@
 //! Running a child with inherited listening sockets, forwarding signals to
-//! it, and reporting how it ended: the process side of `pb exec`.
+//! its whole process tree, ending that tree with it, and reporting how it
+//! ended: the process side of `pb exec`.
 //!
 //! The child gets the sockets at fd 3 onwards with close-on-exec cleared and
 //! the systemd socket-activation variables, LISTEN_PID included. LISTEN_PID
@@ -11,6 +12,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -68,7 +70,22 @@ pub struct ChildSpec {
     pub unset: Vec<OsString>,
 }
 
-/// A running child under supervision.
+/// How long the rest of a tree gets between SIGTERM and SIGKILL, unless
+/// the caller says otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// Signals that end a process by default: after pb passes one on, the tree
+/// has the grace period to end before it is killed.
+const TERMINATING: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+/// A running child under supervision, and everything it starts: this
+/// process is their subreaper, so even a daemonizing grandchild stays in
+/// the tree that [`Supervised::wait`] ends.
 pub struct Supervised {
     pid: Pid,
     signals: SigSet,
@@ -80,49 +97,159 @@ impl Supervised {
         self.pid.as_raw() as u32
     }
 
-    /// Forwards signals until the child ends; returns its exit code, or
-    /// 128 + the signal number if a signal ended it (as shells report it).
-    pub fn wait(self) -> std::io::Result<i32> {
-        let result = loop {
-            let info = crate::sys::wait_signal(&self.signals)?;
-            if info.signo == libc::SIGCHLD {
-                match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(_, code)) => break Ok(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
-                    Ok(_) => continue,
-                    Err(e) => break Err(e.into()),
-                }
-            }
-            // A terminal's signal already reached the child, which shares
-            // our foreground process group; only pass on what a process sent.
-            if info.from_process {
-                if let Ok(sig) = Signal::try_from(info.signo) {
-                    let _ = kill(self.pid, sig);
-                }
-            }
-        };
+    /// Forwards signals until the child ends, then ends what is left of its
+    /// tree (SIGTERM, and SIGKILL after `grace`), and returns only when the
+    /// whole tree is gone. The result is the child's exit code, or 128 + the
+    /// signal number if a signal ended it (as shells report it).
+    ///
+    /// A terminating signal sent to us by a process goes to every process
+    /// in the tree, as a terminal's Ctrl-C goes to its foreground group;
+    /// if the tree has not ended `grace` later, it is killed.
+    pub fn wait(self, grace: Duration) -> std::io::Result<i32> {
+        let result = self.wait_tree(grace);
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
         result
     }
+
+    fn wait_tree(&self, grace: Duration) -> std::io::Result<i32> {
+        let me = std::process::id();
+        let mut code: Option<i32> = None;
+        // When the tree is killed if it still stands.
+        let mut kill_at: Option<Instant> = None;
+        // Bounds the wait after SIGKILL, for processes stuck in the kernel.
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            let (main, more) = self.reap();
+            if main.is_some() {
+                code = main;
+            }
+            if code.is_some() {
+                if !more {
+                    return Ok(code.unwrap_or(0));
+                }
+                if kill_at.is_none() && give_up_at.is_none() {
+                    // The child is gone and left processes behind.
+                    signal_tree(me, Signal::SIGTERM);
+                    kill_at = Some(Instant::now() + grace);
+                }
+            }
+            let now = Instant::now();
+            if give_up_at.is_some_and(|t| now >= t) {
+                return Ok(code.unwrap_or(128 + libc::SIGKILL));
+            }
+            if kill_at.is_some_and(|t| now >= t) {
+                signal_tree(me, Signal::SIGKILL);
+                kill_at = None;
+                give_up_at = Some(now + grace.max(Duration::from_secs(1)));
+                continue;
+            }
+            let deadline = kill_at.or(give_up_at);
+            let info = match deadline {
+                Some(t) => {
+                    match crate::sys::wait_signal_for(
+                        &self.signals,
+                        t.saturating_duration_since(now),
+                    )? {
+                        Some(info) => info,
+                        None => continue,
+                    }
+                }
+                None => crate::sys::wait_signal(&self.signals)?,
+            };
+            if info.signo == libc::SIGCHLD {
+                continue;
+            }
+            // A terminal's signal already reached the child, which shares
+            // our foreground process group; only pass on what a process sent.
+            if !info.from_process {
+                continue;
+            }
+            let Ok(sig) = Signal::try_from(info.signo) else {
+                continue;
+            };
+            signal_tree(me, sig);
+            if TERMINATING.contains(&sig) && kill_at.is_none() && give_up_at.is_none() {
+                kill_at = Some(Instant::now() + grace);
+            }
+        }
+    }
+
+    /// Reaps every child that has ended. Returns the main child's status if
+    /// it was among them, and whether any child is left.
+    fn reap(&self) -> (Option<i32>, bool) {
+        let mut main = None;
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, c)) if pid == self.pid => main = Some(c),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == self.pid => {
+                    main = Some(128 + sig as i32)
+                }
+                Ok(WaitStatus::StillAlive) => return (main, true),
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => {}
+                // ECHILD: nobody is left.
+                Err(_) => return (main, false),
+            }
+        }
+    }
 }
 
-/// Resolves `program` on PATH the way execvp(3) would.
-fn resolve(program: &OsStr) -> Option<PathBuf> {
+/// Sends `sig` to every process below `root`, parents first so that none
+/// can fork a child the pass misses.
+fn signal_tree(root: u32, sig: Signal) {
+    for pid in crate::sys::descendants(root) {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+/// Finds `program` the way execvp(3) would, and says what a shell would
+/// if it cannot run: not found (127), or found but not executable (126).
+pub fn find_program(program: &OsStr) -> Result<PathBuf, SpawnError> {
+    let display = program.to_string_lossy().into_owned();
     let p = Path::new(program);
+    if program.is_empty() {
+        return Err(SpawnError::NotFound(display));
+    }
     if program.as_bytes().contains(&b'/') {
-        return Some(p.to_path_buf());
+        let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SpawnError::NotFound(display.clone()),
+            _ => SpawnError::Exec {
+                program: display.clone(),
+                source: e,
+            },
+        })?;
+        if !is_executable(&meta) {
+            return Err(SpawnError::Exec {
+                program: display,
+                source: std::io::Error::from_raw_os_error(libc::EACCES),
+            });
+        }
+        return Ok(p.to_path_buf());
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(p))
-        .find(|cand| is_executable(cand))
+    let mut not_executable = None;
+    for cand in std::env::split_paths(&path).map(|dir| dir.join(p)) {
+        match std::fs::metadata(&cand) {
+            Ok(m) if is_executable(&m) => return Ok(cand),
+            Ok(m) if m.is_file() => not_executable = not_executable.or(Some(cand)),
+            _ => {}
+        }
+    }
+    Err(match not_executable {
+        // As bash says: found, but permission denied.
+        Some(_) => SpawnError::Exec {
+            program: display,
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        },
+        None => SpawnError::NotFound(display),
+    })
 }
 
-fn is_executable(p: &Path) -> bool {
+fn is_executable(m: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    m.is_file() && m.permissions().mode() & 0o111 != 0
 }
 
 fn cstring(bytes: Vec<u8>) -> std::io::Result<CString> {
@@ -138,7 +265,7 @@ fn cstring(bytes: Vec<u8>) -> std::io::Result<CString> {
 /// until `Supervised::wait` returns, so none is lost in between.
 pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
     let display = spec.program.to_string_lossy().into_owned();
-    let path = resolve(&spec.program).ok_or_else(|| SpawnError::NotFound(display.clone()))?;
+    let path = find_program(&spec.program)?;
     let path_c = cstring(path.into_os_string().into_vec())?;
     let mut argv = vec![cstring(spec.program.clone().into_vec())?];
     for a in &spec.args {
@@ -205,6 +332,9 @@ pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
     // exec failures travel back over a close-on-exec pipe.
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+
+    // Orphans of the tree come to us, so that it ends with us.
+    crate::sys::become_subreaper()?;
 
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGCHLD);

@@ -28,8 +28,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use libc::{c_int, sockaddr, socklen_t};
@@ -48,10 +48,10 @@ struct Settings {
 }
 
 static SETTINGS: OnceLock<Option<Settings>> = OnceLock::new();
-/// `PortMap::First` has been used in this process.
-static FIRST_TAKEN: AtomicBool = AtomicBool::new(false);
-/// Mapped ports this process has bound, so a second bind of one is seen.
-static BOUND: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+/// With `PortMap::First`, the port of the process's first bind (0 before
+/// it): later binds of that port are the app's too (a probe bind closed and
+/// bound again, one socket per family, SO_REUSEPORT workers), others pass.
+static FIRST_PORT: AtomicU32 = AtomicU32::new(0);
 /// libc's bind, found once.
 static REAL_BIND: AtomicUsize = AtomicUsize::new(0);
 
@@ -197,35 +197,30 @@ fn swap_if_mapped(fd: RawFd, asked: SocketAddr) -> Option<c_int> {
     let family = tcp_family(fd)?;
     let port = asked.port();
     let id = settings.map.id_for(port)?.to_string();
-    match &settings.map {
-        // Only the first bind is the app's server; later ones pass.
-        PortMap::First(_) if FIRST_TAKEN.swap(true, Ordering::AcqRel) => return None,
-        PortMap::First(_) => {}
-        PortMap::Ports(_) => {
-            let mut bound = BOUND.lock().unwrap_or_else(|e| e.into_inner());
-            if bound.contains(&port) {
-                drop(bound);
-                let why = format!(
-                    "the app binds port {port} a second time; only its first bind gets {id}'s socket"
-                );
-                report(settings, &id, asked, Err(why));
-                return None;
-            }
-            bound.push(port);
+    if let PortMap::First(_) = settings.map {
+        let first = match FIRST_PORT.compare_exchange(
+            0,
+            u32::from(port),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => u32::from(port),
+            Err(first) => first,
+        };
+        if first != u32::from(port) {
+            return None;
         }
     }
+    // Every bind of a mapped port gets the service's listener of the
+    // socket's family: a duplicate of one listening socket accepts from
+    // the same queue, so however many times the app binds, every socket it
+    // listens on is served.
     match swap(fd, &id, family, settings) {
         Ok(brokered) => {
             report(settings, &id, asked, Ok(brokered));
             Some(0)
         }
         Err(why) => {
-            if let PortMap::Ports(_) = settings.map {
-                BOUND
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|p| *p != port);
-            }
             report(settings, &id, asked, Err(why));
             None
         }

@@ -1,8 +1,10 @@
 """Binds TCP sockets as told and prints what each got, one JSON line per
 bind, then waits for stdin to close.
 Usage: binds.py [--after FILE] ADDR:PORT ...
-(ADDR '::' or '0.0.0.0' and so on; a failed bind prints its error). With
---after, it first waits (at most 20 s) until FILE exists."""
+(ADDR '::' or '0.0.0.0' and so on; a failed bind prints its error). A spec
+written probe:ADDR:PORT is bound and closed again at once, as a dev server
+checks that a port is free before it binds it for real. With --after, it
+first waits (at most 20 s) until FILE exists."""
 import json
 import os
 import socket
@@ -19,7 +21,9 @@ if args[:1] == ["--after"]:
 
 held = []
 for spec in args:
-    host, port = spec.rsplit(":", 1)
+    probe = spec.startswith("probe:")
+    host, port = spec.removeprefix("probe:").rsplit(":", 1)
+    host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -27,7 +31,10 @@ for spec in args:
         s.bind((host, int(port)))
         s.listen(8)
         print(json.dumps({"asked": spec, "got": s.getsockname()[1]}), flush=True)
-        held.append(s)
+        if probe:
+            s.close()
+        else:
+            held.append(s)
     except OSError as e:
         print(json.dumps({"asked": spec, "error": str(e)}), flush=True)
 sys.stdin.read()

@@ -418,10 +418,15 @@ impl Broker {
     /// Starts `pb exec ARGS...` (ARGS begins with the id) and reads the
     /// port from its banner.
     pub fn exec(&self, args: &[&str]) -> (Proc, u16) {
+        self.exec_as("exec", args)
+    }
+
+    /// `exec` under another of its names (`run`).
+    pub fn exec_as(&self, word: &str, args: &[&str]) -> (Proc, u16) {
         use std::io::{BufRead, BufReader};
         let mut child = self
             .cmd()
-            .arg("exec")
+            .arg(word)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -637,6 +642,33 @@ pub fn curl(family: &str, port: u16) -> Option<String> {
 /// most 10 s.
 pub fn curl_until(family: &str, port: u16) -> Option<String> {
     wait_until(Duration::from_secs(10), || curl(family, port))
+}
+
+/// GETs `http://HOST:PORT/` with curl, HOST being `127.0.0.1`, `[::1]` or
+/// `localhost` (which curl tries over both families); 5 s at most.
+pub fn curl_host(host: &str, port: u16) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("http://{host}:{port}/")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Retries `curl_host` until it answers, at most 10 s.
+pub fn curl_host_until(host: &str, port: u16) -> Option<String> {
+    wait_until(Duration::from_secs(10), || curl_host(host, port))
+}
+
+/// The app on `port` answers at 127.0.0.1, [::1] and localhost (within
+/// 10 s each, never hanging): the three bodies, or which address failed.
+pub fn reachable_everywhere(port: u16) -> Result<[String; 3], String> {
+    let mut out: Vec<String> = Vec::new();
+    for host in ["127.0.0.1", "[::1]", "localhost"] {
+        out.push(curl_host_until(host, port).ok_or_else(|| format!("no answer at {host}:{port}"))?);
+    }
+    Ok(out.try_into().expect("three hosts"))
 }
 
 /// Starts tests/clients/claimant.py (a python3 client that claims `id` with

@@ -15,15 +15,25 @@ fn lease_gone(broker: &Broker, id: &str) -> bool {
     .is_some()
 }
 
-fn serves_from_inherited_fds(server: &[&str], name: &str) {
+/// By default the server gets one listener (127.0.0.1) and the broker
+/// relays [::1] to it; with `--both-families` it gets both and serves
+/// IPv6 on its own socket.
+fn serves_from_inherited_fds(server: &[&str], name: &str, both_families: bool) {
     let broker = Broker::start();
-    let mut args = vec!["web", "--"];
+    let mut args = vec!["web"];
+    if both_families {
+        args.push("--both-families");
+    }
+    args.push("--");
     args.extend_from_slice(server);
     let (mut pb, port) = broker.exec(&args);
     let v4body = curl_until("-4", port).expect("reachable over IPv4");
     assert_eq!(v4body.trim(), format!("{name} ipv4 port={port}"));
     let v6body = curl_until("-6", port).expect("reachable over IPv6");
-    assert_eq!(v6body.trim(), format!("{name} ipv6 port={port}"));
+    let served_as = if both_families { "ipv6" } else { "ipv4" };
+    assert_eq!(v6body.trim(), format!("{name} {served_as} port={port}"));
+    let localhost = curl_host_until("localhost", port).expect("reachable as localhost");
+    assert!(localhost.starts_with(name), "{localhost}");
     let leases = broker.leases();
     assert_eq!(leases, vec![("web".to_string(), port)]);
 
@@ -49,37 +59,44 @@ fn serves_from_inherited_fds(server: &[&str], name: &str) {
 #[test]
 fn python_server_serves_from_inherited_fds_over_both_families() {
     let script = tests_dir().join("servers/fd_server.py");
-    serves_from_inherited_fds(&["python3", script.to_str().unwrap()], "python");
+    serves_from_inherited_fds(&["python3", script.to_str().unwrap()], "python", false);
+    serves_from_inherited_fds(&["python3", script.to_str().unwrap()], "python", true);
 }
 
 #[test]
 fn node_server_serves_from_inherited_fds_over_both_families() {
     let script = tests_dir().join("servers/fd_server.js");
-    serves_from_inherited_fds(&["node", script.to_str().unwrap()], "node");
+    serves_from_inherited_fds(&["node", script.to_str().unwrap()], "node", false);
+    serves_from_inherited_fds(&["node", script.to_str().unwrap()], "node", true);
 }
 
 #[test]
 fn child_sees_the_socket_activation_environment() {
     let broker = Broker::start();
-    let out = broker
-        .cmd()
-        .args(["exec", "-q", "app:web", "--env-name", "APP_PORT", "--", "sh", "-c"])
-        .arg("echo $LISTEN_FDS $LISTEN_FDNAMES $LISTEN_FDS_FIRST_FD $APP_PORT; [ \"$LISTEN_PID\" = \"$$\" ] && echo pid-ok; ls /proc/$$/fd")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines();
-    let first: Vec<&str> = lines.next().unwrap().split(' ').collect();
-    assert_eq!(&first[..3], &["2", "app.web:app.web", "3"]);
-    assert!(first[3].parse::<u16>().is_ok());
-    assert_eq!(lines.next(), Some("pid-ok"));
-    let fds: Vec<u32> = lines.filter_map(|l| l.parse().ok()).collect();
-    assert!(
-        fds.contains(&3) && fds.contains(&4),
-        "fds 3 and 4 are inherited: {fds:?}"
-    );
-    assert!(lease_gone(&broker, "app:web"));
+    for (extra, n, names) in [
+        (None, "1", "app.web"),
+        (Some("--both-families"), "2", "app.web:app.web"),
+    ] {
+        let mut cmd = broker.cmd();
+        cmd.args(["exec", "-q", "app:web", "--env-name", "APP_PORT"]);
+        cmd.args(extra);
+        let out = cmd
+            .args(["--", "sh", "-c"])
+            .arg("echo $LISTEN_FDS $LISTEN_FDNAMES $LISTEN_FDS_FIRST_FD $APP_PORT; [ \"$LISTEN_PID\" = \"$$\" ] && echo pid-ok; ls /proc/$$/fd")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let first: Vec<&str> = lines.next().unwrap().split(' ').collect();
+        assert_eq!(&first[..3], &[n, names, "3"]);
+        assert!(first[3].parse::<u16>().is_ok());
+        assert_eq!(lines.next(), Some("pid-ok"));
+        let fds: Vec<u32> = lines.filter_map(|l| l.parse().ok()).collect();
+        assert!(fds.contains(&3), "fd 3 is inherited: {fds:?}");
+        assert_eq!(fds.contains(&4), n == "2", "fd 4 only with both: {fds:?}");
+        assert!(lease_gone(&broker, "app:web"));
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Linux answers to the questions in this crate: procfs for processes,
-//! SO_PEERCRED for Unix-socket peers, sigwaitinfo for supervision.
+//! SO_PEERCRED for Unix-socket peers, sigwaitinfo and the
+//! process tree for supervision.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -76,14 +77,91 @@ pub fn wait_signal(set: &nix::sys::signal::SigSet) -> std::io::Result<SignalInfo
             }
             return Err(e);
         }
-        return Ok(SignalInfo {
-            signo: r,
+        return Ok(SignalInfo::new(r, &info));
+    }
+}
+
+impl SignalInfo {
+    fn new(signo: i32, info: &libc::siginfo_t) -> SignalInfo {
+        SignalInfo {
+            signo,
             from_process: matches!(
                 info.si_code,
                 libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL
             ),
-        });
+        }
     }
+}
+
+/// Waits like [`wait_signal`], but at most `limit`; `None` when it passed.
+pub fn wait_signal_for(
+    set: &nix::sys::signal::SigSet,
+    limit: std::time::Duration,
+) -> std::io::Result<Option<SignalInfo>> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid sigset, writable siginfo_t and timespec.
+        let r = unsafe { libc::sigtimedwait(set.as_ref(), &mut info, &ts) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        return Ok(Some(SignalInfo::new(r, &info)));
+    }
+}
+
+/// Every live process below `root` in the process tree, parents before
+/// their children. One pass over /proc/*/stat.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for p in all.flatten() {
+        let Ok(s) = p.stat() else { continue };
+        if matches!(s.state(), Ok(ProcState::Zombie) | Ok(ProcState::Dead)) {
+            continue;
+        }
+        if let (Ok(pid), Ok(ppid)) = (u32::try_from(s.pid), u32::try_from(s.ppid)) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut next = vec![root];
+    // A pid seen twice would mean a cycle in a torn read; bound by the table.
+    let limit = children.values().map(Vec::len).sum::<usize>();
+    while let Some(pid) = next.pop() {
+        for c in children.remove(&pid).unwrap_or_default() {
+            if out.len() >= limit {
+                return out;
+            }
+            out.push(c);
+            next.push(c);
+        }
+    }
+    out
+}
+
+/// Makes this process the reaper of its orphaned descendants
+/// (PR_SET_CHILD_SUBREAPER), so that a daemonizing grandchild stays in
+/// its tree instead of moving to init.
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: a plain prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The TCP tables from sock_diag over netlink (netstat2): about three times
