@@ -250,6 +250,7 @@ pub struct Core {
     pub(crate) agents: Agents,
     /// The HTTP API's base URL once it listens (for login URLs).
     http_base: Option<String>,
+    http_off: Option<String>,
     logins: Logins,
     pub(crate) webhooks: crate::webhooks::Webhooks,
     /// The machine's listeners for those who follow them.
@@ -278,6 +279,7 @@ impl Core {
             pubsub: PubSub::default(),
             agents: Agents::default(),
             http_base: None,
+            http_off: None,
             logins: Logins::default(),
             webhooks: Default::default(),
             listener_feed: Default::default(),
@@ -330,6 +332,11 @@ impl Core {
     }
 
     /// The HTTP API listens at `base` (`http://localhost:9876`).
+    /// Why the HTTP API is not running, for `status`.
+    pub fn set_http_off(&mut self, why: String) {
+        self.http_off = Some(why);
+    }
+
     pub fn set_http_base(&mut self, base: String) {
         self.http_base = Some(base);
     }
@@ -598,6 +605,8 @@ impl Core {
             database: self.cfg.paths.database().display().to_string(),
             range: self.cfg.range,
             reserved: self.cfg.reserved.clone(),
+            http: self.http_base.clone(),
+            http_off: self.http_off.clone(),
         }
     }
 

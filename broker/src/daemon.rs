@@ -20,6 +20,7 @@ use crate::http;
 use crate::ipc::{self, SharedCore};
 use crate::reaper;
 use crate::store::Store;
+use pb_platform::startup::Notifier;
 
 /// The longest the expiry timer sleeps, so a lease claimed with an earlier
 /// expiry than any other is still ended within this much of its time.
@@ -66,7 +67,7 @@ fn take_lock(path: &Path) -> Result<InstanceLock> {
 
 /// Runs the broker in the foreground until SIGTERM, SIGINT or a shutdown
 /// request.
-pub fn run(cfg: Config) -> Result<()> {
+pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
     private_dir(&cfg.paths.runtime_dir)?;
     private_dir(&cfg.paths.state_dir)?;
     let _lock = take_lock(&cfg.paths.lock_file())?;
@@ -106,7 +107,7 @@ pub fn run(cfg: Config) -> Result<()> {
         unsafe { libc::umask(old) };
         let listener = listener.with_context(|| format!("binding {}", socket_path.display()))?;
 
-        start_http(&http_cfg, core.clone(), token).await?;
+        start_http(&http_cfg, core.clone(), token).await;
 
         let shutdown = Arc::new(Notify::new());
         let stop_accepting = Arc::new(Notify::new());
@@ -121,6 +122,7 @@ pub fn run(cfg: Config) -> Result<()> {
             shutdown.clone(),
             stop_accepting.clone(),
         ));
+        ready.ready();
 
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -138,23 +140,37 @@ pub fn run(cfg: Config) -> Result<()> {
     })
 }
 
-/// Starts the HTTP API on PB_HTTP_ADDR. An address set explicitly must
-/// bind; the default one (9876) may be taken by another user's broker on a
-/// shared machine, which only costs this broker its HTTP API, with a
-/// warning in the log.
-async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) -> Result<()> {
+/// Starts the HTTP API on PB_HTTP_ADDR. A port that cannot be bound costs
+/// only the HTTP API, never the broker: the Unix socket serves regardless,
+/// and `status` says why HTTP is off and which process holds its port.
+async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) {
     if cfg.http_addrs.is_empty() {
         eprintln!("pb: HTTP API off (PB_HTTP_ADDR=off)");
-        return Ok(());
+        ipc::lock(&core).set_http_off("turned off (PB_HTTP_ADDR=off)".into());
+        return;
     }
-    let explicit = std::env::var("PB_HTTP_ADDR").is_ok_and(|v| !v.trim().is_empty());
     let listeners = match http::bind(&cfg.http_addrs).await {
         Ok(l) => l,
-        Err(e) if !explicit => {
-            eprintln!("pb: warning: {e}; running without the HTTP API");
-            return Ok(());
+        Err(e) => {
+            let ports: Vec<u16> = cfg.http_addrs.iter().map(|a| a.port()).collect();
+            let holders = tokio::task::spawn_blocking(move || {
+                let mut all: Vec<String> = Vec::new();
+                for p in ports {
+                    all.extend(crate::inspect::port_holders(p));
+                }
+                all
+            })
+            .await
+            .unwrap_or_default();
+            let why = if holders.is_empty() {
+                format!("{e:#}")
+            } else {
+                format!("{e:#}; the port is held by {}", holders.join(", "))
+            };
+            eprintln!("pb: warning: {why}; running without the HTTP API");
+            ipc::lock(&core).set_http_off(why);
+            return;
         }
-        Err(e) => return Err(e),
     };
     let bound: Vec<std::net::SocketAddr> = listeners
         .iter()
@@ -183,7 +199,6 @@ async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) -
         }
         tokio::spawn(http::serve(l, state.clone(), router.clone()));
     }
-    Ok(())
 }
 
 async fn expiry_timer(core: SharedCore) {

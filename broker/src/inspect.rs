@@ -205,6 +205,22 @@ impl ListenerFollow {
     }
 }
 
+/// Who listens on `port`, as one line per process ("pid 42 (python3 -m
+/// http.server)"); blocking, for the daemon's start-up, outside the core.
+pub fn port_holders(port: u16) -> Vec<String> {
+    describe(|s| s.local.port() == port, &[])
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|l| l.holders)
+        .map(|h| format!("pid {} ({})", h.pid, h.command))
+        .fold(Vec::new(), |mut out, h| {
+            if !out.contains(&h) {
+                out.push(h);
+            }
+            out
+        })
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WireError> + Send + 'static,
 ) -> Result<T, WireError> {
@@ -236,11 +252,14 @@ fn describe(
         .into_iter()
         .map(|s| {
             let lease = views.iter().find(|v| v.port == s.local.port());
+            let brokered = lease.is_some_and(|v| v.inodes.contains(&s.inode));
+            // The broker holds every lease's socket; it is named only for
+            // sockets of its own (its HTTP API), so `pb who 9876` says so.
             let holders = held
                 .get(&s.inode)
                 .into_iter()
                 .flatten()
-                .filter(|p| p.pid != me)
+                .filter(|p| p.pid != me || !brokered)
                 .filter_map(|p| ProcessInfo::of(p.pid).filter(|i| i.id == *p))
                 .map(|i| Holder {
                     pid: i.id.pid,
@@ -255,7 +274,7 @@ fn describe(
                 uid: s.uid,
                 holders,
                 service: lease.map(|v| v.id.clone()),
-                brokered: lease.is_some_and(|v| v.inodes.contains(&s.inode)),
+                brokered,
             }
         })
         .collect())

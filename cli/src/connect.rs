@@ -2,11 +2,13 @@
 //! (unless PB_NO_AUTOSTART=1).
 
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use pb_platform::startup::{Started, Starting};
 use pb_proto::paths::Paths;
 use pb_proto::Client;
 
@@ -42,18 +44,26 @@ pub fn autostart_enabled() -> bool {
 pub fn connect(paths: &Paths) -> Result<Client> {
     match existing(paths) {
         Ok(c) => Ok(c),
-        Err(e) if e.is::<Unavailable>() && autostart_enabled() => {
-            spawn_daemon(paths)?;
-            wait_for(paths)
-        }
+        Err(e) if e.is::<Unavailable>() && autostart_enabled() => spawn_daemon(paths)?.wait(),
         Err(e) => Err(e),
     }
+}
+
+/// The broker could not start, and said why (or died saying nothing).
+#[derive(Debug, thiserror::Error)]
+#[error("the broker could not start: {0}")]
+pub struct StartFailed(pub String);
+
+/// A broker being started by this process.
+pub struct Daemon<'a> {
+    paths: &'a Paths,
+    starting: Starting,
 }
 
 /// Starts `pb daemon` detached, its output appended to the broker log.
 /// Two clients racing here start two daemons; the instance lock lets only
 /// one live, and both clients then reach it.
-pub fn spawn_daemon(paths: &Paths) -> Result<()> {
+pub fn spawn_daemon(paths: &Paths) -> Result<Daemon<'_>> {
     std::fs::create_dir_all(&paths.state_dir)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -61,11 +71,13 @@ pub fn spawn_daemon(paths: &Paths) -> Result<()> {
         .open(paths.log_file())
         .with_context(|| format!("opening {}", paths.log_file().display()))?;
     let exe = std::env::current_exe().context("locating the pb binary")?;
+    let (starting, ready_w) = Starting::pipe().context("making the start-up pipe")?;
     let mut cmd = Command::new(exe);
     cmd.arg("daemon")
-        // Started from inside an app under `pb exec --shim`, the broker
-        // must not have its own binds swapped.
+        // Started from inside an app under `pb exec`, the broker must not
+        // have its own binds swapped.
         .env_remove(pb_proto::shim::ENV_MAP)
+        .env(pb_platform::startup::ENV, ready_w.as_raw_fd().to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -84,13 +96,52 @@ pub fn spawn_daemon(paths: &Paths) -> Result<()> {
         });
     }
     let mut first = cmd.spawn().context("starting the broker")?;
+    // Only the daemon may hold the write end, so that its death closes it.
+    drop(ready_w);
     // The intermediate process exits at once.
     let _ = first.wait();
-    Ok(())
+    Ok(Daemon { paths, starting })
+}
+
+impl Daemon<'_> {
+    /// Waits (bounded) until the broker serves, and connects; a broker
+    /// that cannot start is reported with its own reason at once.
+    pub fn wait(self) -> Result<Client> {
+        let paths = self.paths;
+        match self.starting.wait(START_TIMEOUT) {
+            Started::Ready => wait_for(paths),
+            Started::Failed(why) => {
+                // Lost a race to another starter: that broker serves.
+                if let Ok(c) = existing(paths) {
+                    return Ok(c);
+                }
+                Err(StartFailed(why).into())
+            }
+            Started::Exited => {
+                if let Ok(c) = existing(paths) {
+                    return Ok(c);
+                }
+                Err(StartFailed(format!(
+                    "it exited at once; the end of {}:\n{}",
+                    paths.log_file().display(),
+                    log_tail(paths)
+                ))
+                .into())
+            }
+            Started::Silent => wait_for(paths),
+        }
+    }
+}
+
+/// The last few lines of the broker log, for a start that said nothing.
+fn log_tail(paths: &Paths) -> String {
+    let text = std::fs::read_to_string(paths.log_file()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
 /// Waits (bounded) until a broker answers.
-pub fn wait_for(paths: &Paths) -> Result<Client> {
+fn wait_for(paths: &Paths) -> Result<Client> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         match existing(paths) {

@@ -104,7 +104,7 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
     }))?;
     match fmt {
         Format::Json if !hold_for_command => output::print_json(&reply),
-        Format::Quiet => println!("{}", reply.lock.token),
+        Format::Quiet => outln!("{}", reply.lock.token),
         Format::Human => eprintln!(
             "pb: lock {} acquired (token {}{})",
             reply.lock.name,
@@ -209,12 +209,9 @@ pub fn locks(paths: &Paths, pattern: Option<String>, fmt: Format) -> Result<i32>
     let (reply, _): (LocksReply, _) = connect::connect(paths)?.call_as(Op::Locks { pattern })?;
     match fmt {
         Format::Json => output::print_json(&reply),
-        Format::Quiet => reply.locks.iter().for_each(|l| println!("{}", l.name)),
+        Format::Quiet => reply.locks.iter().for_each(|l| outln!("{}", l.name)),
         Format::Human if reply.locks.is_empty() => eprintln!("no locks held"),
-        Format::Human => reply
-            .locks
-            .iter()
-            .for_each(|l| println!("{}", lock_line(l))),
+        Format::Human => reply.locks.iter().for_each(|l| outln!("{}", lock_line(l))),
     }
     Ok(0)
 }
@@ -243,7 +240,7 @@ pub fn publish(
     })?;
     match fmt {
         Format::Json => output::print_json(&reply),
-        Format::Quiet => println!("{}", reply.id),
+        Format::Quiet => outln!("{}", reply.id),
         Format::Human => eprintln!(
             "pb: published {} on {} ({} subscribers)",
             reply.id, reply.channel, reply.delivered
@@ -278,9 +275,9 @@ fn iso_time(ms: u64) -> String {
 
 fn print_message(m: &MessageInfo, fmt: Format) {
     match fmt {
-        Format::Json => println!("{}", serde_json::to_string(m).expect("serializable")),
-        Format::Quiet => println!("{}", m.data),
-        Format::Human => println!("[{}] {} {}", iso_time(m.time_ms), m.channel, m.data),
+        Format::Json => outln!("{}", serde_json::to_string(m).expect("serializable")),
+        Format::Quiet => outln!("{}", m.data),
+        Format::Human => outln!("[{}] {} {}", iso_time(m.time_ms), m.channel, m.data),
     }
 }
 
@@ -341,13 +338,10 @@ pub fn channels(paths: &Paths, clear: Option<String>, fmt: Format) -> Result<i32
     let (reply, _): (ChannelsReply, _) = client.call_as(Op::Channels)?;
     match fmt {
         Format::Json => output::print_json(&reply),
-        Format::Quiet => reply
-            .channels
-            .iter()
-            .for_each(|c| println!("{}", c.channel)),
+        Format::Quiet => reply.channels.iter().for_each(|c| outln!("{}", c.channel)),
         Format::Human => {
             for c in &reply.channels {
-                println!(
+                outln!(
                     "{}\t{} messages\t{} subscribers\tlast id {}",
                     c.channel,
                     c.messages,
@@ -437,7 +431,7 @@ pub fn agent(paths: &Paths, cmd: AgentCmd, fmt: Format) -> Result<i32> {
             }))?;
             match fmt {
                 Format::Json => output::print_json(&reply),
-                Format::Quiet => println!("{}", reply.agent.id),
+                Format::Quiet => outln!("{}", reply.agent.id),
                 Format::Human => eprintln!(
                     "pb: agent {} {}",
                     reply.agent.id,
@@ -467,12 +461,12 @@ pub fn agent(paths: &Paths, cmd: AgentCmd, fmt: Format) -> Result<i32> {
             let (reply, _): (AgentsReply, _) = client.call_as(Op::Agents)?;
             match fmt {
                 Format::Json => output::print_json(&reply),
-                Format::Quiet => reply.agents.iter().for_each(|a| println!("{}", a.id)),
+                Format::Quiet => reply.agents.iter().for_each(|a| outln!("{}", a.id)),
                 Format::Human if reply.agents.is_empty() => eprintln!("no agents"),
                 Format::Human => reply
                     .agents
                     .iter()
-                    .for_each(|a| println!("{}", agent_line(a))),
+                    .for_each(|a| outln!("{}", agent_line(a))),
             }
         }
         AgentCmd::Info { id } => {
@@ -480,12 +474,12 @@ pub fn agent(paths: &Paths, cmd: AgentCmd, fmt: Format) -> Result<i32> {
             match fmt {
                 Format::Json => output::print_json(&a),
                 _ => {
-                    println!("{}", agent_line(&a));
+                    outln!("{}", agent_line(&a));
                     for s in &a.services {
-                        println!("  service {s}");
+                        outln!("  service {s}");
                     }
                     for l in &a.locks {
-                        println!("  lock {l}");
+                        outln!("  lock {l}");
                     }
                 }
             }
@@ -509,7 +503,7 @@ pub fn wait(
     })?;
     match fmt {
         Format::Json => output::print_json(&reply),
-        Format::Quiet => reply.services.iter().for_each(|s| println!("{}", s.port)),
+        Format::Quiet => reply.services.iter().for_each(|s| outln!("{}", s.port)),
         Format::Human => {
             for s in &reply.services {
                 eprintln!(
@@ -546,7 +540,7 @@ pub struct LogCmd {
 
 fn print_entry(e: &ActivityEntry, fmt: Format) {
     match fmt {
-        Format::Json => println!("{}", serde_json::to_string(e).expect("serializable")),
+        Format::Json => outln!("{}", serde_json::to_string(e).expect("serializable")),
         _ => {
             let actor = match &e.actor {
                 None => "broker".to_string(),
@@ -565,7 +559,7 @@ fn print_entry(e: &ActivityEntry, fmt: Format) {
                     s
                 }
             };
-            println!(
+            outln!(
                 "{} #{} {:<22} {:<24} {actor}  {}",
                 iso_time(e.time_ms),
                 e.id,

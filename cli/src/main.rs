@@ -2,6 +2,17 @@
 //! broker itself. Each subcommand is one request to the broker's core; this
 //! file only parses arguments and prints results.
 
+/// `println!` for pb's output: a closed stdout (`pb find | head -1`) ends
+/// pb quietly with exit 0, as `ls | head` would, instead of a panic.
+macro_rules! outln {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
 mod connect;
 mod coord;
 mod exec;
@@ -275,19 +286,42 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code(&e);
             if fmt == Format::Json {
-                if let Some(ClientError::Wire(w)) = e.downcast_ref::<ClientError>() {
-                    let mut v = serde_json::json!({"error": w.message, "code": w.code});
-                    if let Some(d) = &w.details {
-                        v["details"] = d.clone();
-                    }
-                    output::print_json(&v);
-                    return ExitCode::from(code as u8);
-                }
+                output::print_json(&json_error(&e));
+            } else {
+                eprintln!("pb: {e:#}");
             }
-            eprintln!("pb: {e:#}");
             ExitCode::from(code as u8)
         }
     }
+}
+
+/// Any error as `{"error", "code"[, "details"]}`: the broker's own code
+/// when it answered, else the client's word for what went wrong.
+fn json_error(e: &anyhow::Error) -> serde_json::Value {
+    let wire = match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Wire(w)) => Some(w),
+        _ => e.downcast_ref::<pb_proto::WireError>(),
+    };
+    if let Some(w) = wire {
+        let mut v = serde_json::json!({"error": w.message, "code": w.code});
+        if let Some(d) = &w.details {
+            v["details"] = d.clone();
+        }
+        return v;
+    }
+    let code = if e.downcast_ref::<connect::Unavailable>().is_some()
+        || e.downcast_ref::<connect::StartFailed>().is_some()
+    {
+        "unavailable"
+    } else if e
+        .downcast_ref::<pb_proto::duration::DurationError>()
+        .is_some()
+    {
+        "invalid_duration"
+    } else {
+        "error"
+    };
+    serde_json::json!({"error": format!("{e:#}"), "code": code})
 }
 
 /// The exit code for an error; see docs/CLI.md.
@@ -303,7 +337,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     {
         return 2;
     }
-    if e.downcast_ref::<connect::Unavailable>().is_some() {
+    if e.downcast_ref::<connect::Unavailable>().is_some()
+        || e.downcast_ref::<connect::StartFailed>().is_some()
+    {
         return 3;
     }
     1
@@ -333,7 +369,15 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         Command::Log(c) => coord::log(&paths, c, fmt),
         Command::Webhook(c) => webhook::webhook(&paths, c, fmt),
         Command::Daemon => {
-            pb_broker::run(pb_broker::Config::from_env()?)?;
+            // Whoever started us waits to hear whether we came up.
+            let ready = pb_platform::startup::Notifier::from_env();
+            let result = pb_broker::Config::from_env()
+                .map_err(anyhow::Error::from)
+                .and_then(|cfg| pb_broker::run(cfg, &ready));
+            if let Err(e) = &result {
+                ready.failed(&format!("{e:#}"));
+            }
+            result?;
             Ok(0)
         }
         Command::Claim {
@@ -351,9 +395,9 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             let port = reply.lease.port;
             match fmt {
                 Format::Json => output::print_json(&reply),
-                Format::Quiet => println!("{port}"),
-                Format::Human if export => println!("export PORT={port}"),
-                Format::Human => println!("{id} → port {port}"),
+                Format::Quiet => outln!("{port}"),
+                Format::Human if export => outln!("export PORT={port}"),
+                Format::Human => outln!("{id} → port {port}"),
             }
             Ok(0)
         }
@@ -362,11 +406,11 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 connect::connect(&paths)?.call_as(Op::Release { target })?;
             match fmt {
                 Format::Json => output::print_json(&reply),
-                Format::Quiet => reply.released.iter().for_each(|l| println!("{}", l.port)),
+                Format::Quiet => reply.released.iter().for_each(|l| outln!("{}", l.port)),
                 Format::Human if reply.released.is_empty() => eprintln!("nothing to release"),
                 Format::Human => {
                     for l in &reply.released {
-                        println!("released {} (port {})", l.id, l.port);
+                        outln!("released {} (port {})", l.id, l.port);
                     }
                 }
             }
@@ -401,7 +445,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             let lease = get(&paths, id)?;
             match fmt {
                 Format::Json => output::print_json(&lease),
-                _ => println!("{}", lease.port),
+                _ => outln!("{}", lease.port),
             }
             Ok(0)
         }
@@ -411,16 +455,25 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 Format::Json => output::print_json(
                     &serde_json::json!({"id": lease.id, "url": output::url(lease.port)}),
                 ),
-                _ => println!("{}", output::url(lease.port)),
+                _ => outln!("{}", output::url(lease.port)),
             }
             Ok(0)
         }
         Command::Env { pattern } => {
             let reply = find(&paths, pattern)?;
+            if fmt == Format::Json {
+                let vars: serde_json::Map<String, serde_json::Value> = reply
+                    .services
+                    .iter()
+                    .map(|l| (output::env_name(&l.id), l.port.into()))
+                    .collect();
+                output::print_json(&vars);
+                return Ok(0);
+            }
             for l in &reply.services {
                 match fmt {
-                    Format::Quiet => println!("{}={}", output::env_name(&l.id), l.port),
-                    _ => println!("export {}={}", output::env_name(&l.id), l.port),
+                    Format::Quiet => outln!("{}={}", output::env_name(&l.id), l.port),
+                    _ => outln!("export {}={}", output::env_name(&l.id), l.port),
                 }
             }
             Ok(0)
@@ -467,7 +520,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 connect::connect(&paths)?.call_as(Op::LoginCode)?;
             match fmt {
                 Format::Json => output::print_json(&reply),
-                _ => println!("{}", reply.url),
+                _ => outln!("{}", reply.url),
             }
             if !print_url && open_in_browser(&reply.url) {
                 eprintln!("pb: opened in your browser; the link works once, for a minute");
@@ -482,12 +535,16 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 .with_context(|| format!("reading {}", file.display()))?;
             match fmt {
                 Format::Json => output::print_json(&serde_json::json!({"token": token.trim()})),
-                _ => println!("{}", token.trim()),
+                _ => outln!("{}", token.trim()),
             }
             Ok(0)
         }
         Command::ShimPath => {
-            println!("{}", shim::path(&paths)?.display());
+            let path = shim::path(&paths)?;
+            match fmt {
+                Format::Json => output::print_json(&serde_json::json!({"path": path})),
+                _ => outln!("{}", path.display()),
+            }
             Ok(0)
         }
         Command::Status => {
@@ -495,18 +552,23 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 .and_then(|mut c| Ok(c.call_as::<StatusReply>(Op::Status)?.0));
             match (status, fmt) {
                 (Ok(s), Format::Json) => output::print_json(&s),
-                (Ok(s), Format::Quiet) => println!("{}", s.pid),
+                (Ok(s), Format::Quiet) => outln!("{}", s.pid),
                 (Ok(s), Format::Human) => {
-                    println!(
+                    outln!(
                         "pb broker running (pid {}, up {})",
                         s.pid,
                         output::human_ms(s.uptime_ms)
                     );
-                    println!("  leases:      {}", s.leases);
-                    println!("  connections: {}", s.connections);
-                    println!("  range:       {}-{}", s.range.0, s.range.1);
-                    println!("  socket:      {}", s.socket);
-                    println!("  database:    {}", s.database);
+                    outln!("  leases:      {}", s.leases);
+                    outln!("  connections: {}", s.connections);
+                    outln!("  range:       {}-{}", s.range.0, s.range.1);
+                    outln!("  socket:      {}", s.socket);
+                    outln!("  database:    {}", s.database);
+                    match (&s.http, &s.http_off) {
+                        (Some(url), _) => outln!("  http:        {url}"),
+                        (None, Some(why)) => outln!("  http:        off: {why}"),
+                        (None, None) => outln!("  http:        off"),
+                    }
                 }
                 (Err(e), _) => return Err(e),
             }
@@ -514,19 +576,15 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         }
         Command::Start => {
             let (s, _): (StatusReply, _) = connect::connect(&paths)?.call_as(Op::Status)?;
-            if fmt != Format::Quiet {
-                println!("pb broker running (pid {})", s.pid);
-            }
+            running(&s, fmt);
             Ok(0)
         }
         Command::Stop => stop(&paths, fmt),
         Command::Restart => {
             stop(&paths, Format::Quiet)?;
-            connect::spawn_daemon(&paths)?;
-            let (s, _): (StatusReply, _) = connect::wait_for(&paths)?.call_as(Op::Status)?;
-            if fmt != Format::Quiet {
-                println!("pb broker running (pid {})", s.pid);
-            }
+            let (s, _): (StatusReply, _) =
+                connect::spawn_daemon(&paths)?.wait()?.call_as(Op::Status)?;
+            running(&s, fmt);
             Ok(0)
         }
     }
@@ -540,12 +598,25 @@ fn get(paths: &Paths, id: String) -> Result<LeaseInfo> {
     Ok(connect::connect(paths)?.call_as(Op::Get { id })?.0)
 }
 
+/// What `start` and `restart` say.
+fn running(s: &StatusReply, fmt: Format) {
+    match fmt {
+        Format::Json => output::print_json(&serde_json::json!({"running": true, "pid": s.pid})),
+        Format::Human => outln!("pb broker running (pid {})", s.pid),
+        Format::Quiet => {}
+    }
+}
+
 fn stop(paths: &Paths, fmt: Format) -> Result<i32> {
     let mut client = match connect::existing(paths) {
         Ok(c) => c,
         Err(e) if e.is::<connect::Unavailable>() => {
-            if fmt == Format::Human {
-                println!("pb broker is not running");
+            match fmt {
+                Format::Human => outln!("pb broker is not running"),
+                Format::Json => {
+                    output::print_json(&serde_json::json!({"stopped": false, "running": false}))
+                }
+                Format::Quiet => {}
             }
             return Ok(0);
         }
@@ -561,8 +632,12 @@ fn stop(paths: &Paths, fmt: Format) -> Result<i32> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    if fmt == Format::Human {
-        println!("pb broker stopped (pid {})", status.pid);
+    match fmt {
+        Format::Human => outln!("pb broker stopped (pid {})", status.pid),
+        Format::Json => output::print_json(
+            &serde_json::json!({"stopped": true, "running": false, "pid": status.pid}),
+        ),
+        Format::Quiet => {}
     }
     Ok(0)
 }

@@ -46,14 +46,31 @@ pub fn env_name(id: &str) -> String {
     name + "_PORT"
 }
 
+/// Writes one line to stdout. A reader that went away (EPIPE) ends pb
+/// with exit 0: nobody is left to read, and that is not a failure.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out
+        .write_fmt(format_args!("{args}\n"))
+        .and_then(|_| out.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("pb: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 pub fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+    outln!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
 
 pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
     if fmt == Format::Quiet {
         for l in leases {
-            println!("{}\t{}", l.id, l.port);
+            outln!("{}\t{}", l.id, l.port);
         }
         return;
     }
@@ -62,9 +79,15 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
         return;
     }
     let width = leases.iter().map(|l| l.id.len()).max().unwrap_or(2).max(2);
-    println!(
+    outln!(
         "{:<width$}  {:>5}  {:<14}  {:<6}  {:>7}  {:>7}  {:>5}  COMMAND",
-        "ID", "PORT", "STATE", "SERVED", "PID", "EXPIRES", "AGE"
+        "ID",
+        "PORT",
+        "STATE",
+        "SERVED",
+        "PID",
+        "EXPIRES",
+        "AGE"
     );
     let now = now_ms();
     for l in leases {
@@ -83,7 +106,7 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
             Some(false) => "no",
             None => "?",
         };
-        println!(
+        outln!(
             "{:<width$}  {:>5}  {state:<14}  {served:<6}  {:>7}  {:>7}  {:>5}  {}",
             l.id,
             l.port,
@@ -114,13 +137,17 @@ pub fn listener_table(listeners: &[ListenerInfo], fmt: Format) {
     if fmt == Format::Quiet {
         for l in listeners {
             let pids: Vec<String> = l.holders.iter().map(|h| h.pid.to_string()).collect();
-            println!("{}\t{}\t{}", l.port, l.addr, pids.join(","));
+            outln!("{}\t{}\t{}", l.port, l.addr, pids.join(","));
         }
         return;
     }
-    println!(
+    outln!(
         "{:>5}  {:<22}  {:>7}  {:<10}  {:<16}  COMMAND",
-        "PORT", "ADDRESS", "PID", "USER", "SERVICE"
+        "PORT",
+        "ADDRESS",
+        "PID",
+        "USER",
+        "SERVICE"
     );
     for l in listeners {
         let service = match (&l.service, l.brokered) {
@@ -128,7 +155,7 @@ pub fn listener_table(listeners: &[ListenerInfo], fmt: Format) {
             (None, _) => "-".into(),
         };
         if l.holders.is_empty() {
-            println!(
+            outln!(
                 "{:>5}  {:<22}  {:>7}  {:<10}  {service:<16}  (not visible to pb)",
                 l.port,
                 l.addr,
@@ -137,7 +164,7 @@ pub fn listener_table(listeners: &[ListenerInfo], fmt: Format) {
             );
         }
         for h in &l.holders {
-            println!(
+            outln!(
                 "{:>5}  {:<22}  {:>7}  {:<10}  {service:<16}  {}",
                 l.port,
                 l.addr,
@@ -159,13 +186,13 @@ pub fn who(reply: &WhoReply, fmt: Format) {
         pids.sort();
         pids.dedup();
         for p in pids {
-            println!("{p}");
+            outln!("{p}");
         }
         return;
     }
     let now = now_ms();
     match &reply.service {
-        Some(l) => println!(
+        Some(l) => outln!(
             "port {}: service {} (pb lease{})",
             reply.port,
             l.id,
@@ -173,16 +200,17 @@ pub fn who(reply: &WhoReply, fmt: Format) {
                 .map(|p| format!(", owner pid {p}"))
                 .unwrap_or_default()
         ),
-        None => println!("port {}: not leased from pb", reply.port),
+        None => outln!("port {}: not leased from pb", reply.port),
     }
     if reply.listeners.is_empty() {
-        println!("  nothing listens on it");
+        outln!("  nothing listens on it");
     }
     for l in &reply.listeners {
         if l.holders.is_empty() {
-            println!(
+            outln!(
                 "  {} listened on by uid {} (process not visible to pb)",
-                l.addr, l.uid
+                l.addr,
+                l.uid
             );
         }
         for h in &l.holders {
@@ -190,7 +218,7 @@ pub fn who(reply: &WhoReply, fmt: Format) {
                 .since_ms
                 .map(|s| format!(", running for {}", human_ms(now.saturating_sub(s))))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "  {} pid {} ({}) {}{since}",
                 l.addr,
                 h.pid,

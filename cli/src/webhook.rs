@@ -78,8 +78,8 @@ fn set_active(paths: &Paths, id: String, active: bool, fmt: Format) -> Result<i3
         }))?;
     match fmt {
         Format::Json => output::print_json(&w),
-        Format::Quiet => println!("{}", w.id),
-        Format::Human => println!("{}", line(&w)),
+        Format::Quiet => outln!("{}", w.id),
+        Format::Human => outln!("{}", line(&w)),
     }
     Ok(0)
 }
@@ -101,10 +101,10 @@ pub fn webhook(paths: &Paths, cmd: WebhookCmd, fmt: Format) -> Result<i32> {
                 }))?;
             match fmt {
                 Format::Json => output::print_json(&r),
-                Format::Quiet => println!("{}", r.webhook.id),
+                Format::Quiet => outln!("{}", r.webhook.id),
                 Format::Human => {
-                    println!("{}", line(&r.webhook));
-                    println!("secret: {}", r.secret);
+                    outln!("{}", line(&r.webhook));
+                    outln!("secret: {}", r.secret);
                     eprintln!("pb: keep the secret now; it is not shown again");
                 }
             }
@@ -113,8 +113,8 @@ pub fn webhook(paths: &Paths, cmd: WebhookCmd, fmt: Format) -> Result<i32> {
             let (r, _): (WebhooksReply, _) = connect::connect(paths)?.call_as(Op::Webhooks)?;
             match fmt {
                 Format::Json => output::print_json(&r),
-                Format::Quiet => r.webhooks.iter().for_each(|w| println!("{}", w.id)),
-                Format::Human => r.webhooks.iter().for_each(|w| println!("{}", line(w))),
+                Format::Quiet => r.webhooks.iter().for_each(|w| outln!("{}", w.id)),
+                Format::Human => r.webhooks.iter().for_each(|w| outln!("{}", line(w))),
             }
         }
         WebhookCmd::Rm { id } => {
@@ -122,7 +122,7 @@ pub fn webhook(paths: &Paths, cmd: WebhookCmd, fmt: Format) -> Result<i32> {
                 connect::connect(paths)?.call_as(Op::WebhookDelete { id })?;
             match fmt {
                 Format::Json => output::print_json(&r),
-                Format::Quiet => println!("{}", r.id),
+                Format::Quiet => outln!("{}", r.id),
                 Format::Human => eprintln!("pb: webhook {} removed", r.id),
             }
         }
@@ -131,7 +131,7 @@ pub fn webhook(paths: &Paths, cmd: WebhookCmd, fmt: Format) -> Result<i32> {
                 connect::connect(paths)?.call_as(Op::WebhookTest { id })?;
             match fmt {
                 Format::Json => output::print_json(&r),
-                Format::Quiet => println!("{}", r.delivery),
+                Format::Quiet => outln!("{}", r.delivery),
                 Format::Human => eprintln!(
                     "pb: test delivery {} queued; see `pb webhook deliveries`",
                     r.delivery
@@ -143,11 +143,11 @@ pub fn webhook(paths: &Paths, cmd: WebhookCmd, fmt: Format) -> Result<i32> {
                 connect::connect(paths)?.call_as(Op::WebhookDeliveries { id, limit })?;
             match fmt {
                 Format::Json => output::print_json(&r),
-                Format::Quiet => r.deliveries.iter().for_each(|d| println!("{}", d.id)),
+                Format::Quiet => r.deliveries.iter().for_each(|d| outln!("{}", d.id)),
                 Format::Human => {
                     let now = now_ms();
                     for d in &r.deliveries {
-                        println!(
+                        outln!(
                             "{}\t{}\t{}\t{} ago\t{} attempts",
                             d.id,
                             d.event,
@@ -156,7 +156,7 @@ pub fn webhook(paths: &Paths, cmd: WebhookCmd, fmt: Format) -> Result<i32> {
                             d.attempts.len()
                         );
                         for a in &d.attempts {
-                            println!(
+                            outln!(
                                 "  #{}\t{}\t{} ms",
                                 a.attempt,
                                 match (a.status, &a.error) {
@@ -178,7 +178,7 @@ pub fn webhook(paths: &Paths, cmd: WebhookCmd, fmt: Format) -> Result<i32> {
                 connect::connect(paths)?.call_as(Op::WebhookEvents)?;
             match fmt {
                 Format::Json => output::print_json(&r),
-                _ => r.events.iter().for_each(|e| println!("{e}")),
+                _ => r.events.iter().for_each(|e| outln!("{e}")),
             }
         }
     }

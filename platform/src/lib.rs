@@ -10,6 +10,7 @@ pub mod fdpass;
 pub mod net;
 pub mod process;
 pub mod sockets;
+pub mod startup;
 pub mod supervise;
 
 #[cfg(target_os = "linux")]

@@ -62,6 +62,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// The `pb` exit code for this error; see docs/CLI.md.
+    /// The code as it appears on the wire: `port_taken`.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     pub fn exit_code(self) -> i32 {
         use ErrorCode::*;
         match self {
@@ -101,7 +109,7 @@ impl ErrorCode {
 /// An error as it travels in a reply: a code, a human message and, for
 /// some codes (`held`), details as a JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message} ({code:?})")]
+#[error("{message} ({})", code.name())]
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,

@@ -341,6 +341,13 @@ pub struct StatusReply {
     pub database: String,
     pub range: (u16, u16),
     pub reserved: Vec<u16>,
+    /// The HTTP API's base URL, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Why the HTTP API is not running (its port held by another process,
+    /// say), when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_off: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
