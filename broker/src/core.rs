@@ -545,7 +545,7 @@ impl Core {
         match op {
             Op::Status => Ok(Outcome::of(self.status())),
             Op::Claim(args) => self.claim(caller, args),
-            Op::Release { target } => self.release(caller, &target),
+            Op::Release { target, more } => self.release(caller, &target, &more),
             Op::Find { pattern } => self.find(pattern.as_deref()),
             Op::Get { id } => {
                 ids::check_id(&id)?;
@@ -881,9 +881,44 @@ impl Core {
         }
     }
 
-    fn release(&mut self, caller: &Caller, target: &str) -> Result<Outcome, WireError> {
+    fn release(
+        &mut self,
+        caller: &Caller,
+        target: &str,
+        more: &[String],
+    ) -> Result<Outcome, WireError> {
+        if more.len() >= self.cfg.max_leases {
+            return Err(WireError::new(
+                ErrorCode::Limit,
+                format!("too many targets (limit {})", self.cfg.max_leases),
+            ));
+        }
+        // Every target is resolved before any lease ends.
+        let mut ids: Vec<String> = Vec::new();
+        for t in std::iter::once(target).chain(more.iter().map(String::as_str)) {
+            for id in self.release_targets(caller, t)? {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        let released = self.end_leases(&ids)?;
+        for l in &released {
+            self.emit_by(
+                EventKind::ServiceRelease,
+                &l.id,
+                caller,
+                None,
+                serde_json::json!({ "port": l.port, "reason": "released" }),
+            );
+        }
+        Ok(Outcome::of(ReleaseReply { released }))
+    }
+
+    /// The ids one release target names: a port, an id or a pattern.
+    fn release_targets(&self, caller: &Caller, target: &str) -> Result<Vec<String>, WireError> {
         let target = target.trim();
-        let ids: Vec<String> = if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
+        let ids = if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
             let port = rules::check_port(target.parse::<i64>().unwrap_or(-1))?;
             let id = self.by_port.get(&port).ok_or_else(|| {
                 WireError::new(ErrorCode::NotFound, format!("port {port} is not leased"))
@@ -905,17 +940,7 @@ impl Core {
                     .collect()
             }
         };
-        let released = self.end_leases(&ids)?;
-        for l in &released {
-            self.emit_by(
-                EventKind::ServiceRelease,
-                &l.id,
-                caller,
-                None,
-                serde_json::json!({ "port": l.port, "reason": "released" }),
-            );
-        }
-        Ok(Outcome::of(ReleaseReply { released }))
+        Ok(ids)
     }
 
     /// Ends leases: the store first, then memory and the kernel sockets.

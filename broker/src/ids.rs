@@ -2,9 +2,11 @@
 //! them (`myapp:*`, `*:api:*`).
 //!
 //! A segment is 1 to 64 characters of `[A-Za-z0-9._-]`. `*` stands only in
-//! patterns, where it matches one whole segment, and as the last segment it
-//! also matches any deeper ones: `myapp:*` is every service of myapp, as in
-//! Port Daddy's README.
+//! patterns. A segment that is `*` matches one whole segment, and as the
+//! last segment it also matches any deeper ones: `myapp:*` is every service
+//! of myapp, as in Port Daddy's README. Inside a segment, `*` matches any
+//! run of characters within it (`bulk*`, `*-test`, `a*z`), as Port Daddy's
+//! `release` takes them.
 
 use pb_proto::{ErrorCode, WireError};
 
@@ -28,10 +30,7 @@ fn check_segments(text: &str, allow_star: bool) -> Result<Vec<&str>, WireError> 
         if s.is_empty() {
             return Err(invalid(text, "empty segment"));
         }
-        if *s == "*" {
-            if allow_star {
-                continue;
-            }
+        if s.contains('*') && !allow_star {
             return Err(invalid(text, "'*' is only allowed in patterns"));
         }
         if s.len() > MAX_SEGMENT_LEN {
@@ -39,7 +38,7 @@ fn check_segments(text: &str, allow_star: bool) -> Result<Vec<&str>, WireError> 
         }
         if !s
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' || b == b'*')
         {
             return Err(invalid(
                 text,
@@ -74,7 +73,7 @@ impl Pattern {
     }
 
     pub fn is_literal(&self) -> bool {
-        !self.segs.iter().any(|s| s == "*")
+        !self.segs.iter().any(|s| s.contains('*'))
     }
 
     pub fn matches(&self, id: &str) -> bool {
@@ -86,8 +85,33 @@ impl Pattern {
         self.segs
             .iter()
             .zip(&parts)
-            .all(|(p, part)| p == "*" || p == part)
+            .all(|(p, part)| glob(p.as_bytes(), part.as_bytes()))
     }
+}
+
+/// `pattern` (where `*` is any run of characters) matches all of `text`.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    // The classic two-pointer match: on a mismatch, retry from the last
+    // star with one more character swallowed. Linear in practice; segments
+    // are at most 64 bytes.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|b| *b == b'*')
 }
 
 #[cfg(test)]
@@ -137,6 +161,12 @@ mod tests {
         assert!(p.matches("a") && p.matches("a:b:c"));
         let p = Pattern::parse("myapp").unwrap();
         assert!(p.is_literal() && p.matches("myapp") && !p.matches("myapp:api"));
-        assert!(Pattern::parse("a:b*").is_err());
+        let p = Pattern::parse("bulk*").unwrap();
+        assert!(!p.is_literal() && p.matches("bulk1") && p.matches("bulk"));
+        assert!(!p.matches("xbulk") && !p.matches("bulk1:api"));
+        let p = Pattern::parse("myapp:*-test:a*z").unwrap();
+        assert!(p.matches("myapp:unit-test:abcz") && !p.matches("myapp:unit-test:abc"));
+        assert!(Pattern::parse("a:b c*").is_err());
+        assert!(check_id("bulk*").is_err());
     }
 }

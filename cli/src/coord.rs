@@ -22,20 +22,24 @@ use serde_json::Value;
 use crate::output::{self, human_ms, now_ms};
 use crate::{connect, Format};
 
+/// A lock TTL or wait timeout: Port Daddy's `--ttl <ms>` and `--timeout
+/// <ms>`, so a bare number is milliseconds (`300000`); `5m` works too.
 fn duration_ms(text: &str) -> Result<i64> {
-    Ok(pb_proto::duration::parse(text)?.as_millis() as i64)
+    Ok(pb_proto::duration::parse_bare(text, pb_proto::duration::Bare::Millis)?.as_millis() as i64)
 }
 
 #[derive(Args)]
 pub struct LockCmd {
     pub name: String,
-    /// Time to live (default 5m): 90s, 10m, 1h.
+    /// Time to live (default 5m): 90s, 10m, 1h, or bare milliseconds as
+    /// in Port Daddy (300000).
     #[arg(long, value_name = "DUR")]
     pub ttl: Option<String>,
     /// Wait in the lock's queue while another owner holds it.
     #[arg(short, long)]
     pub wait: bool,
-    /// With --wait: give up after this long (default 60s).
+    /// With --wait: give up after this long (default 60s; bare numbers are
+    /// milliseconds, as in Port Daddy).
     #[arg(long, value_name = "DUR", requires = "wait")]
     pub timeout: Option<String>,
     /// Hold the lock under this name instead of a process.

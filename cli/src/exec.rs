@@ -312,6 +312,7 @@ fn heartbeat_loop(client: &Mutex<Client>, done: &AtomicBool, id: &str, ttl_ms: i
 fn release(paths: &Paths, client: &mut Client, id: &str) {
     let op = || Op::Release {
         target: id.to_string(),
+        more: Vec::new(),
     };
     if client.call(op()).is_ok() {
         return;

@@ -106,23 +106,33 @@ impl ClaimOpts {
     }
 }
 
+#[derive(Args)]
+struct ClaimCmd {
+    /// The service id: project[:stack[:context]].
+    id: String,
+    #[command(flatten)]
+    opts: ClaimOpts,
+    /// The owning process: the lease ends when it does.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Print `export PORT=N`.
+    #[arg(long)]
+    export: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Claim a port for a service id (project[:stack[:context]]).
-    #[command(visible_alias = "alloc")]
-    Claim {
-        id: String,
-        #[command(flatten)]
-        opts: ClaimOpts,
-        /// The owning process: the lease ends when it does.
-        #[arg(long)]
-        pid: Option<u32>,
-        /// Print `export PORT=N`.
-        #[arg(long)]
-        export: bool,
+    Claim(ClaimCmd),
+    /// PortManager's word for claim; prints `Allocated port: N`.
+    Alloc(ClaimCmd),
+    /// Release services by id, pattern (myapp:*, bulk*) or port number;
+    /// several at once, all or (if one is bad) none.
+    Release {
+        /// Ids, patterns or port numbers.
+        #[arg(required = true, value_name = "TARGET")]
+        targets: Vec<String>,
     },
-    /// Release services by id, pattern (myapp:*) or port number.
-    Release { target: String },
     /// List services, optionally matching a pattern.
     #[command(visible_aliases = ["ps", "list"])]
     Find {
@@ -258,7 +268,8 @@ enum Command {
     Wait {
         #[arg(required = true)]
         ids: Vec<String>,
-        /// Give up after this long.
+        /// Give up after this long: 30s, 5m, or bare milliseconds as in
+        /// Port Daddy (3000).
         #[arg(long, default_value = "60s", value_name = "DUR")]
         timeout: String,
         /// Also require this HTTP path to answer 2xx/3xx.
@@ -380,30 +391,14 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             result?;
             Ok(0)
         }
-        Command::Claim {
-            id,
-            opts,
-            pid,
-            export,
-        } => {
-            let opts = ClaimOpts { agent, ..opts };
-            let args = ClaimArgs {
-                owner: pid.map(Owner::Pid).unwrap_or(Owner::None),
-                ..opts.to_args(&id)?
-            };
-            let (reply, _): (ClaimReply, _) = connect::connect(&paths)?.call_as(Op::Claim(args))?;
-            let port = reply.lease.port;
-            match fmt {
-                Format::Json => output::print_json(&reply),
-                Format::Quiet => outln!("{port}"),
-                Format::Human if export => outln!("export PORT={port}"),
-                Format::Human => outln!("{id} → port {port}"),
-            }
-            Ok(0)
-        }
-        Command::Release { target } => {
-            let (reply, _): (ReleaseReply, _) =
-                connect::connect(&paths)?.call_as(Op::Release { target })?;
+        Command::Claim(c) => claim(&paths, c, agent, fmt, false),
+        Command::Alloc(c) => claim(&paths, c, agent, fmt, true),
+        Command::Release { mut targets } => {
+            let target = targets.remove(0);
+            let (reply, _): (ReleaseReply, _) = connect::connect(&paths)?.call_as(Op::Release {
+                target,
+                more: targets,
+            })?;
             match fmt {
                 Format::Json => output::print_json(&reply),
                 Format::Quiet => reply.released.iter().for_each(|l| outln!("{}", l.port)),
@@ -588,6 +583,37 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `claim`, and `alloc` with PortManager's `Allocated port: N` line.
+fn claim(
+    paths: &Paths,
+    c: ClaimCmd,
+    agent: Option<String>,
+    fmt: Format,
+    alloc_words: bool,
+) -> Result<i32> {
+    let ClaimCmd {
+        id,
+        opts,
+        pid,
+        export,
+    } = c;
+    let opts = ClaimOpts { agent, ..opts };
+    let args = ClaimArgs {
+        owner: pid.map(Owner::Pid).unwrap_or(Owner::None),
+        ..opts.to_args(&id)?
+    };
+    let (reply, _): (ClaimReply, _) = connect::connect(paths)?.call_as(Op::Claim(args))?;
+    let port = reply.lease.port;
+    match fmt {
+        Format::Json => output::print_json(&reply),
+        Format::Quiet => outln!("{port}"),
+        Format::Human if export => outln!("export PORT={port}"),
+        Format::Human if alloc_words => outln!("Allocated port: {port}"),
+        Format::Human => outln!("{id} → port {port}"),
+    }
+    Ok(0)
 }
 
 fn find(paths: &Paths, pattern: Option<String>) -> Result<FindReply> {

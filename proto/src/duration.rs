@@ -1,5 +1,6 @@
 //! Durations as people type them: `90s`, `30m`, `2h`, `1d`, or a sum such as
-//! `1h30m`. A bare number is seconds. Used by every transport, so a duration
+//! `1h30m`. A bare number is seconds, or milliseconds where a seed says so
+//! ([`Bare`]). Used by every transport, so a duration
 //! means the same thing on the CLI and over HTTP.
 
 use std::time::Duration;
@@ -8,14 +9,34 @@ use std::time::Duration;
 #[error("invalid duration {0:?}: use a number with a unit, such as 90s, 30m, 2h or 1d")]
 pub struct DurationError(pub String);
 
+/// What a number without a unit means. Units always mean the same; only
+/// a bare number differs, because the seeds differ: PortManager's TTLs
+/// and pb's `--expires` are seconds, Port Daddy's lock TTLs and wait
+/// timeouts milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bare {
+    Seconds,
+    Millis,
+}
+
+/// A duration where a bare number is seconds.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    parse_bare(text, Bare::Seconds)
+}
+
+/// A duration where a bare number means `bare`.
+pub fn parse_bare(text: &str, bare: Bare) -> Result<Duration, DurationError> {
     let err = || DurationError(text.to_string());
     let t = text.trim();
     if t.is_empty() || t.len() > 32 {
         return Err(err());
     }
     if t.bytes().all(|b| b.is_ascii_digit()) {
-        return t.parse::<u64>().map(Duration::from_secs).map_err(|_| err());
+        let n = t.parse::<u64>().map_err(|_| err())?;
+        return Ok(match bare {
+            Bare::Seconds => Duration::from_secs(n),
+            Bare::Millis => Duration::from_millis(n),
+        });
     }
     let mut total: u64 = 0;
     let mut digits = String::new();

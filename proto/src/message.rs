@@ -19,9 +19,12 @@ pub enum Op {
     Status,
     Claim(ClaimArgs),
     /// Releases leases named by an id, a pattern (`*` segments) or a port
-    /// number.
+    /// number, and by each of `more` likewise: all of them, or (if any
+    /// target is bad) none.
     Release {
         target: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        more: Vec<String>,
     },
     /// Leases whose id matches `pattern` (all when absent).
     Find {

@@ -25,7 +25,11 @@ fn claim_release(c: &mut Client, id: &str, fds: bool) {
         .expect("claim");
     assert_eq!(got.len(), if fds { 2 } else { 0 });
     drop(got);
-    c.call(Op::Release { target: id.into() }).expect("release");
+    c.call(Op::Release {
+        target: id.into(),
+        more: Vec::new(),
+    })
+    .expect("release");
 }
 
 fn sequential(name: &str, n: usize, mut op: impl FnMut()) -> (Duration, Duration) {

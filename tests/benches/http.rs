@@ -241,5 +241,9 @@ fn ipc_claim_release(c: &mut Client, id: &str) {
         ..Default::default()
     }))
     .unwrap();
-    c.call(Op::Release { target: id.into() }).unwrap();
+    c.call(Op::Release {
+        target: id.into(),
+        more: Vec::new(),
+    })
+    .unwrap();
 }

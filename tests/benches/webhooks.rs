@@ -27,7 +27,11 @@ fn claim_release(c: &mut Client, id: &str) {
         ..Default::default()
     }))
     .expect("claim");
-    c.call(Op::Release { target: id.into() }).expect("release");
+    c.call(Op::Release {
+        target: id.into(),
+        more: Vec::new(),
+    })
+    .expect("release");
 }
 
 fn sequential(name: &str, n: usize, c: &mut Client, id: &str) -> Duration {

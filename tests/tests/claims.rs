@@ -188,9 +188,10 @@ fn url_env_lookup_and_export_output() {
         broker.pb_ok(&["claim", "myapp:api", "--export"]).trim(),
         format!("export PORT={p}")
     );
+    // PortManager's recipe: `alloc NAME | tail -1 | awk '{print $3}'`.
     assert_eq!(
         broker.pb_ok(&["alloc", "myapp:api"]).trim(),
-        format!("myapp:api → port {p}")
+        format!("Allocated port: {p}")
     );
     let table = broker.pb_ok(&["ps"]);
     assert!(

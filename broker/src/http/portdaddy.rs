@@ -347,6 +347,7 @@ async fn do_release(
         caller,
         Op::Release {
             target: target.clone(),
+            more: Vec::new(),
         },
     )
     .await?;

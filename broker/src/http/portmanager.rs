@@ -187,7 +187,15 @@ pub async fn release(
             ))
         }
     };
-    let reply: ReleaseReply = call(&state, &caller, Op::Release { target }).await?;
+    let reply: ReleaseReply = call(
+        &state,
+        &caller,
+        Op::Release {
+            target,
+            more: Vec::new(),
+        },
+    )
+    .await?;
     let l = reply
         .released
         .into_iter()
