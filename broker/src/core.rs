@@ -824,7 +824,11 @@ impl Core {
             pool,
             ..
         } = self;
-        let usable = |p: u16| !cfg.reserved.contains(&p) && !by_port.contains_key(&p);
+        let usable = |p: u16| {
+            !cfg.reserved.contains(&p)
+                && !by_port.contains_key(&p)
+                && !rules::DEV_DEFAULT_PORTS.contains(&p)
+        };
         let sticky = sticky
             .get(id)
             .copied()

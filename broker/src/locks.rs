@@ -719,7 +719,7 @@ impl Core {
             let h = q.holding.as_ref().expect("checked above");
             let mut e = held_error(name, h, q.waiters.len());
             e.message = format!(
-                "{}; you ask as {} (use force to take it from a holder of your user)",
+                "{}; you ask as {} (to release it from a holder of your user: pb unlock --force, or ?force=true over HTTP)",
                 e.message,
                 req.owner.describe()
             );

@@ -53,23 +53,46 @@ pub struct LockCmd {
     pub command: Vec<OsString>,
 }
 
-fn owner_arg(owner: Option<String>, pid: Option<u32>, agent: Option<&str>) -> Option<LockOwnerArg> {
-    match (owner, pid) {
+fn owner_arg(
+    owner: Option<String>,
+    pid: Option<u32>,
+    agent: Option<&str>,
+) -> Result<Option<LockOwnerArg>> {
+    Ok(match (owner, pid) {
         (Some(n), _) => Some(LockOwnerArg::Name(n)),
         (None, Some(p)) => Some(LockOwnerArg::Pid(p)),
         // The agent owns it when one is named; otherwise the shell or
-        // script that ran pb (pb itself exits at once).
+        // script that ran pb (pb itself exits at once), skipping the
+        // `$(…)` subshell that `T=$(pb lock x -q)` runs pb in.
         (None, None) if agent.is_some() => None,
-        (None, None) => Some(LockOwnerArg::Pid(std::os::unix::process::parent_id())),
+        (None, None) => {
+            let owner = pb_platform::ProcessId::current()
+                .lasting_ancestor()
+                .ok_or_else(|| {
+                    anyhow::Error::new(pb_proto::WireError::new(
+                        pb_proto::ErrorCode::InvalidRequest,
+                        "pb's parent is gone, so nothing could own the lock; name an owner with --owner or --pid",
+                    ))
+                })?;
+            Some(LockOwnerArg::Pid(owner.pid))
+        }
+    })
+}
+
+/// Who holds a lock, in words: `pid 42 (bash ./deploy.sh)`, `agent a1`.
+fn owner_words(l: &LockInfo) -> String {
+    match (&l.owner_name, l.pid) {
+        (Some(n), _) => format!("{} {n}", l.owner),
+        (None, Some(p)) => match pb_platform::process::command_of(p) {
+            Some(cmd) => format!("pid {p} ({})", output::printable(&cmd, 60)),
+            None => format!("pid {p}"),
+        },
+        _ => l.owner.clone(),
     }
 }
 
 fn lock_line(l: &LockInfo) -> String {
-    let owner = match (&l.owner_name, l.pid) {
-        (Some(n), _) => format!("{} {n}", l.owner),
-        (None, Some(p)) => format!("pid {p}"),
-        _ => l.owner.clone(),
-    };
+    let owner = owner_words(l);
     let now = now_ms();
     format!(
         "{}\ttoken {}\t{owner}\theld {}\texpires in {}\t{} waiting{}",
@@ -96,7 +119,7 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
     let owner = if hold_for_command {
         Some(LockOwnerArg::Caller)
     } else {
-        owner_arg(c.owner, c.pid, agent.as_deref())
+        owner_arg(c.owner, c.pid, agent.as_deref())?
     };
     let mut client = connect::connect(paths)?;
     let (reply, _): (LockReply, _) = client.call_as(Op::LockAcquire(LockArgs {
@@ -110,10 +133,11 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         Format::Json if !hold_for_command => output::print_json(&reply),
         Format::Quiet => outln!("{}", reply.lock.token),
         Format::Human => eprintln!(
-            "pb: lock {} acquired (token {}{})",
+            "pb: lock {} acquired (token {}{}), held by {}",
             reply.lock.name,
             reply.lock.token,
-            if reply.existing { ", already held" } else { "" }
+            if reply.existing { ", already held" } else { "" },
+            owner_words(&reply.lock)
         ),
         Format::Json => {}
     }
@@ -194,7 +218,7 @@ pub fn unlock(
     agent: Option<String>,
     fmt: Format,
 ) -> Result<i32> {
-    let owner = owner_arg(owner, pid, agent.as_deref());
+    let owner = owner_arg(owner, pid, agent.as_deref())?;
     let (v, _) = connect::connect(paths)?.call(Op::LockRelease {
         name: name.clone(),
         owner,

@@ -63,6 +63,30 @@ pub fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// `text` made safe for one table cell: control characters (a newline in
+/// `python3 -c '…'`, a terminal escape) shown escaped, and at most `max`
+/// characters, the rest cut to `…`.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How much of a command line a table shows.
+const COMMAND_WIDTH: usize = 100;
+
 pub fn print_json(v: &impl serde::Serialize) {
     outln!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
@@ -113,7 +137,7 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
             pid,
             expires,
             human_ms(now.saturating_sub(l.created_ms)),
-            l.command.as_deref().unwrap_or("-")
+            printable(l.command.as_deref().unwrap_or("-"), COMMAND_WIDTH)
         );
     }
 }
@@ -170,7 +194,7 @@ pub fn listener_table(listeners: &[ListenerInfo], fmt: Format) {
                 l.addr,
                 h.pid,
                 user(h.uid),
-                h.command
+                printable(&h.command, COMMAND_WIDTH)
             );
         }
     }
@@ -223,8 +247,21 @@ pub fn who(reply: &WhoReply, fmt: Format) {
                 l.addr,
                 h.pid,
                 user(h.uid),
-                h.command
+                printable(&h.command, COMMAND_WIDTH)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn table_cells_never_break_a_line() {
+        assert_eq!(printable("python3 -c 'a\nb'", 100), "python3 -c 'a\\nb'");
+        assert_eq!(printable("x\u{1b}[31m", 100), "x\\x1b[31m");
+        assert_eq!(printable("abcdef", 3), "abc…");
+        assert!(!printable("a\r\n\tb", 100).contains(['\n', '\r', '\t']));
     }
 }

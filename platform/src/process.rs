@@ -38,6 +38,27 @@ impl ProcessId {
         self.is_alive().then(|| ProcessId::of(ppid)).flatten()
     }
 
+    /// What should own what this short-lived process takes for whoever ran
+    /// it (a lock from `pb lock`, or from `curl` in a script): the nearest
+    /// ancestor that is not a forked copy of its own parent. A `$(…)`
+    /// subshell is such a copy, same program and same arguments, and exits
+    /// the moment the command does; the script's shell that forked it lasts.
+    /// `None` when this process's parent is gone.
+    pub fn lasting_ancestor(&self) -> Option<ProcessId> {
+        let mut p = self.parent()?;
+        // Forks of forks are rare; 64 levels is any real tree.
+        for _ in 0..64 {
+            let Some(up) = p.parent().filter(|u| u.pid > 1) else {
+                return Some(p);
+            };
+            if !is_fork_of(p.pid, up.pid) {
+                return Some(p);
+            }
+            p = up;
+        }
+        Some(p)
+    }
+
     /// Whether this exact process (not merely this pid) is still alive.
     /// A zombie counts as dead: it can no longer use any port.
     pub fn is_alive(&self) -> bool {
@@ -144,5 +165,19 @@ impl ExitWatch {
     /// no window for pid reuse between connect and watch.
     pub fn of_unix_peer(sock: &impl AsFd) -> Option<ExitWatch> {
         crate::sys::peer_pidfd(sock.as_fd()).map(|fd| ExitWatch { fd })
+    }
+}
+
+/// `child` runs what `parent` runs, with the same arguments: it was forked
+/// and never exec'd something else.
+fn is_fork_of(child: u32, parent: u32) -> bool {
+    match (
+        crate::sys::process_details(child),
+        crate::sys::process_details(parent),
+    ) {
+        (Some((c_args, c_exe, _)), Some((p_args, p_exe, _))) => {
+            c_exe.is_some() && c_exe == p_exe && c_args == p_args
+        }
+        _ => false,
     }
 }

@@ -31,15 +31,15 @@ if [[ -x "$venv/bin/python" && -f .stamp-venv && "$(cat .stamp-venv)" == "$py_wa
   echo "realapps: venv up to date (python $py_ver)"
 else
   echo "realapps: installing venv (python $py_ver) ..."
-  if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
-    echo "realapps: $PYTHON has no ensurepip/venv; on Debian: apt-get install -y python3-venv" >&2
-    exit 1
-  fi
   rm -f .stamp-venv
   if [[ -x "$venv/bin/python" ]] &&
      [[ "$("$venv/bin/python" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" == "$py_ver" ]]; then
     :  # reuse the existing venv, pip will bring it in line
   else
+    if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+      echo "realapps: $PYTHON has no ensurepip/venv; on Debian: apt-get install -y python3-venv" >&2
+      exit 1
+    fi
     rm -rf "$venv"
     "$PYTHON" -m venv "$venv"
   fi

@@ -56,6 +56,10 @@ pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 const BLOCKS_START: u16 = 12000;
 const BLOCK: u16 = 100;
 const BLOCKS: u16 = 200;
+/// Blocks holding ports the broker never allocates from a range (Expo's
+/// 19000-19002, Vite's HMR 24678, MongoDB's 27017: `DEV_DEFAULT_PORTS` in
+/// broker/src/rules.rs), so that tests may expect a block's ports in order.
+const AVOIDED_BLOCKS: [u16; 3] = [70, 126, 150];
 
 /// A range of ports reserved for one test broker. Tests run in parallel
 /// threads and processes; each block is claimed with an flock on a file in
@@ -79,6 +83,9 @@ impl PortBlock {
                 .subsec_nanos() as u16;
         for attempt in 0..BLOCKS {
             let first = (seed.wrapping_add(attempt)) % (BLOCKS - n + 1);
+            if (first..first + n).any(|b| AVOIDED_BLOCKS.contains(&b)) {
+                continue;
+            }
             let mut locks = Vec::new();
             for b in first..first + n {
                 let f = std::fs::OpenOptions::new()

@@ -6,7 +6,8 @@
 //! Who owns a lock taken over HTTP is said by the request: `owner` (a
 //! name), `pid` or X-PID naming another process of the caller's, or the
 //! agent of X-Agent-Id. Without any, the owner is the requesting process's
-//! parent, as `pb lock`'s is pb's: a script that runs `curl -X POST
+//! parent (above any `$(…)` subshell, the shell that forked it:
+//! `ProcessId::lasting_ancestor`), as `pb lock`'s is pb's: a script that runs `curl -X POST
 //! .../locks/x` holds the lock until it ends (or the TTL runs out), and its
 //! `curl -X DELETE .../locks/x` releases it under the same default. The
 //! requesting process itself is no owner: curl exits with its request.
@@ -180,8 +181,8 @@ fn lock_owner(
         // Without a visible process (another user's request, with the
         // token) the core's default, the caller, says to name an owner.
         None => Ok(None),
-        Some(p) => match p.parent() {
-            Some(parent) => Ok(Some(LockOwnerArg::Pid(parent.pid))),
+        Some(p) => match p.lasting_ancestor() {
+            Some(owner) => Ok(Some(LockOwnerArg::Pid(owner.pid))),
             None => Err(ApiError::new(
                 ErrorCode::InvalidRequest,
                 "the requesting process's parent is gone; name an owner (\"owner\", \"pid\" or X-Agent-Id)",
