@@ -43,6 +43,7 @@ fn main() {
                 &caller,
                 Op::Release {
                     target: "bench:core".into(),
+                    more: Vec::new(),
                 },
             )
             .unwrap();
