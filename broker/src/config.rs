@@ -24,6 +24,9 @@ pub struct Config {
     /// How often the reaper scans the socket tables (PB_SCAN_INTERVAL, in
     /// milliseconds or with a unit).
     pub scan_interval: std::time::Duration,
+    /// How long a number-only lease outlives the app that adopted it, for
+    /// a reloader's next run to bind the port (PB_RELOAD_GRACE, 10s).
+    pub reload_grace: std::time::Duration,
     /// Where the HTTP API listens (PB_HTTP_ADDR: comma-separated
     /// `host:port`, loopback only, or `off`). Empty: no HTTP.
     pub http_addrs: Vec<SocketAddr>,
@@ -290,23 +293,24 @@ impl Config {
             max_leases: env_usize("PB_MAX_LEASES", 8000),
             max_connections: env_usize("PB_MAX_CONNECTIONS", 2048),
             max_sticky: env_usize("PB_MAX_STICKY", 10_000),
-            scan_interval: match std::env::var("PB_SCAN_INTERVAL") {
-                Ok(text) if !text.is_empty() => {
-                    let d = pb_proto::duration::parse(&text).map_err(|e| {
-                        WireError::new(pb_proto::ErrorCode::InvalidDuration, e.to_string())
-                    })?;
-                    if d < std::time::Duration::from_millis(100)
-                        || d > std::time::Duration::from_secs(3600)
-                    {
-                        return Err(WireError::new(
-                            pb_proto::ErrorCode::InvalidDuration,
-                            "PB_SCAN_INTERVAL must be between 100ms and 1h",
-                        ));
-                    }
-                    d
-                }
-                _ => std::time::Duration::from_secs(2),
-            },
+            scan_interval: env_duration(
+                "PB_SCAN_INTERVAL",
+                std::time::Duration::from_secs(2),
+                (
+                    std::time::Duration::from_millis(100),
+                    std::time::Duration::from_secs(3600),
+                ),
+                "between 100ms and 1h",
+            )?,
+            reload_grace: env_duration(
+                "PB_RELOAD_GRACE",
+                std::time::Duration::from_secs(10),
+                (
+                    std::time::Duration::ZERO,
+                    std::time::Duration::from_secs(3600),
+                ),
+                "at most 1h",
+            )?,
             coord: CoordConfig::from_env()?,
             webhooks: WebhookConfig::from_env()?,
         })
@@ -391,5 +395,29 @@ mod tests {
         ] {
             assert!(parse_http_addrs(Some(bad)).is_err(), "{bad}");
         }
+    }
+}
+
+/// A duration setting: `default` when unset or empty, else within `range`.
+fn env_duration(
+    name: &str,
+    default: std::time::Duration,
+    range: (std::time::Duration, std::time::Duration),
+    range_words: &str,
+) -> Result<std::time::Duration, WireError> {
+    match std::env::var(name) {
+        Ok(text) if !text.is_empty() => {
+            let d = pb_proto::duration::parse(&text).map_err(|e| {
+                WireError::new(pb_proto::ErrorCode::InvalidDuration, format!("{name}: {e}"))
+            })?;
+            if d < range.0 || d > range.1 {
+                return Err(WireError::new(
+                    pb_proto::ErrorCode::InvalidDuration,
+                    format!("{name} must be {range_words}"),
+                ));
+            }
+            Ok(d)
+        }
+        _ => Ok(default),
     }
 }

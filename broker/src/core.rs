@@ -146,6 +146,11 @@ struct Lease {
     /// Connections to the family the client does not serve, relayed to the
     /// one it does; stops when the lease ends.
     relay: Option<Relay>,
+    /// When the app that had adopted this number-only lease stopped
+    /// listening (it exited, or a reloader is restarting it): the port
+    /// stays reserved for the reload grace (PB_RELOAD_GRACE) for the next
+    /// process that binds it, then the lease ends.
+    orphaned_ms: Option<u64>,
 }
 
 impl Lease {
@@ -166,6 +171,7 @@ impl Lease {
             served: None,
             owner_command,
             relay: None,
+            orphaned_ms: None,
         }
     }
 
@@ -194,6 +200,7 @@ impl Lease {
             listening: self.sockets.as_ref().is_some_and(|s| s.is_listening()),
             session: self.session.is_some(),
             created_ms: self.record.created_ms,
+            orphaned_ms: self.orphaned_ms,
         }
     }
 
@@ -480,6 +487,9 @@ impl Core {
                 let adopted = lease.adopted;
                 self.set_owner(id, p, adopted, "follows its socket to");
             }
+            None if lease.adopted && !lease.sockets.as_ref().is_some_and(|s| s.is_listening()) => {
+                self.orphan(id, expected)
+            }
             None => match self.end_leases(&[id.to_string()]) {
                 Ok(ended) => {
                     eprintln!(
@@ -502,6 +512,73 @@ impl Core {
         }
     }
 
+    /// The app that adopted number-only lease `id` is gone: the lease
+    /// waits, unowned, for the next binder of its port (a reloader's next
+    /// run: nodemon, Django's and Flask's autoreloaders) for the reload
+    /// grace; with no grace it ends now.
+    fn orphan(&mut self, id: &str, was: Option<ProcessId>) {
+        if self.cfg.reload_grace.is_zero() {
+            let since = now_ms();
+            if let Some(l) = self.leases.get_mut(id) {
+                l.orphaned_ms = Some(since);
+            }
+            return self.end_orphan(id, since);
+        }
+        let grace_ms = self.cfg.reload_grace.as_millis() as u64;
+        if let Err(e) = self.store.set_owner(id, None, None) {
+            eprintln!("pb: cannot record that {id} lost its owner: {e}");
+            return;
+        }
+        let lease = self.leases.get_mut(id).expect("checked by the caller");
+        lease.record.owner_pid = None;
+        lease.record.owner_start = None;
+        lease.adopted = false;
+        lease.owner_command = None;
+        lease.orphaned_ms = Some(now_ms());
+        let port = lease.record.port;
+        eprintln!(
+            "pb: {id}: its app {} stopped listening; port {port} stays reserved {grace_ms} ms for its next run",
+            was.map_or("(none)".to_string(), |p| format!("pid {}", p.pid)),
+        );
+        self.emit(
+            EventKind::ServiceOwnerChanged,
+            id,
+            None,
+            serde_json::json!({
+                "port": port,
+                "from": was.map(|p| p.pid),
+                "to": null,
+                "how": "waits for its app's next run",
+                "grace_ms": grace_ms,
+            }),
+        );
+    }
+
+    /// Ends orphaned lease `id` if it is still unowned since `since`.
+    pub fn end_orphan(&mut self, id: &str, since: u64) {
+        let Some(lease) = self.leases.get(id) else {
+            return;
+        };
+        if lease.orphaned_ms != Some(since) || lease.owner().is_some() {
+            return;
+        }
+        match self.end_leases(&[id.to_string()]) {
+            Ok(ended) => {
+                eprintln!("pb: reclaimed {id}: no app bound its port within the reload grace");
+                self.emit(
+                    EventKind::ServiceReclaim,
+                    id,
+                    None,
+                    serde_json::json!({
+                        "port": ended.first().map(|l| l.port),
+                        "reason": "no app bound it within the reload grace",
+                    }),
+                );
+            }
+            Err(e) => eprintln!("pb: cannot reclaim {id}: {}", e.message),
+        }
+    }
+
     /// A number-only lease whose port `p` now listens on becomes `p`'s.
     pub fn adopt(&mut self, id: &str, p: ProcessId) {
         let Some(lease) = self.leases.get(id) else {
@@ -512,6 +589,9 @@ impl Core {
             return;
         }
         self.set_owner(id, p, true, "is adopted by");
+        if let Some(l) = self.leases.get_mut(id) {
+            l.orphaned_ms = None;
+        }
     }
 
     fn set_owner(&mut self, id: &str, p: ProcessId, adopted: bool, how: &str) {

@@ -1,6 +1,8 @@
 //! The Reaper: it learns from the kernel that a lease's owner died, and
 //! frees the port at once, or moves the lease to whoever still holds its
-//! socket; it adopts number-only leases for the app that binds their port.
+//! socket; it adopts number-only leases for the app that binds their port,
+//! and keeps such a lease for a grace period after that app stops
+//! listening, for the next run of a reloader to bind and be adopted.
 //!
 //! Each owner gets an exit watch (a pidfd, readable when the process ends),
 //! so a death is seen the moment it happens. A periodic scan catches what
@@ -51,6 +53,8 @@ pub struct LeaseView {
     pub listening: bool,
     pub session: bool,
     pub created_ms: u64,
+    /// Since when an adopted lease has waited for its app's next run.
+    pub orphaned_ms: Option<u64>,
 }
 
 pub async fn run(core: SharedCore, mut jobs: mpsc::Receiver<ReaperJob>, interval: Duration) {
@@ -184,7 +188,10 @@ fn holder(v: &LeaseView, listening: &[SocketEntry], gone: Option<ProcessId>) -> 
 /// stopped listening, number-only leases whose app started, and whether
 /// each port is served.
 fn scan(core: &SharedCore, interval: Duration) {
-    let views = lock(core).views(None);
+    let (views, grace_ms) = {
+        let c = lock(core);
+        (c.views(None), c.cfg.reload_grace.as_millis() as u64)
+    };
     if views.is_empty() {
         return;
     }
@@ -195,6 +202,8 @@ fn scan(core: &SharedCore, interval: Duration) {
     let mut served = Vec::with_capacity(views.len());
     let mut verdicts = Vec::new();
     let mut adoptions = Vec::new();
+    let mut expired_orphans = Vec::new();
+    let now = now_ms();
     for v in &views {
         let foreign: Vec<u64> = foreign_listeners(&listening, v).collect();
         let owner_alive = v.owner.is_some_and(|o| o.is_alive());
@@ -221,6 +230,11 @@ fn scan(core: &SharedCore, interval: Duration) {
                 verdicts.push((v.id.clone(), v.owner, holder(v, &listening, Some(o))))
             }
             None if !foreign.is_empty() => adoptions.push((v.id.clone(), foreign)),
+            None => {
+                if let Some(since) = v.orphaned_ms.filter(|t| now.saturating_sub(*t) >= grace_ms) {
+                    expired_orphans.push((v.id.clone(), since));
+                }
+            }
             _ => {}
         }
     }
@@ -254,5 +268,8 @@ fn scan(core: &SharedCore, interval: Duration) {
     }
     for (id, p) in adopters {
         core.adopt(&id, p);
+    }
+    for (id, since) in expired_orphans {
+        core.end_orphan(&id, since);
     }
 }

@@ -129,12 +129,9 @@ fn a_reused_pid_is_not_taken_for_the_owner() {
     drop(sleeper);
 }
 
-#[test]
-fn a_number_only_claim_is_adopted_by_the_app_and_freed_when_it_dies() {
-    let broker = broker();
-    let port = broker.claim("num", &[]);
-    assert_eq!(lease(&broker, "num").unwrap()["pid"], Value::Null);
-    let mut app = Proc(
+/// A node app that binds `port` itself, knowing nothing of pb.
+fn node_on(port: u16) -> Proc {
+    Proc(
         Command::new("node")
             .args([
                 "-e",
@@ -143,7 +140,15 @@ fn a_number_only_claim_is_adopted_by_the_app_and_freed_when_it_dies() {
             .arg(port.to_string())
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+#[test]
+fn a_number_only_claim_is_adopted_by_the_app_and_freed_after_the_reload_grace() {
+    let broker = Broker::start_with(&[("PB_SCAN_INTERVAL", "200ms"), ("PB_RELOAD_GRACE", "1s")]);
+    let port = broker.claim("num", &[]);
+    assert_eq!(lease(&broker, "num").unwrap()["pid"], Value::Null);
+    let mut app = node_on(port);
     let app_pid = app.pid();
     wait_for("adoption", || {
         (lease(&broker, "num")?["pid"] == app_pid).then_some(())
@@ -153,10 +158,42 @@ fn a_number_only_claim_is_adopted_by_the_app_and_freed_when_it_dies() {
     assert!(l["command"].as_str().unwrap().starts_with("node"));
     app.signal(libc::SIGKILL);
     app.wait_for(Duration::from_secs(5));
+    // Unowned but reserved during the grace, for the app's next run.
+    wait_for("the lease to lose its owner", || {
+        (lease(&broker, "num")?["pid"] == Value::Null).then_some(())
+    });
+    assert!(!can_bind(v4(port)), "still reserved during the grace");
     wait_for("the lease to end", || {
         lease(&broker, "num").is_none().then_some(())
     });
     wait_for("the port to be free", || port_free(port).then_some(()));
+    assert!(broker.log().contains("within the reload grace"));
+}
+
+/// A reloader's restart (nodemon, Django's runserver): the app exits and
+/// its next run binds the same port; the number-only lease stays, and is
+/// adopted by each run in turn.
+#[test]
+fn a_number_only_lease_is_kept_across_an_apps_restarts() {
+    let broker = broker();
+    let port = broker.claim("reload", &[]);
+    for run in 0..3 {
+        let mut app = node_on(port);
+        let pid = app.pid();
+        wait_for("adoption", || {
+            (lease(&broker, "reload")?["pid"] == pid).then_some(())
+        });
+        assert_eq!(
+            curl_host_until("127.0.0.1", port).as_deref(),
+            Some("ok"),
+            "run {run}"
+        );
+        app.signal(libc::SIGTERM);
+        app.wait_for(Duration::from_secs(5));
+        let l = lease(&broker, "reload").expect("the lease outlives the run");
+        assert_eq!(l["port"], port);
+    }
+    assert_eq!(broker.leases(), vec![("reload".to_string(), port)]);
 }
 
 #[test]
