@@ -370,6 +370,30 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A duration setting: `default` when unset or empty, else within `range`.
+fn env_duration(
+    name: &str,
+    default: std::time::Duration,
+    range: (std::time::Duration, std::time::Duration),
+    range_words: &str,
+) -> Result<std::time::Duration, WireError> {
+    match std::env::var(name) {
+        Ok(text) if !text.is_empty() => {
+            let d = pb_proto::duration::parse(&text).map_err(|e| {
+                WireError::new(pb_proto::ErrorCode::InvalidDuration, format!("{name}: {e}"))
+            })?;
+            if d < range.0 || d > range.1 {
+                return Err(WireError::new(
+                    pb_proto::ErrorCode::InvalidDuration,
+                    format!("{name} must be {range_words}"),
+                ));
+            }
+            Ok(d)
+        }
+        _ => Ok(default),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,29 +419,5 @@ mod tests {
         ] {
             assert!(parse_http_addrs(Some(bad)).is_err(), "{bad}");
         }
-    }
-}
-
-/// A duration setting: `default` when unset or empty, else within `range`.
-fn env_duration(
-    name: &str,
-    default: std::time::Duration,
-    range: (std::time::Duration, std::time::Duration),
-    range_words: &str,
-) -> Result<std::time::Duration, WireError> {
-    match std::env::var(name) {
-        Ok(text) if !text.is_empty() => {
-            let d = pb_proto::duration::parse(&text).map_err(|e| {
-                WireError::new(pb_proto::ErrorCode::InvalidDuration, format!("{name}: {e}"))
-            })?;
-            if d < range.0 || d > range.1 {
-                return Err(WireError::new(
-                    pb_proto::ErrorCode::InvalidDuration,
-                    format!("{name} must be {range_words}"),
-                ));
-            }
-            Ok(d)
-        }
-        _ => Ok(default),
     }
 }
