@@ -238,15 +238,24 @@ fn report_socket(paths: &Paths) -> Result<(UnixDatagram, PathBuf)> {
 
 impl ReportSocket {
     /// Prints each report as it comes, until `done` and nothing is queued.
+    /// A service's URL is said once: a dev server that probes its port
+    /// (vite binds it four times) or restarts under a reloader binds again
+    /// and again, and each swap reports. Failures are always said.
     fn print_until(self, done: &AtomicBool, quiet: bool) {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut said: Vec<(String, u16)> = Vec::new();
         loop {
             match self.sock.recv(&mut buf) {
                 Ok(n) => match serde_json::from_slice::<ShimReport>(&buf[..n]) {
-                    Ok(r) if !quiet && (self.successes || r.port.is_none()) => {
-                        eprintln!("pb: {}", describe(&r))
-                    }
-                    Ok(_) => {}
+                    Ok(_) if quiet => {}
+                    Ok(r) => match r.port {
+                        None => eprintln!("pb: {}", describe(&r)),
+                        Some(port) if self.successes && !said.contains(&(r.id.clone(), port)) => {
+                            said.push((r.id.clone(), port));
+                            eprintln!("pb: {}", describe(&r));
+                        }
+                        Some(_) => {}
+                    },
                     Err(e) => eprintln!("pb: unreadable report from the shim: {e}"),
                 },
                 Err(_) if done.load(Ordering::Relaxed) => break,

@@ -764,3 +764,104 @@ pub fn curl_json(user: Option<(u32, u32)>, max_secs: u32, args: &[&str]) -> (u16
         .expect("curl");
     curl_status_json(&out.stdout)
 }
+
+/// The lines `r` yields, as they come, on a channel.
+pub fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line from `rx` that `pred` accepts, within `limit`; every
+/// line read is kept in `seen`, for failure messages.
+pub fn next_matching(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    limit: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = std::time::Instant::now() + limit;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if pred(&line) {
+                    return Some(line);
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The port in a line such as `pb: web → http://localhost:3100 (…)`.
+pub fn port_in(line: &str) -> Option<u16> {
+    line.split("http://localhost:")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Every live process below `root`, as (pid, start time) so that a reused
+/// pid is never taken for one of them.
+pub fn process_tree(root: u32) -> Vec<(u32, u64)> {
+    let mut parent_of: Vec<(u32, u32, u64)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some((ppid, start)) = stat_parent_start(pid) {
+            parent_of.push((pid, ppid, start));
+        }
+    }
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (pid, ppid, start) in &parent_of {
+            if *ppid == p && !out.iter().any(|(q, _)| q == pid) {
+                out.push((*pid, *start));
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+/// (parent pid, start time) of a live, non-zombie process.
+fn stat_parent_start(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    // After the command: state (0), ppid (1), ..., starttime (19).
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// Which of `procs` still run (the same process, not a reused pid).
+pub fn still_running(procs: &[(u32, u64)]) -> Vec<u32> {
+    procs
+        .iter()
+        .filter(|(pid, start)| stat_parent_start(*pid).is_some_and(|(_, s)| s == *start))
+        .map(|(pid, _)| *pid)
+        .collect()
+}
+
+/// Ends (SIGKILL, by pid) whichever of `procs` still run: what a failed
+/// test would otherwise leave behind.
+pub fn end_all(procs: &[(u32, u64)]) {
+    for pid in still_running(procs) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}

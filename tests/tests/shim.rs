@@ -5,10 +5,9 @@
 //! pass through untouched, and every failure falls back to the real bind
 //! with a reason the user sees.
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
 use pb_tests::*;
 use serde_json::Value;
@@ -22,18 +21,6 @@ struct ShimRun {
     seen: Vec<String>,
     /// Lines of stderr read but not yet asked for.
     pending: Vec<String>,
-}
-
-fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// Starts `pb exec --shim ARGS...`.
@@ -58,26 +45,6 @@ fn shim_exec(broker: &Broker, args: &[&str]) -> ShimRun {
     }
 }
 
-fn next_matching(
-    rx: &Receiver<String>,
-    seen: &mut Vec<String>,
-    pred: impl Fn(&str) -> bool,
-) -> Option<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                seen.push(line.clone());
-                if pred(&line) {
-                    return Some(line);
-                }
-            }
-            Err(_) => return None,
-        }
-    }
-    None
-}
-
 impl ShimRun {
     /// The next line pb prints about `id` that contains `what`.
     fn report(&mut self, id: &str, what: &str) -> String {
@@ -89,7 +56,12 @@ impl ShimRun {
             return self.pending.remove(i);
         }
         let before = self.seen.len();
-        let got = next_matching(&self.stderr, &mut self.seen, wanted);
+        let got = next_matching(
+            &self.stderr,
+            &mut self.seen,
+            Duration::from_secs(20),
+            wanted,
+        );
         // Reports of other binds may come first; keep them for later.
         let end = self.seen.len() - usize::from(got.is_some());
         self.pending.extend_from_slice(&self.seen[before..end]);
@@ -99,18 +71,14 @@ impl ShimRun {
     /// The brokered port pb reports for `id`.
     fn port(&mut self, id: &str) -> (u16, String) {
         let line = self.report(id, "http://localhost:");
-        let port = line
-            .split("http://localhost:")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let port = port_in(&line).unwrap_or_else(|| panic!("no port in {line:?}"));
         (port, line)
     }
 
     fn stdout_line(&mut self) -> String {
         let mut seen = Vec::new();
-        next_matching(&self.stdout, &mut seen, |_| true).expect("a line on stdout")
+        next_matching(&self.stdout, &mut seen, Duration::from_secs(20), |_| true)
+            .expect("a line on stdout")
     }
 
     /// The JSON lines binds.py prints, one per bind.
