@@ -151,6 +151,7 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         listen_fds: Vec::new(),
         env: vec![("PB_LOCK_TOKEN".into(), reply.lock.token.to_string().into())],
         unset: Vec::new(),
+        listen_pid: false,
     };
     let release = |client: &mut Client| {
         let op = Op::LockRelease {

@@ -36,6 +36,8 @@ pub struct ExecOpts {
     pub mode: Mode,
     /// How long the rest of the tree gets between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// Leave LISTEN_PID unset, for watchers that re-exec the app.
+    pub no_pid: bool,
     pub quiet: bool,
     pub command: Vec<OsString>,
 }
@@ -61,9 +63,25 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         Mode::Shim(maps) => Some(PortMap::from_args(&o.id, maps)?),
         _ => None,
     };
-    if let Err(e) = supervise::find_program(&o.command[0]) {
-        eprintln!("pb: {e}");
-        return Ok(e.exit_code());
+    let program = match supervise::find_program(&o.command[0]) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pb: {e}");
+            return Ok(e.exit_code());
+        }
+    };
+    let preloads = matches!(o.mode, Mode::Shim(_) | Mode::Sockets { preload: true, .. });
+    if preloads && !o.quiet && supervise::loads_preload(&program) == Some(false) {
+        // The shim cannot reach it; say what it gets instead.
+        eprintln!(
+            "pb: {} is a static binary (Go, or statically linked): LD_PRELOAD cannot reach it, so {}",
+            program.display(),
+            if matches!(o.mode, Mode::Shim(_)) {
+                "its own binds are not swapped; give it the port through $PORT or fd 3"
+            } else {
+                "it must take its listener from fd 3 (LISTEN_FDS); if it binds $PORT itself, run it with --port-only"
+            }
+        );
     }
     let mut client = connect::connect(paths)?;
     let (fds, family) = match o.mode {
@@ -114,14 +132,15 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
                     }
                 }
             }
-            reports = Some(preload(paths, map, &mut env, true)?);
+            reports = Some(preload(paths, map, &mut env, true, None)?);
             // The shim's report says where the app really serves.
             url_now = false;
         }
         (Mode::Sockets { preload: true, .. }, _) => {
             // The app's own bind of $PORT lands on the lease's listener.
             let own = PortMap::Ports(vec![(port, o.id.clone())]);
-            reports = Some(preload(paths, &own, &mut env, false)?);
+            let hint = Some((port, o.env_name.clone()));
+            reports = Some(preload(paths, &own, &mut env, false, hint)?);
         }
         _ => {
             // A shimmed app that runs `pb exec` passes its shim on, but not
@@ -138,6 +157,7 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         listen_fds: fds,
         env,
         unset,
+        listen_pid: !o.no_pid,
     };
     let child = match supervise::spawn(spec) {
         Ok(c) => c,
@@ -194,6 +214,7 @@ fn preload(
     map: &PortMap,
     env: &mut Vec<(OsString, OsString)>,
     successes: bool,
+    own_port_hint: Option<(u16, String)>,
 ) -> Result<ReportSocket> {
     let (sock, path) = report_socket(paths)?;
     let lib = shim::path(paths)?;
@@ -214,6 +235,7 @@ fn preload(
         sock,
         path,
         successes,
+        own_port_hint,
     })
 }
 
@@ -223,6 +245,9 @@ struct ReportSocket {
     sock: UnixDatagram,
     path: PathBuf,
     successes: bool,
+    /// By default: the lease's port and its variable, for the line that
+    /// says an app bound a port of its own instead.
+    own_port_hint: Option<(u16, String)>,
 }
 
 fn report_socket(paths: &Paths) -> Result<(UnixDatagram, PathBuf)> {
@@ -248,6 +273,16 @@ impl ReportSocket {
             match self.sock.recv(&mut buf) {
                 Ok(n) => match serde_json::from_slice::<ShimReport>(&buf[..n]) {
                     Ok(_) if quiet => {}
+                    Ok(r) if r.unmapped => {
+                        if let Some((port, var)) = &self.own_port_hint {
+                            eprintln!(
+                                "pb: {}: the app binds {} itself, not ${var} ({port}), so {} does not reach it; `pb exec --shim` gives that bind pb's socket",
+                                r.id,
+                                r.asked,
+                                output::url(*port)
+                            );
+                        }
+                    }
                     Ok(r) => match r.port {
                         None => eprintln!("pb: {}", describe(&r)),
                         Some(port) if self.successes && !said.contains(&(r.id.clone(), port)) => {

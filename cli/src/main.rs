@@ -180,6 +180,11 @@ enum Command {
         /// SIGTERM and SIGKILL when it ends or pb is signalled: 5s, 500ms.
         #[arg(long, value_name = "DUR", default_value = "5s")]
         grace: String,
+        /// Leave LISTEN_PID unset (systemfd's --no-pid), for file watchers
+        /// that re-exec the app (cargo watch, watchexec): listenfd-style
+        /// apps accept the sockets in whatever process they land.
+        #[arg(long, conflicts_with_all = ["port_only", "shim"])]
+        no_pid: bool,
         /// Load the preload shim: the app's own bind() of a hard-coded
         /// port gets the broker's socket. Without --map, its first TCP bind.
         #[arg(long)]
@@ -482,6 +487,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             both_families,
             no_shim,
             grace,
+            no_pid,
             shim,
             maps,
             command,
@@ -505,6 +511,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                     keep,
                     mode,
                     grace: grace_period(&grace)?,
+                    no_pid,
                     quiet: fmt == Format::Quiet,
                     command,
                 },

@@ -68,6 +68,11 @@ pub struct ChildSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Variables of ours the child must not inherit.
     pub unset: Vec<OsString>,
+    /// Set LISTEN_PID to the child's pid. Without it (systemfd's
+    /// `--no-pid`), a file watcher that re-execs its child (`cargo watch`,
+    /// `watchexec`) passes the sockets on to a process whose pid differs,
+    /// which listenfd-style apps then still accept.
+    pub listen_pid: bool,
 }
 
 /// How long the rest of a tree gets between SIGTERM and SIGKILL, unless
@@ -247,6 +252,47 @@ pub fn find_program(program: &OsStr) -> Result<PathBuf, SpawnError> {
     })
 }
 
+/// Whether the dynamic loader runs `path`, so that LD_PRELOAD reaches it:
+/// `false` for a static ELF binary (no PT_INTERP: Go's, musl's static
+/// builds), `true` for dynamic ones and for scripts (their interpreter
+/// is dynamic), `None` when the file cannot be read as either.
+pub fn loads_preload(path: &Path) -> Option<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 64];
+    let n = f.read(&mut head).ok()?;
+    if head[..n].starts_with(b"#!") {
+        return Some(true);
+    }
+    if n < 64 || &head[..4] != b"\x7fELF" || head[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as usize;
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let (phoff, phentsize, phnum) = match head[4] {
+        1 => (
+            u32_at(&head, 0x1c) as u64,
+            u16_at(&head, 0x2a),
+            u16_at(&head, 0x2c),
+        ),
+        2 => (
+            u64::from_le_bytes(head[0x20..0x28].try_into().ok()?),
+            u16_at(&head, 0x36),
+            u16_at(&head, 0x38),
+        ),
+        _ => return None,
+    };
+    if phentsize < 4 || phnum > 4096 {
+        return None;
+    }
+    let mut table = vec![0u8; phentsize * phnum];
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(phoff)).ok()?;
+    f.read_exact(&mut table).ok()?;
+    const PT_INTERP: u32 = 3;
+    Some(table.chunks(phentsize).any(|ph| u32_at(ph, 0) == PT_INTERP))
+}
+
 fn is_executable(m: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
     m.is_file() && m.permissions().mode() & 0o111 != 0
@@ -308,10 +354,14 @@ pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
         envp.push(cstring(
             format!("LISTEN_FDS_FIRST_FD={LISTEN_FDS_START}").into_bytes(),
         )?);
-        envp.push(cstring(
-            format!("LISTEN_PID={}", " ".repeat(20)).into_bytes(),
-        )?);
-        Some(envp.len() - 1)
+        if spec.listen_pid {
+            envp.push(cstring(
+                format!("LISTEN_PID={}", " ".repeat(20)).into_bytes(),
+            )?);
+            Some(envp.len() - 1)
+        } else {
+            None
+        }
     } else {
         None
     };
@@ -426,4 +476,33 @@ unsafe fn write_decimal(slot: *mut u8, mut v: u64) {
     }
     // Terminate right after the digits; the padding is never read.
     *slot.add(len) = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_binaries_and_scripts_load_the_preload() {
+        let sh = find_program(OsStr::new("sh")).unwrap();
+        assert_eq!(loads_preload(&sh), Some(true));
+        let dir = std::env::temp_dir().join(format!("pb-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("s");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert_eq!(loads_preload(&script), Some(true));
+        let text = dir.join("t");
+        std::fs::write(&text, "hello").unwrap();
+        assert_eq!(loads_preload(&text), None);
+        // An ELF header with no program headers at all: nothing to load it.
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[0x36] = 56;
+        let stat = dir.join("static");
+        std::fs::write(&stat, &elf).unwrap();
+        assert_eq!(loads_preload(&stat), Some(false));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

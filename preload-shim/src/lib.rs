@@ -28,7 +28,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -52,6 +52,8 @@ static SETTINGS: OnceLock<Option<Settings>> = OnceLock::new();
 /// it): later binds of that port are the app's too (a probe bind closed and
 /// bound again, one socket per family, SO_REUSEPORT workers), others pass.
 static FIRST_PORT: AtomicU32 = AtomicU32::new(0);
+/// A bind of a port the map does not name has been reported.
+static UNMAPPED_SAID: AtomicBool = AtomicBool::new(false);
 /// libc's bind, found once.
 static REAL_BIND: AtomicUsize = AtomicUsize::new(0);
 
@@ -196,7 +198,12 @@ fn swap_if_mapped(fd: RawFd, asked: SocketAddr) -> Option<c_int> {
     let settings = settings()?;
     let family = tcp_family(fd)?;
     let port = asked.port();
-    let id = settings.map.id_for(port)?.to_string();
+    let Some(id) = settings.map.id_for(port).map(str::to_string) else {
+        if !UNMAPPED_SAID.swap(true, Ordering::AcqRel) {
+            report_unmapped(settings, asked);
+        }
+        return None;
+    };
     if let PortMap::First(_) = settings.map {
         let first = match FIRST_PORT.compare_exchange(
             0,
@@ -292,6 +299,29 @@ fn put_in_place(fd: RawFd, listener: OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
+/// The app bound a port of its own choosing: worth one line from `pb
+/// exec` when its URL is pb's port.
+fn report_unmapped(settings: &Settings, asked: SocketAddr) {
+    let id = settings
+        .map
+        .ids()
+        .first()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    send(
+        settings,
+        &ShimReport {
+            pid: std::process::id(),
+            id,
+            asked: asked.to_string(),
+            wildcard: asked.ip().is_unspecified(),
+            port: None,
+            error: None,
+            unmapped: true,
+        },
+    );
+}
+
 fn report(settings: &Settings, id: &str, asked: SocketAddr, outcome: Result<u16, String>) {
     let (port, error) = match outcome {
         Ok(p) => (Some(p), None),
@@ -304,6 +334,7 @@ fn report(settings: &Settings, id: &str, asked: SocketAddr, outcome: Result<u16,
         wildcard: asked.ip().is_unspecified(),
         port,
         error,
+        unmapped: false,
     };
     if settings.debug {
         match (&r.port, &r.error) {
@@ -312,8 +343,12 @@ fn report(settings: &Settings, id: &str, asked: SocketAddr, outcome: Result<u16,
             _ => {}
         }
     }
+    send(settings, &r);
+}
+
+fn send(settings: &Settings, r: &ShimReport) {
     if let Some(path) = &settings.report {
-        if let (Ok(sock), Ok(bytes)) = (UnixDatagram::unbound(), serde_json::to_vec(&r)) {
+        if let (Ok(sock), Ok(bytes)) = (UnixDatagram::unbound(), serde_json::to_vec(r)) {
             let _ = sock.send_to(&bytes, path);
         }
     }

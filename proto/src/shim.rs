@@ -147,6 +147,11 @@ pub struct ShimReport {
     pub port: Option<u16>,
     /// Why the shim fell back, when it did.
     pub error: Option<String>,
+    /// The bind was of a port the map does not name: the app chose a port
+    /// of its own (the first such bind of a process is reported, so that
+    /// `pb exec` can say why its URL does not reach the app).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unmapped: bool,
 }
 
 #[cfg(test)]

@@ -263,3 +263,62 @@ fn an_app_without_reuseaddr_sees_eaddrinuse_on_a_reserved_port() {
         libc::EADDRINUSE.to_string()
     );
 }
+
+/// `--no-pid`, as systemfd's: a watcher that re-runs the app in a process
+/// of its own (here a shell that forks it) passes the sockets on, and an
+/// app that accepts them as listenfd does (LISTEN_PID unset, or its own
+/// pid) serves them.
+#[test]
+fn no_pid_lets_a_re_executed_app_take_the_sockets() {
+    let broker = Broker::start();
+    let server = "import os, socket, http.server\n\
+        pid = os.environ.get('LISTEN_PID')\n\
+        assert pid is None or pid == str(os.getpid()), 'sockets meant for pid ' + pid\n\
+        s = socket.socket(fileno=3)\n\
+        class H(http.server.BaseHTTPRequestHandler):\n\
+        \x20   def do_GET(self):\n\
+        \x20       self.send_response(200); self.end_headers(); self.wfile.write(b'listenfd')\n\
+        \x20   def log_message(self, *a): pass\n\
+        srv = http.server.HTTPServer(s.getsockname()[:2], H, bind_and_activate=False)\n\
+        srv.socket = s\n\
+        srv.serve_forever()\n";
+    // `; true` keeps the shell alive, so python is its child, not its exec.
+    let line = "python3 -c \"$SERVER\"; true";
+    let mut cmd = broker.cmd();
+    cmd.env("SERVER", server);
+    let (mut pb, port) = {
+        let mut child = cmd
+            .args(["exec", "--no-pid", "web", "--", "sh", "-c", line])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut banner = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut banner)
+            .unwrap();
+        (Proc(child), port_in(&banner).expect("a URL"))
+    };
+    let bodies = reachable_everywhere(port).expect("served by the forked app");
+    assert!(bodies.iter().all(|b| b == "listenfd"), "{bodies:?}");
+    pb.signal(libc::SIGTERM);
+    pb.wait_for(Duration::from_secs(10)).expect("pb exec ends");
+    // Without --no-pid the same app refuses the sockets (they name the
+    // shell's pid) and exits.
+    let out = broker
+        .cmd()
+        .env("SERVER", server)
+        .args([
+            "exec",
+            "-q",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "python3 -c \"$SERVER\"; echo $?",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+}

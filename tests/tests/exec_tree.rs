@@ -207,3 +207,59 @@ fn a_missing_or_unrunnable_command_is_refused_before_any_claim() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--grace"));
     assert!(broker.leases().is_empty());
 }
+
+/// LD_PRELOAD cannot reach a static binary (here Debian's static-pie
+/// ldconfig): pb says so, and what the app gets instead, and runs it.
+#[test]
+fn a_static_binary_is_told_what_the_shim_cannot_do() {
+    let broker = Broker::start();
+    let out = broker
+        .cmd()
+        .args(["exec", "web", "--", "/sbin/ldconfig", "--version"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("static binary") && err.contains("--port-only"),
+        "{err}"
+    );
+    let dynamic = broker
+        .cmd()
+        .args(["exec", "web", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&dynamic.stderr).contains("static binary"));
+}
+
+/// An app that ignores both fd 3 and $PORT and binds a port of its own
+/// (vite's 5173, say) is not reachable at pb's URL: pb says so, and how to
+/// fix it, instead of leaving the user at a URL that never answers.
+#[test]
+fn an_app_binding_a_port_of_its_own_is_pointed_to_shim() {
+    let broker = Broker::start();
+    let spare = PortBlock::take(10);
+    let own = spare.range.0.to_string();
+    let mut child = broker
+        .cmd()
+        .args(["exec", "web", "--", "python3", "-m", "http.server", &own])
+        .args(["--bind", "127.0.0.1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stderr.take().unwrap());
+    let mut pb = Proc(child);
+    let mut seen = Vec::new();
+    let hint = next_matching(&lines, &mut seen, Duration::from_secs(10), |l| {
+        l.contains("itself")
+    });
+    let hint = hint.unwrap_or_else(|| panic!("no hint; pb said {seen:?}"));
+    assert!(
+        hint.contains(&format!("127.0.0.1:{own}")) && hint.contains("--shim"),
+        "{hint}"
+    );
+    pb.signal(libc::SIGTERM);
+    pb.wait_for(Duration::from_secs(10)).expect("pb exec ends");
+}
