@@ -30,6 +30,7 @@ fn duration_ms(text: &str) -> Result<i64> {
 
 #[derive(Args)]
 pub struct LockCmd {
+    /// The lock's name, e.g. db-migrations.
     pub name: String,
     /// Time to live (default 5m): 90s, 10m, 1h, or bare milliseconds as
     /// in Port Daddy (300000).
@@ -50,6 +51,7 @@ pub struct LockCmd {
     pub pid: Option<u32>,
     /// Hold the lock while CMD runs, then release it.
     #[arg(last = true, value_name = "CMD")]
+    /// The command to run while holding the lock.
     pub command: Vec<OsString>,
 }
 
@@ -122,13 +124,16 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         owner_arg(c.owner, c.pid, agent.as_deref())?
     };
     let mut client = connect::connect(paths)?;
-    let (reply, _): (LockReply, _) = client.call_as(Op::LockAcquire(LockArgs {
+    let progress = wait_ms.map(|_| output::Progress::start(format!("waiting for lock {}", c.name)));
+    let reply = client.call_as::<LockReply>(Op::LockAcquire(LockArgs {
         name: c.name.clone(),
         ttl_ms,
         wait_ms,
         owner: owner.clone(),
         agent: agent.clone(),
-    }))?;
+    }));
+    drop(progress);
+    let (reply, _) = reply?;
     match fmt {
         Format::Json if !hold_for_command => output::print_json(&reply),
         Format::Quiet => outln!("{}", reply.lock.token),
@@ -387,6 +392,7 @@ pub fn channels(paths: &Paths, clear: Option<String>, fmt: Format) -> Result<i32
 pub enum AgentCmd {
     /// Register (or update) an agent.
     Register {
+        /// The agent's id.
         id: String,
         #[arg(long)]
         name: Option<String>,
@@ -408,14 +414,23 @@ pub enum AgentCmd {
         parent: bool,
     },
     /// Keep an agent from going stale.
-    Heartbeat { id: String },
+    Heartbeat {
+        /// The agent's id.
+        id: String,
+    },
     /// Remove an agent, releasing its services and locks.
-    Unregister { id: String },
+    Unregister {
+        /// The agent's id.
+        id: String,
+    },
     /// List agents.
     #[command(visible_alias = "list")]
     Ls,
     /// One agent's details.
-    Info { id: String },
+    Info {
+        /// The agent's id.
+        id: String,
+    },
 }
 
 fn agent_line(a: &AgentInfo) -> String {
@@ -525,11 +540,15 @@ pub fn wait(
     fmt: Format,
 ) -> Result<i32> {
     let timeout_ms = duration_ms(timeout)?;
-    let (reply, _): (WaitReply, _) = connect::connect(paths)?.call_as(Op::Wait {
+    let mut client = connect::connect(paths)?;
+    let progress = output::Progress::start(format!("waiting for {}", ids.join(", ")));
+    let reply = client.call_as::<WaitReply>(Op::Wait {
         ids,
         timeout_ms,
         http_path: http,
-    })?;
+    });
+    drop(progress);
+    let (reply, _) = reply?;
     match fmt {
         Format::Json => output::print_json(&reply),
         Format::Quiet => reply.services.iter().for_each(|s| outln!("{}", s.port)),

@@ -136,22 +136,36 @@ enum Command {
     /// List services, optionally matching a pattern.
     #[command(visible_aliases = ["ps", "list"])]
     Find {
+        /// Only ids matching this pattern (myapp:*).
         pattern: Option<String>,
         /// Every listener on the machine, brokered or not, with its process.
         #[arg(short = 'a', long, conflicts_with = "pattern")]
         all: bool,
     },
     /// Who holds a port: its service, and the processes with a socket on it.
-    Who { port: i64 },
+    Who {
+        /// A TCP port number.
+        port: i64,
+    },
     /// Print a service's port (PortManager's lookup).
-    Lookup { id: String },
+    Lookup {
+        /// The service id.
+        id: String,
+    },
     /// Print a service's URL.
-    Url { id: String },
+    Url {
+        /// The service id.
+        id: String,
+    },
     /// Print services as shell export lines.
-    Env { pattern: Option<String> },
+    Env {
+        /// Only ids matching this pattern (myapp:*).
+        pattern: Option<String>,
+    },
     /// Claim a port and run a command on it; release when it ends.
     #[command(visible_alias = "run")]
     Exec {
+        /// The service id: project[:stack[:context]].
         id: String,
         #[command(flatten)]
         opts: ClaimOpts,
@@ -199,6 +213,7 @@ enum Command {
             allow_hyphen_values = true,
             value_name = "CMD"
         )]
+        /// The command and its arguments.
         command: Vec<OsString>,
     },
     /// Print a one-time URL that logs a browser in to the dashboard and the
@@ -229,6 +244,7 @@ enum Command {
     Lock(coord::LockCmd),
     /// Release a lock.
     Unlock {
+        /// The lock's name.
         name: String,
         /// Take it from another owner of your user.
         #[arg(long)]
@@ -241,11 +257,20 @@ enum Command {
         pid: Option<u32>,
     },
     /// List held locks, optionally matching a pattern.
-    Locks { pattern: Option<String> },
+    Locks {
+        /// Only locks whose names match this pattern.
+        pattern: Option<String>,
+    },
     /// Publish a message (JSON, or text) on a channel; `-` reads stdin.
-    Pub { channel: String, message: String },
+    Pub {
+        /// The channel, e.g. build:api.
+        channel: String,
+        /// JSON, or text; `-` reads it from stdin.
+        message: String,
+    },
     /// Print messages on channels matching the patterns as they arrive.
     Sub {
+        /// Channel patterns: build:api, build:*.
         #[arg(required = true)]
         patterns: Vec<String>,
         /// First the retained messages after this id.
@@ -254,6 +279,7 @@ enum Command {
     },
     /// Retained messages on channels matching a pattern.
     History {
+        /// A channel pattern: build:*.
         pattern: String,
         #[arg(long, value_name = "ID")]
         since: Option<u64>,
@@ -271,6 +297,7 @@ enum Command {
     Agent(coord::AgentCmd),
     /// Wait until services accept connections.
     Wait {
+        /// The service ids to wait for.
         #[arg(required = true)]
         ids: Vec<String>,
         /// Give up after this long: 30s, 5m, or bare milliseconds as in

@@ -84,6 +84,51 @@ pub fn printable(text: &str, max: usize) -> String {
     out
 }
 
+/// A line on stderr that counts the seconds while pb waits (`pb wait`,
+/// `pb lock --wait`), only when stderr is a terminal; cleared when dropped.
+pub struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(what: String) -> Progress {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Progress {
+                stop: None,
+                thread: None,
+            };
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            // Quiet for the first half second: most waits end before.
+            let mut tick = std::time::Duration::from_millis(500);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(tick) {
+                eprint!("\r\x1b[2Kpb: {what}… {}s", started.elapsed().as_secs());
+                tick = std::time::Duration::from_secs(1);
+            }
+            if started.elapsed() >= std::time::Duration::from_millis(500) {
+                eprint!("\r\x1b[2K");
+            }
+        });
+        Progress {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// How much of a command line a table shows.
 const COMMAND_WIDTH: usize = 100;
 

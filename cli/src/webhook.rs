@@ -17,6 +17,7 @@ use crate::{connect, Format};
 pub enum WebhookCmd {
     /// Register a webhook; prints its secret, which is shown only now.
     Add {
+        /// Where deliveries go: http(s)://host[:port]/path.
         url: String,
         /// An event kind to deliver (repeatable; default: every kind).
         #[arg(long = "event", short = 'e', value_name = "EVENT")]
@@ -32,19 +33,32 @@ pub enum WebhookCmd {
     #[command(visible_alias = "list")]
     Ls,
     /// Remove a webhook with its queued deliveries.
-    Rm { id: String },
+    Rm {
+        /// The webhook's id (wh_...).
+        id: String,
+    },
     /// Queue a test delivery (event webhook.test) to a webhook.
-    Test { id: String },
+    Test {
+        /// The webhook's id (wh_...).
+        id: String,
+    },
     /// A webhook's deliveries, newest first, with every attempt.
     Deliveries {
+        /// The webhook's id (wh_...).
         id: String,
         #[arg(short = 'n', long)]
         limit: Option<i64>,
     },
     /// Re-enable a webhook (e.g. after its receiver answered 410).
-    Enable { id: String },
+    Enable {
+        /// The webhook's id (wh_...).
+        id: String,
+    },
     /// Stop delivering to a webhook; its queue waits.
-    Disable { id: String },
+    Disable {
+        /// The webhook's id (wh_...).
+        id: String,
+    },
     /// The event kinds webhooks can subscribe to.
     Events,
 }

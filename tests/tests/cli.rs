@@ -397,3 +397,83 @@ fn allocation_skips_the_ports_dev_tools_take_by_default() {
     let f = broker.claim("f", &["-p", "5173"]);
     assert_eq!(f, 5173);
 }
+
+/// While `pb wait` and `pb lock --wait` wait, a terminal sees the seconds
+/// count (through `script`, which gives pb a pseudo-terminal); a pipe sees
+/// nothing of it.
+#[test]
+fn waits_show_progress_on_a_terminal_only() {
+    let broker = Broker::start();
+    broker.claim("never:serves", &[]);
+    broker.pb_ok(&["lock", "busy", "--owner", "someone"]);
+    for (args, what) in [
+        (
+            "wait never:serves --timeout 1800",
+            "waiting for never:serves",
+        ),
+        ("lock busy --wait --timeout 1800ms", "waiting for lock busy"),
+    ] {
+        let line = format!("\"$PB\" {args}");
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .envs(broker_env(&broker))
+            .env("PB", pb_bin())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let seen = String::from_utf8_lossy(&out.stdout);
+        assert!(seen.contains(&format!("{what}… 1s")), "{args}: {seen:?}");
+        let piped = broker.pb(&args.split(' ').collect::<Vec<_>>());
+        assert!(!piped.status.success());
+        assert!(
+            !stderr_of(&piped).contains('…'),
+            "{args}: {}",
+            stderr_of(&piped)
+        );
+    }
+}
+
+/// Every subcommand (and sub-subcommand) says what each of its positional
+/// arguments is.
+#[test]
+fn every_positional_argument_has_help() {
+    fn commands_of(help: &str) -> Vec<String> {
+        help.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .map(str::to_string)
+            .collect()
+    }
+    fn check(path: &[String], missing: &mut Vec<String>) {
+        let out = Command::new(pb_bin())
+            .args(path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut in_args = false;
+        for line in help.lines() {
+            if line.starts_with("Arguments:") {
+                in_args = true;
+                continue;
+            }
+            if in_args && !line.starts_with("  ") {
+                in_args = false;
+            }
+            if in_args && line.split_whitespace().count() < 2 {
+                missing.push(format!("pb {}: {}", path.join(" "), line.trim()));
+            }
+        }
+        for sub in commands_of(&help) {
+            let mut p = path.to_vec();
+            p.push(sub);
+            check(&p, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    check(&[], &mut missing);
+    assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+}
