@@ -151,6 +151,10 @@ struct Lease {
     /// stays reserved for the reload grace (PB_RELOAD_GRACE) for the next
     /// process that binds it, then the lease ends.
     orphaned_ms: Option<u64>,
+    /// For a lease with no owner: the process whose exit ends it if no app
+    /// has adopted it by then (memory only: after a restart the lease waits
+    /// for a release, an expiry or an app).
+    claimant: Option<ProcessId>,
 }
 
 impl Lease {
@@ -172,6 +176,7 @@ impl Lease {
             owner_command,
             relay: None,
             orphaned_ms: None,
+            claimant: None,
         }
     }
 
@@ -201,6 +206,7 @@ impl Lease {
             session: self.session.is_some(),
             created_ms: self.record.created_ms,
             orphaned_ms: self.orphaned_ms,
+            claimant: self.claimant,
         }
     }
 
@@ -221,6 +227,7 @@ impl Lease {
             served: self.served,
             command: self.owner_command.clone(),
             agent: r.agent.clone(),
+            claimant: self.claimant.map(|p| p.pid),
         }
     }
 }
@@ -458,10 +465,12 @@ impl Core {
         self.by_port.get(&port).map(|id| self.leases[id].info())
     }
 
+    /// The leases `p`'s exit concerns: those it owns, and the unadopted
+    /// ones it claimed.
     pub fn leases_owned_by(&self, p: ProcessId) -> Vec<String> {
         self.leases
             .values()
-            .filter(|l| l.owner() == Some(p))
+            .filter(|l| l.owner() == Some(p) || (l.owner().is_none() && l.claimant == Some(p)))
             .map(|l| l.record.id.clone())
             .collect()
     }
@@ -484,7 +493,8 @@ impl Core {
         }
         match holder {
             Some(p) => {
-                let adopted = lease.adopted;
+                // An unowned lease that gains an owner was adopted.
+                let adopted = lease.adopted || expected.is_none();
                 self.set_owner(id, p, adopted, "follows its socket to");
             }
             None if lease.adopted && !lease.sockets.as_ref().is_some_and(|s| s.is_listening()) => {
@@ -591,6 +601,8 @@ impl Core {
         self.set_owner(id, p, true, "is adopted by");
         if let Some(l) = self.leases.get_mut(id) {
             l.orphaned_ms = None;
+            // Adopted, the lease lives and dies with the app.
+            l.claimant = None;
         }
     }
 
@@ -767,6 +779,11 @@ impl Core {
         let ttl = a.expires_ms.map(rules::check_ttl).transpose()?;
         let metadata = rules::check_metadata(a.metadata)?;
         let owner = Self::resolve_owner(caller, a.owner)?;
+        // Only an unowned lease has a claimant; it is checked like `--pid`.
+        let claimant = match a.claimant {
+            Some(pid) if owner.is_none() => Self::resolve_owner(caller, Owner::Pid(pid))?,
+            _ => None,
+        };
         if a.family.is_some() && !a.fds {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -848,11 +865,15 @@ impl Core {
                 .flatten();
             self.send_to_reaper(ReaperJob::Watch(p, from_connection));
         }
+        if let Some(c) = claimant {
+            self.send_to_reaper(ReaperJob::Watch(c, None));
+        }
         let session = if a.session { caller.session } else { None };
         let lease =
             self.leases
                 .entry(a.id.clone())
                 .or_insert(Lease::new(record, Some(sockets), session));
+        lease.claimant = claimant;
         // The sockets were bound listening when `fds` was asked for, so
         // this cannot fail after the lease was stored.
         let outcome = claim_outcome(lease, false, a.fds, a.family, &mut self.pool)?;

@@ -57,13 +57,16 @@ fn take_lock(path: &Path) -> Result<InstanceLock> {
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a file we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "another broker is already running for {}",
-            path.parent().unwrap_or(path).display()
-        );
+        return Err(AlreadyRunning(path.parent().unwrap_or(path).display().to_string()).into());
     }
     Ok(InstanceLock(file))
 }
+
+/// Another broker holds this PB_HOME's instance lock: a client that raced
+/// another to start one waits for that one instead.
+#[derive(Debug, thiserror::Error)]
+#[error("another broker is already running for {0}")]
+pub struct AlreadyRunning(pub String);
 
 /// Runs the broker in the foreground until SIGTERM, SIGINT or a shutdown
 /// request.

@@ -55,6 +55,8 @@ pub struct LeaseView {
     pub created_ms: u64,
     /// Since when an adopted lease has waited for its app's next run.
     pub orphaned_ms: Option<u64>,
+    /// Whose exit ends the lease while no app has adopted it.
+    pub claimant: Option<ProcessId>,
 }
 
 pub async fn run(core: SharedCore, mut jobs: mpsc::Receiver<ReaperJob>, interval: Duration) {
@@ -230,6 +232,12 @@ fn scan(core: &SharedCore, interval: Duration) {
                 verdicts.push((v.id.clone(), v.owner, holder(v, &listening, Some(o))))
             }
             None if !foreign.is_empty() => adoptions.push((v.id.clone(), foreign)),
+            // Its claimant is gone and no app ever took it (a watch that
+            // saw the exit has already settled it; this is for kernels
+            // without pidfds).
+            None if v.claimant.is_some_and(|c| !c.is_alive()) => {
+                verdicts.push((v.id.clone(), None, None))
+            }
             None => {
                 if let Some(since) = v.orphaned_ms.filter(|t| now.saturating_sub(*t) >= grace_ms) {
                     expired_orphans.push((v.id.clone(), since));

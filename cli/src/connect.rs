@@ -128,7 +128,7 @@ impl Daemon<'_> {
                 ))
                 .into())
             }
-            Started::Silent => wait_for(paths),
+            Started::Silent | Started::Busy => wait_for(paths),
         }
     }
 }

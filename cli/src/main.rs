@@ -115,6 +115,11 @@ struct ClaimCmd {
     /// The owning process: the lease ends when it does.
     #[arg(long)]
     pid: Option<u32>,
+    /// Keep the lease after the shell that ran pb exits, until it is
+    /// released or expires. Without it, a claim that no app has bound by
+    /// the time that shell exits ends with it.
+    #[arg(long, conflicts_with = "pid")]
+    keep: bool,
     /// Print `export PORT=N`.
     #[arg(long)]
     export: bool,
@@ -417,8 +422,10 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             let result = pb_broker::Config::from_env()
                 .map_err(anyhow::Error::from)
                 .and_then(|cfg| pb_broker::run(cfg, &ready));
-            if let Err(e) = &result {
-                ready.failed(&format!("{e:#}"));
+            match &result {
+                Err(e) if e.is::<pb_broker::daemon::AlreadyRunning>() => ready.busy(),
+                Err(e) => ready.failed(&format!("{e:#}")),
+                Ok(()) => {}
             }
             result?;
             Ok(0)
@@ -631,11 +638,19 @@ fn claim(
         id,
         opts,
         pid,
+        keep,
         export,
     } = c;
     let opts = ClaimOpts { agent, ..opts };
+    // The shell that ran pb (above any `$(…)` subshell): if it exits before
+    // an app binds the port, nobody will, and the lease ends.
+    let claimant = (pid.is_none() && !keep)
+        .then(|| pb_platform::ProcessId::current().lasting_ancestor())
+        .flatten()
+        .map(|p| p.pid);
     let args = ClaimArgs {
         owner: pid.map(Owner::Pid).unwrap_or(Owner::None),
+        claimant,
         ..opts.to_args(&id)?
     };
     let (reply, _): (ClaimReply, _) = connect::connect(paths)?.call_as(Op::Claim(args))?;

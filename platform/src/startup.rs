@@ -23,6 +23,8 @@ pub enum Started {
     Ready,
     /// It cannot start, for this reason.
     Failed(String),
+    /// Another daemon holds the instance: it is the one to wait for.
+    Busy,
     /// It closed the pipe without a word (it died).
     Exited,
     /// Nothing within the limit.
@@ -97,6 +99,9 @@ impl Starting {
 
 fn judge(said: &[u8]) -> Started {
     let text = String::from_utf8_lossy(said);
+    if said.starts_with(b"busy\n") {
+        return Started::Busy;
+    }
     match text.strip_prefix("error: ") {
         Some(why) => Started::Failed(why.trim_end().to_string()),
         None if said.starts_with(b"ok\n") => Started::Ready,
@@ -130,6 +135,11 @@ impl Notifier {
     /// The daemon serves.
     pub fn ready(&self) {
         self.say(b"ok\n");
+    }
+
+    /// Another daemon is starting or running for the same home.
+    pub fn busy(&self) {
+        self.say(b"busy\n");
     }
 
     /// The daemon cannot start, because of `why`.

@@ -228,6 +228,11 @@ pub struct ClaimArgs {
     /// when the agent goes stale or dies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// For a lease with no owner: a process of the caller's (the shell that
+    /// ran the claim) whose exit ends the lease unless an app has adopted
+    /// it by then, so that a claim nobody used is not reserved forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimant: Option<u32>,
 }
 
 /// An address family of the lease's loopback sockets.
@@ -268,6 +273,10 @@ pub struct LeaseInfo {
     /// The agent that claimed it, if any.
     #[serde(default)]
     pub agent: Option<String>,
+    /// The process (the shell that ran `pb claim`) whose exit ends this
+    /// number-only lease while no app has adopted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimant: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

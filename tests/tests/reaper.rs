@@ -328,3 +328,60 @@ fn claim_pid_of_another_users_process_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another user"));
     assert!(broker.leases().is_empty());
 }
+
+/// `pb claim` in a shell that exits before any app binds the port: nobody
+/// will, so the lease ends with that shell (its claimant); `--keep` keeps
+/// it; and an app already listening when the shell exits takes it over.
+#[test]
+fn a_number_only_claim_ends_with_its_shell_unless_an_app_took_it() {
+    let broker = Broker::start_with(&[("PB_SCAN_INTERVAL", "10s")]);
+    let script = |body: &str| {
+        let out = Command::new("bash")
+            .args(["-c", body])
+            .envs(broker.env().iter().map(|(k, v)| (k, v)))
+            .env("PB", pb_bin())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    script("P=$(\"$PB\" claim unused -q); echo $P");
+    wait_for("the unused claim to end with its shell", || {
+        lease(&broker, "unused").is_none().then_some(())
+    });
+    assert!(
+        broker.log().contains("reclaimed unused"),
+        "{}",
+        broker.log()
+    );
+
+    script("\"$PB\" claim kept -q --keep");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lease(&broker, "kept").is_some(),
+        "--keep outlives the shell"
+    );
+
+    // The app outlives the shell that claimed for it.
+    let node = "require('http').createServer((q,r)=>r.end('ok')).listen(Number(process.argv[1]))";
+    let pid: u32 = script(&format!(
+        "P=$(\"$PB\" claim used -q); node -e \"{node}\" $P >/dev/null 2>&1 & \
+         for i in $(seq 100); do curl -s 127.0.0.1:$P >/dev/null && break; sleep 0.05; done; echo $!"
+    ))
+    .parse()
+    .unwrap();
+    let took = wait_until(Duration::from_secs(10), || {
+        (lease(&broker, "used")?["pid"] == pid).then_some(())
+    });
+    // The node this test started through its shell: ended by its pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(
+        took.is_some(),
+        "the app took the lease over: {:?}",
+        lease(&broker, "used")
+    );
+}
