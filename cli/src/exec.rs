@@ -184,7 +184,11 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
     let quiet = o.quiet;
     let reporter = reports.map(|r| {
         let done = done.clone();
-        std::thread::spawn(move || r.print_until(&done, quiet))
+        let path = r.path.clone();
+        (
+            path,
+            std::thread::spawn(move || r.print_until(&done, quiet)),
+        )
     });
 
     // Returns once the whole tree is gone, so the lease is released only
@@ -195,7 +199,13 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         h.thread().unpark();
         let _ = h.join();
     }
-    if let Some(r) = reporter {
+    if let Some((path, r)) = reporter {
+        // The shim reports before its bind returns, so every report is
+        // queued by now; an empty datagram after them ends the reader at
+        // once instead of at its next timeout.
+        if let Ok(waker) = UnixDatagram::unbound() {
+            let _ = waker.send_to(&[], &path);
+        }
         let _ = r.join();
     }
     if !o.keep {
@@ -271,6 +281,8 @@ impl ReportSocket {
         let mut said: Vec<(String, u16)> = Vec::new();
         loop {
             match self.sock.recv(&mut buf) {
+                // pb's own word that the app is gone (see `run`).
+                Ok(0) if done.load(Ordering::Relaxed) => break,
                 Ok(n) => match serde_json::from_slice::<ShimReport>(&buf[..n]) {
                     Ok(_) if quiet => {}
                     Ok(r) if r.unmapped => {

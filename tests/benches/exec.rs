@@ -103,16 +103,22 @@ fn startup(broker: &Broker, n: usize, name: &str, app: &[&str]) {
     };
     let port_only = with(&["-q", "--port-only"]);
     let default = with(&["-q"]);
-    let as_strs = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<&str>>();
-    let (po, de) = (as_strs(&port_only), as_strs(&default));
+    let po: Vec<&str> = port_only.iter().map(String::as_str).collect();
+    let de: Vec<&str> = default.iter().map(String::as_str).collect();
     let (mut alone, mut only, mut def) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n + n / 10 {
         let (a, pa) = run_once(broker, app, Some(free));
         let (b, pb) = run_once(broker, &po, None);
         let (c, pc) = run_once(broker, &de, None);
         assert_eq!(pa, free);
-        assert!(broker.range.0 <= pb && pb <= broker.range.1, "port-only got {pb}");
-        assert!(broker.range.0 <= pc && pc <= broker.range.1, "default got {pc}");
+        assert!(
+            broker.range.0 <= pb && pb <= broker.range.1,
+            "port-only got {pb}"
+        );
+        assert!(
+            broker.range.0 <= pc && pc <= broker.range.1,
+            "default got {pc}"
+        );
         if i >= n / 10 {
             alone.push(a);
             only.push(b);

@@ -395,9 +395,9 @@ fn served_or_refused(port: u16) -> Option<String> {
 }
 
 /// Restarts a reloader 3 times by touching `watched`, checking after each
-/// that the app answers on `port` with a new pid (or, if `pid_word` is
-/// None, at all), and that requests in between never hang.
-fn restart_three_times(port: u16, watched: &std::path::Path, pid_word: bool) {
+/// that the app answers on `port` from a new process (its body names its
+/// pid), and that requests in between never hang.
+fn restart_three_times(port: u16, watched: &std::path::Path) {
     let mut last = served_or_refused(port);
     for round in 0..3 {
         // mtime must move on for the watcher.
@@ -406,7 +406,7 @@ fn restart_three_times(port: u16, watched: &std::path::Path, pid_word: bool) {
         std::fs::write(watched, text).unwrap();
         let next = wait_until(Duration::from_secs(20), || {
             let got = served_or_refused(port)?;
-            (!pid_word || Some(&got) != last.as_ref()).then_some(got)
+            (Some(&got) != last.as_ref()).then_some(got)
         });
         assert!(
             next.is_some(),
@@ -433,7 +433,7 @@ fn nodemon_restarts_keep_the_port_in_port_mode() {
     );
     let port = run.url_port();
     run.reachable(port);
-    restart_three_times(port, &app, true);
+    restart_three_times(port, &app);
     assert_eq!(broker.leases(), vec![("web".to_string(), port)]);
     run.stop_with(libc::SIGTERM, Duration::from_secs(10), &broker, "web");
 }
@@ -461,7 +461,7 @@ fn nodemon_restarts_keep_a_number_only_lease() {
         .unwrap();
     let nodemon_pid = child.id();
     wait_until(Duration::from_secs(20), || curl_host("127.0.0.1", port)).expect("served");
-    restart_three_times(port, &app, true);
+    restart_three_times(port, &app);
     // Between and after the restarts the lease stayed, on the same port.
     assert_eq!(broker.leases(), vec![("web".to_string(), port)]);
     let tree = process_tree(nodemon_pid);
@@ -477,6 +477,15 @@ fn django_autoreloader_keeps_the_port_in_port_mode_and_number_only() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&apps().join("djsite"), dir.path());
+    // This copy answers with its pid, so each restart is seen.
+    let urls = dir.path().join("djsite/urls.py");
+    let text = std::fs::read_to_string(&urls).unwrap();
+    let text = text.replace(
+        "HttpResponse(\"django\\n\"",
+        "HttpResponse(f\"django pid={__import__('os').getpid()}\\n\"",
+    );
+    assert!(text.contains("pid="), "urls.py changed shape");
+    std::fs::write(&urls, text).unwrap();
     let line = format!("exec {python} manage.py runserver $PORT");
     let mut run = AppRun::start_in(
         &broker,
@@ -485,8 +494,7 @@ fn django_autoreloader_keeps_the_port_in_port_mode_and_number_only() {
     );
     let port = run.url_port();
     run.reachable(port);
-    let urls = dir.path().join("djsite/urls.py");
-    restart_three_times(port, &urls, false);
+    restart_three_times(port, &urls);
     assert_eq!(broker.leases(), vec![("site".to_string(), port)]);
     run.stop_with(libc::SIGTERM, Duration::from_secs(10), &broker, "site");
 
@@ -503,7 +511,7 @@ fn django_autoreloader_keeps_the_port_in_port_mode_and_number_only() {
         .unwrap();
     let pid = child.id();
     wait_until(Duration::from_secs(20), || curl_host("127.0.0.1", port)).expect("served");
-    restart_three_times(port, &urls, false);
+    restart_three_times(port, &urls);
     assert_eq!(broker.leases(), vec![("site".to_string(), port)]);
     let tree = process_tree(pid);
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -571,4 +579,41 @@ fn keep_answers_a_request_sent_between_two_runs() {
         .wait_for(Duration::from_secs(10))
         .expect("the second run ends");
     broker.pb_ok(&["release", "web"]);
+}
+
+/// A reloader in fd mode: uvicorn's reloader process holds fd 3 and each
+/// new server process it starts serves it.
+#[test]
+fn uvicorn_reload_keeps_the_port_in_fd_mode() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("asgi_app.py");
+    // This copy answers with its pid, so each restart is seen.
+    let text = std::fs::read_to_string(apps().join("asgi_app.py")).unwrap();
+    let text = text.replace(
+        "body = b\"asgi\\n\"",
+        "body = f\"asgi pid={__import__('os').getpid()}\\n\".encode()",
+    );
+    assert!(text.contains("pid="), "asgi_app.py changed shape");
+    std::fs::write(&app, text).unwrap();
+    let uvicorn = venv("uvicorn");
+    let mut run = AppRun::start_in(
+        &broker,
+        &[
+            "exec",
+            "api",
+            "--",
+            &uvicorn,
+            "asgi_app:app",
+            "--fd",
+            "3",
+            "--reload",
+        ],
+        dir.path(),
+    );
+    let port = run.url_port();
+    run.reachable(port);
+    restart_three_times(port, &app);
+    assert_eq!(broker.leases(), vec![("api".to_string(), port)]);
+    run.stop_with(libc::SIGTERM, Duration::from_secs(10), &broker, "api");
 }
