@@ -500,25 +500,19 @@ impl Core {
             None if lease.adopted && !lease.sockets.as_ref().is_some_and(|s| s.is_listening()) => {
                 self.orphan(id, expected)
             }
-            None => match self.end_leases(&[id.to_string()]) {
-                Ok(ended) => {
-                    eprintln!(
-                        "pb: reclaimed {id}: its owner {} is gone and nobody holds its socket",
-                        expected.map_or("(none)".to_string(), |p| p.pid.to_string())
-                    );
-                    self.emit(
-                        EventKind::ServiceReclaim,
-                        id,
-                        None,
-                        serde_json::json!({
-                            "port": ended.first().map(|l| l.port),
-                            "owner": expected.map(|p| p.pid),
-                            "reason": "owner gone, socket unheld",
-                        }),
-                    );
-                }
-                Err(e) => eprintln!("pb: cannot reclaim {id}: {}", e.message),
-            },
+            None => {
+                let (reason, why) = match expected {
+                    Some(p) => (
+                        "owner gone, socket unheld",
+                        format!("its owner {} is gone and nobody holds its socket", p.pid),
+                    ),
+                    None => (
+                        "claimant gone, never used",
+                        "its claimant is gone and no app took it".to_string(),
+                    ),
+                };
+                self.reclaim(id, expected, reason, &why);
+            }
         }
     }
 
@@ -572,16 +566,24 @@ impl Core {
         if lease.orphaned_ms != Some(since) || lease.owner().is_some() {
             return;
         }
+        let why = "no app bound its port within the reload grace";
+        self.reclaim(id, None, "no app bound it within the reload grace", why);
+    }
+
+    /// Ends lease `id` on the reaper's word, with one log line and one
+    /// `service.reclaim` event saying why.
+    fn reclaim(&mut self, id: &str, owner: Option<ProcessId>, reason: &str, why: &str) {
         match self.end_leases(&[id.to_string()]) {
             Ok(ended) => {
-                eprintln!("pb: reclaimed {id}: no app bound its port within the reload grace");
+                eprintln!("pb: reclaimed {id}: {why}");
                 self.emit(
                     EventKind::ServiceReclaim,
                     id,
                     None,
                     serde_json::json!({
                         "port": ended.first().map(|l| l.port),
-                        "reason": "no app bound it within the reload grace",
+                        "owner": owner.map(|p| p.pid),
+                        "reason": reason,
                     }),
                 );
             }

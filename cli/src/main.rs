@@ -77,6 +77,10 @@ pub struct ClaimOpts {
     /// With -p: take another port from the range if that one is taken.
     #[arg(long, requires = "port")]
     fallback: bool,
+    /// A JSON object kept with the lease (at most 4 KiB), e.g.
+    /// '{"urls": {"staging": "https://api.example.dev"}}' for `pb url -e`.
+    #[arg(long, value_name = "JSON")]
+    metadata: Option<String>,
     /// The agent acting (from --agent / PB_AGENT).
     #[arg(skip)]
     agent: Option<String>,
@@ -94,6 +98,18 @@ impl ClaimOpts {
             (None, Some(s)) => Some((s as i64).saturating_mul(1000)),
             (None, None) => None,
         };
+        let metadata = self
+            .metadata
+            .as_deref()
+            .map(|text| {
+                serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+                    pb_proto::WireError::new(
+                        pb_proto::ErrorCode::InvalidMetadata,
+                        format!("--metadata is not JSON: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(ClaimArgs {
             id: id.to_string(),
             port: self.port,
@@ -101,6 +117,7 @@ impl ClaimOpts {
             expires_ms,
             fallback: self.fallback,
             agent: self.agent.clone(),
+            metadata,
             ..Default::default()
         })
     }
@@ -161,6 +178,17 @@ enum Command {
     Url {
         /// The service id.
         id: String,
+        /// Which of the service's URLs (Port Daddy's `-e`): `local` is
+        /// http://localhost:PORT; the others are the ones its claim
+        /// recorded in metadata `urls` ({"urls": {"staging": "https://..."}}).
+        #[arg(
+            short = 'e',
+            long = "env",
+            value_name = "NAME",
+            default_value = "local",
+            value_parser = ["local", "tunnel", "dev", "staging", "prod"]
+        )]
+        env: String,
     },
     /// Print services as shell export lines.
     Env {
@@ -483,13 +511,33 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Url { id } => {
+        Command::Url { id, env } => {
             let lease = get(&paths, id)?;
+            let url = if env == "local" {
+                output::url(lease.port)
+            } else {
+                let recorded = lease
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get("urls"))
+                    .and_then(|u| u.get(&env))
+                    .and_then(|u| u.as_str());
+                match recorded {
+                    Some(u) => u.to_string(),
+                    None => {
+                        return Err(pb_proto::WireError::new(
+                            pb_proto::ErrorCode::NotFound,
+                            format!("no {env} URL for {}", lease.id),
+                        )
+                        .into())
+                    }
+                }
+            };
             match fmt {
-                Format::Json => output::print_json(
-                    &serde_json::json!({"id": lease.id, "url": output::url(lease.port)}),
-                ),
-                _ => outln!("{}", output::url(lease.port)),
+                Format::Json => {
+                    output::print_json(&serde_json::json!({"id": lease.id, "env": env, "url": url}))
+                }
+                _ => outln!("{url}"),
             }
             Ok(0)
         }

@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pb_proto::{ClaimArgs, IpFamily, Op};
+use pb_tests::bench::{cc, interleaved, median, ms, us};
 use pb_tests::{Broker, PortBlock};
 
 const C_SERVER: &str = r#"
@@ -51,19 +52,6 @@ int main(void) {
 
 const NODE_SERVER: &str = "const s = require('net').createServer();\n\
 s.listen(Number(process.env.PORT), '127.0.0.1', () => { console.log(s.address().port); s.close(); });";
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
 
 /// Runs `cmd` (with $PORT = `port` when given); its time and printed port.
 fn run_once(broker: &Broker, cmd: &[&str], port: Option<u16>) -> (Duration, u16) {
@@ -105,27 +93,16 @@ fn startup(broker: &Broker, n: usize, name: &str, app: &[&str]) {
     let default = with(&["-q"]);
     let po: Vec<&str> = port_only.iter().map(String::as_str).collect();
     let de: Vec<&str> = default.iter().map(String::as_str).collect();
-    let (mut alone, mut only, mut def) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n + n / 10 {
+    let [a, b, c] = interleaved(n, || {
         let (a, pa) = run_once(broker, app, Some(free));
         let (b, pb) = run_once(broker, &po, None);
         let (c, pc) = run_once(broker, &de, None);
         assert_eq!(pa, free);
-        assert!(
-            broker.range.0 <= pb && pb <= broker.range.1,
-            "port-only got {pb}"
-        );
-        assert!(
-            broker.range.0 <= pc && pc <= broker.range.1,
-            "default got {pc}"
-        );
-        if i >= n / 10 {
-            alone.push(a);
-            only.push(b);
-            def.push(c);
-        }
-    }
-    let (a, b, c) = (median(alone), median(only), median(def));
+        let leased = broker.range.0..=broker.range.1;
+        assert!(leased.contains(&pb), "port-only got {pb}");
+        assert!(leased.contains(&pc), "default got {pc}");
+        [a, b, c]
+    });
     println!(
         "{name:<12} app alone {:>7.2} ms | pb exec --port-only {:>7.2} ms (+{:.2} ms, {:.2}×) | pb exec (default: fd 3 + shim swap) {:>7.2} ms (+{:.2} ms, {:.2}×; +{:.2} ms over --port-only)   (medians, n={n})",
         ms(a),
@@ -194,16 +171,7 @@ fn relay(broker: &Broker, n: usize) {
     serve(listener);
     let direct: SocketAddr = ([127, 0, 0, 1], port).into();
     let relayed: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
-    let (mut d, mut r) = (Vec::new(), Vec::new());
-    for i in 0..n + n / 10 {
-        let a = fetch(direct, 1);
-        let b = fetch(relayed, 1);
-        if i >= n / 10 {
-            d.push(a);
-            r.push(b);
-        }
-    }
-    let (d, r) = (median(d), median(r));
+    let [d, r] = interleaved(n, || [fetch(direct, 1), fetch(relayed, 1)]);
     println!(
         "relay, one connection (connect, 1 byte each way, close): direct {:>6.1} µs | relayed {:>6.1} µs (+{:.1} µs, {:.2}×)   (medians, n={n})",
         us(d),
@@ -240,16 +208,7 @@ fn main() {
         .unwrap_or(40);
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let c_src = dir.path().join("server.c");
-    std::fs::write(&c_src, C_SERVER).unwrap();
-    let c_bin = dir.path().join("server");
-    let built = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&c_bin)
-        .arg(&c_src)
-        .status()
-        .expect("cc");
-    assert!(built.success(), "cc failed");
+    let c_bin = cc(dir.path(), C_SERVER);
     startup(&broker, n, "C server", &[c_bin.to_str().unwrap()]);
     startup(&broker, n, "node server", &["node", "-e", NODE_SERVER]);
     relay(&broker, n * 50);

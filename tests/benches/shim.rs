@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pb_proto::{ClaimArgs, Op};
+use pb_tests::bench::{cc, interleaved, ms};
 use pb_tests::{Broker, PortBlock};
 
 const C_SERVER: &str = r#"
@@ -44,15 +45,6 @@ s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
 s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(16)\n\
 print(s.getsockname()[1]); s.close()\n";
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// Runs the server once; returns how long it took and the port it got.
 fn run_once(cmd: &[&str], port: u16, env: &[(&str, String)]) -> (Duration, u16) {
     let t = Instant::now();
@@ -80,16 +72,7 @@ fn main() {
         .unwrap_or(60);
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let c_src = dir.path().join("server.c");
-    std::fs::write(&c_src, C_SERVER).unwrap();
-    let c_bin = dir.path().join("server");
-    let built = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&c_bin)
-        .arg(&c_src)
-        .status()
-        .expect("cc");
-    assert!(built.success(), "cc failed");
+    let c_bin = cc(dir.path(), C_SERVER);
     let py = dir.path().join("server.py");
     std::fs::write(&py, PY_SERVER).unwrap();
 
@@ -118,8 +101,7 @@ fn main() {
     let c_cmd = [c_bin.to_str().unwrap()];
     let py_cmd = ["python3", py.to_str().unwrap()];
     for (name, cmd) in [("C server", &c_cmd[..]), ("python3 server", &py_cmd[..])] {
-        let (mut plain, mut load, mut swap) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..n + n / 10 {
+        let [p, l, s] = interleaved(n, || {
             let (a, pa) = run_once(cmd, free, &[]);
             let (b, pl) = run_once(cmd, free, &loaded);
             let (c, ps) = run_once(cmd, free, &swapping);
@@ -128,13 +110,8 @@ fn main() {
                 (broker.range.0..=broker.range.1).contains(&ps),
                 "the swapped bind got the brokered port, not {ps}"
             );
-            if i >= n / 10 {
-                plain.push(a);
-                load.push(b);
-                swap.push(c);
-            }
-        }
-        let (p, l, s) = (median(plain), median(load), median(swap));
+            [a, b, c]
+        });
         println!(
             "{name:<16} without shim {:>7.2} ms | shim loaded, unmapped {:>7.2} ms (+{:.2} ms, {:.2}×) | shim swapping the bind {:>7.2} ms (+{:.2} ms, {:.2}×)   (medians, n={n})",
             ms(p),

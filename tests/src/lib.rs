@@ -865,3 +865,57 @@ pub fn end_all(procs: &[(u32, u64)]) {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }
+
+/// What the benches share: medians, units, an interleaved run of variants,
+/// and compiling a C server.
+pub mod bench {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    pub fn median(mut v: Vec<Duration>) -> Duration {
+        v.sort();
+        v[v.len() / 2]
+    }
+
+    pub fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e3
+    }
+
+    pub fn us(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e6
+    }
+
+    /// Runs `one` (which times each of K variants once, in turn) `n` times
+    /// after `n / 10` warm-up rounds, and returns each variant's median: the
+    /// machine's noise falls on every variant alike.
+    pub fn interleaved<const K: usize>(
+        n: usize,
+        mut one: impl FnMut() -> [Duration; K],
+    ) -> [Duration; K] {
+        let mut all: [Vec<Duration>; K] = std::array::from_fn(|_| Vec::with_capacity(n));
+        for i in 0..n + n / 10 {
+            let got = one();
+            if i >= n / 10 {
+                for (v, d) in all.iter_mut().zip(got) {
+                    v.push(d);
+                }
+            }
+        }
+        all.map(median)
+    }
+
+    /// Compiles C source `src` with `cc -O2` into `dir`; the binary's path.
+    pub fn cc(dir: &Path, src: &str) -> PathBuf {
+        let c_src = dir.join("server.c");
+        std::fs::write(&c_src, src).expect("writing the C source");
+        let bin = dir.join("server");
+        let built = std::process::Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&bin)
+            .arg(&c_src)
+            .status()
+            .expect("cc");
+        assert!(built.success(), "cc failed");
+        bin
+    }
+}

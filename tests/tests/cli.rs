@@ -477,3 +477,38 @@ fn every_positional_argument_has_help() {
     check(&[], &mut missing);
     assert!(missing.is_empty(), "arguments without help: {missing:#?}");
 }
+
+/// Port Daddy's `url ID -e ENV`: `local` is the local URL; another
+/// environment's URL is the one the claim recorded; one never recorded is
+/// not found, and an unknown environment is refused.
+#[test]
+fn url_takes_port_daddys_environments() {
+    let broker = Broker::start();
+    let port = broker.claim(
+        "app:api",
+        &[
+            "--metadata",
+            r#"{"urls": {"staging": "https://api.staging.example"}}"#,
+        ],
+    );
+    assert_eq!(
+        broker.pb_ok(&["url", "app:api"]).trim(),
+        format!("http://localhost:{port}")
+    );
+    assert_eq!(
+        broker.pb_ok(&["url", "app:api", "-e", "local"]).trim(),
+        format!("http://localhost:{port}")
+    );
+    assert_eq!(
+        broker.pb_ok(&["url", "app:api", "--env", "staging"]).trim(),
+        "https://api.staging.example"
+    );
+    let out = broker.pb(&["url", "app:api", "-e", "prod"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("no prod URL for app:api"));
+    let out = broker.pb(&["url", "app:api", "-e", "mars"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = broker.pb(&["claim", "bad:meta", "--metadata", "{nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(broker.leases().iter().all(|(id, _)| id != "bad:meta"));
+}
