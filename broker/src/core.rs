@@ -275,7 +275,7 @@ impl Core {
     /// Loads the stored leases and reserves their ports again. A lease whose
     /// owner has died, or that expired while the broker was down, ends here.
     pub fn open(cfg: Config, store: Store) -> Result<Core, StoreError> {
-        let bus = EventBus::open(&store, &cfg.paths.state_dir.join("activity.db"))?;
+        let bus = EventBus::open(&store, &cfg.paths.activity_database())?;
         let mut core = Core {
             cfg,
             store,

@@ -3,12 +3,11 @@
 //! worker and signal handling.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
@@ -25,24 +24,6 @@ use pb_platform::startup::Notifier;
 /// The longest the expiry timer sleeps, so a lease claimed with an earlier
 /// expiry than any other is still ended within this much of its time.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
-
-/// Creates `dir` if needed and makes sure it is ours and private (0700).
-fn private_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let meta = fs::metadata(dir)?;
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        bail!(
-            "{} belongs to uid {}, not to us ({me}); refusing to use it",
-            dir.display(),
-            meta.uid()
-        );
-    }
-    if meta.permissions().mode() & 0o777 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
 
 /// Holds the daemon lock for the life of the process.
 struct InstanceLock(#[allow(dead_code)] fs::File);
@@ -71,8 +52,7 @@ pub struct AlreadyRunning(pub String);
 /// Runs the broker in the foreground until SIGTERM, SIGINT or a shutdown
 /// request.
 pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
-    private_dir(&cfg.paths.runtime_dir)?;
-    private_dir(&cfg.paths.state_dir)?;
+    crate::home::prepare(&cfg.paths)?;
     let _lock = take_lock(&cfg.paths.lock_file())?;
     let nofile = pb_platform::raise_open_file_limit().context("raising the open-file limit")?;
     let needed = 2 * cfg.max_leases + cfg.max_connections + cfg.http_max_connections + 64;

@@ -64,10 +64,20 @@ pub struct Daemon<'a> {
 /// Two clients racing here start two daemons; the instance lock lets only
 /// one live, and both clients then reach it.
 pub fn spawn_daemon(paths: &Paths) -> Result<Daemon<'_>> {
-    std::fs::create_dir_all(&paths.state_dir)?;
+    // Private from birth; the broker then checks the directory it finds
+    // (docs/SECURITY.md), and the log is never opened through a link
+    // someone may have planted.
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.state_dir)
+        .with_context(|| format!("creating {}", paths.state_dir.display()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(paths.log_file())
         .with_context(|| format!("opening {}", paths.log_file().display()))?;
     let exe = std::env::current_exe().context("locating the pb binary")?;

@@ -13,6 +13,10 @@ pub struct Paths {
     pub runtime_dir: PathBuf,
     /// Directory of the database and the log (mode 0700).
     pub state_dir: PathBuf,
+    /// The directories are pb's own `pb` subdirectories (the XDG default),
+    /// which pb may make private; a PB_HOME is the user's, which pb checks
+    /// but never changes.
+    pub own: bool,
 }
 
 impl Paths {
@@ -22,6 +26,7 @@ impl Paths {
             return Paths {
                 runtime_dir: home.clone(),
                 state_dir: home,
+                own: false,
             };
         }
         let user_home = std::env::var_os("HOME")
@@ -39,6 +44,7 @@ impl Paths {
         Paths {
             runtime_dir: runtime,
             state_dir: state,
+            own: true,
         }
     }
 
@@ -53,5 +59,8 @@ impl Paths {
     }
     pub fn log_file(&self) -> PathBuf {
         self.state_dir.join("broker.log")
+    }
+    pub fn activity_database(&self) -> PathBuf {
+        self.state_dir.join("activity.db")
     }
 }
