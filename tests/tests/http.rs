@@ -894,6 +894,13 @@ fn another_user_needs_the_token() {
         "refused requests change nothing"
     );
 
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let lower = format!("Authorization: bearer {token}");
+    let (status, body) = curl_as(
+        Some(user),
+        &[&format!("http://localhost:{p}/services"), "-H", &lower],
+    );
+    assert_eq!(status, 200, "a lower-case scheme is accepted: {body}");
     let auth = format!("Authorization: Bearer {token}");
     // X-PID is checked like --pid: the token holder's own process belongs
     // to another user than the one it acts for, so it cannot own a lease.
@@ -1096,4 +1103,39 @@ mod nix_free_rlimit {
             );
         }
     }
+}
+
+/// Issue 14, defect 6: a request that names its Host (or Origin, or its
+/// body's type or length, or its credentials) twice is refused with a 400
+/// before any route runs: the check and the route could read different
+/// copies. A header line hundreds of KB long gets a 431.
+#[test]
+fn doubled_deciding_headers_and_huge_header_lines_are_refused() {
+    let broker = Broker::start();
+    let p = broker.http_port().unwrap();
+    let me = format!("127.0.0.1:{p}");
+    let origin = format!("http://localhost:{p}");
+    for headers in [
+        vec![("Host", me.as_str()), ("Host", "evil.com")],
+        vec![("Host", "evil.com"), ("Host", me.as_str())],
+        vec![("Origin", origin.as_str()), ("Origin", "http://evil.com")],
+        vec![
+            ("Content-Type", "application/json"),
+            ("Content-Type", "text/plain"),
+        ],
+        vec![("Authorization", "Bearer a"), ("Authorization", "Bearer b")],
+    ] {
+        let r = request(p, "POST", "/claim/doubled", &headers, b"");
+        assert_error(&r, 400, "invalid_request");
+        assert!(
+            r.body["error"].as_str().unwrap().contains("more than once"),
+            "{headers:?}: {r:?}"
+        );
+    }
+    assert!(broker.leases().is_empty(), "nothing was claimed");
+    let huge = "x".repeat(512 * 1024);
+    let r = request(p, "GET", "/services", &[("X-Huge", huge.as_str())], b"");
+    assert_eq!(r.status, 431, "{r:?}");
+    // The broker still serves.
+    assert_eq!(get(p, "/services").status, 200);
 }

@@ -28,6 +28,7 @@ pub async fn admit(
     req: Request<Incoming>,
 ) -> Result<Request<Body>, ApiError> {
     let port = conn.local.port();
+    check_single(req.headers())?;
     check_host(req.headers(), req.uri(), port)?;
     check_origin(req.headers(), port)?;
     // Before identification, so that refused requests count too (token or
@@ -63,6 +64,38 @@ pub async fn admit(
     parts.extensions.insert(caller);
     parts.extensions.insert(conn.clone());
     Ok(Request::from_parts(parts, Body::from(body)))
+}
+
+/// Headers that decide who a request is for, from whom and what it carries:
+/// sent twice, the checks and the routes could read different copies (the
+/// first `Host` passes the check, another reaches a proxy), so RFC 9110
+/// and 9112 make such a request invalid.
+const SINGLE: [header::HeaderName; 5] = [
+    header::HOST,
+    header::ORIGIN,
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+];
+
+/// Refuses a request that sends any of [`SINGLE`] more than once.
+pub fn check_single(headers: &HeaderMap) -> Result<(), ApiError> {
+    for name in &SINGLE {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("the {name} header is sent more than once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// Requests that need no identification (see [`admit`]).
@@ -203,7 +236,7 @@ pub fn authorize(
     if peer_uid == broker_uid || peer_uid == 0 {
         return Ok(peer_uid);
     }
-    match authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) {
+    match authorization.and_then(bearer) {
         Some(t) if token.matches(t) => Ok(broker_uid),
         None if session => Ok(broker_uid),
         Some(_) => Err(ApiError::new(
@@ -325,6 +358,20 @@ mod tests {
     }
 
     #[test]
+    fn each_deciding_header_is_sent_once() {
+        for name in SINGLE {
+            let mut h = headers(&[(header::HOST, "localhost:9876")]);
+            if name != header::HOST {
+                h.append(name.clone(), "a".parse().unwrap());
+            }
+            check_single(&h).unwrap();
+            h.append(name.clone(), "b".parse().unwrap());
+            let e = check_single(&h).unwrap_err();
+            assert!(e.0.message.contains("more than once"), "{name}");
+        }
+    }
+
+    #[test]
     fn origins() {
         check_origin(&HeaderMap::new(), 9876).unwrap();
         check_origin(&headers(&[(header::ORIGIN, "http://localhost:9876")]), 9876).unwrap();
@@ -364,6 +411,15 @@ mod tests {
         assert_eq!(authorize(1001, 0, &token, Some(&bearer), false).unwrap(), 0);
         assert_eq!(authorize(1001, 1000, &token, None, true).unwrap(), 1000);
         assert!(authorize(1001, 1000, &token, Some("Bearer nope"), true).is_err());
+        // The scheme is case-insensitive.
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let auth = format!("{scheme} {secret}");
+            assert_eq!(
+                authorize(1001, 1000, &token, Some(&auth), false).unwrap(),
+                1000
+            );
+        }
+        assert!(authorize(1001, 1000, &token, Some(&format!("Basic {secret}")), false).is_err());
     }
 
     #[test]
