@@ -207,6 +207,7 @@ impl Lease {
             created_ms: self.record.created_ms,
             orphaned_ms: self.orphaned_ms,
             claimant: self.claimant,
+            held: self.sockets.is_some(),
         }
     }
 
@@ -555,6 +556,33 @@ impl Core {
                 "how": "waits for its app's next run",
                 "grace_ms": grace_ms,
             }),
+        );
+    }
+
+    /// A lease reloaded without its sockets (its port was taken when the
+    /// broker restarted) takes the port back as soon as it is free, so the
+    /// first invariant holds again: a leased port is held in the kernel.
+    pub fn hold_again(&mut self, id: &str) {
+        let Some(lease) = self.leases.get(id) else {
+            return;
+        };
+        if lease.sockets.is_some() {
+            return;
+        }
+        let port = lease.record.port;
+        // Exclusive first, as every claim: a port that anything still holds
+        // (even a non-listening socket) stays where it is.
+        let Ok(sockets) = bind_wanted(port, false, &mut self.pool) else {
+            return;
+        };
+        let lease = self.leases.get_mut(id).expect("checked above");
+        lease.sockets = Some(Arc::new(sockets));
+        eprintln!("pb: lease {id}: port {port} is free again; the broker holds it");
+        self.emit(
+            EventKind::ServiceHeld,
+            id,
+            None,
+            serde_json::json!({ "port": port }),
         );
     }
 

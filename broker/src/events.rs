@@ -42,6 +42,9 @@ pub enum EventKind {
     ServiceReclaim,
     /// Ownership moved (socket follow, adoption).
     ServiceOwnerChanged,
+    /// A lease the broker could not hold after a restart (its port was
+    /// taken) is held again, its port being free.
+    ServiceHeld,
     ServiceRenew,
     LockAcquire,
     LockRelease,
@@ -72,7 +75,12 @@ impl EventKind {
         use EventKind::*;
         matches!(
             self,
-            ServiceClaim | ServiceRelease | ServiceExpire | ServiceReclaim | ServiceOwnerChanged
+            ServiceClaim
+                | ServiceRelease
+                | ServiceExpire
+                | ServiceReclaim
+                | ServiceOwnerChanged
+                | ServiceHeld
         )
     }
 
@@ -84,6 +92,7 @@ impl EventKind {
             ServiceExpire => "service.expire",
             ServiceReclaim => "service.reclaim",
             ServiceOwnerChanged => "service.owner_changed",
+            ServiceHeld => "service.held",
             ServiceRenew => "service.renew",
             LockAcquire => "lock.acquire",
             LockRelease => "lock.release",

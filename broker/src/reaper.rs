@@ -57,6 +57,9 @@ pub struct LeaseView {
     pub orphaned_ms: Option<u64>,
     /// Whose exit ends the lease while no app has adopted it.
     pub claimant: Option<ProcessId>,
+    /// The broker holds sockets on the port (false only for a lease reloaded
+    /// after a restart whose port someone else held).
+    pub held: bool,
 }
 
 pub async fn run(core: SharedCore, mut jobs: mpsc::Receiver<ReaperJob>, interval: Duration) {
@@ -205,8 +208,12 @@ fn scan(core: &SharedCore, interval: Duration) {
     let mut verdicts = Vec::new();
     let mut adoptions = Vec::new();
     let mut expired_orphans = Vec::new();
+    let mut unheld = Vec::new();
     let now = now_ms();
     for v in &views {
+        if !v.held {
+            unheld.push(v.id.clone());
+        }
         let foreign: Vec<u64> = foreign_listeners(&listening, v).collect();
         let owner_alive = v.owner.is_some_and(|o| o.is_alive());
         served.push((v.id.clone(), !foreign.is_empty() || owner_alive));
@@ -279,5 +286,8 @@ fn scan(core: &SharedCore, interval: Duration) {
     }
     for (id, since) in expired_orphans {
         core.end_orphan(&id, since);
+    }
+    for id in unheld {
+        core.hold_again(&id);
     }
 }

@@ -176,3 +176,62 @@ fn private_directory_and_socket() {
     assert_eq!(mode(&broker.socket()), 0o600);
     assert_eq!(mode(&broker.home.path().join("pb.db")), 0o600);
 }
+
+/// Issue 14, defect 1: a number-only lease whose port another user took
+/// while the broker was down is reloaded unheld (`held: false`); once that
+/// process lets the port go, the broker holds it again (within a scan), so
+/// no process of any user can bind a leased port while the broker runs.
+#[test]
+fn a_lease_whose_port_was_taken_across_a_restart_is_held_again_when_it_frees() {
+    use std::io::BufRead;
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root to act as another user"
+    );
+    let mut broker = Broker::start_with(&[("PB_SCAN_INTERVAL", "200ms")]);
+    let port = broker.claim("app:web", &["--keep"]);
+    broker.kill9();
+    let squat = format!(
+        "import socket,time\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen(8); print('up', flush=True); time.sleep(60)"
+    );
+    let mut squatter = Proc(
+        // Debian's python3: one the other user can run (not under /root).
+        command_as(Some((65534, 65534)), "/usr/bin/python3")
+            .args(["-c", &squat])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(squatter.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "up");
+    broker.restart();
+    let held = |b: &Broker| b.pb_json(&["find", "app:web"])["services"][0]["held"].as_bool();
+    assert_eq!(
+        held(&broker),
+        Some(false),
+        "reloaded, but the port is taken"
+    );
+    squatter.signal(libc::SIGKILL);
+    squatter.wait_for(Duration::from_secs(5));
+    let again = wait_until(Duration::from_secs(10), || {
+        (held(&broker) == Some(true)).then_some(())
+    });
+    assert!(
+        again.is_some(),
+        "held again once the port was free: {}",
+        broker.log()
+    );
+    assert!(
+        !can_bind(v4(port)) && !can_bind(v6(port)),
+        "nobody else can bind it"
+    );
+    assert!(broker.log().contains("is free again"));
+    let events = broker.activity(&["--action", "service.held"]);
+    assert_eq!(events.len(), 1, "{events:?}");
+}
