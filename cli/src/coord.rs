@@ -14,7 +14,7 @@ use pb_platform::supervise::{self, ChildSpec};
 use pb_proto::paths::Paths;
 use pb_proto::{
     ActivityArgs, ActivityEntry, ActivityReply, AgentArgs, AgentInfo, AgentReply, AgentsReply,
-    ChannelsReply, Client, HistoryReply, LockArgs, LockInfo, LockOwnerArg, LockReply, LocksReply,
+    ChannelsReply, HistoryReply, LockArgs, LockInfo, LockOwnerArg, LockReply, LocksReply,
     MessageInfo, Op, Owner, PublishReply, WaitReply,
 };
 use serde_json::Value;
@@ -118,12 +118,44 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         (true, None) => Some(60_000),
     };
     let hold_for_command = !c.command.is_empty();
-    let owner = if hold_for_command {
-        Some(LockOwnerArg::Caller)
+    // With a command, the lock is the command's own: it is forked first and
+    // held before its exec, the lock is taken for its pid, and only then
+    // does it run. So it holds the lock for exactly as long as it runs,
+    // even if pb itself is killed (issue 14).
+    let held = if hold_for_command {
+        let spec = ChildSpec {
+            program: c.command[0].clone(),
+            args: c.command[1..].to_vec(),
+            fd_names: Vec::new(),
+            listen_fds: Vec::new(),
+            env: Vec::new(),
+            unset: Vec::new(),
+            listen_pid: false,
+            late_env: Some(("PB_LOCK_TOKEN".into(), 20)),
+        };
+        match supervise::spawn_held(spec) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("pb: {e}");
+                return Ok(e.exit_code());
+            }
+        }
     } else {
-        owner_arg(c.owner, c.pid, agent.as_deref())?
+        None
     };
-    let mut client = connect::connect(paths)?;
+    let owner = match &held {
+        Some(h) => Some(LockOwnerArg::Pid(h.pid())),
+        None => owner_arg(c.owner, c.pid, agent.as_deref())?,
+    };
+    let mut client = match connect::connect(paths) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(h) = held {
+                h.abandon();
+            }
+            return Err(e);
+        }
+    };
     let progress = wait_ms.map(|_| output::Progress::start(format!("waiting for lock {}", c.name)));
     let reply = client.call_as::<LockReply>(Op::LockAcquire(LockArgs {
         name: c.name.clone(),
@@ -133,7 +165,15 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         agent: agent.clone(),
     }));
     drop(progress);
-    let (reply, _) = reply?;
+    let (reply, _) = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(h) = held {
+                h.abandon();
+            }
+            return Err(e.into());
+        }
+    };
     match fmt {
         Format::Json if !hold_for_command => output::print_json(&reply),
         Format::Quiet => outln!("{}", reply.lock.token),
@@ -146,34 +186,14 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         ),
         Format::Json => {}
     }
-    if !hold_for_command {
+    let Some(held) = held else {
         return Ok(0);
-    }
-    let spec = ChildSpec {
-        program: c.command[0].clone(),
-        args: c.command[1..].to_vec(),
-        fd_names: Vec::new(),
-        listen_fds: Vec::new(),
-        env: vec![("PB_LOCK_TOKEN".into(), reply.lock.token.to_string().into())],
-        unset: Vec::new(),
-        listen_pid: false,
     };
-    let release = |client: &mut Client| {
-        let op = Op::LockRelease {
-            name: c.name.clone(),
-            owner: owner.clone(),
-            agent: agent.clone(),
-            force: false,
-        };
-        if let Err(e) = client.call(op) {
-            eprintln!("pb: releasing lock {}: {e}", c.name);
-        }
-    };
-    let child = match supervise::spawn(spec) {
+    let child = match held.start_with(&reply.lock.token.to_string()) {
         Ok(ch) => ch,
+        // The command's process is gone, and its lock with it.
         Err(e) => {
             eprintln!("pb: {e}");
-            release(&mut client);
             return Ok(e.exit_code());
         }
     };
@@ -211,7 +231,22 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
     done.store(true, Ordering::Relaxed);
     renew.thread().unpark();
     let _ = renew.join();
-    release(&mut client.lock().unwrap_or_else(|e| e.into_inner()));
+    // The lock was the command's process's, so it ended when that process
+    // did: the broker's exit watch releases it (and grants the next
+    // waiter) without a word from here. Wait (bounded) until it has, so a
+    // script's next `pb lock NAME` finds it free.
+    let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        match client.call_as::<LockInfo>(Op::LockInfo {
+            name: c.name.clone(),
+        }) {
+            Ok((l, _)) if l.token == reply.lock.token => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => break,
+        }
+    }
     Ok(code)
 }
 

@@ -158,6 +158,7 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         env,
         unset,
         listen_pid: !o.no_pid,
+        late_env: None,
     };
     let child = match supervise::spawn(spec) {
         Ok(c) => c,

@@ -73,6 +73,9 @@ pub struct ChildSpec {
     /// `watchexec`) passes the sockets on to a process whose pid differs,
     /// which listenfd-style apps then still accept.
     pub listen_pid: bool,
+    /// A variable whose value (at most this many bytes) is known only
+    /// after the fork, and given to [`Held::start_with`].
+    pub late_env: Option<(String, usize)>,
 }
 
 /// How long the rest of a tree gets between SIGTERM and SIGKILL, unless
@@ -307,9 +310,83 @@ fn cstring(bytes: Vec<u8>) -> std::io::Result<CString> {
     })
 }
 
-/// Starts the child. Signals we forward are blocked in this thread from here
-/// until `Supervised::wait` returns, so none is lost in between.
+/// Starts the child. Signals we forward are blocked in this thread from
+/// just before its exec until `Supervised::wait` returns, so none sent to a
+/// running command is lost; one that comes earlier ends pb, and the held
+/// child with it.
 pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
+    spawn_held(spec)?.start()
+}
+
+/// A child forked but held before its exec, so that something can be
+/// arranged for its pid first (`pb lock NAME -- CMD` takes the lock *for
+/// the command's own process*, which then holds it even if pb dies). It
+/// execs on [`Held::start`]; if this process dies or abandons it first, it
+/// exits without running anything.
+pub struct Held {
+    pid: Pid,
+    /// Writing a byte (or closing it unwritten) lets the child go on.
+    go: OwnedFd,
+    /// Closed by the exec; carries errno if the exec failed.
+    err_r: OwnedFd,
+    display: String,
+}
+
+impl Held {
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Lets the child exec, and supervises it from here on.
+    pub fn start(self) -> Result<Supervised, SpawnError> {
+        self.start_with("")
+    }
+
+    /// The same, with the value of the spec's `late_env` (cut to its width).
+    pub fn start_with(self, late_value: &str) -> Result<Supervised, SpawnError> {
+        let mut signals = SigSet::empty();
+        signals.add(Signal::SIGCHLD);
+        for s in FORWARDED {
+            signals.add(s);
+        }
+        let mut old_mask = SigSet::empty();
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old_mask))
+            .map_err(std::io::Error::from)?;
+        let mut go = std::fs::File::from(self.go);
+        // A marker byte, then the late value; the close ends it. A failed
+        // write means the child is gone: the exec pipe says how.
+        let mut word = vec![b'g'];
+        word.extend_from_slice(late_value.as_bytes());
+        let _ = std::io::Write::write_all(&mut go, &word);
+        drop(go);
+        let mut buf = [0u8; 4];
+        let mut err_r = std::fs::File::from(self.err_r);
+        let got = std::io::Read::read(&mut err_r, &mut buf).unwrap_or(0);
+        if got == 4 {
+            let _ = waitpid(self.pid, None);
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            return Err(SpawnError::Exec {
+                program: self.display,
+                source: std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
+            });
+        }
+        Ok(Supervised {
+            pid: self.pid,
+            signals,
+            old_mask,
+        })
+    }
+
+    /// The child exits without running anything; reaped here.
+    pub fn abandon(self) {
+        let pid = self.pid;
+        drop(self.go);
+        let _ = waitpid(pid, None);
+    }
+}
+
+/// Forks the child and holds it before its exec (see [`Held`]).
+pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
     let display = spec.program.to_string_lossy().into_owned();
     let path = find_program(&spec.program)?;
     let path_c = cstring(path.into_os_string().into_vec())?;
@@ -345,6 +422,17 @@ pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
         kv.extend(v.as_bytes());
         envp.push(cstring(kv)?);
     }
+    // The late variable's value comes over the go-ahead pipe, into room
+    // made here (the child allocates nothing).
+    let late_index = match &spec.late_env {
+        Some((name, width)) => {
+            envp.push(cstring(
+                format!("{name}={}", " ".repeat(*width)).into_bytes(),
+            )?);
+            Some((envp.len() - 1, name.len() + 1, *width))
+        }
+        None => None,
+    };
     // LISTEN_PID's digits are filled in by the child; 20 spaces of room.
     let listen_pid_index = if n > 0 {
         envp.push(cstring(format!("LISTEN_FDS={n}").into_bytes())?);
@@ -379,21 +467,15 @@ pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
     }
     drop(spec.listen_fds);
 
-    // exec failures travel back over a close-on-exec pipe.
+    // exec failures travel back over a close-on-exec pipe; the go-ahead
+    // comes over another.
     let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let (go_r, go_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
 
     // Orphans of the tree come to us, so that it ends with us.
     crate::sys::become_subreaper()?;
-
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGCHLD);
-    for s in FORWARDED {
-        signals.add(s);
-    }
-    let mut old_mask = SigSet::empty();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old_mask))
-        .map_err(std::io::Error::from)?;
 
     let argv_ptrs: Vec<*const libc::c_char> = argv
         .iter()
@@ -411,9 +493,39 @@ pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
 
     // SAFETY: between fork and exec the child only makes async-signal-safe
     // calls on memory prepared above; it allocates nothing.
+    let (go_r_raw, go_w_raw) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+    let late_slot: Option<(*mut u8, usize)> = late_index
+        .map(|(i, offset, width)| (unsafe { (envp[i].as_ptr() as *mut u8).add(offset) }, width));
     match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
         ForkResult::Child => unsafe {
-            libc::sigprocmask(libc::SIG_SETMASK, old_mask.as_ref(), std::ptr::null_mut());
+            // Only the parent may hold the write end, so that its death
+            // reads as end-of-file here.
+            libc::close(go_w_raw);
+            // The marker byte, then the late value until end-of-file.
+            let mut marker = 0u8;
+            loop {
+                match libc::read(go_r_raw, (&mut marker as *mut u8).cast(), 1) {
+                    1 => break,
+                    n if n < 0 && *libc::__errno_location() == libc::EINTR => continue,
+                    // Abandoned, or the parent died: run nothing.
+                    _ => libc::_exit(0),
+                }
+            }
+            if let Some((slot, width)) = late_slot {
+                let mut got = 0usize;
+                while got < width {
+                    let n = libc::read(go_r_raw, slot.add(got).cast(), width - got);
+                    if n > 0 {
+                        got += n as usize;
+                    } else if n < 0 && *libc::__errno_location() == libc::EINTR {
+                        continue;
+                    } else {
+                        break;
+                    }
+                }
+                // End the value where it ended; the padding is never read.
+                *slot.add(got) = 0;
+            }
             for (i, fd) in high_raw.iter().enumerate() {
                 if libc::dup2(*fd, LISTEN_FDS_START + i as RawFd) < 0 {
                     child_fail(err_w.as_raw_fd());
@@ -427,24 +539,13 @@ pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
         },
         ForkResult::Parent { child } => {
             drop(err_w);
+            drop(go_r);
             drop(high);
-            let mut buf = [0u8; 4];
-            let mut err_r = std::fs::File::from(err_r);
-            let got = std::io::Read::read(&mut err_r, &mut buf).unwrap_or(0);
-            if got == 4 {
-                let _ = waitpid(child, None);
-                let _ =
-                    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-                let errno = i32::from_ne_bytes(buf);
-                return Err(SpawnError::Exec {
-                    program: display,
-                    source: std::io::Error::from_raw_os_error(errno),
-                });
-            }
-            Ok(Supervised {
+            Ok(Held {
                 pid: child,
-                signals,
-                old_mask,
+                go: go_w,
+                err_r,
+                display,
             })
         }
     }

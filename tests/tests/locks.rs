@@ -421,3 +421,61 @@ fn an_expired_holding_passes_to_the_next_waiter() {
     assert_eq!(expired[0]["details"]["token"], t1);
     assert!(expired[0]["actor"].is_null(), "the broker expired it");
 }
+
+/// Issue 14, defect 2: `pb lock NAME -- CMD` takes the lock for CMD's own
+/// process. A kill -9 of `pb` alone leaves CMD running and holding it, so
+/// no waiter is granted while CMD can still run; CMD's end releases it.
+#[test]
+fn lock_dash_dash_cmd_keeps_excluding_when_pb_is_killed() {
+    use std::io::BufRead;
+    let broker = Broker::start();
+    let mut pb = Proc(
+        broker
+            .cmd()
+            .args([
+                "lock",
+                "L",
+                "--",
+                "sh",
+                "-c",
+                "echo token=$PB_LOCK_TOKEN pid=$$; exec sleep 30",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(pb.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let token: u64 = words[0]
+        .trim_start_matches("token=")
+        .parse()
+        .expect("PB_LOCK_TOKEN is set");
+    let cmd_pid: u32 = words[1].trim_start_matches("pid=").parse().unwrap();
+    let held = broker.pb_json(&["locks"]);
+    assert_eq!(
+        held["locks"][0]["pid"], cmd_pid,
+        "CMD itself holds it: {held}"
+    );
+    assert_eq!(held["locks"][0]["token"], token);
+    pb.signal(libc::SIGKILL);
+    pb.wait_for(Duration::from_secs(5));
+    // pb is gone; CMD runs on and still holds the lock.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = broker.pb(&[
+        "lock",
+        "L",
+        "--owner",
+        "next",
+        "--wait",
+        "--timeout",
+        "500ms",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "no grant while CMD runs");
+    // CMD ends (the test started it, through pb): the lock passes on.
+    unsafe { libc::kill(cmd_pid as i32, libc::SIGKILL) };
+    let v = broker.pb_json(&["lock", "L", "--owner", "next", "--wait", "--timeout", "5s"]);
+    assert!(v["lock"]["token"].as_u64().unwrap() > token, "{v}");
+}
