@@ -879,8 +879,15 @@ impl Core {
             metadata,
             agent: a.agent.clone(),
         };
-        // Persist first: if the disk refuses, the sockets close on drop and
-        // nothing changed.
+        let session = if a.session { caller.session } else { None };
+        // The reply is made before anything is stored: handing the sockets
+        // over can still fail (a relay's duplicate descriptor, EMFILE), and
+        // a claim that fails must change nothing.
+        let mut lease = Lease::new(record.clone(), Some(sockets), session);
+        lease.claimant = claimant;
+        let outcome = claim_outcome(&mut lease, false, a.fds, a.family, &mut self.pool)?;
+        // Persist, then acknowledge: if the disk refuses, the sockets (and
+        // any relay) close on drop and nothing changed.
         self.store.insert_lease(&record).map_err(internal)?;
         let undo = Undo::Claim {
             id: a.id.clone(),
@@ -898,15 +905,7 @@ impl Core {
         if let Some(c) = claimant {
             self.send_to_reaper(ReaperJob::Watch(c, None));
         }
-        let session = if a.session { caller.session } else { None };
-        let lease =
-            self.leases
-                .entry(a.id.clone())
-                .or_insert(Lease::new(record, Some(sockets), session));
-        lease.claimant = claimant;
-        // The sockets were bound listening when `fds` was asked for, so
-        // this cannot fail after the lease was stored.
-        let outcome = claim_outcome(lease, false, a.fds, a.family, &mut self.pool)?;
+        self.leases.insert(a.id.clone(), lease);
         self.trim_sticky();
         self.emit_by(
             EventKind::ServiceClaim,
