@@ -27,6 +27,9 @@ pub struct Config {
     /// How long a number-only lease outlives the app that adopted it, for
     /// a reloader's next run to bind the port (PB_RELOAD_GRACE, 10s).
     pub reload_grace: std::time::Duration,
+    /// Test seam (PB_TEST_PANIC_ON_CLAIM): a claim of this id panics inside
+    /// the core, so a test can watch the broker abort and recover.
+    pub test_panic_on_claim: Option<String>,
     /// Where the HTTP API listens (PB_HTTP_ADDR: comma-separated
     /// `host:port`, loopback only, or `off`). Empty: no HTTP.
     pub http_addrs: Vec<SocketAddr>,
@@ -311,6 +314,9 @@ impl Config {
                 ),
                 "at most 1h",
             )?,
+            test_panic_on_claim: std::env::var("PB_TEST_PANIC_ON_CLAIM")
+                .ok()
+                .filter(|v| !v.is_empty()),
             coord: CoordConfig::from_env()?,
             webhooks: WebhookConfig::from_env()?,
         })

@@ -836,6 +836,9 @@ impl Core {
             }
         }
 
+        if self.cfg.test_panic_on_claim.as_deref() == Some(a.id.as_str()) {
+            panic!("PB_TEST_PANIC_ON_CLAIM: a claim of {}", a.id);
+        }
         if let Some(lease) = self.leases.get_mut(&a.id) {
             Self::owned_by_caller(lease, caller)?;
             if let Some(p) = want_port.filter(|p| *p != lease.record.port) {

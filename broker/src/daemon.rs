@@ -52,6 +52,15 @@ pub struct AlreadyRunning(pub String);
 /// Runs the broker in the foreground until SIGTERM, SIGINT or a shutdown
 /// request.
 pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
+    // A panic anywhere may leave a change half-applied in memory: the
+    // broker aborts at once instead of serving it, and its next start
+    // reloads what was stored (every acknowledged change is; issue 14).
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "pb: the broker panicked: {info}; aborting rather than serve a half-applied change (the next start reloads the store)"
+        );
+        std::process::abort();
+    }));
     crate::home::prepare(&cfg.paths)?;
     let _lock = take_lock(&cfg.paths.lock_file())?;
     let nofile = pb_platform::raise_open_file_limit().context("raising the open-file limit")?;

@@ -283,11 +283,17 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
+        let log_path = self.home.path().join("broker.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.home.path().join("broker.log"))
+            .open(&log_path)
             .unwrap();
+        // The broker uses no file of another user's in its home, this
+        // test's included.
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(&log_path, Some(uid), Some(gid)).expect("chown the log");
+        }
         // setpriv execs pb: the child is the daemon itself.
         let mut cmd = command_as(self.user, pb_bin());
         let child = cmd
@@ -468,6 +474,16 @@ impl Broker {
                 )
             })
             .collect()
+    }
+
+    /// Waits (at most `limit`) for the broker to exit on its own; how it did.
+    pub fn exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.daemon.as_mut()?;
+        let status = wait_until(limit, || child.try_wait().ok().flatten());
+        if status.is_some() {
+            self.daemon = None;
+        }
+        status
     }
 
     /// SIGKILL, as a crash would.

@@ -235,3 +235,29 @@ fn a_lease_whose_port_was_taken_across_a_restart_is_held_again_when_it_frees() {
     let events = broker.activity(&["--action", "service.held"]);
     assert_eq!(events.len(), 1, "{events:?}");
 }
+
+/// Issue 14, defect 10: a panic inside the core aborts the broker at once,
+/// rather than carrying on with a change half-applied in memory; the next
+/// start reloads exactly what was acknowledged.
+#[test]
+fn a_panic_in_the_core_aborts_the_broker_and_a_restart_recovers() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut broker = Broker::start_with(&[("PB_TEST_PANIC_ON_CLAIM", "boom")]);
+    let kept = broker.claim("kept", &["--keep"]);
+    let out = broker.pb(&["claim", "boom"]);
+    assert!(
+        !out.status.success(),
+        "the claim that panicked is not acknowledged"
+    );
+    let status = broker
+        .exited(Duration::from_secs(10))
+        .expect("the broker ended");
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    assert!(
+        broker.log().contains("the broker panicked"),
+        "{}",
+        broker.log()
+    );
+    broker.restart();
+    assert_eq!(broker.leases(), vec![("kept".to_string(), kept)]);
+}
