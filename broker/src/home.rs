@@ -72,6 +72,7 @@ pub fn prepare(paths: &Paths) -> Result<(), HomeError> {
             private_file(&f, file, true)?;
         }
     }
+    private_file(&crate::fingerprint::path_of(&paths.database()), file, true)?;
     private_file(&paths.lock_file(), file, true)?;
     private_file(&paths.log_file(), file, true)?;
     private_file(&paths.socket(), "socket", true)?;

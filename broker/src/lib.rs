@@ -17,6 +17,7 @@ pub mod core;
 pub mod daemon;
 pub mod deliver;
 pub mod events;
+pub mod fingerprint;
 pub mod home;
 pub mod http;
 pub mod ids;

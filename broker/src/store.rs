@@ -18,6 +18,8 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection};
+
+use crate::fingerprint::{self, Fingerprint, WitnessFile};
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,20 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("starting the activity log's writer: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("{db} holds {found} live leases, but {witness} says {said} were acknowledged: its write-ahead log was lost or cut short, or the file was zeroed or replaced. The broker will not start on it, so that no acknowledged lease is lost unsaid. To start with what the database holds (the leases it lacks are gone), move the fingerprint aside: mv {witness} {witness}.old; to start empty, move {db} aside as well")]
+    Damaged {
+        db: std::path::PathBuf,
+        witness: std::path::PathBuf,
+        found: u64,
+        said: u64,
+    },
+    #[error("{db} is damaged ({problem}). The broker will not start on it: move it aside (mv {db} {db}.damaged) to start empty, or restore it from a backup")]
+    Corrupt {
+        db: std::path::PathBuf,
+        problem: String,
+    },
+    #[error("writing {0}: {1}")]
+    Witness(std::path::PathBuf, std::io::Error),
 }
 
 /// A lease as stored.
@@ -236,16 +252,71 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
 
 pub struct Store {
     conn: Connection,
+    /// The live set as committed, and the file that witnesses it
+    /// (`fingerprint.rs`); no file for an in-memory store.
+    live: Fingerprint,
+    witness: Option<(WitnessFile, std::path::PathBuf)>,
 }
 
 impl Store {
+    /// Opens the database after proving it whole: SQLite's own check, then
+    /// the live leases against the fingerprint kept outside it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        let problem: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .unwrap_or_else(|e| e.to_string());
+        if problem != "ok" {
+            return Err(StoreError::Corrupt {
+                db: path.to_path_buf(),
+                problem,
+            });
+        }
+        let has_services: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'services'",
+            [],
+            |r| r.get(0),
+        )?;
+        let live = if has_services {
+            let mut st = conn.prepare("SELECT id FROM services WHERE active = 1")?;
+            let ids: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Fingerprint::of(ids.iter().map(String::as_str))
+        } else {
+            Fingerprint::default()
+        };
+        let witness_path = fingerprint::path_of(path);
+        let (witness, said) = WitnessFile::open(&witness_path)
+            .map_err(|e| StoreError::Witness(witness_path.clone(), e))?;
+        if let Some(said) = said.filter(|w| !w.accepts(live)) {
+            return Err(StoreError::Damaged {
+                db: path.to_path_buf(),
+                witness: witness_path,
+                found: live.count,
+                said: said.after.count,
+            });
+        }
+        witness
+            .record(live, live)
+            .map_err(|e| StoreError::Witness(witness_path.clone(), e))?;
+        let mut store = Self::init(conn)?;
+        store.live = live;
+        store.witness = Some((witness, witness_path));
+        Ok(store)
     }
 
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Self::init(Connection::open_in_memory()?)
+    }
+
+    /// Says, before the commit that makes it, that the live set becomes
+    /// `next`.
+    fn witness(&self, next: Fingerprint) -> Result<(), StoreError> {
+        match &self.witness {
+            Some((w, path)) => w
+                .record(self.live, next)
+                .map_err(|e| StoreError::Witness(path.clone(), e)),
+            None => Ok(()),
+        }
     }
 
     fn init(conn: Connection) -> Result<Store, StoreError> {
@@ -257,7 +328,11 @@ impl Store {
         // Checkpoints fsync; fewer, larger ones keep that off most requests.
         conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn };
+        let mut store = Store {
+            conn,
+            live: Fingerprint::default(),
+            witness: None,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -316,8 +391,11 @@ impl Store {
     }
 
     /// Records a lease; its port becomes the id's sticky port. An id's
-    /// sticky age is the time it was last given a *different* port.
+    /// sticky age is the time it was last given a *different* port. The
+    /// core inserts only ids that have no live lease.
     pub fn insert_lease(&mut self, l: &LeaseRecord) -> Result<(), StoreError> {
+        let next = self.live.with(&l.id, true);
+        self.witness(next)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO services (id, port, active, uid, owner_pid, owner_start, created_ms,
@@ -343,24 +421,29 @@ impl Store {
                 l.metadata.as_ref().map(|m| m.to_string()),
                 l.agent,
             ])?;
+        self.live = next;
         Ok(())
     }
 
     /// Ends leases; their ids keep their ports as sticky memory.
     pub fn end_leases(&mut self, ids: &[&str]) -> Result<(), StoreError> {
-        let end = "UPDATE services SET active = 0 WHERE id = ?1";
-        if let [id] = ids {
-            self.conn.prepare_cached(end)?.execute([id])?;
-            return Ok(());
-        }
+        let end = "UPDATE services SET active = 0 WHERE id = ?1 AND active = 1";
         let tx = self.conn.transaction()?;
+        let mut next = self.live;
         {
             let mut st = tx.prepare_cached(end)?;
             for id in ids {
-                st.execute([id])?;
+                if st.execute([id])? == 1 {
+                    next = next.with(id, false);
+                }
             }
         }
+        if let Some((w, path)) = &self.witness {
+            w.record(self.live, next)
+                .map_err(|e| StoreError::Witness(path.clone(), e))?;
+        }
         tx.commit()?;
+        self.live = next;
         Ok(())
     }
 

@@ -261,3 +261,84 @@ fn a_panic_in_the_core_aborts_the_broker_and_a_restart_recovers() {
     broker.restart();
     assert_eq!(broker.leases(), vec![("kept".to_string(), kept)]);
 }
+
+/// Runs `pb daemon` on `broker`'s home (stopped) and returns how it ended
+/// within 10 s and what it said, or `None` if it came up (then stopped).
+fn daemon_refuses(broker: &Broker) -> Option<String> {
+    let out = broker
+        .cmd()
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut p = Proc(out);
+    match p.wait_for(Duration::from_secs(10)) {
+        Some(st) => {
+            assert!(!st.success(), "a refusing daemon exits non-zero");
+            let mut err = String::new();
+            use std::io::Read;
+            p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            Some(err)
+        }
+        None => None,
+    }
+}
+
+/// Issue 14, defect 4: after a kill -9, a lost write-ahead log or a zeroed
+/// database is detected (the fingerprint kept outside SQLite no longer
+/// matches), and the broker refuses to start with what happened and how to
+/// go on, instead of silently holding fewer leases than it acknowledged.
+#[test]
+fn a_store_that_lost_acknowledged_leases_is_never_used_silently() {
+    for damage in ["wal deleted", "wal truncated", "db zeroed"] {
+        let mut broker = Broker::start();
+        for i in 0..50 {
+            broker.claim(&format!("app:{i}"), &["--keep"]);
+        }
+        broker.kill9();
+        let home = broker.home.path().to_path_buf();
+        let (db, wal) = (home.join("pb.db"), home.join("pb.db-wal"));
+        match damage {
+            "wal deleted" => std::fs::remove_file(&wal).unwrap(),
+            "wal truncated" => {
+                let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+                f.set_len(f.metadata().unwrap().len() / 3).unwrap();
+            }
+            _ => {
+                let _ = std::fs::remove_file(&wal);
+                std::fs::File::create(&db).unwrap();
+            }
+        }
+        let said = daemon_refuses(&broker).unwrap_or_else(|| panic!("{damage}: started anyway"));
+        assert!(said.contains("were acknowledged"), "{damage}: {said}");
+        assert!(
+            said.contains("pb.db-fingerprint"),
+            "{damage}: names the file: {said}"
+        );
+        assert!(said.contains("mv "), "{damage}: says how to go on: {said}");
+        // Following its advice: the broker starts with what the file holds.
+        let witness = home.join("pb.db-fingerprint");
+        std::fs::rename(&witness, home.join("pb.db-fingerprint.old")).unwrap();
+        broker.restart();
+        assert!(
+            broker.leases().len() < 50,
+            "{damage}: some were lost, as it said"
+        );
+    }
+}
+
+/// A kill -9 alone damages nothing: every acknowledged lease is there, and
+/// the fingerprint agrees.
+#[test]
+fn a_plain_kill_9_passes_the_store_check() {
+    let mut broker = Broker::start();
+    for i in 0..50 {
+        broker.claim(&format!("app:{i}"), &["--keep"]);
+    }
+    broker.pb_ok(&["release", "app:1*"]);
+    broker.kill9();
+    broker.restart();
+    assert_eq!(broker.leases().len(), 50 - 11);
+}
