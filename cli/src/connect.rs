@@ -49,6 +49,39 @@ pub fn connect(paths: &Paths) -> Result<Client> {
     }
 }
 
+/// How long a client that was talking to a broker waits for it to come
+/// back after it went away mid-conversation (a restart, or a crash and the
+/// next start).
+pub const RIDE_THROUGH: Duration = Duration::from_secs(30);
+
+/// Whether `e` means the broker went away (its connection broke), rather
+/// than that it answered.
+pub fn went_away(e: &pb_proto::client::ClientError) -> bool {
+    matches!(e, pb_proto::client::ClientError::Io(_))
+}
+
+/// Connects again after the broker went away, starting one if autostart is
+/// on, for at most [`RIDE_THROUGH`]; says so on stderr.
+pub fn reconnect(paths: &Paths, doing: &str) -> Result<Client> {
+    eprintln!("pb: the broker went away; reconnecting to go on {doing}");
+    let deadline = Instant::now() + RIDE_THROUGH;
+    loop {
+        match connect(paths) {
+            Ok(c) => {
+                eprintln!("pb: reconnected");
+                return Ok(c);
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "the broker did not come back within {}s",
+                    RIDE_THROUGH.as_secs()
+                )))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// The broker could not start, and said why (or died saying nothing).
 #[derive(Debug, thiserror::Error)]
 #[error("the broker could not start: {0}")]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use pb_platform::supervise::{self, ChildSpec};
+use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
 use pb_proto::{
     ActivityArgs, ActivityEntry, ActivityReply, AgentArgs, AgentInfo, AgentReply, AgentsReply,
@@ -157,13 +158,30 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         }
     };
     let progress = wait_ms.map(|_| output::Progress::start(format!("waiting for lock {}", c.name)));
-    let reply = client.call_as::<LockReply>(Op::LockAcquire(LockArgs {
-        name: c.name.clone(),
-        ttl_ms,
-        wait_ms,
-        owner: owner.clone(),
-        agent: agent.clone(),
-    }));
+    let started = std::time::Instant::now();
+    let reply = loop {
+        let left = wait_ms.map(|w| {
+            w.saturating_sub(started.elapsed().as_millis() as i64)
+                .max(0)
+        });
+        let asked = client.call_as::<LockReply>(Op::LockAcquire(LockArgs {
+            name: c.name.clone(),
+            ttl_ms,
+            wait_ms: left,
+            owner: owner.clone(),
+            agent: agent.clone(),
+        }));
+        match asked {
+            // A waiter whose broker went away queues again at the restarted
+            // broker (the queue did not survive it), for what is left of
+            // its timeout.
+            Err(e) if wait_ms.is_some() && connect::went_away(&e) => {
+                client = connect::reconnect(paths, &format!("waiting for lock {}", c.name))?;
+                eprintln!("pb: queued again for lock {}", c.name);
+            }
+            other => break other,
+        }
+    };
     drop(progress);
     let (reply, _) = match reply {
         Ok(r) => r,
@@ -358,20 +376,36 @@ pub fn subscribe(
 ) -> Result<i32> {
     use std::io::Write;
     let mut client = connect::connect(paths)?;
-    client.open_stream(Op::Subscribe {
-        patterns,
-        since_id: since,
-    })?;
-    while let Some(item) = client.next_item()? {
-        let m: MessageInfo = serde_json::from_value(item)
-            .map_err(|e| anyhow::anyhow!("a message the broker sent is malformed: {e}"))?;
-        print_message(&m, fmt);
-        // Each line as it arrives, also into a pipe.
-        if std::io::stdout().flush().is_err() {
-            return Ok(0);
+    // The last id printed: after the broker went away, the stream resumes
+    // right after it, so nothing is printed twice.
+    let mut last = since;
+    loop {
+        let streamed = (|| -> Result<(), ClientError> {
+            client.open_stream(Op::Subscribe {
+                patterns: patterns.clone(),
+                since_id: last,
+            })?;
+            while let Some(item) = client.next_item()? {
+                let m: MessageInfo = serde_json::from_value(item).map_err(|e| {
+                    ClientError::Protocol(format!("a message the broker sent is malformed: {e}"))
+                })?;
+                print_message(&m, fmt);
+                last = Some(m.id);
+                // Each line as it arrives, also into a pipe.
+                if std::io::stdout().flush().is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })();
+        match streamed {
+            Ok(()) => return Ok(0),
+            Err(e) if connect::went_away(&e) => {
+                client = connect::reconnect(paths, "subscribing")?;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(0)
 }
 
 pub fn history(
@@ -577,11 +611,22 @@ pub fn wait(
     let timeout_ms = duration_ms(timeout)?;
     let mut client = connect::connect(paths)?;
     let progress = output::Progress::start(format!("waiting for {}", ids.join(", ")));
-    let reply = client.call_as::<WaitReply>(Op::Wait {
-        ids,
-        timeout_ms,
-        http_path: http,
-    });
+    let started = std::time::Instant::now();
+    // A broker that goes away mid-wait is waited for, and asked again for
+    // what is left of the timeout.
+    let reply = loop {
+        let left = timeout_ms.saturating_sub(started.elapsed().as_millis() as i64);
+        match client.call_as::<WaitReply>(Op::Wait {
+            ids: ids.clone(),
+            timeout_ms: left.max(0),
+            http_path: http.clone(),
+        }) {
+            Err(e) if connect::went_away(&e) => {
+                client = connect::reconnect(paths, "waiting")?;
+            }
+            other => break other,
+        }
+    };
     drop(progress);
     let (reply, _) = reply?;
     match fmt {
@@ -656,10 +701,11 @@ fn print_entry(e: &ActivityEntry, fmt: Format) {
 
 pub fn log(paths: &Paths, c: LogCmd, fmt: Format) -> Result<i32> {
     use std::io::Write;
+    // pb's own option: a bare number is seconds.
     let since_ms = c
         .since
         .as_deref()
-        .map(duration_ms)
+        .map(|t| pb_proto::duration::parse(t).map(|d| d.as_millis() as i64))
         .transpose()?
         .map(|d| now_ms() as i64 - d);
     let args = ActivityArgs {
@@ -676,14 +722,38 @@ pub fn log(paths: &Paths, c: LogCmd, fmt: Format) -> Result<i32> {
         reply.entries.iter().for_each(|e| print_entry(e, fmt));
         return Ok(0);
     }
-    client.open_stream(Op::Activity(args))?;
-    while let Some(item) = client.next_item()? {
-        let e: ActivityEntry = serde_json::from_value(item)
-            .map_err(|e| anyhow::anyhow!("an entry the broker sent is malformed: {e}"))?;
-        print_entry(&e, fmt);
-        if std::io::stdout().flush().is_err() {
-            return Ok(0);
+    // After the broker went away, the log is read again from the last
+    // entry's time on; what was printed already (by id) is not again.
+    let mut last: Option<(u64, u64)> = None;
+    let mut args = args;
+    loop {
+        let streamed = (|| -> Result<(), ClientError> {
+            client.open_stream(Op::Activity(args.clone()))?;
+            while let Some(item) = client.next_item()? {
+                let e: ActivityEntry = serde_json::from_value(item).map_err(|e| {
+                    ClientError::Protocol(format!("an entry the broker sent is malformed: {e}"))
+                })?;
+                if last.is_some_and(|(id, _)| e.id <= id) {
+                    continue;
+                }
+                print_entry(&e, fmt);
+                last = Some((e.id, e.time_ms));
+                if std::io::stdout().flush().is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })();
+        match streamed {
+            Ok(()) => return Ok(0),
+            Err(e) if connect::went_away(&e) => {
+                client = connect::reconnect(paths, "following the log")?;
+                if let Some((_, time_ms)) = last {
+                    args.since_ms = Some(time_ms as i64);
+                    args.limit = Some(10_000);
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(0)
 }

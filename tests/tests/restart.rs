@@ -342,3 +342,98 @@ fn a_plain_kill_9_passes_the_store_check() {
     broker.restart();
     assert_eq!(broker.leases().len(), 50 - 11);
 }
+
+/// Issue 14, defect 8: clients ride through a broker restart. `pb wait`
+/// keeps waiting, `pb lock --wait` queues again, `pb sub` resumes after the
+/// last message it printed (no loss, no duplicate), each saying so on
+/// stderr; all within a bounded time.
+#[test]
+fn waiting_clients_ride_through_a_broker_restart() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut broker = Broker::start();
+    let port = broker.claim("later:api", &["--keep"]);
+    broker.pb_ok(&["lock", "L", "--owner", "someone"]);
+    let spawn = |args: &[&str]| {
+        Proc(
+            broker
+                .cmd()
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut waiter = spawn(&["wait", "later:api", "--timeout", "40s"]);
+    let mut locker = spawn(&[
+        "lock",
+        "L",
+        "--wait",
+        "--timeout",
+        "40s",
+        "--owner",
+        "me",
+        "-q",
+    ]);
+    let mut sub = spawn(&["-q", "sub", "news:*"]);
+    let sub_out = lines_of(sub.0.stdout.take().unwrap());
+    // The subscriber is subscribed once a message published now reaches it.
+    let first = wait_until(Duration::from_secs(10), || {
+        broker.pb_ok(&["pub", "news:a", "\"one\""]);
+        sub_out.recv_timeout(Duration::from_millis(200)).ok()
+    })
+    .expect("the subscriber hears the first message");
+    assert_eq!(first, "\"one\"");
+    while sub_out.recv_timeout(Duration::from_millis(300)).is_ok() {}
+
+    broker.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    broker.restart();
+
+    // The subscriber is back once it hears a message published after.
+    let second = wait_until(Duration::from_secs(15), || {
+        broker.pb_ok(&["pub", "news:a", "\"two\""]);
+        sub_out.recv_timeout(Duration::from_millis(300)).ok()
+    })
+    .expect("the subscriber resumes");
+    assert_eq!(second, "\"two\"", "no repeat of what it printed before");
+    // The waiter waits on, and returns once the service serves.
+    // std's bind sets SO_REUSEADDR, which steps over the placeholder.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("listen");
+    let st = waiter
+        .wait_for(Duration::from_secs(20))
+        .expect("pb wait returns");
+    let mut err = String::new();
+    waiter
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(st.success(), "{err}");
+    assert!(err.contains("reconnecting"), "says so: {err}");
+    drop(listener);
+    // The lock waiter queued again, and is granted when the holder lets go.
+    broker.pb_ok(&["unlock", "L", "--owner", "someone"]);
+    let st = locker
+        .wait_for(Duration::from_secs(20))
+        .expect("pb lock returns");
+    let mut err = String::new();
+    locker
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(st.success(), "{err}");
+    assert!(err.contains("queued again for lock L"), "{err}");
+    let mut token = String::new();
+    BufReader::new(locker.0.stdout.take().unwrap())
+        .read_line(&mut token)
+        .unwrap();
+    assert!(token.trim().parse::<u64>().is_ok(), "{token:?}");
+    sub.signal(libc::SIGTERM);
+}
