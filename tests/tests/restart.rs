@@ -437,3 +437,29 @@ fn waiting_clients_ride_through_a_broker_restart() {
     assert!(token.trim().parse::<u64>().is_ok(), "{token:?}");
     sub.signal(libc::SIGTERM);
 }
+
+/// A `pb exec` whose broker restarts under it keeps its lease (the owner,
+/// `pb exec` itself, is stored) and its app keeps serving; when `pb exec`
+/// ends, the lease ends with it at the new broker.
+#[test]
+fn pb_exec_keeps_its_lease_across_a_broker_restart() {
+    let mut broker = Broker::start();
+    let script = tests_dir().join("servers/fd_server.py");
+    let (mut pb, port) = broker.exec(&["web", "--", "python3", script.to_str().unwrap()]);
+    assert!(curl_until("-4", port).is_some());
+    broker.kill9();
+    broker.restart();
+    let lease = broker.pb_json(&["find", "web"]);
+    assert_eq!(lease["services"][0]["pid"], pb.pid(), "{lease}");
+    assert!(curl_until("-4", port).is_some(), "the app serves on");
+    pb.signal(libc::SIGTERM);
+    pb.wait_for(Duration::from_secs(10)).expect("pb exec ends");
+    let gone = wait_until(Duration::from_secs(10), || {
+        broker.leases().is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the lease ends with pb exec: {:?}",
+        broker.leases()
+    );
+}
