@@ -523,11 +523,8 @@ impl Core {
     /// grace; with no grace it ends now.
     fn orphan(&mut self, id: &str, was: Option<ProcessId>) {
         if self.cfg.reload_grace.is_zero() {
-            let since = now_ms();
-            if let Some(l) = self.leases.get_mut(id) {
-                l.orphaned_ms = Some(since);
-            }
-            return self.end_orphan(id, since);
+            let why = "its app stopped listening (no reload grace)";
+            return self.reclaim(id, was, "adopter gone", why);
         }
         let grace_ms = self.cfg.reload_grace.as_millis() as u64;
         if let Err(e) = self.store.set_owner(id, None, None) {

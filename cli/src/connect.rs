@@ -54,19 +54,25 @@ pub fn connect(paths: &Paths) -> Result<Client> {
 /// next start).
 pub const RIDE_THROUGH: Duration = Duration::from_secs(30);
 
+/// How many times one command rides through a broker that went away: a
+/// broker that dies on every request is not waited for forever.
+pub const MAX_RECONNECTS: usize = 5;
+
 /// Whether `e` means the broker went away (its connection broke), rather
 /// than that it answered.
 pub fn went_away(e: &pb_proto::client::ClientError) -> bool {
     matches!(e, pb_proto::client::ClientError::Io(_))
 }
 
-/// Connects again after the broker went away, starting one if autostart is
-/// on, for at most [`RIDE_THROUGH`]; says so on stderr.
+/// Connects again after the broker went away, for at most
+/// [`RIDE_THROUGH`]; says so on stderr. It starts no broker: one stopped on
+/// purpose (`pb stop`) stays stopped, and after a crash the next command
+/// (or whoever restarts it) brings one back.
 pub fn reconnect(paths: &Paths, doing: &str) -> Result<Client> {
     eprintln!("pb: the broker went away; reconnecting to go on {doing}");
     let deadline = Instant::now() + RIDE_THROUGH;
     loop {
-        match connect(paths) {
+        match existing(paths) {
             Ok(c) => {
                 eprintln!("pb: reconnected");
                 return Ok(c);
@@ -79,6 +85,23 @@ pub fn reconnect(paths: &Paths, doing: &str) -> Result<Client> {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
+    }
+}
+
+/// One request that survives a broker restart: if the broker went away, it
+/// is made once more, over a fresh connection to whichever broker answers
+/// now (which then replaces `client`). For the renewals and releases a
+/// running `pb exec` or `pb lock -- CMD` makes in the background.
+pub fn call_surviving(paths: &Paths, client: &mut Client, op: pb_proto::Op) -> Result<()> {
+    match client.call(op.clone()) {
+        Ok(_) => Ok(()),
+        Err(e) if went_away(&e) => {
+            let mut fresh = existing(paths)?;
+            let answered = fresh.call(op);
+            *client = fresh;
+            answered.map(|_| ()).map_err(Into::into)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

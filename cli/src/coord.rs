@@ -123,6 +123,10 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
     // held before its exec, the lock is taken for its pid, and only then
     // does it run. So it holds the lock for exactly as long as it runs,
     // even if pb itself is killed (issue 14).
+    // Connected (and the broker started, if it had to be) before anything
+    // is forked: forking makes pb the subreaper of its tree, and a broker
+    // started after that would be a child of pb's, ended with the tree.
+    let mut client = connect::connect(paths)?;
     let held = if hold_for_command {
         let spec = ChildSpec {
             program: c.command[0].clone(),
@@ -148,17 +152,9 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         Some(h) => Some(LockOwnerArg::Pid(h.pid())),
         None => owner_arg(c.owner, c.pid, agent.as_deref())?,
     };
-    let mut client = match connect::connect(paths) {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(h) = held {
-                h.abandon();
-            }
-            return Err(e);
-        }
-    };
     let progress = wait_ms.map(|_| output::Progress::start(format!("waiting for lock {}", c.name)));
     let started = std::time::Instant::now();
+    let mut rides = 0;
     let reply = loop {
         let left = wait_ms.map(|w| {
             w.saturating_sub(started.elapsed().as_millis() as i64)
@@ -175,7 +171,12 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
             // A waiter whose broker went away queues again at the restarted
             // broker (the queue did not survive it), for what is left of
             // its timeout.
-            Err(e) if wait_ms.is_some() && connect::went_away(&e) => {
+            Err(e)
+                if wait_ms.is_some()
+                    && connect::went_away(&e)
+                    && rides < connect::MAX_RECONNECTS =>
+            {
+                rides += 1;
                 client = connect::reconnect(paths, &format!("waiting for lock {}", c.name))?;
                 eprintln!("pb: queued again for lock {}", c.name);
             }
@@ -227,6 +228,7 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
             owner.clone(),
             agent.clone(),
         );
+        let paths = paths.clone();
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 std::thread::park_timeout(every);
@@ -234,13 +236,15 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
                     break;
                 }
                 let mut cl = client.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = cl.call(Op::LockExtend {
+                let extend = Op::LockExtend {
                     name: name.clone(),
                     ttl_ms: None,
                     owner: owner.clone(),
                     agent: agent.clone(),
-                }) {
-                    eprintln!("pb: renewing lock {name} failed: {e}");
+                };
+                // Across a broker restart too: the holding survives it.
+                if let Err(e) = connect::call_surviving(&paths, &mut cl, extend) {
+                    eprintln!("pb: renewing lock {name} failed: {e:#}");
                 }
             }
         })
@@ -379,6 +383,7 @@ pub fn subscribe(
     // The last id printed: after the broker went away, the stream resumes
     // right after it, so nothing is printed twice.
     let mut last = since;
+    let mut rides = 0;
     loop {
         let streamed = (|| -> Result<(), ClientError> {
             client.open_stream(Op::Subscribe {
@@ -400,7 +405,8 @@ pub fn subscribe(
         })();
         match streamed {
             Ok(()) => return Ok(0),
-            Err(e) if connect::went_away(&e) => {
+            Err(e) if connect::went_away(&e) && rides < connect::MAX_RECONNECTS => {
+                rides += 1;
                 client = connect::reconnect(paths, "subscribing")?;
             }
             Err(e) => return Err(e.into()),
@@ -612,6 +618,7 @@ pub fn wait(
     let mut client = connect::connect(paths)?;
     let progress = output::Progress::start(format!("waiting for {}", ids.join(", ")));
     let started = std::time::Instant::now();
+    let mut rides = 0;
     // A broker that goes away mid-wait is waited for, and asked again for
     // what is left of the timeout.
     let reply = loop {
@@ -621,7 +628,8 @@ pub fn wait(
             timeout_ms: left.max(0),
             http_path: http.clone(),
         }) {
-            Err(e) if connect::went_away(&e) => {
+            Err(e) if connect::went_away(&e) && rides < connect::MAX_RECONNECTS => {
+                rides += 1;
                 client = connect::reconnect(paths, "waiting")?;
             }
             other => break other,
@@ -726,6 +734,7 @@ pub fn log(paths: &Paths, c: LogCmd, fmt: Format) -> Result<i32> {
     // entry's time on; what was printed already (by id) is not again.
     let mut last: Option<(u64, u64)> = None;
     let mut args = args;
+    let mut rides = 0;
     loop {
         let streamed = (|| -> Result<(), ClientError> {
             client.open_stream(Op::Activity(args.clone()))?;
@@ -746,7 +755,8 @@ pub fn log(paths: &Paths, c: LogCmd, fmt: Format) -> Result<i32> {
         })();
         match streamed {
             Ok(()) => return Ok(0),
-            Err(e) if connect::went_away(&e) => {
+            Err(e) if connect::went_away(&e) && rides < connect::MAX_RECONNECTS => {
+                rides += 1;
                 client = connect::reconnect(paths, "following the log")?;
                 if let Some((_, time_ms)) = last {
                     args.since_ms = Some(time_ms as i64);

@@ -180,7 +180,8 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
     // after fork, so the child never inherits a second thread's state.
     let heartbeat = ttl.map(|ttl| {
         let (client, done, id) = (client.clone(), done.clone(), o.id.clone());
-        std::thread::spawn(move || heartbeat_loop(&client, &done, &id, ttl))
+        let paths = paths.clone();
+        std::thread::spawn(move || heartbeat_loop(&paths, &client, &done, &id, ttl))
     });
     let quiet = o.quiet;
     let reporter = reports.map(|r| {
@@ -347,7 +348,7 @@ fn release_all(paths: &Paths, client: &mut Client, ids: &[String]) {
     }
 }
 
-fn heartbeat_loop(client: &Mutex<Client>, done: &AtomicBool, id: &str, ttl_ms: i64) {
+fn heartbeat_loop(paths: &Paths, client: &Mutex<Client>, done: &AtomicBool, id: &str, ttl_ms: i64) {
     let every = Duration::from_millis((ttl_ms as u64 / 3).max(100));
     while !done.load(Ordering::Relaxed) {
         std::thread::park_timeout(every);
@@ -355,28 +356,24 @@ fn heartbeat_loop(client: &Mutex<Client>, done: &AtomicBool, id: &str, ttl_ms: i
             break;
         }
         let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = c.call(Op::Heartbeat {
+        let beat = Op::Heartbeat {
             id: Some(id.to_string()),
             port: None,
             ttl_ms: None,
-        }) {
-            eprintln!("pb: heartbeat for {id} failed: {e}");
+        };
+        if let Err(e) = connect::call_surviving(paths, &mut c, beat) {
+            eprintln!("pb: heartbeat for {id} failed: {e:#}");
         }
     }
 }
 
 /// Releases `id`, over a fresh connection if the broker restarted meanwhile.
 fn release(paths: &Paths, client: &mut Client, id: &str) {
-    let op = || Op::Release {
+    let op = Op::Release {
         target: id.to_string(),
         more: Vec::new(),
     };
-    if client.call(op()).is_ok() {
-        return;
-    }
-    match connect::existing(paths).map(|mut c| c.call(op())) {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => eprintln!("pb: releasing {id}: {e}"),
-        Err(e) => eprintln!("pb: releasing {id}: {e}"),
+    if let Err(e) = connect::call_surviving(paths, client, op) {
+        eprintln!("pb: releasing {id}: {e:#}");
     }
 }

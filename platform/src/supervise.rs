@@ -325,7 +325,8 @@ pub fn spawn(spec: ChildSpec) -> Result<Supervised, SpawnError> {
 /// exits without running anything.
 pub struct Held {
     pid: Pid,
-    /// Writing a byte (or closing it unwritten) lets the child go on.
+    /// Writing to it lets the child go on; closing it unwritten makes the
+    /// child exit without running anything.
     go: OwnedFd,
     /// Closed by the exec; carries errno if the exec failed.
     err_r: OwnedFd,
@@ -404,10 +405,12 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
         "LISTEN_FDS_FIRST_FD",
     ];
     let mut envp: Vec<CString> = Vec::new();
+    let late_name = spec.late_env.as_ref().map(|(n, _)| n.as_str());
     for (k, v) in std::env::vars_os() {
         if overridden.contains(&k.as_os_str())
             || spec.unset.contains(&k)
             || systemd_vars.iter().any(|s| k == *s)
+            || late_name.is_some_and(|n| k == n)
         {
             continue;
         }
@@ -473,6 +476,16 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let (go_r, go_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    // Above the listeners' range too, or a dup2 onto fd 3.. in the child
+    // could overwrite one of them.
+    let above = |fd: OwnedFd| -> std::io::Result<OwnedFd> {
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    };
+    let (err_r, err_w, go_r, go_w) = (above(err_r)?, above(err_w)?, above(go_r)?, above(go_w)?);
 
     // Orphans of the tree come to us, so that it ends with us.
     crate::sys::become_subreaper()?;
@@ -501,6 +514,9 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
             // Only the parent may hold the write end, so that its death
             // reads as end-of-file here.
             libc::close(go_w_raw);
+            // pb (as every Rust program) ignores SIGPIPE; the command gets
+            // the default back, as a shell would give it (`yes | head`).
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             // The marker byte, then the late value until end-of-file.
             let mut marker = 0u8;
             loop {

@@ -479,3 +479,47 @@ fn lock_dash_dash_cmd_keeps_excluding_when_pb_is_killed() {
     let v = broker.pb_json(&["lock", "L", "--owner", "next", "--wait", "--timeout", "5s"]);
     assert!(v["lock"]["token"].as_u64().unwrap() > token, "{v}");
 }
+
+/// `pb lock NAME -- CMD` that has to start the broker starts it before it
+/// forks CMD, so the broker is not part of CMD's tree and outlives it; a
+/// nested `pb lock` hands its own command its own token, once.
+#[test]
+fn lock_dash_dash_cmd_leaves_the_broker_it_started_running() {
+    let home = tempfile::tempdir().unwrap();
+    let block = PortBlock::take(20);
+    let run = |args: &[&str]| {
+        Command::new(pb_bin())
+            .args(args)
+            .env("PB_HOME", home.path())
+            .env("PB_RANGE", format!("{}-{}", block.range.0, block.range.1))
+            .env("PB_HTTP_ADDR", "off")
+            .env_remove("PB_NO_AUTOSTART")
+            .env_remove("PB_LOCK_TOKEN")
+            .env("PB", pb_bin())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "lock",
+        "outer",
+        "--",
+        "sh",
+        "-c",
+        "echo $PB_LOCK_TOKEN; \"$PB\" lock inner -- sh -c 'env | grep -c ^PB_LOCK_TOKEN=; echo $PB_LOCK_TOKEN'",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[1], "1", "one PB_LOCK_TOKEN in the inner command");
+    assert_ne!(lines[0], lines[2], "each command has its own lock's token");
+    let status = run(&["-j", "status"]);
+    assert!(status.status.success(), "the broker it started still runs");
+    assert!(run(&["stop"]).status.success());
+}

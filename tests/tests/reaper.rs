@@ -385,3 +385,21 @@ fn a_number_only_claim_ends_with_its_shell_unless_an_app_took_it() {
         lease(&broker, "used")
     );
 }
+
+/// With no reload grace, an adopted lease ends the moment its app does.
+#[test]
+fn with_no_reload_grace_an_adopted_lease_ends_with_its_app() {
+    let broker = Broker::start_with(&[("PB_SCAN_INTERVAL", "200ms"), ("PB_RELOAD_GRACE", "0")]);
+    let port = broker.claim("num", &["--keep"]);
+    let mut app = node_on(port);
+    let pid = app.pid();
+    wait_for("adoption", || {
+        (lease(&broker, "num")?["pid"] == pid).then_some(())
+    });
+    app.signal(libc::SIGKILL);
+    app.wait_for(Duration::from_secs(5));
+    wait_for("the lease to end", || {
+        lease(&broker, "num").is_none().then_some(())
+    });
+    wait_for("the port to be free", || port_free(port).then_some(()));
+}

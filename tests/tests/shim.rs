@@ -461,7 +461,23 @@ fn probe_binds_and_repeated_binds_of_the_port_all_get_the_brokers_socket() {
             assert_eq!(g["got"].as_u64(), Some(u64::from(brokered)), "{got:?}");
         }
         // Nothing of the app's own is on the hard-coded port.
-        assert!(can_bind(v4(hard)) && can_bind(v6(hard)), "{hard} untouched");
+        let untouched = can_bind(v4(hard)) && can_bind(v6(hard));
+        if !untouched {
+            let ss = std::process::Command::new("ss")
+                .args(["-tanpe"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let on: Vec<&str> = ss
+                .lines()
+                .filter(|l| l.contains(&format!(":{hard} ")))
+                .collect();
+            panic!(
+                "{hard} untouched (maps {maps:?}); v4 {} v6 {}; {on:#?}",
+                can_bind(v4(hard)),
+                can_bind(v6(hard))
+            );
+        }
         run.stop();
     }
 }
