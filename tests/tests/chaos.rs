@@ -138,7 +138,7 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
                     let id = format!("c{t}:{}", rng.next_u32() % 12);
                     let claim = rng.next_u32() % 10 < 6;
                     let done: Result<(), ClientError> = if claim {
-                        let fds = rng.next_u32() % 2 == 0;
+                        let fds = rng.next_u32() & 1 == 0;
                         c.call_as::<ClaimReply>(Op::Claim(ClaimArgs {
                             id: id.clone(),
                             fds,
