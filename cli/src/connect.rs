@@ -88,6 +88,28 @@ pub fn reconnect(paths: &Paths, doing: &str) -> Result<Client> {
     }
 }
 
+/// Runs `follow` (open a stream on the client and print what comes) until
+/// the stream ends; when the broker goes away, connects again (bounded)
+/// and runs it again. `follow` resumes from what it printed last.
+pub fn follow_through(
+    paths: &Paths,
+    doing: &str,
+    mut client: Client,
+    mut follow: impl FnMut(&mut Client) -> std::result::Result<(), pb_proto::client::ClientError>,
+) -> Result<i32> {
+    let mut rides = 0;
+    loop {
+        match follow(&mut client) {
+            Ok(()) => return Ok(0),
+            Err(e) if went_away(&e) && rides < MAX_RECONNECTS => {
+                rides += 1;
+                client = reconnect(paths, doing)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// One request that survives a broker restart: if the broker went away, it
 /// is made once more, over a fresh connection to whichever broker answers
 /// now (which then replaces `client`). For the renewals and releases a

@@ -379,39 +379,28 @@ pub fn subscribe(
     fmt: Format,
 ) -> Result<i32> {
     use std::io::Write;
-    let mut client = connect::connect(paths)?;
+    let client = connect::connect(paths)?;
     // The last id printed: after the broker went away, the stream resumes
     // right after it, so nothing is printed twice.
     let mut last = since;
-    let mut rides = 0;
-    loop {
-        let streamed = (|| -> Result<(), ClientError> {
-            client.open_stream(Op::Subscribe {
-                patterns: patterns.clone(),
-                since_id: last,
+    connect::follow_through(paths, "subscribing", client, |client| {
+        client.open_stream(Op::Subscribe {
+            patterns: patterns.clone(),
+            since_id: last,
+        })?;
+        while let Some(item) = client.next_item()? {
+            let m: MessageInfo = serde_json::from_value(item).map_err(|e| {
+                ClientError::Protocol(format!("a message the broker sent is malformed: {e}"))
             })?;
-            while let Some(item) = client.next_item()? {
-                let m: MessageInfo = serde_json::from_value(item).map_err(|e| {
-                    ClientError::Protocol(format!("a message the broker sent is malformed: {e}"))
-                })?;
-                print_message(&m, fmt);
-                last = Some(m.id);
-                // Each line as it arrives, also into a pipe.
-                if std::io::stdout().flush().is_err() {
-                    return Ok(());
-                }
+            print_message(&m, fmt);
+            last = Some(m.id);
+            // Each line as it arrives, also into a pipe.
+            if std::io::stdout().flush().is_err() {
+                return Ok(());
             }
-            Ok(())
-        })();
-        match streamed {
-            Ok(()) => return Ok(0),
-            Err(e) if connect::went_away(&e) && rides < connect::MAX_RECONNECTS => {
-                rides += 1;
-                client = connect::reconnect(paths, "subscribing")?;
-            }
-            Err(e) => return Err(e.into()),
         }
-    }
+        Ok(())
+    })
 }
 
 pub fn history(
@@ -733,37 +722,26 @@ pub fn log(paths: &Paths, c: LogCmd, fmt: Format) -> Result<i32> {
     // After the broker went away, the log is read again from the last
     // entry's time on; what was printed already (by id) is not again.
     let mut last: Option<(u64, u64)> = None;
-    let mut args = args;
-    let mut rides = 0;
-    loop {
-        let streamed = (|| -> Result<(), ClientError> {
-            client.open_stream(Op::Activity(args.clone()))?;
-            while let Some(item) = client.next_item()? {
-                let e: ActivityEntry = serde_json::from_value(item).map_err(|e| {
-                    ClientError::Protocol(format!("an entry the broker sent is malformed: {e}"))
-                })?;
-                if last.is_some_and(|(id, _)| e.id <= id) {
-                    continue;
-                }
-                print_entry(&e, fmt);
-                last = Some((e.id, e.time_ms));
-                if std::io::stdout().flush().is_err() {
-                    return Ok(());
-                }
-            }
-            Ok(())
-        })();
-        match streamed {
-            Ok(()) => return Ok(0),
-            Err(e) if connect::went_away(&e) && rides < connect::MAX_RECONNECTS => {
-                rides += 1;
-                client = connect::reconnect(paths, "following the log")?;
-                if let Some((_, time_ms)) = last {
-                    args.since_ms = Some(time_ms as i64);
-                    args.limit = Some(10_000);
-                }
-            }
-            Err(e) => return Err(e.into()),
+    connect::follow_through(paths, "following the log", client, |client| {
+        let mut args = args.clone();
+        if let Some((_, time_ms)) = last {
+            args.since_ms = Some(time_ms as i64);
+            args.limit = Some(10_000);
         }
-    }
+        client.open_stream(Op::Activity(args))?;
+        while let Some(item) = client.next_item()? {
+            let e: ActivityEntry = serde_json::from_value(item).map_err(|e| {
+                ClientError::Protocol(format!("an entry the broker sent is malformed: {e}"))
+            })?;
+            if last.is_some_and(|(id, _)| e.id <= id) {
+                continue;
+            }
+            print_entry(&e, fmt);
+            last = Some((e.id, e.time_ms));
+            if std::io::stdout().flush().is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })
 }

@@ -24,31 +24,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pb_proto::{ClaimArgs, IpFamily, Op};
-use pb_tests::bench::{cc, interleaved, median, ms, us};
+use pb_tests::bench::{cc, interleaved, median, ms, us, C_SERVER};
 use pb_tests::{Broker, PortBlock};
-
-const C_SERVER: &str = r#"
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <unistd.h>
-int main(void) {
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {0};
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    a.sin_family = AF_INET;
-    a.sin_port = htons(atoi(getenv("PORT")));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 16)) return 1;
-    getsockname(s, (struct sockaddr *)&a, &len);
-    printf("%d\n", ntohs(a.sin_port));
-    close(s);
-    return 0;
-}
-"#;
 
 const NODE_SERVER: &str = "const s = require('net').createServer();\n\
 s.listen(Number(process.env.PORT), '127.0.0.1', () => { console.log(s.address().port); s.close(); });";

@@ -14,31 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pb_proto::{ClaimArgs, Op};
-use pb_tests::bench::{cc, interleaved, ms};
+use pb_tests::bench::{cc, interleaved, ms, C_SERVER};
 use pb_tests::{Broker, PortBlock};
-
-const C_SERVER: &str = r#"
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {0};
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    a.sin_family = AF_INET;
-    a.sin_port = htons(atoi(argv[1]));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 16)) return 1;
-    getsockname(s, (struct sockaddr *)&a, &len);
-    printf("%d\n", ntohs(a.sin_port));
-    close(s);
-    return 0;
-}
-"#;
 
 const PY_SERVER: &str = "import socket,sys\n\
 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\

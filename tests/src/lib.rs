@@ -920,6 +920,32 @@ pub mod bench {
         all.map(median)
     }
 
+    /// A small server: binds its port (argv[1], else $PORT) on 127.0.0.1
+    /// with SO_REUSEADDR, listens, prints the port it got and exits. Its
+    /// own start-up is about a millisecond, so pb's cost around it shows.
+    pub const C_SERVER: &str = r#"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {0};
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argc > 1 ? argv[1] : getenv("PORT")));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 16)) return 1;
+    getsockname(s, (struct sockaddr *)&a, &len);
+    printf("%d\n", ntohs(a.sin_port));
+    close(s);
+    return 0;
+}
+"#;
+
     /// Compiles C source `src` with `cc -O2` into `dir`; the binary's path.
     pub fn cc(dir: &Path, src: &str) -> PathBuf {
         let c_src = dir.join("server.c");
