@@ -249,14 +249,17 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
             l.violations.push(format!("{id}'s port {port} is bindable"));
         }
     }
-    println!(
-        "chaos: {} acknowledgments, {} broker kills, {} foreign binds refused, {} leases at the end, {} violations",
+    // Straight to stderr, past the test harness's capture: CI's output
+    // shows the counts of every run.
+    let counts = format!(
+        "chaos: {} acknowledgments, {} broker kills, {} foreign binds refused, {} leases at the end, {} violations\n",
         l.acks,
         kills.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
         found.len(),
         l.violations.len()
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), counts.as_bytes());
     assert!(l.violations.is_empty(), "{:#?}", l.violations);
     assert!(
         l.acks > 100 && kills.load(Ordering::Relaxed) > 3,

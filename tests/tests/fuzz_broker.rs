@@ -87,7 +87,9 @@ fn generated_frames_never_hurt_the_broker() {
         "descriptors grew: {before} → {}",
         open_fds(pid)
     );
-    println!(
-        "fuzz: {cases} cases of 1-3 frames, broker answering, descriptors {before} → {after:?}"
+    // Straight to stderr, past the test harness's capture, for CI's output.
+    let counts = format!(
+        "fuzz: {cases} cases of 1-3 frames, broker answering, descriptors {before} → {after:?}\n"
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), counts.as_bytes());
 }
