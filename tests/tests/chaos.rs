@@ -1,13 +1,16 @@
 //! A bounded chaos run (issue 14): client threads claim and release leases
-//! over IPC (with the sockets handed over, and number only) while the
-//! broker is killed with -9 and restarted at random moments, and processes
-//! of another user try to bind leased ports. A ledger of every
-//! acknowledgment checks, after every restart and at the end:
+//! over IPC (with the sockets handed over, and number only) and over HTTP,
+//! two holders take turns on one lock, the broker is killed with -9 and
+//! restarted at random moments, and processes of another user try to bind
+//! leased ports. A ledger of every acknowledgment checks, after every
+//! restart and at the end:
 //!
 //! - no port is acknowledged to two live ids at once;
 //! - no acknowledged, unreleased lease is missing after a restart, and no
 //!   released one comes back;
-//! - no leased port can be bound by anyone else while the broker runs.
+//! - no leased port can be bound by anyone else while the broker runs;
+//! - no two lock holders' critical sections overlap, and fencing tokens
+//!   rise in grant order.
 //!
 //! PB_CHAOS_SECS sets how long it runs (default 15); the counts are
 //! printed. A request whose broker died under it is uncertain (it may or
@@ -221,6 +224,124 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
         })
     };
 
+    // A client over HTTP, claiming number only and releasing (Port
+    // Daddy's routes), into the same ledger.
+    let http_port = broker.lock().unwrap().http_port().expect("HTTP on");
+    let http_client = {
+        let (ledger, world, stop) = (ledger.clone(), world.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rng = TestRng::deterministic_rng(RngAlgorithm::XorShift);
+            while !stop.load(Ordering::Relaxed) {
+                let _turn = world.read().unwrap();
+                let id = format!("h:{}", rng.next_u32() % 8);
+                let claim = rng.next_u32() % 10 < 6;
+                let (method, path) = if claim {
+                    ("POST", format!("/claim/{id}"))
+                } else {
+                    ("DELETE", format!("/release/{id}"))
+                };
+                match http(http_port, method, &path) {
+                    Ok((200, body)) if claim => {
+                        let port = body["port"].as_u64().expect("a port") as u16;
+                        ledger.lock().unwrap().claimed(&id, port);
+                    }
+                    Ok((200, _)) => {
+                        let mut l = ledger.lock().unwrap();
+                        l.acks += 1;
+                        l.live.remove(&id);
+                        l.uncertain.remove(&id);
+                    }
+                    Ok((404, _)) if !claim => {
+                        let mut l = ledger.lock().unwrap();
+                        if l.live.contains_key(&id) && !l.uncertain.contains(&id) {
+                            l.violations
+                                .push(format!("acknowledged {id} not found to release over HTTP"));
+                        }
+                    }
+                    // Other refusals change nothing.
+                    Ok(_) => {}
+                    Err(_) => {
+                        ledger.lock().unwrap().uncertain.insert(id);
+                        drop(_turn);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        })
+    };
+
+    // Two lock holders take turns on one lock; each critical section is
+    // timed from the grant to just before the release.
+    let sections: Arc<Mutex<Vec<(u64, Instant, Instant)>>> = Arc::default();
+    let holders: Vec<_> = (0..2u32)
+        .map(|w| {
+            let (sections, stop, socket) = (sections.clone(), stop.clone(), socket.clone());
+            std::thread::spawn(move || {
+                let owner = Some(pb_proto::LockOwnerArg::Name(format!("w{w}")));
+                let mut client: Option<Client> = None;
+                // A grant or release whose broker died may or may not have
+                // happened: let go (again) before taking it anew.
+                let mut unsure = false;
+                // No turn in the world lock: a kill in the middle of a
+                // grant or a release is what this is for.
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(c) = client.as_mut() else {
+                        match Client::connect(&socket) {
+                            Ok(c) => {
+                                let _ = c.stream().set_read_timeout(Some(Duration::from_secs(5)));
+                                client = Some(c);
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                        continue;
+                    };
+                    let release = |c: &mut Client| {
+                        c.call(Op::LockRelease {
+                            name: "chaos".into(),
+                            owner: owner.clone(),
+                            agent: None,
+                            force: false,
+                        })
+                    };
+                    if unsure {
+                        match release(c) {
+                            Ok(_) | Err(ClientError::Wire(_)) => unsure = false,
+                            Err(_) => {
+                                client = None;
+                                continue;
+                            }
+                        }
+                    }
+                    let granted =
+                        c.call_as::<pb_proto::LockReply>(Op::LockAcquire(pb_proto::LockArgs {
+                            name: "chaos".into(),
+                            ttl_ms: Some(60_000),
+                            wait_ms: Some(300),
+                            owner: owner.clone(),
+                            agent: None,
+                        }));
+                    match granted {
+                        Ok((r, _)) => {
+                            let start = Instant::now();
+                            std::thread::sleep(Duration::from_millis(2));
+                            let end = Instant::now();
+                            sections.lock().unwrap().push((r.lock.token, start, end));
+                            if release(c).is_err() {
+                                unsure = true;
+                                client = None;
+                            }
+                        }
+                        Err(ClientError::Wire(_)) => {}
+                        Err(_) => {
+                            unsure = true;
+                            client = None;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
     let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(
@@ -239,6 +360,34 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
         c.join().unwrap();
     }
     foreign.join().unwrap();
+    http_client.join().unwrap();
+    for h in holders {
+        h.join().unwrap();
+    }
+    // Critical sections never overlap, and tokens rise in grant order.
+    let mut sections = std::mem::take(&mut *sections.lock().unwrap());
+    sections.sort_by_key(|(_, start, _)| *start);
+    let mut overlaps = 0;
+    for pair in sections.windows(2) {
+        let ((t1, _, end1), (t2, start2, _)) = (pair[0], pair[1]);
+        if start2 < end1 {
+            overlaps += 1;
+        }
+        if t2 <= t1 {
+            ledger
+                .lock()
+                .unwrap()
+                .violations
+                .push(format!("fencing token {t2} granted after {t1}"));
+        }
+    }
+    if overlaps > 0 {
+        ledger
+            .lock()
+            .unwrap()
+            .violations
+            .push(format!("{overlaps} overlapping critical sections"));
+    }
     let b = broker.lock().unwrap();
     let found = leases_of(&b);
     let mut l = ledger.lock().unwrap();
@@ -252,8 +401,9 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
     // Straight to stderr, past the test harness's capture: CI's output
     // shows the counts of every run.
     let counts = format!(
-        "chaos: {} acknowledgments, {} broker kills, {} foreign binds refused, {} leases at the end, {} violations\n",
+        "chaos: {} acknowledgments, {} critical sections, {} broker kills, {} foreign binds refused, {} leases at the end, {} violations\n",
         l.acks,
+        sections.len(),
         kills.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
         found.len(),
@@ -265,4 +415,28 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
         l.acks > 100 && kills.load(Ordering::Relaxed) > 3,
         "the run did some work"
     );
+}
+
+/// One HTTP/1.1 request to the broker on loopback; its status and JSON body.
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    Ok((
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    ))
 }
