@@ -88,22 +88,23 @@ pub fn reconnect(paths: &Paths, doing: &str) -> Result<Client> {
     }
 }
 
-/// Runs `follow` (open a stream on the client and print what comes) until
-/// the stream ends; when the broker goes away, connects again (bounded)
-/// and runs it again. `follow` resumes from what it printed last.
-pub fn follow_through(
+/// Runs `attempt` on `client` until it answers; when the broker goes away
+/// meanwhile, connects again (bounded, see [`reconnect`]) and runs it
+/// again. `attempt` carries on from where it was: a stream resumes after
+/// what it printed, a wait asks for what is left of its timeout.
+pub fn ride_through<T>(
     paths: &Paths,
     doing: &str,
-    mut client: Client,
-    mut follow: impl FnMut(&mut Client) -> std::result::Result<(), pb_proto::client::ClientError>,
-) -> Result<i32> {
+    client: &mut Client,
+    mut attempt: impl FnMut(&mut Client) -> std::result::Result<T, pb_proto::client::ClientError>,
+) -> Result<T> {
     let mut rides = 0;
     loop {
-        match follow(&mut client) {
-            Ok(()) => return Ok(0),
+        match attempt(client) {
+            Ok(t) => return Ok(t),
             Err(e) if went_away(&e) && rides < MAX_RECONNECTS => {
                 rides += 1;
-                client = reconnect(paths, doing)?;
+                *client = reconnect(paths, doing)?;
             }
             Err(e) => return Err(e.into()),
         }

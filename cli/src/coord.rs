@@ -154,34 +154,32 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
     };
     let progress = wait_ms.map(|_| output::Progress::start(format!("waiting for lock {}", c.name)));
     let started = std::time::Instant::now();
-    let mut rides = 0;
-    let reply = loop {
+    let mut attempts = 0;
+    let mut acquire = |cl: &mut pb_proto::Client| {
+        if attempts > 0 {
+            eprintln!("pb: queued again for lock {}", c.name);
+        }
+        attempts += 1;
         let left = wait_ms.map(|w| {
             w.saturating_sub(started.elapsed().as_millis() as i64)
                 .max(0)
         });
-        let asked = client.call_as::<LockReply>(Op::LockAcquire(LockArgs {
+        cl.call_as::<LockReply>(Op::LockAcquire(LockArgs {
             name: c.name.clone(),
             ttl_ms,
             wait_ms: left,
             owner: owner.clone(),
             agent: agent.clone(),
-        }));
-        match asked {
-            // A waiter whose broker went away queues again at the restarted
-            // broker (the queue did not survive it), for what is left of
-            // its timeout.
-            Err(e)
-                if wait_ms.is_some()
-                    && connect::went_away(&e)
-                    && rides < connect::MAX_RECONNECTS =>
-            {
-                rides += 1;
-                client = connect::reconnect(paths, &format!("waiting for lock {}", c.name))?;
-                eprintln!("pb: queued again for lock {}", c.name);
-            }
-            other => break other,
+        }))
+    };
+    // A waiter whose broker went away queues again at the restarted broker
+    // (the queue did not survive it), for what is left of its timeout.
+    let reply = match wait_ms {
+        Some(_) => {
+            let doing = format!("waiting for lock {}", c.name);
+            connect::ride_through(paths, &doing, &mut client, acquire)
         }
+        None => acquire(&mut client).map_err(Into::into),
     };
     drop(progress);
     let (reply, _) = match reply {
@@ -190,7 +188,7 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
             if let Some(h) = held {
                 h.abandon();
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
     match fmt {
@@ -379,11 +377,11 @@ pub fn subscribe(
     fmt: Format,
 ) -> Result<i32> {
     use std::io::Write;
-    let client = connect::connect(paths)?;
+    let mut client = connect::connect(paths)?;
     // The last id printed: after the broker went away, the stream resumes
     // right after it, so nothing is printed twice.
     let mut last = since;
-    connect::follow_through(paths, "subscribing", client, |client| {
+    connect::ride_through(paths, "subscribing", &mut client, |client| {
         client.open_stream(Op::Subscribe {
             patterns: patterns.clone(),
             since_id: last,
@@ -400,7 +398,8 @@ pub fn subscribe(
             }
         }
         Ok(())
-    })
+    })?;
+    Ok(0)
 }
 
 pub fn history(
@@ -607,23 +606,16 @@ pub fn wait(
     let mut client = connect::connect(paths)?;
     let progress = output::Progress::start(format!("waiting for {}", ids.join(", ")));
     let started = std::time::Instant::now();
-    let mut rides = 0;
     // A broker that goes away mid-wait is waited for, and asked again for
     // what is left of the timeout.
-    let reply = loop {
+    let reply = connect::ride_through(paths, "waiting", &mut client, |c| {
         let left = timeout_ms.saturating_sub(started.elapsed().as_millis() as i64);
-        match client.call_as::<WaitReply>(Op::Wait {
+        c.call_as::<WaitReply>(Op::Wait {
             ids: ids.clone(),
             timeout_ms: left.max(0),
             http_path: http.clone(),
-        }) {
-            Err(e) if connect::went_away(&e) && rides < connect::MAX_RECONNECTS => {
-                rides += 1;
-                client = connect::reconnect(paths, "waiting")?;
-            }
-            other => break other,
-        }
-    };
+        })
+    });
     drop(progress);
     let (reply, _) = reply?;
     match fmt {
@@ -722,7 +714,7 @@ pub fn log(paths: &Paths, c: LogCmd, fmt: Format) -> Result<i32> {
     // After the broker went away, the log is read again from the last
     // entry's time on; what was printed already (by id) is not again.
     let mut last: Option<(u64, u64)> = None;
-    connect::follow_through(paths, "following the log", client, |client| {
+    connect::ride_through(paths, "following the log", &mut client, |client| {
         let mut args = args.clone();
         if let Some((_, time_ms)) = last {
             args.since_ms = Some(time_ms as i64);
@@ -743,5 +735,6 @@ pub fn log(paths: &Paths, c: LogCmd, fmt: Format) -> Result<i32> {
             }
         }
         Ok(())
-    })
+    })?;
+    Ok(0)
 }
