@@ -49,9 +49,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
     }
 }
 
-fn euid() -> u32 {
+/// `path` (whose metadata is `meta`) belongs to the broker's user.
+fn ours(path: &Path, meta: &fs::Metadata) -> Result<(), HomeError> {
     // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(HomeError::NotOurs {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            me,
+        });
+    }
+    Ok(())
 }
 
 /// Makes the broker's directories ready and checks every file it will open
@@ -111,14 +120,7 @@ fn private_dir(dir: &Path, own: bool) -> Result<(), HomeError> {
             what: "directory",
         });
     }
-    let me = euid();
-    if meta.uid() != me {
-        return Err(HomeError::NotOurs {
-            path: dir.to_path_buf(),
-            uid: meta.uid(),
-            me,
-        });
-    }
+    ours(dir, &meta)?;
     let mode = meta.permissions().mode() & 0o7777;
     if own {
         // pb's own subdirectory: private, whatever it was.
@@ -163,14 +165,7 @@ fn private_file(file: &Path, what: &'static str, tighten: bool) -> Result<(), Ho
             what,
         });
     }
-    let me = euid();
-    if meta.uid() != me {
-        return Err(HomeError::NotOurs {
-            path: file.to_path_buf(),
-            uid: meta.uid(),
-            me,
-        });
-    }
+    ours(file, &meta)?;
     if tighten && meta.permissions().mode() & 0o077 != 0 {
         fs::set_permissions(file, fs::Permissions::from_mode(0o600)).map_err(io(file))?;
     }
