@@ -61,7 +61,6 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// The `pb` exit code for this error; see docs/CLI.md.
     /// The code as it appears on the wire: `port_taken`.
     pub fn name(self) -> String {
         serde_json::to_value(self)
@@ -70,6 +69,7 @@ impl ErrorCode {
             .unwrap_or_default()
     }
 
+    /// The `pb` exit code for this error; see docs/CLI.md.
     pub fn exit_code(self) -> i32 {
         use ErrorCode::*;
         match self {

@@ -1,8 +1,10 @@
 //! A bounded chaos run (issue 14): client threads claim and release leases
-//! over IPC (with the sockets handed over, and number only) and over HTTP,
-//! two holders take turns on one lock, the broker is killed with -9 and
-//! restarted at random moments, and processes of another user try to bind
-//! leased ports. A ledger of every acknowledgment checks, after every
+//! over IPC (with the sockets handed over, and number only), over HTTP and
+//! as `pb claim -q` / `pb release` processes; two holders take turns on one
+//! lock, and `pb lock --wait -- CMD` processes queue for another while
+//! their pb, their queued commands and their holding commands are killed;
+//! the broker is killed with -9 and restarted at random moments, and
+//! processes of another user try to bind leased ports. A ledger of every acknowledgment checks, after every
 //! restart and at the end:
 //!
 //! - no port is acknowledged to two live ids at once;
@@ -342,6 +344,134 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
         })
         .collect();
 
+    // Client processes: `pb claim -q` and `pb release`, number only, into
+    // the same ledger. Each runs in a turn, so no broker is started by a
+    // client (PB_NO_AUTOSTART) while the killer restarts its own.
+    let env = broker.lock().unwrap().env().to_vec();
+    let cli_client = {
+        let (ledger, world, stop, env) = (ledger.clone(), world.clone(), stop.clone(), env.clone());
+        std::thread::spawn(move || {
+            let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+            rng.next_u64();
+            while !stop.load(Ordering::Relaxed) {
+                let _turn = world.read().unwrap();
+                let id = format!("p:{}", rng.next_u32() % 6);
+                let claim = rng.next_u32() % 10 < 6;
+                let args: &[&str] = if claim {
+                    &["claim", "-q", &id]
+                } else {
+                    &["release", &id]
+                };
+                let out = std::process::Command::new(pb_bin())
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .args(args)
+                    .output()
+                    .expect("run pb");
+                let mut l = ledger.lock().unwrap();
+                match out.status.code() {
+                    Some(0) if claim => {
+                        let port = String::from_utf8_lossy(&out.stdout).trim().parse();
+                        l.claimed(&id, port.expect("pb claim -q prints the port"));
+                    }
+                    Some(0) => {
+                        l.acks += 1;
+                        l.live.remove(&id);
+                        l.uncertain.remove(&id);
+                    }
+                    Some(4) if !claim => {
+                        if l.live.contains_key(&id) && !l.uncertain.contains(&id) {
+                            l.violations
+                                .push(format!("acknowledged {id} not found by pb release"));
+                        }
+                    }
+                    // Refusals (exhausted, ...) change nothing.
+                    Some(2 | 5 | 6) => {}
+                    // The broker went away under it.
+                    _ => {
+                        l.uncertain.insert(id);
+                    }
+                }
+            }
+        })
+    };
+
+    // `pb lock NAME --wait -- CMD` processes, three at a time, whose pb,
+    // queued commands (held before their exec) and holding commands are
+    // killed at random. Each CMD takes a kernel flock on one file: failing
+    // to get it means another holder still runs, two critical sections
+    // overlapping. A CMD's flock goes with its process, as its lock must.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (flock_file, tokens_file) = (dir.path().join("flock"), dir.path().join("tokens"));
+    let cmd_killing = {
+        let (stop, env) = (stop.clone(), env.clone());
+        let (flock_file, tokens_file) = (flock_file.clone(), tokens_file.clone());
+        std::thread::spawn(move || {
+            let script = "import fcntl, os, random, sys, time\n\
+                f = open(sys.argv[1], 'a')\n\
+                try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+                except OSError:\n    print('overlap', os.environ['PB_LOCK_TOKEN'], file=open(sys.argv[2], 'a')); sys.exit(3)\n\
+                print(os.environ['PB_LOCK_TOKEN'], file=open(sys.argv[2], 'a'))\n\
+                time.sleep(random.uniform(0.02, 0.12))\n";
+            let mut rng = TestRng::deterministic_rng(RngAlgorithm::XorShift);
+            rng.next_u64();
+            let mut running: Vec<std::process::Child> = Vec::new();
+            let mut started = Vec::new();
+            let (mut killed_pb, mut killed_held, mut killed_holding) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                running.retain_mut(|c| c.try_wait().ok().flatten().is_none());
+                while running.len() < 3 {
+                    let child = std::process::Command::new(pb_bin())
+                        .envs(env.iter().map(|(k, v)| (k, v)))
+                        .args(["lock", "chaos-cmd", "--wait", "--timeout", "5s", "--"])
+                        .args(["/usr/bin/python3", "-c", script])
+                        .arg(&flock_file)
+                        .arg(&tokens_file)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .expect("run pb lock");
+                    started.push(child.id());
+                    running.push(child);
+                }
+                std::thread::sleep(Duration::from_millis(20 + u64::from(rng.next_u32() % 100)));
+                if rng.next_u32() & 1 == 0 {
+                    continue;
+                }
+                // One of pb or its command, by pid: a started process or
+                // one of its own children.
+                let pick = rng.next_u32() as usize % running.len();
+                let pb = &mut running[pick];
+                if pb.try_wait().ok().flatten().is_some() {
+                    continue;
+                }
+                let mut tree = vec![(pb.id(), 0)];
+                tree.extend(process_tree(pb.id()));
+                let (pid, start) = tree[rng.next_u32() as usize % tree.len()];
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                let alive = start == 0 || !still_running(&[(pid, start)]).is_empty();
+                if alive && unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                    match (start, comm.trim()) {
+                        (0, _) => killed_pb += 1,
+                        (_, "pb") => killed_held += 1,
+                        _ => killed_holding += 1,
+                    }
+                }
+            }
+            // Each ends within its timeout (or its ride through a restart).
+            let deadline = Instant::now() + Duration::from_secs(40);
+            for mut c in running {
+                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let tree = process_tree(c.id());
+                let _ = c.kill();
+                let _ = c.wait();
+                end_all(&tree);
+            }
+            (started.len() as u64, killed_pb, killed_held, killed_holding)
+        })
+    };
+
     let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(
@@ -361,6 +491,8 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
     }
     foreign.join().unwrap();
     http_client.join().unwrap();
+    cli_client.join().unwrap();
+    let (lockers, killed_pb, killed_held, killed_holding) = cmd_killing.join().unwrap();
     for h in holders {
         h.join().unwrap();
     }
@@ -388,6 +520,26 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
             .violations
             .push(format!("{overlaps} overlapping critical sections"));
     }
+    // The commands' critical sections: none saw another holder, and their
+    // tokens, written under the flock, rise.
+    let tokens_text = std::fs::read_to_string(&tokens_file).unwrap_or_default();
+    let mut cmd_sections = 0;
+    let mut last_token = 0u64;
+    for line in tokens_text.lines() {
+        let mut l = ledger.lock().unwrap();
+        match line.parse::<u64>() {
+            Ok(t) if t > last_token => {
+                cmd_sections += 1;
+                last_token = t;
+            }
+            Ok(t) => l
+                .violations
+                .push(format!("pb lock -- CMD: token {t} after {last_token}")),
+            Err(_) => l
+                .violations
+                .push(format!("pb lock -- CMD: {line} (two holders at once)")),
+        }
+    }
     let b = broker.lock().unwrap();
     let found = leases_of(&b);
     let mut l = ledger.lock().unwrap();
@@ -401,9 +553,10 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
     // Straight to stderr, past the test harness's capture: CI's output
     // shows the counts of every run.
     let counts = format!(
-        "chaos: {} acknowledgments, {} critical sections, {} broker kills, {} foreign binds refused, {} leases at the end, {} violations\n",
+        "chaos: {} acknowledgments, {} critical sections, {} pb lock -- CMD sections of {lockers} runs (killed: {killed_pb} pb, {killed_held} queued, {killed_holding} holding), {} broker kills, {} foreign binds refused, {} leases at the end, {} violations\n",
         l.acks,
         sections.len(),
+        cmd_sections,
         kills.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
         found.len(),
@@ -412,7 +565,7 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), counts.as_bytes());
     assert!(l.violations.is_empty(), "{:#?}", l.violations);
     assert!(
-        l.acks > 100 && kills.load(Ordering::Relaxed) > 3,
+        l.acks > 100 && kills.load(Ordering::Relaxed) > 3 && cmd_sections > 5,
         "the run did some work"
     );
 }
