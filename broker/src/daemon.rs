@@ -12,13 +12,14 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::coord;
+use crate::core::coord;
+use crate::core::{lock, SharedCore};
 use crate::core::{now_ms, Core};
-use crate::deliver;
-use crate::http;
-use crate::ipc::{self, SharedCore};
-use crate::reaper;
 use crate::store::Store;
+use crate::tasks::deliver;
+use crate::tasks::reaper;
+use crate::transport::http;
+use crate::transport::ipc;
 use pb_platform::startup::Notifier;
 
 /// The longest the expiry timer sleeps, so a lease claimed with an earlier
@@ -76,7 +77,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
     let scan_interval = cfg.scan_interval;
     let http_cfg = cfg.clone();
     // Made even when HTTP is off, so `pb token` always has one to print.
-    let token = http::token::Token::load_or_create(&http::token::path(&cfg.paths.state_dir))?;
+    let token = crate::token::Token::load_or_create(&crate::token::path(&cfg.paths.state_dir))?;
     let mut core = Core::open(cfg, store)?;
     let (reaper_tx, reaper_rx) = tokio::sync::mpsc::channel(reaper::QUEUE);
     core.set_reaper(reaper_tx);
@@ -105,7 +106,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         let stop_accepting = Arc::new(Notify::new());
         tokio::spawn(expiry_timer(core.clone()));
         tokio::spawn(coord::ticker(core.clone()));
-        ipc::lock(&core).daemon_started();
+        lock(&core).daemon_started();
         tokio::spawn(reaper::run(core.clone(), reaper_rx, scan_interval));
         tokio::spawn(deliver::run(core.clone(), tls));
         let server = tokio::spawn(ipc::serve(
@@ -125,7 +126,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         }
         stop_accepting.notify_one();
         let _ = server.await;
-        ipc::lock(&core).daemon_stopping();
+        lock(&core).daemon_stopping();
         let _ = fs::remove_file(&socket_path);
         eprintln!("pb: broker {} stopped", std::process::id());
         Ok(())
@@ -135,10 +136,10 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
 /// Starts the HTTP API on PB_HTTP_ADDR. A port that cannot be bound costs
 /// only the HTTP API, never the broker: the Unix socket serves regardless,
 /// and `status` says why HTTP is off and which process holds its port.
-async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) {
+async fn start_http(cfg: &Config, core: SharedCore, token: crate::token::Token) {
     if cfg.http_addrs.is_empty() {
         eprintln!("pb: HTTP API off (PB_HTTP_ADDR=off)");
-        ipc::lock(&core).set_http_off("turned off (PB_HTTP_ADDR=off)".into());
+        lock(&core).set_http_off("turned off (PB_HTTP_ADDR=off)".into());
         return;
     }
     let listeners = match http::bind(&cfg.http_addrs).await {
@@ -148,7 +149,7 @@ async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) {
             let holders = tokio::task::spawn_blocking(move || {
                 let mut all: Vec<String> = Vec::new();
                 for p in ports {
-                    all.extend(crate::inspect::port_holders(p));
+                    all.extend(crate::service::inspect::port_holders(p));
                 }
                 all
             })
@@ -160,7 +161,7 @@ async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) {
                 format!("{e:#}; the port is held by {}", holders.join(", "))
             };
             eprintln!("pb: warning: {why}; running without the HTTP API");
-            ipc::lock(&core).set_http_off(why);
+            lock(&core).set_http_off(why);
             return;
         }
     };
@@ -181,7 +182,7 @@ async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) {
         } else {
             first.to_string()
         };
-        ipc::lock(&core).set_http_base(format!("http://{host}"));
+        lock(&core).set_http_base(format!("http://{host}"));
     }
     let state = http::HttpState::new(cfg, core, token);
     let router = http::router(state.clone());
@@ -195,13 +196,13 @@ async fn start_http(cfg: &Config, core: SharedCore, token: http::token::Token) {
 
 async fn expiry_timer(core: SharedCore) {
     loop {
-        let next = ipc::lock(&core).next_expiry();
+        let next = lock(&core).next_expiry();
         let wait = next
             .map(|t| Duration::from_millis(t.saturating_sub(now_ms())))
             .unwrap_or(EXPIRY_TICK)
             .min(EXPIRY_TICK);
         tokio::time::sleep(wait).await;
-        let ended = ipc::lock(&core).expire_due(now_ms());
+        let ended = lock(&core).expire_due(now_ms());
         for l in ended {
             eprintln!("pb: lease {} on port {} expired", l.id, l.port);
         }

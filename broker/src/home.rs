@@ -87,7 +87,7 @@ pub fn prepare(paths: &Paths) -> Result<(), HomeError> {
     private_file(&paths.socket(), "socket", true)?;
     // A token file others could read is refused by its loader (the token
     // may have leaked), not quietly tightened here.
-    let token = crate::http::token::path(&paths.state_dir);
+    let token = crate::token::path(&paths.state_dir);
     private_file(&token, file, false)?;
     Ok(())
 }

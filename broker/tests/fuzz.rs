@@ -14,8 +14,8 @@ use std::sync::{Mutex, OnceLock};
 
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use pb_broker::core::{Caller, Core};
-use pb_broker::http::guard;
 use pb_broker::store::Store;
+use pb_broker::transport::http::guard;
 use pb_broker::{ids, ssrf, Config};
 use pb_proto::duration::{self, Bare};
 use pb_proto::{frame, Request};

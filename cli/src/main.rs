@@ -614,7 +614,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         Command::Token => {
             // The broker makes the token when it starts: make sure one ran.
             connect::connect(&paths)?.call(Op::Status)?;
-            let file = pb_broker::http::token::path(&paths.state_dir);
+            let file = pb_broker::token::path(&paths.state_dir);
             let token = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             match fmt {

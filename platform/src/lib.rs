@@ -6,7 +6,8 @@
 //! OS-specific lives in a `sys` module per OS; today only Linux exists, so
 //! macOS support means adding `sys/macos.rs`, not touching the callers.
 
-pub mod fdpass;
+/// Descriptor passing lives in its own crate (pb-fdpass) for the shim's sake.
+pub use pb_fdpass as fdpass;
 pub mod net;
 pub mod process;
 pub mod sockets;

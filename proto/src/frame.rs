@@ -59,7 +59,7 @@ impl FrameReader {
                     return Ok((payload, fds));
                 }
             }
-            let n = pb_platform::fdpass::recv_with_fds(stream, &mut chunk, &mut fds)?;
+            let n = pb_fdpass::recv_with_fds(stream, &mut chunk, &mut fds)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -29,7 +29,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const MAX_REPLY: usize = 64 * 1024 * 1024;
 
 /// The most file descriptors one reply carries.
-pub const MAX_FDS: usize = pb_platform::fdpass::MAX_FDS;
+pub const MAX_FDS: usize = pb_fdpass::MAX_FDS;
 
 /// Splits range text `A-B` into its two numbers. Whether they make a valid
 /// range is the broker's decision.

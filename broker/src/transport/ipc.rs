@@ -6,35 +6,25 @@
 //! item, then an end frame (docs/PROTOCOL.md, "Streams").
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pb_platform::{ExitWatch, PeerIdentity};
 use pb_proto::frame;
 use pb_proto::{ErrorCode, Reply, Request, WireError, PROTOCOL_VERSION};
-use sendfd::SendWithFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
-use crate::core::{Caller, Core, Handover};
+use crate::core::stream::{Stream, StreamNext};
+use crate::core::{lock, Caller, Handover, SharedCore};
 use crate::service;
-use crate::stream::{Stream, StreamNext};
 
 /// How long the rest of a frame may take once its first byte arrived.
 /// Between frames a connection may idle forever: it may carry session leases.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reply may wait for a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub type SharedCore = Arc<Mutex<Core>>;
-
-pub fn lock(core: &SharedCore) -> std::sync::MutexGuard<'_, Core> {
-    // A panic aborts the broker (daemon.rs) before any unwinding, so the
-    // core is never seen poisoned, half-applied, by a later request.
-    core.lock()
-        .expect("the core is never poisoned: a panic aborts the broker")
-}
 
 /// Accepts connections until `stop` fires.
 pub async fn serve(
@@ -319,7 +309,9 @@ async fn write_reply(
             let raw: Vec<RawFd> = sockets.fds().iter().map(|f| f.as_raw_fd()).collect();
             // The descriptors ride on the first byte of the frame.
             sent = stream
-                .async_io(Interest::WRITABLE, || stream.send_with_fd(&bytes, &raw))
+                .async_io(Interest::WRITABLE, || {
+                    pb_platform::fdpass::send_with_fds(stream, &bytes, &raw)
+                })
                 .await?;
         }
         stream.write_all(&bytes[sent..]).await

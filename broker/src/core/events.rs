@@ -19,7 +19,7 @@ use pb_proto::{ActivityEntry, Actor};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::activity::ActivityLog;
+use crate::core::activity::ActivityLog;
 use crate::core::{now_ms, Caller, Core};
 use crate::store::{ActivityRow, Store, StoreError};
 

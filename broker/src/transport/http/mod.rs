@@ -27,7 +27,6 @@ pub mod openapi;
 pub mod portdaddy;
 pub mod portmanager;
 pub mod sse;
-pub mod token;
 pub mod webhooks;
 pub mod whoami;
 
@@ -47,10 +46,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::config::{Config, HTTP_RATE_BURST_SECONDS, HTTP_RATE_MAX_CLIENTS, HTTP_READ_TIMEOUT};
-use crate::ipc::SharedCore;
+use crate::core::SharedCore;
+use crate::token::Token;
 use error::ApiError;
 use limits::{Connections, RateLimiter};
-use token::Token;
 
 /// What every route and check shares.
 pub struct HttpState {
@@ -301,7 +300,7 @@ pub async fn call<T: serde::de::DeserializeOwned>(
     // Spare sockets are made once the reply is on its way, as on the Unix
     // socket: this task runs after the current one yields.
     let core = state.core.clone();
-    tokio::spawn(async move { crate::ipc::lock(&core).after_reply() });
+    tokio::spawn(async move { crate::core::lock(&core).after_reply() });
     serde_json::from_value(out.result)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("unexpected reply: {e}")))
 }
@@ -313,7 +312,7 @@ pub async fn call_stream<T: serde::de::DeserializeOwned>(
     state: &HttpState,
     caller: &crate::core::Caller,
     op: pb_proto::Op,
-) -> Result<(T, Option<crate::stream::Stream>), ApiError> {
+) -> Result<(T, Option<crate::core::stream::Stream>), ApiError> {
     let mut out = crate::service::dispatch(&state.core, caller, op).await?;
     let stream = out.stream.take();
     let first = serde_json::from_value(out.result)

@@ -28,7 +28,7 @@ use pb_proto::ErrorCode;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use crate::stream::{Stream, StreamNext};
+use crate::core::stream::{Stream, StreamNext};
 
 /// How often an idle stream sends a comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);

@@ -1,4 +1,8 @@
-//! Receiving descriptors passed over a Unix socket (SCM_RIGHTS).
+//! Passing descriptors over a Unix socket (SCM_RIGHTS), the kernel call
+//! the wire protocol rests on. A crate of its own inside platform/, so that
+//! pb-proto, and the preload shim built on it, need nothing else of the
+//! platform layer (procfs, netstat2 and their build tools stay out of every
+//! app the shim is loaded into).
 //!
 //! pb sends with the `sendfd` crate, but receives here: `sendfd` calls
 //! recvmsg without MSG_CMSG_CLOEXEC, which leaves each received listener
@@ -15,6 +19,17 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 /// The most descriptors one read accepts; more are closed by the kernel
 /// (MSG_CTRUNC) and reported as an error.
 pub const MAX_FDS: usize = 8;
+
+/// Sends `bytes` with `fds` riding on them; returns how many bytes went.
+/// A socket that would block says so (`WouldBlock`), for an async caller to
+/// wait on.
+pub fn send_with_fds<S: sendfd::SendWithFd>(
+    stream: &S,
+    bytes: &[u8],
+    fds: &[RawFd],
+) -> io::Result<usize> {
+    stream.send_with_fd(bytes, fds)
+}
 
 /// Reads into `buf`, appending any descriptors that arrive to `fds`.
 /// Returns the number of bytes read (0 at end of stream).

@@ -8,13 +8,14 @@
 //! for the transport to send on. The webhook deliveries a request caused
 //! are stored before it is answered.
 
+pub mod inspect;
+pub mod readiness;
+
 use pb_proto::{Op, WireError};
 
-use crate::activity;
+use crate::core::activity;
+use crate::core::{lock, SharedCore};
 use crate::core::{Caller, Outcome};
-use crate::inspect;
-use crate::ipc::{lock, SharedCore};
-use crate::readiness;
 
 pub async fn dispatch(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
     match op {

@@ -33,9 +33,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::rustls;
 
 use crate::core::now_ms;
-use crate::ipc::{lock, SharedCore};
+use crate::core::webhooks::{random_bytes, AttemptResult, Job};
+use crate::core::{lock, SharedCore};
 use crate::ssrf::{self, Host, Policy, Target};
-use crate::webhooks::{random_bytes, AttemptResult, Job};
 
 /// The longest the worker sleeps without looking at the queue.
 const IDLE: Duration = Duration::from_secs(1);

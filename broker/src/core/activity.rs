@@ -18,12 +18,12 @@ use std::time::Duration;
 use pb_proto::{ActivityArgs, ActivityEntry, ActivityReply, Actor, ErrorCode, WireError};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::core::events::Event;
+use crate::core::stream::{Stream, StreamNext};
+use crate::core::{lock, SharedCore};
 use crate::core::{Core, Outcome};
-use crate::events::Event;
-use crate::ipc::{lock, SharedCore};
 use crate::names;
 use crate::store::{ActivityDb, ActivityQuery, ActivityRow, StoreError};
-use crate::stream::{Stream, StreamNext};
 
 /// Batches queued for the writer; past that, batches are dropped (and
 /// counted) rather than holding up the core.

@@ -16,6 +16,16 @@
 //! an `impl Core` block for its operations; every change is announced once
 //! on the event bus (`events`) through `Core::emit`.
 
+pub mod activity;
+pub mod agents;
+pub mod coord;
+pub mod events;
+pub mod jobs;
+pub mod locks;
+pub mod pubsub;
+pub mod stream;
+pub mod webhooks;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -31,18 +41,30 @@ use pb_proto::{
 };
 use serde_json::Value;
 
-use crate::agents::Agents;
 use crate::config::Config;
-use crate::events::{EventBus, EventKind};
+use crate::core::agents::Agents;
+use crate::core::events::{EventBus, EventKind};
+use crate::core::jobs::{LeaseView, ReaperJob};
+use crate::core::locks::{Locks, PendingLock};
+use crate::core::pubsub::PubSub;
+use crate::core::stream::Stream;
 use crate::ids::{self, Pattern};
-use crate::locks::{Locks, PendingLock};
 use crate::logins::Logins;
-use crate::pubsub::PubSub;
-use crate::reaper::{LeaseView, ReaperJob};
 use crate::relay::Relay;
 use crate::rules;
 use crate::store::{LeaseRecord, Store, StoreError};
-use crate::stream::Stream;
+
+/// The one core of a running broker, shared by its transports and tasks.
+pub type SharedCore = Arc<std::sync::Mutex<Core>>;
+
+/// Takes the core's mutex. Never held across a question to the machine or
+/// an await: callers ask first, then apply.
+pub fn lock(core: &SharedCore) -> std::sync::MutexGuard<'_, Core> {
+    // A panic aborts the broker (daemon.rs) before any unwinding, so the
+    // core is never seen poisoned, half-applied, by a later request.
+    core.lock()
+        .expect("the core is never poisoned: a panic aborts the broker")
+}
 
 /// Who sent a request, as the kernel (not the client) says.
 #[derive(Debug, Clone)]
@@ -267,9 +289,9 @@ pub struct Core {
     http_base: Option<String>,
     http_off: Option<String>,
     logins: Logins,
-    pub(crate) webhooks: crate::webhooks::Webhooks,
+    pub(crate) webhooks: crate::core::webhooks::Webhooks,
     /// The machine's listeners for those who follow them.
-    pub(crate) listener_feed: Arc<crate::inspect::ListenerFeed>,
+    pub(crate) listener_feed: Arc<crate::core::stream::ListenerFeed>,
 }
 
 impl Core {

@@ -26,11 +26,11 @@ use pb_proto::{
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use crate::core::events::EventKind;
+use crate::core::jobs::ReaperJob;
+use crate::core::{lock, SharedCore};
 use crate::core::{now_ms, Caller, Core, Outcome, Undo};
-use crate::events::EventKind;
-use crate::ipc::{lock, SharedCore};
 use crate::names::{self, NamePattern};
-use crate::reaper::ReaperJob;
 use crate::store::{LockRecord, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,8 +23,8 @@ use pb_proto::{
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::core::events::{Event, EventKind};
 use crate::core::{now_ms, Core, Outcome};
-use crate::events::{Event, EventKind};
 use crate::ids::Pattern;
 use crate::ssrf::{self, Host, Target};
 use crate::store::{DeliveryRecord, StoreError, WebhookRecord};

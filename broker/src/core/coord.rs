@@ -8,9 +8,9 @@ use std::time::Duration;
 use pb_platform::ProcessId;
 use pb_proto::{ErrorCode, Op, WireError};
 
+use crate::core::events::EventKind;
+use crate::core::{lock, SharedCore};
 use crate::core::{now_ms, Caller, Core, Outcome};
-use crate::events::EventKind;
-use crate::ipc::{lock, SharedCore};
 use crate::store::StoreError;
 
 /// How often the coordination tick runs: the resolution of lock expiry

@@ -15,10 +15,10 @@ use pb_platform::ProcessId;
 use pb_proto::{Actor, AgentArgs, AgentInfo, AgentReply, AgentsReply, ErrorCode, Owner, WireError};
 use serde_json::json;
 
+use crate::core::events::EventKind;
+use crate::core::jobs::ReaperJob;
 use crate::core::{now_ms, Caller, Core, Outcome};
-use crate::events::EventKind;
 use crate::names;
-use crate::reaper::ReaperJob;
 use crate::rules;
 use crate::store::{AgentRecord, StoreError};
 

@@ -16,10 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
+use crate::core::events::EventKind;
 use crate::core::Outcome;
-use crate::events::EventKind;
+use crate::core::{lock, SharedCore};
 use crate::ids;
-use crate::ipc::{lock, SharedCore};
 
 /// Most services in one wait.
 pub const MAX_IDS: usize = 64;
@@ -113,7 +113,7 @@ fn timed_out(id: &str, why: &str, timeout_ms: i64) -> WireError {
 /// Waits for a claim of `id` (or anything that may have changed it: a
 /// lagging receiver re-checks). False at the deadline.
 async fn claimed_or_deadline(
-    events: &mut broadcast::Receiver<std::sync::Arc<crate::events::Event>>,
+    events: &mut broadcast::Receiver<std::sync::Arc<crate::core::events::Event>>,
     id: &str,
     deadline: Instant,
 ) -> bool {

@@ -4,7 +4,7 @@
 //! leases; the kernel the rest.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,11 @@ use pb_platform::ProcessInfo;
 use pb_proto::{ErrorCode, Holder, ListenerInfo, ListenersReply, WhoReply, WireError};
 use tokio::sync::{broadcast, watch};
 
+use crate::core::jobs::LeaseView;
+use crate::core::stream::{ListenerFeed, ListenerFollow, Reading, Stream};
 use crate::core::Outcome;
-use crate::ipc::{lock, SharedCore};
-use crate::reaper::LeaseView;
+use crate::core::{lock, SharedCore};
 use crate::rules;
-use crate::stream::{Stream, StreamNext};
 
 pub async fn who(core: &SharedCore, port: i64) -> Result<Outcome, WireError> {
     let port = rules::check_any_port(port)?;
@@ -68,27 +68,6 @@ const FIRST_READ: Duration = Duration::from_secs(10);
 /// The least time between two readings, however many service events come:
 /// a reading walks every process's descriptors.
 const MIN_GAP: Duration = Duration::from_millis(200);
-
-/// The machine's listeners, read again for whoever follows them. The
-/// kernel announces no new listening socket, so one task re-reads the
-/// tables every scan interval, and soon after each of the broker's service
-/// events, for as long as any follower is left; a follower is sent a
-/// reading only when it differs from the last one.
-#[derive(Debug, Default)]
-pub struct ListenerFeed {
-    tx: watch::Sender<Option<Reading>>,
-    running: AtomicBool,
-    /// Numbers readings across the feed's idle spells, so ids only grow.
-    generation: AtomicU64,
-}
-
-/// One reading of the tables (with its generation), serialized once for
-/// every follower.
-#[derive(Debug, Clone)]
-pub struct Reading {
-    pub reply: Arc<ListenersReply>,
-    pub json: Arc<str>,
-}
 
 impl ListenerFeed {
     fn follow(self: &Arc<Self>, core: &SharedCore) -> watch::Receiver<Option<Reading>> {
@@ -165,43 +144,6 @@ impl ListenerFeed {
             });
             true
         });
-    }
-}
-
-/// One follower of the [`ListenerFeed`]: each new reading is an item,
-/// whose id is its generation.
-pub struct ListenerFollow {
-    rx: watch::Receiver<Option<Reading>>,
-}
-
-impl ListenerFollow {
-    pub async fn next(&mut self) -> StreamNext {
-        loop {
-            if self.rx.changed().await.is_err() {
-                return StreamNext::End(None);
-            }
-            if let Some(item) = self.current() {
-                return item;
-            }
-        }
-    }
-
-    pub fn try_next(&mut self) -> Option<StreamNext> {
-        if self.rx.has_changed().unwrap_or(false) {
-            self.current()
-        } else {
-            None
-        }
-    }
-
-    fn current(&mut self) -> Option<StreamNext> {
-        self.rx
-            .borrow_and_update()
-            .as_ref()
-            .map(|r| StreamNext::Item {
-                id: r.reply.generation.unwrap_or(0),
-                json: r.json.clone(),
-            })
     }
 }
 

@@ -23,44 +23,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
+use crate::core::jobs::{LeaseView, ReaperJob};
 use crate::core::now_ms;
-use crate::ipc::{lock, SharedCore};
+use crate::core::{lock, SharedCore};
 
 /// Most jobs queued for the reaper; past that the scan catches up.
 pub const QUEUE: usize = 4096;
-
-#[derive(Debug)]
-pub enum ReaperJob {
-    /// Watch this owner; with a pidfd already taken from its connection.
-    Watch(ProcessId, Option<Arc<ExitWatch>>),
-    /// These leases lost their owner (`gone`, or their session): move or end.
-    Reclaim {
-        ids: Vec<String>,
-        gone: Option<ProcessId>,
-    },
-}
-
-/// What the reaper needs to know of a lease, copied out of the core.
-#[derive(Debug, Clone)]
-pub struct LeaseView {
-    pub id: String,
-    pub port: u16,
-    pub owner: Option<ProcessId>,
-    /// Inodes of the broker's own sockets for the lease.
-    pub inodes: Vec<u64>,
-    pub adopted: bool,
-    /// The broker's sockets listen: they were handed to a client.
-    pub listening: bool,
-    pub session: bool,
-    pub created_ms: u64,
-    /// Since when an adopted lease has waited for its app's next run.
-    pub orphaned_ms: Option<u64>,
-    /// Whose exit ends the lease while no app has adopted it.
-    pub claimant: Option<ProcessId>,
-    /// The broker holds sockets on the port (false only for a lease reloaded
-    /// after a restart whose port someone else held).
-    pub held: bool,
-}
 
 pub async fn run(core: SharedCore, mut jobs: mpsc::Receiver<ReaperJob>, interval: Duration) {
     let watching: Arc<Mutex<HashSet<ProcessId>>> = Arc::default();

@@ -16,10 +16,10 @@ use hyper::body::Incoming;
 use pb_proto::ErrorCode;
 
 use super::error::ApiError;
-use super::token::Token;
 use super::{Conn, HttpState};
 use crate::config::{HTTP_MAX_BODY, HTTP_READ_TIMEOUT};
 use crate::core::Caller;
+use crate::token::Token;
 
 /// Admits a request, or says why not.
 pub async fn admit(
@@ -220,7 +220,7 @@ pub fn session_cookie(headers: &HeaderMap, port: u16) -> Option<&str> {
 /// Whether the request carries a live session of its connection's uid.
 pub fn has_session(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> bool {
     session_cookie(headers, conn.local.port())
-        .is_some_and(|s| crate::ipc::lock(&state.core).session_valid(s, conn.peer_uid))
+        .is_some_and(|s| crate::core::lock(&state.core).session_valid(s, conn.peer_uid))
 }
 
 /// The uid a request acts as, given the uid the kernel says made its

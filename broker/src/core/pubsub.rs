@@ -26,10 +26,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::config::CoordConfig;
+use crate::core::events::{as_message_data, Event, EventKind};
+use crate::core::stream::{Stream, StreamNext};
 use crate::core::{now_ms, Caller, Core, Outcome};
-use crate::events::{as_message_data, Event, EventKind};
 use crate::names::{self, NamePattern};
-use crate::stream::{Stream, StreamNext};
 
 /// Most patterns in one subscription.
 pub const MAX_PATTERNS: usize = 16;

@@ -1,0 +1,41 @@
+//! What the core asks of the reaper task: the jobs it queues (watch this
+//! owner, reclaim these leases) and the copy of a lease the reaper judges
+//! outside the core's mutex. Defined with the core, so that the core needs
+//! nothing of the task that runs them.
+
+use std::sync::Arc;
+
+use pb_platform::{ExitWatch, ProcessId};
+
+#[derive(Debug)]
+pub enum ReaperJob {
+    /// Watch this owner; with a pidfd already taken from its connection.
+    Watch(ProcessId, Option<Arc<ExitWatch>>),
+    /// These leases lost their owner (`gone`, or their session): move or end.
+    Reclaim {
+        ids: Vec<String>,
+        gone: Option<ProcessId>,
+    },
+}
+
+/// What the reaper needs to know of a lease, copied out of the core.
+#[derive(Debug, Clone)]
+pub struct LeaseView {
+    pub id: String,
+    pub port: u16,
+    pub owner: Option<ProcessId>,
+    /// Inodes of the broker's own sockets for the lease.
+    pub inodes: Vec<u64>,
+    pub adopted: bool,
+    /// The broker's sockets listen: they were handed to a client.
+    pub listening: bool,
+    pub session: bool,
+    pub created_ms: u64,
+    /// Since when an adopted lease has waited for its app's next run.
+    pub orphaned_ms: Option<u64>,
+    /// Whose exit ends the lease while no app has adopted it.
+    pub claimant: Option<ProcessId>,
+    /// The broker holds sockets on the port (false only for a lease reloaded
+    /// after a restart whose port someone else held).
+    pub held: bool,
+}

@@ -1,0 +1,5 @@
+//! The transports: they turn bytes into typed ops for `service::dispatch`
+//! and its outcomes back into bytes (and descriptors). No rule lives here.
+
+pub mod http;
+pub mod ipc;
