@@ -854,3 +854,62 @@ fn a_port_daddy_style_sdk_client_coordinates_over_http() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn a_bare_lock_ttl_means_the_same_over_http_and_on_the_cli() {
+    let broker = Broker::start();
+    // Milliseconds, as Port Daddy's `ttl` and `pb lock --ttl` both mean a
+    // bare number; a number in a string and a JSON number alike.
+    for (name, body) in [("a", r#"{"ttl": "30000"}"#), ("b", r#"{"ttl": 30000}"#)] {
+        let (s, v) = curl(&[
+            "-X",
+            "POST",
+            &url(&broker, &format!("/locks/{name}")),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ]);
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["lock"]["ttl"], 30000, "{body}: {v}");
+    }
+    broker.pb_ok(&["lock", "c", "--owner", "cli", "--ttl", "30000"]);
+    let locks = broker.pb_json(&["locks"]);
+    let ttls: Vec<&Value> = locks["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["ttl_ms"])
+        .collect();
+    assert_eq!(ttls, [&json!(30000); 3], "{locks}");
+    // And a unit means the same everywhere.
+    let (s, v) = curl(&[
+        "-X",
+        "POST",
+        &url(&broker, "/locks/d"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"ttl": "30s"}"#,
+    ]);
+    assert_eq!((s, &v["lock"]["ttl"]), (200, &json!(30000)), "{v}");
+    broker.pb_ok(&["lock", "e", "--owner", "cli", "--ttl", "30s"]);
+    assert_eq!(broker.pb_json(&["locks", "e"])["locks"][0]["ttl_ms"], 30000);
+    // A malformed one is refused the same way over both.
+    let (s, v) = curl(&[
+        "-X",
+        "POST",
+        &url(&broker, "/locks/f"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"ttl": "30 parsecs"}"#,
+    ]);
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("invalid_duration")),
+        "{v}"
+    );
+    let out = broker.pb(&["-j", "lock", "f", "--ttl", "30 parsecs"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

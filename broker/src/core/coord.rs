@@ -1,16 +1,14 @@
-//! Coordination glue: routes the coordination ops to their modules
-//! (`locks`, `pubsub`, `agents`, `activity`), runs their periodic work
-//! (expiry, staleness, retention, activity flushes) and tells them when a
-//! process dies.
+//! Coordination glue: runs the periodic work of the coordination modules
+//! (`locks`, `pubsub`, `agents`, `activity`: expiry, staleness, retention,
+//! activity flushes) and tells them when a process dies.
 
 use std::time::Duration;
 
 use pb_platform::ProcessId;
-use pb_proto::{ErrorCode, Op, WireError};
 
 use crate::core::events::EventKind;
 use crate::core::{lock, SharedCore};
-use crate::core::{now_ms, Caller, Core, Outcome};
+use crate::core::{now_ms, Core};
 use crate::store::StoreError;
 
 /// How often the coordination tick runs: the resolution of lock expiry
@@ -46,48 +44,6 @@ impl Core {
     pub fn process_exited(&mut self, p: ProcessId) {
         self.locks_process_exited(p);
         self.agents_process_exited(p);
-    }
-
-    pub(crate) fn apply_coord(&mut self, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
-        match op {
-            Op::LockAcquire(a) => self.lock_acquire(caller, a),
-            Op::LockRelease {
-                name,
-                owner,
-                agent,
-                force,
-            } => self.lock_release(caller, &name, owner, agent, force),
-            Op::LockExtend {
-                name,
-                ttl_ms,
-                owner,
-                agent,
-            } => self.lock_extend(caller, &name, ttl_ms, owner, agent),
-            Op::Locks { pattern } => self.locks_list(pattern.as_deref()),
-            Op::LockInfo { name } => self.lock_info(&name),
-            Op::Publish {
-                channel,
-                data,
-                agent,
-            } => self.publish(caller, channel, data, agent),
-            Op::Subscribe { patterns, since_id } => self.subscribe(patterns, since_id),
-            Op::History {
-                pattern,
-                since_id,
-                limit,
-            } => self.history(&pattern, since_id, limit),
-            Op::Channels => Ok(self.channels()),
-            Op::ClearChannel { channel } => self.clear_channel(caller, &channel),
-            Op::AgentRegister(a) => self.agent_register(caller, a),
-            Op::AgentHeartbeat { id } => self.agent_heartbeat(caller, &id),
-            Op::AgentUnregister { id } => self.agent_unregister(caller, &id),
-            Op::Agents => Ok(self.agents_list()),
-            Op::AgentInfo { id } => self.agent_info_op(&id),
-            other => Err(WireError::new(
-                ErrorCode::Internal,
-                format!("{other:?} is answered by service::dispatch, not the core"),
-            )),
-        }
     }
 
     /// One tick of periodic work; `n` counts ticks.

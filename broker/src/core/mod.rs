@@ -696,10 +696,15 @@ impl Core {
                 let id = self.named_lease(id, port)?;
                 self.heartbeat(caller, &id, ttl_ms)
             }
-            Op::Who { .. } | Op::Listeners { .. } => Err(WireError::new(
-                ErrorCode::Internal,
-                "inspections are answered by service::dispatch, not the core",
-            )),
+            // Asked of the machine, or of the activity log's own database,
+            // without the core's mutex: `service::dispatch` answers these and
+            // never hands them here.
+            Op::Who { .. } | Op::Listeners { .. } | Op::Activity(_) | Op::Wait { .. } => {
+                Err(WireError::new(
+                    ErrorCode::Internal,
+                    "this operation is answered by service::dispatch, not the core",
+                ))
+            }
             Op::LoginCode => {
                 let base = self.http_base.clone().ok_or_else(|| {
                     WireError::new(ErrorCode::InvalidRequest, "the HTTP API is not running")
@@ -722,15 +727,47 @@ impl Core {
                 shutdown: true,
                 ..Outcome::of(serde_json::json!({"stopping": true}))
             }),
-            op @ (Op::WebhookAdd(_)
-            | Op::Webhooks
-            | Op::WebhookGet { .. }
-            | Op::WebhookUpdate(_)
-            | Op::WebhookDelete { .. }
-            | Op::WebhookTest { .. }
-            | Op::WebhookDeliveries { .. }
-            | Op::WebhookEvents) => self.apply_webhook(op),
-            op => self.apply_coord(caller, op),
+            Op::WebhookAdd(a) => self.webhook_add(a),
+            Op::Webhooks => Ok(self.webhooks_list()),
+            Op::WebhookGet { id } => self.webhook_get(&id),
+            Op::WebhookUpdate(a) => self.webhook_update(a),
+            Op::WebhookDelete { id } => self.webhook_delete(&id),
+            Op::WebhookTest { id } => self.webhook_test(&id),
+            Op::WebhookDeliveries { id, limit } => self.webhook_deliveries(&id, limit),
+            Op::WebhookEvents => Ok(webhooks::events_list()),
+            Op::LockAcquire(a) => self.lock_acquire(caller, a),
+            Op::LockRelease {
+                name,
+                owner,
+                agent,
+                force,
+            } => self.lock_release(caller, &name, owner, agent, force),
+            Op::LockExtend {
+                name,
+                ttl_ms,
+                owner,
+                agent,
+            } => self.lock_extend(caller, &name, ttl_ms, owner, agent),
+            Op::Locks { pattern } => self.locks_list(pattern.as_deref()),
+            Op::LockInfo { name } => self.lock_info(&name),
+            Op::Publish {
+                channel,
+                data,
+                agent,
+            } => self.publish(caller, channel, data, agent),
+            Op::Subscribe { patterns, since_id } => self.subscribe(patterns, since_id),
+            Op::History {
+                pattern,
+                since_id,
+                limit,
+            } => self.history(&pattern, since_id, limit),
+            Op::Channels => Ok(self.channels()),
+            Op::ClearChannel { channel } => self.clear_channel(caller, &channel),
+            Op::AgentRegister(a) => self.agent_register(caller, a),
+            Op::AgentHeartbeat { id } => self.agent_heartbeat(caller, &id),
+            Op::AgentUnregister { id } => self.agent_unregister(caller, &id),
+            Op::Agents => Ok(self.agents_list()),
+            Op::AgentInfo { id } => self.agent_info_op(&id),
         }
     }
 

@@ -29,6 +29,13 @@ use crate::ids::Pattern;
 use crate::ssrf::{self, Host, Target};
 use crate::store::{DeliveryRecord, StoreError, WebhookRecord};
 
+/// The kinds a webhook may ask for (`webhook_events`).
+pub(crate) fn events_list() -> Outcome {
+    Outcome::of(WebhookEventsReply {
+        events: WEBHOOK_KINDS.map(|k| k.name().to_string()).to_vec(),
+    })
+}
+
 /// The event kinds a webhook can subscribe to (`GET /webhooks/events`).
 pub const WEBHOOK_KINDS: [EventKind; 12] = [
     EventKind::ServiceClaim,
@@ -314,33 +321,21 @@ impl Core {
         self.webhooks.notify.clone()
     }
 
-    pub(crate) fn apply_webhook(&mut self, op: pb_proto::Op) -> Result<Outcome, WireError> {
-        use pb_proto::Op;
-        match op {
-            Op::WebhookAdd(a) => self.webhook_add(a),
-            Op::Webhooks => Ok(Outcome::of(WebhooksReply {
-                webhooks: self.webhooks.hooks.values().map(Hook::info).collect(),
-            })),
-            Op::WebhookGet { id } => Ok(Outcome::of(self.hook(&id)?.info())),
-            Op::WebhookUpdate(a) => self.webhook_update(a),
-            Op::WebhookDelete { id } => self.webhook_delete(&id),
-            Op::WebhookTest { id } => self.webhook_test(&id),
-            Op::WebhookDeliveries { id, limit } => self.webhook_deliveries(&id, limit),
-            Op::WebhookEvents => Ok(Outcome::of(WebhookEventsReply {
-                events: WEBHOOK_KINDS.map(|k| k.name().to_string()).to_vec(),
-            })),
-            other => Err(WireError::new(
-                ErrorCode::Internal,
-                format!("{other:?} is not a webhook operation"),
-            )),
-        }
+    pub(crate) fn webhooks_list(&self) -> Outcome {
+        Outcome::of(WebhooksReply {
+            webhooks: self.webhooks.hooks.values().map(Hook::info).collect(),
+        })
+    }
+
+    pub(crate) fn webhook_get(&self, id: &str) -> Result<Outcome, WireError> {
+        Ok(Outcome::of(self.hook(id)?.info()))
     }
 
     fn hook(&self, id: &str) -> Result<&Hook, WireError> {
         self.webhooks.hooks.get(id).ok_or_else(|| not_found(id))
     }
 
-    fn webhook_add(&mut self, a: WebhookArgs) -> Result<Outcome, WireError> {
+    pub(crate) fn webhook_add(&mut self, a: WebhookArgs) -> Result<Outcome, WireError> {
         let c = &self.cfg.webhooks;
         let target = check_url(&a.url, c.policy)?;
         let (events, kinds) = check_events(&a.events)?;
@@ -382,7 +377,7 @@ impl Core {
         Ok(Outcome::of(WebhookCreated { webhook, secret }))
     }
 
-    fn webhook_update(&mut self, a: WebhookUpdateArgs) -> Result<Outcome, WireError> {
+    pub(crate) fn webhook_update(&mut self, a: WebhookUpdateArgs) -> Result<Outcome, WireError> {
         let policy = self.cfg.webhooks.policy;
         let hook = self.hook(&a.id)?;
         let mut rec = hook.rec.clone();
@@ -425,7 +420,7 @@ impl Core {
         Ok(Outcome::of(info))
     }
 
-    fn webhook_delete(&mut self, id: &str) -> Result<Outcome, WireError> {
+    pub(crate) fn webhook_delete(&mut self, id: &str) -> Result<Outcome, WireError> {
         self.hook(id)?;
         self.store.delete_webhook(id).map_err(internal)?;
         self.webhooks.hooks.remove(id);
@@ -436,7 +431,7 @@ impl Core {
         }))
     }
 
-    fn webhook_test(&mut self, id: &str) -> Result<Outcome, WireError> {
+    pub(crate) fn webhook_test(&mut self, id: &str) -> Result<Outcome, WireError> {
         self.hook(id)?;
         let now = now_ms();
         let data = serde_json::json!({ "webhook": id, "message": "test delivery from pb" });
@@ -461,7 +456,11 @@ impl Core {
         Ok(Outcome::of(WebhookTestReply { delivery: d.id }))
     }
 
-    fn webhook_deliveries(&mut self, id: &str, limit: Option<i64>) -> Result<Outcome, WireError> {
+    pub(crate) fn webhook_deliveries(
+        &mut self,
+        id: &str,
+        limit: Option<i64>,
+    ) -> Result<Outcome, WireError> {
         self.hook(id)?;
         let limit = match limit {
             None => 50,

@@ -346,18 +346,16 @@ pub enum Millis {
 }
 
 impl Millis {
+    /// A bare number is milliseconds, as Port Daddy and `pb lock` mean it;
+    /// the one parser is pb-proto's.
     pub fn ms(&self) -> Result<i64, ApiError> {
+        use pb_proto::duration::{parse_bare, Bare};
         match self {
             Millis::Ms(ms) => Ok(*ms),
-            Millis::Text(t) => {
-                if let Ok(ms) = t.trim().parse::<i64>() {
-                    return Ok(ms);
-                }
-                Ok(pb_proto::duration::parse(t)
-                    .map_err(|e| ApiError::new(ErrorCode::InvalidDuration, e.to_string()))?
-                    .as_millis()
-                    .min(i64::MAX as u128) as i64)
-            }
+            Millis::Text(t) => Ok(parse_bare(t, Bare::Millis)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidDuration, e.to_string()))?
+                .as_millis()
+                .min(i64::MAX as u128) as i64),
         }
     }
 }
