@@ -65,20 +65,10 @@ fn owner_arg(
         (Some(n), _) => Some(LockOwnerArg::Name(n)),
         (None, Some(p)) => Some(LockOwnerArg::Pid(p)),
         // The agent owns it when one is named; otherwise the shell or
-        // script that ran pb (pb itself exits at once), skipping the
-        // `$(…)` subshell that `T=$(pb lock x -q)` runs pb in.
+        // script that ran pb (pb itself exits at once), which the broker
+        // finds above the `$(…)` subshell that `T=$(pb lock x -q)` runs in.
         (None, None) if agent.is_some() => None,
-        (None, None) => {
-            let owner = pb_platform::ProcessId::current()
-                .lasting_ancestor()
-                .ok_or_else(|| {
-                    anyhow::Error::new(pb_proto::WireError::new(
-                        pb_proto::ErrorCode::InvalidRequest,
-                        "pb's parent is gone, so nothing could own the lock; name an owner with --owner or --pid",
-                    ))
-                })?;
-            Some(LockOwnerArg::Pid(owner.pid))
-        }
+        (None, None) => Some(LockOwnerArg::CallerParent),
     })
 }
 

@@ -18,6 +18,13 @@ pub enum LockOwnerArg {
     Name(String),
     /// A registered agent: the lock ends when the agent goes stale or dies.
     Agent(String),
+    /// The shell or script that ran the caller (above any `$(…)` subshell):
+    /// a command such as `pb lock` exits at once, its caller stays.
+    CallerParent,
+    /// A pid the client names as it is told (Port Daddy's X-PID or `pid`):
+    /// the caller's own pid means the default (its agent, else
+    /// `CallerParent`), any other is `Pid`.
+    Hint(i64),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

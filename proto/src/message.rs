@@ -187,6 +187,10 @@ pub enum Owner {
     Caller,
     /// Another process of the caller's user.
     Pid(u32),
+    /// A pid the client names as it is told (Port Daddy's X-PID or `pid`):
+    /// the caller's own pid means `None` (a client asking for a port, as
+    /// `pb claim` does, is not its owner), any other is `Pid`.
+    Hint(i64),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

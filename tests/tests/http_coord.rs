@@ -913,3 +913,32 @@ fn a_bare_lock_ttl_means_the_same_over_http_and_on_the_cli() {
     let out = broker.pb(&["-j", "lock", "f", "--ttl", "30 parsecs"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn a_pid_hint_of_zero_or_garbage_is_refused_by_every_route_alike() {
+    let broker = Broker::start();
+    for (method, path, body) in [
+        ("POST", "/claim/app:web", "{}"),
+        ("POST", "/locks/db", "{}"),
+        ("POST", "/agents/a1", "{}"),
+    ] {
+        for pid in ["0", "-4", "4294967296", "x"] {
+            let r = curl(&[
+                "-X",
+                method,
+                &url(&broker, path),
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                &format!("X-PID: {pid}"),
+                "-d",
+                body,
+            ]);
+            assert_error(&r, 400, "invalid_request");
+        }
+    }
+    // And nothing was made.
+    assert_eq!(broker.pb_json(&["list"])["services"], json!([]));
+    assert_eq!(broker.pb_json(&["locks"])["locks"], json!([]));
+    assert_eq!(broker.pb_json(&["agent", "ls"])["agents"], json!([]));
+}

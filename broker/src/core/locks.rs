@@ -330,34 +330,11 @@ impl Core {
         ttl_ms: u64,
     ) -> Result<Request, WireError> {
         self.check_agent(caller, agent.as_deref())?;
-        let owner = owner.unwrap_or(match &agent {
+        let arg = owner.unwrap_or(match &agent {
             Some(a) => LockOwnerArg::Agent(a.clone()),
             None => LockOwnerArg::Caller,
         });
-        let mut watch = None;
-        let owner = match owner {
-            LockOwnerArg::Caller => {
-                let p = caller.process.ok_or_else(|| {
-                    WireError::new(
-                        ErrorCode::InvalidRequest,
-                        "the caller's process is not visible to the broker; name an owner",
-                    )
-                })?;
-                watch = caller.exit_watch.clone();
-                LockOwner::Process(p)
-            }
-            LockOwnerArg::Pid(pid) => LockOwner::Process(
-                Core::resolve_owner(caller, Owner::Pid(pid))?.expect("a pid resolves to a process"),
-            ),
-            LockOwnerArg::Name(n) => {
-                names::check_owner(&n)?;
-                LockOwner::Name(n)
-            }
-            LockOwnerArg::Agent(a) => {
-                self.check_agent(caller, Some(&a))?;
-                LockOwner::Agent(a)
-            }
-        };
+        let (owner, watch) = self.lock_owner(caller, arg, agent.as_deref())?;
         let agent = match &owner {
             LockOwner::Agent(a) => Some(a.clone()),
             _ => agent,
@@ -371,6 +348,50 @@ impl Core {
             actor,
             watch,
         })
+    }
+
+    /// The owner a request names, checked; with the caller's exit watch
+    /// when the caller itself is the owner.
+    fn lock_owner(
+        &self,
+        caller: &Caller,
+        arg: LockOwnerArg,
+        agent: Option<&str>,
+    ) -> Result<(LockOwner, Option<Arc<ExitWatch>>), WireError> {
+        let owner = match arg {
+            LockOwnerArg::Caller => {
+                let p = caller.process.ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::InvalidRequest,
+                        "the caller's process is not visible to the broker; name an owner",
+                    )
+                })?;
+                return Ok((LockOwner::Process(p), caller.exit_watch.clone()));
+            }
+            LockOwnerArg::Pid(pid) => LockOwner::Process(
+                Core::resolve_owner(caller, Owner::Pid(pid))?.expect("a pid resolves to a process"),
+            ),
+            LockOwnerArg::Name(n) => {
+                names::check_owner(&n)?;
+                LockOwner::Name(n)
+            }
+            LockOwnerArg::Agent(a) => {
+                self.check_agent(caller, Some(&a))?;
+                LockOwner::Agent(a)
+            }
+            LockOwnerArg::CallerParent => LockOwner::Process(Core::caller_parent(caller)?),
+            // Naming itself, a client (Port Daddy's CLI) asks for the
+            // default a command gets: its agent, else the shell that ran it.
+            LockOwnerArg::Hint(pid) => {
+                let arg = match (Core::hinted(caller, pid)?, agent) {
+                    (Some(pid), _) => LockOwnerArg::Pid(pid),
+                    (None, Some(a)) => LockOwnerArg::Agent(a.to_string()),
+                    (None, None) => LockOwnerArg::CallerParent,
+                };
+                return self.lock_owner(caller, arg, agent);
+            }
+        };
+        Ok((owner, None))
     }
 
     fn check_lock_ttl(&self, ttl_ms: Option<i64>) -> Result<u64, WireError> {

@@ -822,6 +822,31 @@ impl Core {
         Ok(())
     }
 
+    /// A pid a client names for itself or another (X-PID): `None` when it
+    /// is the caller's own.
+    pub(crate) fn hinted(caller: &Caller, pid: i64) -> Result<Option<u32>, WireError> {
+        let pid = u32::try_from(pid).ok().filter(|p| *p > 0).ok_or_else(|| {
+            WireError::new(ErrorCode::InvalidRequest, format!("pid {pid} is not a pid"))
+        })?;
+        Ok((caller.process.map(|p| p.pid) != Some(pid)).then_some(pid))
+    }
+
+    /// The shell or script that ran the caller (its lasting ancestor).
+    pub(crate) fn caller_parent(caller: &Caller) -> Result<ProcessId, WireError> {
+        let p = caller.process.ok_or_else(|| {
+            WireError::new(
+                ErrorCode::InvalidRequest,
+                "the caller's process is not visible to the broker; name an owner",
+            )
+        })?;
+        p.lasting_ancestor().ok_or_else(|| {
+            WireError::new(
+                ErrorCode::InvalidRequest,
+                "the caller's parent is gone, so nothing could own it; name an owner",
+            )
+        })
+    }
+
     pub(crate) fn resolve_owner(
         caller: &Caller,
         owner: Owner,
@@ -834,6 +859,10 @@ impl Core {
                     "the caller's process is not visible to the broker",
                 )
             }),
+            Owner::Hint(pid) => match Self::hinted(caller, pid)? {
+                None => Ok(None),
+                Some(pid) => Self::resolve_owner(caller, Owner::Pid(pid)),
+            },
             Owner::Pid(pid) => {
                 let p = ProcessId::of(pid)
                     .filter(ProcessId::is_alive)

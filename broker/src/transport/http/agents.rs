@@ -127,18 +127,9 @@ async fn do_register(
     body: RegisterBody,
     headers: &HeaderMap,
 ) -> Result<Json<AgentResponse>, ApiError> {
-    let hinted = match (owner_hint(headers)?, body.pid) {
-        (Some(p), _) => Some(p),
-        (None, Some(p)) => Some(u32::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidRequest, format!("pid {p} is not a pid"))
-        })?),
-        (None, None) => None,
-    };
-    let owner = match hinted {
-        Some(p) if caller.process.is_some_and(|c| c.pid == p) => Owner::None,
-        Some(p) => Owner::Pid(p),
-        None => Owner::None,
-    };
+    let owner = owner_hint(headers)?
+        .or(body.pid)
+        .map_or(Owner::None, Owner::Hint);
     let r: AgentReply = call(
         state,
         caller,

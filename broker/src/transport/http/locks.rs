@@ -149,46 +149,21 @@ impl AcquireResponse {
     }
 }
 
-/// The owner a request names, or the default (see the module's doc).
+/// The owner a request names, or the default (see the module's doc): the
+/// core resolves each.
 fn lock_owner(
-    caller: &Caller,
     headers: &HeaderMap,
     owner: Option<String>,
     pid: Option<i64>,
     agent: &Option<String>,
 ) -> Result<Option<LockOwnerArg>, ApiError> {
-    if let Some(name) = owner {
-        return Ok(Some(LockOwnerArg::Name(name)));
-    }
-    let hinted = match (owner_hint(headers)?, pid) {
-        (Some(p), _) => Some(p),
-        (None, Some(p)) => Some(u32::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidRequest, format!("pid {p} is not a pid"))
-        })?),
-        (None, None) => None,
-    };
-    match hinted {
-        // Port Daddy's CLI and SDK name themselves: that is the default.
-        Some(p) if caller.process.is_some_and(|c| c.pid == p) => {}
-        Some(p) => return Ok(Some(LockOwnerArg::Pid(p))),
-        None => {}
-    }
-    if agent.is_some() {
+    Ok(Some(match (owner, owner_hint(headers)?.or(pid)) {
+        (Some(name), _) => LockOwnerArg::Name(name),
+        (None, Some(pid)) => LockOwnerArg::Hint(pid),
         // The core makes the agent the owner.
-        return Ok(None);
-    }
-    match caller.process {
-        // Without a visible process (another user's request, with the
-        // token) the core's default, the caller, says to name an owner.
-        None => Ok(None),
-        Some(p) => match p.lasting_ancestor() {
-            Some(owner) => Ok(Some(LockOwnerArg::Pid(owner.pid))),
-            None => Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "the requesting process's parent is gone; name an owner (\"owner\", \"pid\" or X-Agent-Id)",
-            )),
-        },
-    }
+        (None, None) if agent.is_some() => return Ok(None),
+        (None, None) => LockOwnerArg::CallerParent,
+    }))
 }
 
 /// Take a lock, or wait for it.
@@ -211,7 +186,7 @@ pub async fn acquire(
 ) -> Result<Json<AcquireResponse>, ApiError> {
     let body: AcquireBody = json_body(&body)?;
     let agent = agent_header(&headers)?;
-    let owner = lock_owner(&caller, &headers, body.owner, body.pid, &agent)?;
+    let owner = lock_owner(&headers, body.owner, body.pid, &agent)?;
     let wait_ms = match (body.wait, &body.timeout) {
         (Some(Wait::Flag(false)), Some(_)) => {
             return Err(ApiError::new(
@@ -305,7 +280,7 @@ pub async fn release(
     }
     let force = body.force.unwrap_or(false) || q.force.unwrap_or(false);
     let agent = agent_header(&headers)?;
-    let owner = lock_owner(&caller, &headers, body.owner.or(q.owner), body.pid, &agent)?;
+    let owner = lock_owner(&headers, body.owner.or(q.owner), body.pid, &agent)?;
     #[derive(Deserialize)]
     struct Released {
         released: LockInfo,
@@ -357,7 +332,7 @@ pub async fn extend(
 ) -> Result<Json<AcquireResponse>, ApiError> {
     let body: ExtendBody = json_body(&body)?;
     let agent = agent_header(&headers)?;
-    let owner = lock_owner(&caller, &headers, body.owner, body.pid, &agent)?;
+    let owner = lock_owner(&headers, body.owner, body.pid, &agent)?;
     let ttl_ms = body.ttl.as_ref().map(Millis::ms).transpose()?;
     let reply: LockReply = call(
         &state,

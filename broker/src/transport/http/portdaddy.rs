@@ -203,23 +203,13 @@ async fn do_claim(
     body: ClaimBody,
     headers: &HeaderMap,
 ) -> Result<Json<ClaimResponse>, ApiError> {
-    let hinted = match (owner_hint(headers)?, body.pid) {
-        (Some(pid), _) => Some(pid),
-        (None, Some(pid)) => Some(u32::try_from(pid).map_err(|_| {
-            ApiError::new(ErrorCode::InvalidRequest, format!("pid {pid} is not a pid"))
-        })?),
-        (None, None) => None,
-    };
-    let owner = match hinted {
-        // Port Daddy's CLI and SDK name themselves. A process that asks
-        // for a port for itself is a client like `pb claim`, not an owner
-        // (its CLI exits at once): the lease is number-only and the app
-        // that binds the port adopts it, exactly as with `pb claim`.
-        Some(pid) if caller.process.is_some_and(|p| p.pid == pid) => Owner::None,
-        // Any other process is an owner, checked by the core like --pid.
-        Some(pid) => Owner::Pid(pid),
-        None => Owner::None,
-    };
+    // Port Daddy's CLI and SDK name themselves: the core makes a client
+    // that asks for a port for itself no owner (as with `pb claim`, the
+    // app that binds the port adopts the lease), and any other process
+    // the owner, checked like --pid.
+    let owner = owner_hint(headers)?
+        .or(body.pid)
+        .map_or(Owner::None, Owner::Hint);
     let expires_ms = match body.expires {
         None => None,
         Some(Expires::Ms(ms)) => Some(ms),
@@ -267,14 +257,14 @@ async fn do_claim(
 }
 
 /// X-PID, when sent: a process of the caller's, checked by the core.
-pub(crate) fn owner_hint(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+/// X-PID, when sent: a number, which the core judges.
+pub(crate) fn owner_hint(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(v) = headers.get("x-pid") else {
         return Ok(None);
     };
     v.to_str()
         .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|p| *p > 0)
+        .and_then(|s| s.trim().parse::<i64>().ok())
         .map(Some)
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "X-PID is not a pid"))
 }
