@@ -17,8 +17,8 @@ fn main() {
     let store = Store::open(&cfg.paths.database()).unwrap();
     let mut core = Core::open(cfg, store).unwrap();
     let caller = Caller {
-        uid: unsafe { libc::geteuid() },
-        peer_uid: unsafe { libc::geteuid() },
+        uid: pb_platform::os::effective_uid(),
+        peer_uid: pb_platform::os::effective_uid(),
         process: None,
         session: None,
         exit_watch: None,

@@ -2,6 +2,7 @@
 //! lock, the store, the socket, the expiry timer, the webhook delivery
 //! worker and signal handling.
 
+use pb_platform::os::{self, FileLock};
 use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,21 +28,16 @@ use pb_platform::startup::Notifier;
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
 
 /// Holds the daemon lock for the life of the process.
-struct InstanceLock(#[allow(dead_code)] fs::File);
-
-fn take_lock(path: &Path) -> Result<InstanceLock> {
-    use std::os::fd::AsRawFd;
+fn take_lock(path: &Path) -> Result<FileLock> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a file we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(AlreadyRunning(path.parent().unwrap_or(path).display().to_string()).into());
-    }
-    Ok(InstanceLock(file))
+    FileLock::try_exclusive(file)
+        .with_context(|| format!("locking {}", path.display()))?
+        .ok_or_else(|| AlreadyRunning(path.parent().unwrap_or(path).display().to_string()).into())
 }
 
 /// Another broker holds this PB_HOME's instance lock: a client that raced
@@ -95,9 +91,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         // We hold the lock, so a socket file left here belongs to a broker
         // that died; replace it. The umask keeps it private from birth.
         let _ = fs::remove_file(&socket_path);
-        let old = unsafe { libc::umask(0o177) };
-        let listener = UnixListener::bind(&socket_path);
-        unsafe { libc::umask(old) };
+        let listener = os::with_umask(0o177, || UnixListener::bind(&socket_path));
         let listener = listener.with_context(|| format!("binding {}", socket_path.display()))?;
 
         start_http(&http_cfg, core.clone(), token).await;

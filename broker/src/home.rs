@@ -52,7 +52,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
 /// `path` (whose metadata is `meta`) belongs to the broker's user.
 fn ours(path: &Path, meta: &fs::Metadata) -> Result<(), HomeError> {
     // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = pb_platform::os::effective_uid();
     if meta.uid() != me {
         return Err(HomeError::NotOurs {
             path: path.to_path_buf(),
@@ -66,8 +66,8 @@ fn ours(path: &Path, meta: &fs::Metadata) -> Result<(), HomeError> {
 /// Makes the broker's directories ready and checks every file it will open
 /// in them. Sets the process umask to 077.
 pub fn prepare(paths: &Paths) -> Result<(), HomeError> {
-    // SAFETY: umask cannot fail; everything made from here on is ours only.
-    unsafe { libc::umask(0o077) };
+    // Everything made from here on is ours only.
+    pb_platform::os::set_umask(0o077);
     let mut dirs = vec![paths.runtime_dir.clone()];
     if paths.state_dir != paths.runtime_dir {
         dirs.push(paths.state_dir.clone());

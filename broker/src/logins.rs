@@ -95,32 +95,16 @@ fn unauthorized(why: &str) -> WireError {
 
 /// Equality in time independent of where the strings differ.
 pub fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// `n` random bytes from getrandom, hex-encoded.
+/// `n` random bytes, hex-encoded.
 pub fn random_hex(n: usize) -> Result<String, WireError> {
     let mut bytes = vec![0u8; n];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: writing into our own buffer, within its length.
-        let got = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if got < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(WireError::new(
-                ErrorCode::Internal,
-                format!("getrandom: {e}"),
-            ));
-        }
-        filled += got as usize;
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    pb_platform::os::random_bytes(&mut bytes)
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("getrandom: {e}")))?;
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

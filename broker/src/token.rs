@@ -52,7 +52,8 @@ impl Token {
             Err(e) => return Err(e).with_context(|| format!("creating {}", file.display())),
         }
         let meta = fs::metadata(file)?;
-        if meta.permissions().mode() & 0o077 != 0 || meta.uid() != unsafe { libc::geteuid() } {
+        if meta.permissions().mode() & 0o077 != 0 || meta.uid() != pb_platform::os::effective_uid()
+        {
             bail!(
                 "{} is readable by others or not ours; delete it and restart to make a new token",
                 file.display()

@@ -18,7 +18,7 @@ fn a_claim_that_cannot_hand_its_sockets_over_changes_nothing() {
     let cfg = Config::from_env().unwrap();
     let db = cfg.paths.database();
     let mut core = Core::open(cfg, Store::open(&db).unwrap()).unwrap();
-    let me = unsafe { libc::geteuid() };
+    let me = pb_platform::os::effective_uid();
     let caller = Caller {
         uid: me,
         peer_uid: me,

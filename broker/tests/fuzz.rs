@@ -53,7 +53,7 @@ fn core() -> &'static Mutex<Core> {
 }
 
 fn caller() -> Caller {
-    let me = unsafe { libc::geteuid() };
+    let me = pb_platform::os::effective_uid();
     Caller {
         uid: me,
         peer_uid: me,

@@ -12,7 +12,6 @@
 //! comes back here only to fetch due deliveries and to record results.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
 use std::sync::Arc;
 
 use pb_proto::{
@@ -66,22 +65,12 @@ pub const FIRST_RETRY_MS: u64 = 1000;
 /// most `log_retain` + this many.
 const TRIM_EVERY: usize = 32;
 
-/// Reads `N` bytes from the kernel's random source.
+/// `N` bytes from the kernel's random source.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], WireError> {
     let mut buf = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| {
-            WireError::new(
-                ErrorCode::Internal,
-                format!("cannot read /dev/urandom: {e}"),
-            )
-        })?;
+    pb_platform::os::random_bytes(&mut buf)
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("getrandom: {e}")))?;
     Ok(buf)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A random UUID (version 4), the form Port Daddy's delivery ids take.
@@ -89,7 +78,7 @@ fn uuid() -> Result<String, WireError> {
     let mut b = random_bytes::<16>()?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
+    let h = hex::encode(b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -354,7 +343,7 @@ impl Core {
             None => generate_secret()?,
         };
         let rec = WebhookRecord {
-            id: format!("wh_{}", hex(&random_bytes::<8>()?)),
+            id: format!("wh_{}", hex::encode(random_bytes::<8>()?)),
             url: a.url,
             events,
             filter: a.filter.filter(|f| !f.is_empty()),

@@ -67,12 +67,7 @@ fn standard_key(secret: &str) -> Vec<u8> {
 pub fn sign(secret: &str, delivery_id: &str, timestamp_s: u64, body: &[u8]) -> Signatures {
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hex::encode(mac.finalize().into_bytes());
     let mut mac = HmacSha256::new_from_slice(&standard_key(secret)).expect("HMAC takes any key");
     mac.update(format!("{delivery_id}.{timestamp_s}.").as_bytes());
     mac.update(body);

@@ -55,7 +55,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
     let Ok(peer) = PeerIdentity::of_unix_peer(&stream) else {
         return;
     };
-    let me = nix_geteuid();
+    let me = pb_platform::os::effective_uid();
     if peer.uid != me && peer.uid != 0 {
         let e = WireError::new(ErrorCode::Forbidden, "this broker serves only its own user");
         let _ = write_reply(&mut stream, &Reply::err(None, e), None).await;
@@ -290,11 +290,6 @@ async fn send_stream(
             return write_reply(stream, &reply, None).await.is_ok();
         }
     }
-}
-
-fn nix_geteuid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 async fn write_reply(

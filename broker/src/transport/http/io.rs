@@ -5,7 +5,6 @@
 //! without a word, as HTTP/1.1 servers do.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,10 +38,7 @@ impl SharedStream {
     /// for last words, never waited on.
     pub fn last_words(&self, bytes: &[u8]) {
         let _ = self.inner.try_write(bytes);
-        // SAFETY: shutdown on a descriptor this value keeps open.
-        unsafe {
-            libc::shutdown(self.inner.as_raw_fd(), libc::SHUT_WR);
-        }
+        let _ = pb_platform::os::shutdown_write(&*self.inner);
     }
 }
 
@@ -117,12 +113,6 @@ impl AsyncWrite for SharedStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // SAFETY: shutdown on a descriptor this value keeps open.
-        let r = unsafe { libc::shutdown(self.inner.as_raw_fd(), libc::SHUT_WR) };
-        Poll::Ready(if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        })
+        Poll::Ready(pb_platform::os::shutdown_write(&*self.inner))
     }
 }

@@ -109,7 +109,7 @@ impl HttpState {
             core,
             token,
             // SAFETY: geteuid cannot fail.
-            broker_uid: unsafe { libc::geteuid() },
+            broker_uid: pb_platform::os::effective_uid(),
             rate: RateLimiter::new(
                 cfg.http_rate,
                 cfg.http_rate.saturating_mul(HTTP_RATE_BURST_SECONDS),
@@ -135,12 +135,7 @@ impl HttpState {
                     let mut f = pb_platform::process::own_executable().ok()?;
                     let mut h = sha2::Sha256::new();
                     std::io::copy(&mut f, &mut h).ok()?;
-                    Some(
-                        h.finalize()
-                            .iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<String>(),
-                    )
+                    Some(hex::encode(h.finalize()))
                 })
                 .await
                 .ok()

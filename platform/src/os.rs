@@ -1,0 +1,97 @@
+//! Small questions and settings of the process itself: who it runs as, its
+//! umask, an exclusive lock on a file, a socket's write side, and random
+//! bytes. Here so that the broker and the CLI make none of these calls
+//! themselves.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+
+/// The user this process acts as.
+pub fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Sets the process umask; returns the one it replaces.
+pub fn set_umask(mask: u32) -> u32 {
+    use nix::sys::stat::{umask, Mode};
+    umask(Mode::from_bits_truncate(mask as nix::libc::mode_t)).bits() as u32
+}
+
+/// Runs `f` with the umask set to `mask`, then puts the old one back: a
+/// file made inside is private from birth.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    let old = set_umask(mask);
+    let out = f();
+    set_umask(old);
+    out
+}
+
+/// An exclusive lock on a file, held until this value is dropped (or the
+/// process dies, when the kernel lets go of it).
+#[derive(Debug)]
+pub struct FileLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+impl FileLock {
+    /// Takes the lock without waiting; `Ok(None)` when another holds it.
+    pub fn try_exclusive(file: File) -> io::Result<Option<FileLock>> {
+        use nix::fcntl::{Flock, FlockArg};
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(FileLock(l))),
+            Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Closes the write side of a socket (a FIN to the peer), leaving reads.
+pub fn shutdown_write(socket: &impl AsFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    nix::sys::socket::shutdown(
+        socket.as_fd().as_raw_fd(),
+        nix::sys::socket::Shutdown::Write,
+    )
+    .map_err(Into::into)
+}
+
+/// Fills `buf` from the kernel's random source (getrandom(2)).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    getrandom::fill(buf).map_err(|e| io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_a_locked_file_is_refused_until_the_first_goes() {
+        let dir = tempfile_dir();
+        let path = dir.join("lock");
+        let open = || File::create(&path).unwrap();
+        let first = FileLock::try_exclusive(open()).unwrap();
+        assert!(first.is_some());
+        assert!(FileLock::try_exclusive(open()).unwrap().is_none());
+        drop(first);
+        assert!(FileLock::try_exclusive(open()).unwrap().is_some());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn random_bytes_differ_and_umask_comes_back() {
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        random_bytes(&mut a).unwrap();
+        random_bytes(&mut b).unwrap();
+        assert_ne!(a, b);
+        let before = set_umask(0o022);
+        assert_eq!(with_umask(0o177, || set_umask(0o177)), 0o177);
+        assert_eq!(set_umask(before), 0o022);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let mut b = [0u8; 8];
+        random_bytes(&mut b).unwrap();
+        let d = std::env::temp_dir().join(format!("pb-os-{}", u64::from_le_bytes(b)));
+        std::fs::create_dir(&d).unwrap();
+        d
+    }
+}
