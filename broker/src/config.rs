@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use pb_proto::paths::Paths;
-use pb_proto::WireError;
+use pb_proto::{ErrorCode, WireError};
 
 use crate::rules;
 
@@ -95,10 +95,19 @@ impl Default for WebhookConfig {
     }
 }
 
-fn env_flag(name: &str, default: bool) -> bool {
+/// A yes/no setting: `default` when unset or empty.
+fn env_flag(name: &str, default: bool) -> Result<bool, WireError> {
     match std::env::var(name) {
-        Ok(v) => matches!(v.trim(), "1" | "true" | "yes" | "on"),
-        Err(_) => default,
+        Ok(v) => match v.trim() {
+            "" => Ok(default),
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("{name}={v:?} is not one of 1, true, yes, on, 0, false, no, off"),
+            )),
+        },
+        Err(_) => Ok(default),
     }
 }
 
@@ -106,8 +115,8 @@ impl WebhookConfig {
     fn from_env() -> Result<WebhookConfig, WireError> {
         let d = WebhookConfig::default();
         Ok(WebhookConfig {
-            max_webhooks: env_usize("PB_MAX_WEBHOOKS", d.max_webhooks).min(10_000),
-            max_attempts: env_usize("PB_WEBHOOK_MAX_ATTEMPTS", d.max_attempts as usize).min(50)
+            max_webhooks: env_usize("PB_MAX_WEBHOOKS", d.max_webhooks)?.min(10_000),
+            max_attempts: env_usize("PB_WEBHOOK_MAX_ATTEMPTS", d.max_attempts as usize)?.min(50)
                 as u32,
             max_delay_ms: env_duration_ms(
                 "PB_WEBHOOK_MAX_DELAY",
@@ -115,11 +124,11 @@ impl WebhookConfig {
                 1000,
                 7 * 86_400_000,
             )?,
-            concurrency: env_usize("PB_WEBHOOK_CONCURRENCY", d.concurrency).min(1024),
-            max_queue: env_usize("PB_WEBHOOK_QUEUE", d.max_queue).min(1_000_000),
+            concurrency: env_usize("PB_WEBHOOK_CONCURRENCY", d.concurrency)?.min(1024),
+            max_queue: env_usize("PB_WEBHOOK_QUEUE", d.max_queue)?.min(1_000_000),
             policy: crate::ssrf::Policy {
-                allow_private: env_flag("PB_WEBHOOK_ALLOW_PRIVATE", false),
-                allow_loopback: env_flag("PB_WEBHOOK_ALLOW_LOOPBACK", true),
+                allow_private: env_flag("PB_WEBHOOK_ALLOW_PRIVATE", false)?,
+                allow_loopback: env_flag("PB_WEBHOOK_ALLOW_LOOPBACK", true)?,
             },
             extra_ca: std::env::var_os("PB_WEBHOOK_CA")
                 .filter(|v| !v.is_empty())
@@ -198,26 +207,26 @@ impl CoordConfig {
         let lock_ttl_ms = env_duration_ms("PB_LOCK_TTL", d.lock_ttl_ms, 1, d.lock_max_ttl_ms)?;
         Ok(CoordConfig {
             lock_ttl_ms,
-            max_locks: env_usize("PB_MAX_LOCKS", d.max_locks),
-            max_message: env_usize("PB_MAX_MESSAGE", d.max_message).min(60 * 1024),
-            retain_count: env_usize("PB_MSG_RETAIN", d.retain_count).min(1_000_000),
+            max_locks: env_usize("PB_MAX_LOCKS", d.max_locks)?,
+            max_message: env_usize("PB_MAX_MESSAGE", d.max_message)?.min(60 * 1024),
+            retain_count: env_usize("PB_MSG_RETAIN", d.retain_count)?.min(1_000_000),
             retain_age_ms: env_duration_ms(
                 "PB_MSG_MAX_AGE",
                 d.retain_age_ms,
                 1000,
                 366 * 86_400_000,
             )?,
-            max_channels: env_usize("PB_MAX_CHANNELS", d.max_channels),
-            max_subscribers: env_usize("PB_MAX_SUBSCRIBERS", d.max_subscribers),
-            subscriber_queue: env_usize("PB_SUB_QUEUE", d.subscriber_queue).min(1 << 20),
+            max_channels: env_usize("PB_MAX_CHANNELS", d.max_channels)?,
+            max_subscribers: env_usize("PB_MAX_SUBSCRIBERS", d.max_subscribers)?,
+            subscriber_queue: env_usize("PB_SUB_QUEUE", d.subscriber_queue)?.min(1 << 20),
             agent_stale_ms: env_duration_ms(
                 "PB_AGENT_STALE",
                 d.agent_stale_ms,
                 100,
                 366 * 86_400_000,
             )?,
-            max_agents: env_usize("PB_MAX_AGENTS", d.max_agents),
-            activity_retain: env_usize("PB_ACTIVITY_RETAIN", d.activity_retain),
+            max_agents: env_usize("PB_MAX_AGENTS", d.max_agents)?,
+            activity_retain: env_usize("PB_ACTIVITY_RETAIN", d.activity_retain)?,
             activity_max_age_ms: env_duration_ms(
                 "PB_ACTIVITY_MAX_AGE",
                 d.activity_max_age_ms,
@@ -235,7 +244,7 @@ fn env_duration_ms(name: &str, default: u64, min_ms: u64, max_ms: u64) -> Result
     match std::env::var(name) {
         Ok(text) if !text.is_empty() => {
             let d = pb_proto::duration::parse(&text)
-                .map_err(|e| WireError::new(pb_proto::ErrorCode::InvalidDuration, e.to_string()))?;
+                .map_err(|e| WireError::new(ErrorCode::InvalidDuration, format!("{name}: {e}")))?;
             let ms = d.as_millis() as u64;
             if ms < min_ms || ms > max_ms {
                 return Err(WireError::new(
@@ -288,14 +297,14 @@ impl Config {
         Ok(Config {
             paths: Paths::from_env(),
             http_addrs,
-            http_max_connections: env_usize("PB_HTTP_MAX_CONNECTIONS", 512),
-            http_max_connections_per_client: env_usize("PB_HTTP_MAX_CONNECTIONS_PER_CLIENT", 256),
-            http_rate: env_usize("PB_HTTP_RATE", 5000).min(u32::MAX as usize) as u32,
+            http_max_connections: env_usize("PB_HTTP_MAX_CONNECTIONS", 512)?,
+            http_max_connections_per_client: env_usize("PB_HTTP_MAX_CONNECTIONS_PER_CLIENT", 256)?,
+            http_rate: env_usize("PB_HTTP_RATE", 5000)?.min(u32::MAX as usize) as u32,
             range,
             reserved,
-            max_leases: env_usize("PB_MAX_LEASES", 8000),
-            max_connections: env_usize("PB_MAX_CONNECTIONS", 2048),
-            max_sticky: env_usize("PB_MAX_STICKY", 10_000),
+            max_leases: env_usize("PB_MAX_LEASES", 8000)?,
+            max_connections: env_usize("PB_MAX_CONNECTIONS", 2048)?,
+            max_sticky: env_usize("PB_MAX_STICKY", 10_000)?,
             scan_interval: env_duration(
                 "PB_SCAN_INTERVAL",
                 std::time::Duration::from_secs(2),
@@ -368,12 +377,23 @@ pub fn parse_http_addrs(text: Option<&str>) -> Result<Vec<SocketAddr>, WireError
     Ok(out)
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|v| *v > 0)
-        .unwrap_or(default)
+/// A count setting: `default` when unset or empty; anything but a whole
+/// number above 0 stops the broker, naming the variable.
+fn env_usize(name: &str, default: usize) -> Result<usize, WireError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("{name}={v:?} is not a whole number above 0"),
+                )
+            }),
+        _ => Ok(default),
+    }
 }
 
 /// A duration setting: `default` when unset or empty, else within `range`.

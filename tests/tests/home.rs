@@ -135,3 +135,42 @@ fn a_planted_database_link_is_refused_and_nothing_is_written_through_it() {
     );
     stop_in(&home);
 }
+
+#[test]
+fn a_malformed_setting_stops_the_broker_naming_it_and_nothing_is_made() {
+    let base = tempfile::tempdir().unwrap();
+    let block = PortBlock::take(20);
+    for (var, value, says) in [
+        (
+            "PB_MAX_LEASES",
+            "8k",
+            "PB_MAX_LEASES=\"8k\" is not a whole number above 0",
+        ),
+        (
+            "PB_MAX_LOCKS",
+            "0",
+            "PB_MAX_LOCKS=\"0\" is not a whole number above 0",
+        ),
+        (
+            "PB_WEBHOOK_ALLOW_PRIVATE",
+            "maybe",
+            "PB_WEBHOOK_ALLOW_PRIVATE=\"maybe\" is not one of",
+        ),
+        ("PB_LOCK_TTL", "5 minutes", "PB_LOCK_TTL"),
+    ] {
+        let home = base.path().join(var);
+        let out = Command::new(pb_bin())
+            .args(["claim", "x", "-q"])
+            .env("PB_HOME", &home)
+            .env("PB_RANGE", format!("{}-{}", block.range.0, block.range.1))
+            .env("PB_HTTP_ADDR", "off")
+            .env(var, value)
+            .env_remove("PB_NO_AUTOSTART")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value}: {err}");
+        assert!(err.contains(says), "{var}={value}: {err}");
+        assert!(!home.join("pb.db").exists(), "no store was made: {err}");
+    }
+}
