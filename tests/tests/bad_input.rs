@@ -319,6 +319,22 @@ fn a_client_that_disconnects_mid_request_changes_nothing() {
         .then_some(())
     });
     assert!(settled.is_some(), "leases left: {:?}", f.broker.leases());
+    // Not vacuously: the claims were applied, and each was taken back
+    // as undelivered (none simply never reached the core).
+    let log = f.broker.activity(&["--action", "service.*", "-n", "1000"]);
+    let of = |action: &str| -> Vec<String> {
+        log.iter()
+            .filter(|e| e["action"] == action)
+            .filter(|e| e["target"].as_str().is_some_and(|t| t.starts_with("gone:")))
+            .filter(|e| action == "service.claim" || e["details"]["reason"] == "undelivered")
+            .map(|e| e["target"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (mut claimed, mut undone) = (of("service.claim"), of("service.release"));
+    claimed.sort();
+    undone.sort();
+    assert!(!claimed.is_empty(), "no claim reached the core: {log:#?}");
+    assert_eq!(claimed, undone, "every applied claim was undone");
     f.assert_unchanged();
 }
 

@@ -26,6 +26,9 @@ pub mod pubsub;
 pub mod stream;
 pub mod webhooks;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};

@@ -1,0 +1,340 @@
+//! The core in-process, over an in-memory store: no broker, no client, no
+//! socket but the ones a claim binds. These reach cheaply what the
+//! end-to-end suite cannot: limit edges, undo, expiry against renewal, and
+//! the order in which a lock's queue is served.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use pb_proto::{
+    AgentArgs, ClaimArgs, ClaimReply, ErrorCode, FindReply, HistoryReply, LockArgs, LockOwnerArg,
+    LockReply, Op, ReleaseReply,
+};
+
+use super::{lock, now_ms, Caller, Core, Outcome, SharedCore};
+use crate::config::Config;
+use crate::store::Store;
+
+/// A fresh core in a home of its own (its activity log is a file); the
+/// settings come from this test process's environment, set once (a range
+/// no end-to-end test uses).
+fn core_with(tune: impl FnOnce(&mut Config)) -> Core {
+    static ENV: OnceLock<()> = OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::set_var("PB_RANGE", "26000-26999");
+        std::env::set_var("PB_HTTP_ADDR", "off");
+    });
+    let home = tempfile::tempdir().unwrap().keep();
+    let mut cfg = Config::from_env().unwrap();
+    cfg.paths.state_dir = home.clone();
+    cfg.paths.runtime_dir = home;
+    tune(&mut cfg);
+    Core::open(cfg, Store::open_in_memory().unwrap()).unwrap()
+}
+
+fn core() -> Core {
+    core_with(|_| {})
+}
+
+fn me() -> Caller {
+    let uid = pb_platform::os::effective_uid();
+    Caller {
+        uid,
+        peer_uid: uid,
+        process: None,
+        session: None,
+        exit_watch: None,
+    }
+}
+
+fn reply<T: serde::de::DeserializeOwned>(out: Result<Outcome, pb_proto::WireError>) -> T {
+    serde_json::from_value(out.expect("applied").result).expect("the reply's shape")
+}
+
+fn claim(core: &mut Core, id: &str) -> Result<Outcome, pb_proto::WireError> {
+    core.apply(
+        &me(),
+        Op::Claim(ClaimArgs {
+            id: id.into(),
+            ..Default::default()
+        }),
+    )
+}
+
+fn release(core: &mut Core, target: &str) -> ReleaseReply {
+    reply(core.apply(
+        &me(),
+        Op::Release {
+            target: target.into(),
+            more: Vec::new(),
+        },
+    ))
+}
+
+fn ids(core: &mut Core) -> Vec<String> {
+    let found: FindReply = reply(core.apply(&me(), Op::Find { pattern: None }));
+    found.services.into_iter().map(|l| l.id).collect()
+}
+
+/// Whether a plain bind (no SO_REUSEADDR, as most apps do it; std's
+/// `TcpListener` sets it) of 127.0.0.1:`port` succeeds.
+fn bindable(port: u16) -> bool {
+    // SAFETY: a socket of our own, closed before returning; the address
+    // is a local value of the size passed.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(s >= 0);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::bind(
+            s,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        libc::close(s);
+        r == 0
+    }
+}
+
+#[test]
+fn a_claim_is_held_found_repeated_and_released() {
+    let mut core = core();
+    let first: ClaimReply = reply(claim(&mut core, "app:web"));
+    let port = first.lease.port;
+    assert!(!first.existing);
+    assert!(!bindable(port), "the core holds the port");
+    let again: ClaimReply = reply(claim(&mut core, "app:web"));
+    assert!(again.existing);
+    assert_eq!(again.lease.port, port);
+    assert_eq!(ids(&mut core), ["app:web"]);
+    let gone = release(&mut core, "app:web");
+    assert_eq!(gone.released.len(), 1);
+    assert!(ids(&mut core).is_empty());
+    assert!(bindable(port), "released means free");
+}
+
+#[test]
+fn the_one_claim_too_many_is_refused_and_changes_nothing() {
+    let mut core = core_with(|c| c.max_leases = 3);
+    for i in 0..3 {
+        claim(&mut core, &format!("app:s{i}")).unwrap();
+    }
+    let err = claim(&mut core, "app:s3").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Limit, "{}", err.message);
+    assert_eq!(ids(&mut core).len(), 3);
+    // The edge moves with a release: one more fits, and only one.
+    release(&mut core, "app:s0");
+    claim(&mut core, "app:s3").unwrap();
+    assert_eq!(
+        claim(&mut core, "app:s4").unwrap_err().code,
+        ErrorCode::Limit
+    );
+}
+
+#[test]
+fn an_undelivered_claim_is_undone_entirely() {
+    let mut core = core();
+    let mut out = claim(&mut core, "app:api").unwrap();
+    let undo = out.undo.take().expect("a new claim can be taken back");
+    let port: ClaimReply = serde_json::from_value(out.result).unwrap();
+    core.undo(undo);
+    assert!(ids(&mut core).is_empty());
+    assert!(bindable(port.lease.port));
+    // A claim that found its lease already there has nothing to undo.
+    claim(&mut core, "app:api").unwrap();
+    assert!(claim(&mut core, "app:api").unwrap().undo.is_none());
+    assert_eq!(ids(&mut core), ["app:api"]);
+}
+
+#[test]
+fn expiry_ends_a_lease_at_its_time_and_a_renewal_moves_that_time() {
+    let mut core = core();
+    let t0 = now_ms();
+    for id in ["app:short", "app:renewed"] {
+        core.apply(
+            &me(),
+            Op::Claim(ClaimArgs {
+                id: id.into(),
+                expires_ms: Some(60_000),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    }
+    assert!(
+        core.expire_due(t0 + 30_000).is_empty(),
+        "not before its time"
+    );
+    // Renewed just before the deadline: the old deadline no longer applies.
+    core.apply(
+        &me(),
+        Op::Heartbeat {
+            id: Some("app:renewed".into()),
+            port: None,
+            ttl_ms: Some(600_000),
+        },
+    )
+    .unwrap();
+    let ended: Vec<String> = core
+        .expire_due(now_ms() + 61_000)
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(ended, ["app:short"]);
+    assert_eq!(ids(&mut core), ["app:renewed"]);
+    assert!(core.expire_due(now_ms() + 61_000).is_empty(), "once only");
+}
+
+fn acquire(owner: &str, wait_ms: Option<i64>) -> Op {
+    Op::LockAcquire(LockArgs {
+        name: "db".into(),
+        ttl_ms: None,
+        wait_ms,
+        owner: Some(LockOwnerArg::Name(owner.into())),
+        agent: None,
+    })
+}
+
+fn unlock(owner: &str) -> Op {
+    Op::LockRelease {
+        name: "db".into(),
+        owner: Some(LockOwnerArg::Name(owner.into())),
+        agent: None,
+        force: false,
+    }
+}
+
+#[test]
+fn a_locks_queue_is_served_first_come_first_served_with_rising_tokens() {
+    let core: SharedCore = Arc::new(Mutex::new(core()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let first: LockReply = reply(lock(&core).apply(&me(), acquire("a", None)));
+        let mut waiting = Vec::new();
+        for owner in ["b", "c", "d"] {
+            let out = lock(&core).apply(&me(), acquire(owner, Some(10_000)));
+            let pending = out.unwrap().pending.expect("queued behind a");
+            let core = core.clone();
+            waiting.push(tokio::spawn(async move { pending.wait(&core).await }));
+        }
+        // Without a wait, a request is refused at once and not queued.
+        let held = lock(&core).apply(&me(), acquire("e", None)).unwrap_err();
+        assert_eq!(held.code, ErrorCode::Held);
+        let mut last = first.lock.token;
+        for (holder, next) in [("a", 0), ("b", 1), ("c", 2)] {
+            lock(&core).apply(&me(), unlock(holder)).unwrap();
+            let granted: LockReply = reply(
+                tokio::time::timeout(Duration::from_secs(5), &mut waiting[next])
+                    .await
+                    .expect("granted at the release")
+                    .unwrap(),
+            );
+            assert_eq!(
+                granted.lock.owner_name.as_deref(),
+                Some(["b", "c", "d"][next])
+            );
+            assert!(granted.lock.token > last, "tokens rise");
+            last = granted.lock.token;
+            // The rest still wait, in order.
+            for later in &waiting[next + 1..] {
+                assert!(!later.is_finished());
+            }
+        }
+    });
+}
+
+#[test]
+fn a_full_lock_queue_refuses_the_next_waiter() {
+    let core: SharedCore = Arc::new(Mutex::new(core_with(|c| c.coord.max_waiters = 2)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        lock(&core).apply(&me(), acquire("a", None)).unwrap();
+        let mut queued = Vec::new();
+        for owner in ["b", "c"] {
+            queued.push(
+                lock(&core)
+                    .apply(&me(), acquire(owner, Some(10_000)))
+                    .unwrap(),
+            );
+        }
+        let err = lock(&core)
+            .apply(&me(), acquire("d", Some(10_000)))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Limit, "{}", err.message);
+    });
+}
+
+#[test]
+fn history_keeps_a_channels_messages_in_order_and_resumes_after_an_id() {
+    let mut core = core();
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let out = core
+            .apply(
+                &me(),
+                Op::Publish {
+                    channel: "build:api".into(),
+                    data: serde_json::json!({ "n": n }),
+                    agent: None,
+                },
+            )
+            .unwrap();
+        sent.push(out.result["id"].as_u64().unwrap());
+    }
+    assert!(sent.windows(2).all(|w| w[0] < w[1]), "{sent:?}");
+    let history = |core: &mut Core, since_id| -> HistoryReply {
+        reply(core.apply(
+            &me(),
+            Op::History {
+                pattern: "build:*".into(),
+                since_id,
+                limit: None,
+            },
+        ))
+    };
+    let all = history(&mut core, None);
+    let got: Vec<u64> = all.messages.iter().map(|m| m.id).collect();
+    assert_eq!(got, sent);
+    let rest = history(&mut core, Some(sent[2]));
+    let got: Vec<u64> = rest.messages.iter().map(|m| m.id).collect();
+    assert_eq!(got, sent[3..]);
+}
+
+#[test]
+fn an_agents_service_limit_refuses_the_one_too_many() {
+    let mut core = core();
+    core.apply(
+        &me(),
+        Op::AgentRegister(AgentArgs {
+            id: "agent:a1".into(),
+            max_services: Some(1),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let as_agent = |id: &str| {
+        Op::Claim(ClaimArgs {
+            id: id.into(),
+            agent: Some("agent:a1".into()),
+            ..Default::default()
+        })
+    };
+    core.apply(&me(), as_agent("app:one")).unwrap();
+    let err = core.apply(&me(), as_agent("app:two")).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Limit, "{}", err.message);
+    assert_eq!(ids(&mut core), ["app:one"]);
+    // Its own lease again is no new one.
+    core.apply(&me(), as_agent("app:one")).unwrap();
+}
