@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn finds_the_peer_of_a_loopback_connection() {
-        let me = unsafe { libc::geteuid() };
+        let me = crate::os::effective_uid();
         for host in ["127.0.0.1:0", "[::1]:0"] {
             let Ok(server) = TcpListener::bind(host) else {
                 continue; // no IPv6 on this machine

@@ -457,15 +457,23 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
         None
     };
 
+    // The child writes into two of these (LISTEN_PID's digits, the late
+    // value) between fork and exec: owned byte buffers, written through
+    // pointers taken from `as_mut_ptr`, never through a CString's `as_ptr`.
+    let mut envp: Vec<Vec<u8>> = envp.into_iter().map(CString::into_bytes_with_nul).collect();
+
     // Move the sockets above the range they will occupy, so the dup2 calls
     // in the child cannot clobber one another.
     let floor = LISTEN_FDS_START + n as RawFd;
     let mut high: Vec<OwnedFd> = Vec::with_capacity(n);
     for fd in &spec.listen_fds {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we hold; it returns a new
+        // descriptor or -1.
         let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
         if r < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
+        // SAFETY: `r` is a fresh descriptor that nothing else owns.
         high.push(unsafe { OwnedFd::from_raw_fd(r) });
     }
     drop(spec.listen_fds);
@@ -479,10 +487,12 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
     // Above the listeners' range too, or a dup2 onto fd 3.. in the child
     // could overwrite one of them.
     let above = |fd: OwnedFd| -> std::io::Result<OwnedFd> {
+        // SAFETY: as above: a new descriptor or -1.
         let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
         if r < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // SAFETY: `r` is a fresh descriptor that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(r) })
     };
     let (err_r, err_w, go_r, go_w) = (above(err_r)?, above(err_w)?, above(go_r)?, above(go_w)?);
@@ -495,20 +505,22 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
+    let high_raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY (both slots): the offset stays inside the buffer, which holds
+    // the name, '=' and the padding the child writes into.
+    let pid_slot: Option<*mut u8> =
+        listen_pid_index.map(|i| unsafe { envp[i].as_mut_ptr().add("LISTEN_PID=".len()) });
+    let late_slot: Option<(*mut u8, usize)> =
+        late_index.map(|(i, offset, width)| (unsafe { envp[i].as_mut_ptr().add(offset) }, width));
     let envp_ptrs: Vec<*const libc::c_char> = envp
         .iter()
-        .map(|a| a.as_ptr())
+        .map(|a| a.as_ptr().cast())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let high_raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
-    let pid_slot: Option<*mut u8> =
-        listen_pid_index.map(|i| unsafe { (envp[i].as_ptr() as *mut u8).add("LISTEN_PID=".len()) });
-
-    // SAFETY: between fork and exec the child only makes async-signal-safe
-    // calls on memory prepared above; it allocates nothing.
     let (go_r_raw, go_w_raw) = (go_r.as_raw_fd(), go_w.as_raw_fd());
-    let late_slot: Option<(*mut u8, usize)> = late_index
-        .map(|(i, offset, width)| (unsafe { (envp[i].as_ptr() as *mut u8).add(offset) }, width));
+    // SAFETY: between fork and exec the child only makes async-signal-safe
+    // calls on memory prepared above (pipes, descriptors, the two slots in
+    // `envp`); it allocates nothing and never returns into Rust code.
     match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
         ForkResult::Child => unsafe {
             // Only the parent may hold the write end, so that its death
@@ -568,6 +580,11 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
 }
 
 /// Reports errno to the parent and exits, without allocating.
+///
+/// # Safety
+///
+/// Only in a forked child before exec: it ends the process with `_exit`,
+/// running no destructor and no atexit handler of the parent's.
 unsafe fn child_fail(fd: RawFd) -> ! {
     // last_os_error reads errno without allocating.
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -577,6 +594,11 @@ unsafe fn child_fail(fd: RawFd) -> ! {
 }
 
 /// Writes `v` in decimal into the space-padded slot (20 bytes).
+///
+/// # Safety
+///
+/// `slot` must point at 21 writable bytes (20 digits and a NUL) that no
+/// reference aliases.
 unsafe fn write_decimal(slot: *mut u8, mut v: u64) {
     let mut digits = [0u8; 20];
     let mut len = 0;

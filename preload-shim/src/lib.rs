@@ -90,6 +90,11 @@ unsafe fn real_bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 }
 
 /// `Some(rc)` when the shim handled the bind, `None` to pass it through.
+///
+/// # Safety
+///
+/// `addr` and `len` as the app passed them to bind(2): null, or `len`
+/// readable bytes.
 unsafe fn intercept(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
     let asked = socket_addr(addr, len)?;
     if asked.port() == 0 || BUSY.with(|b| b.replace(true)) {
@@ -103,6 +108,10 @@ unsafe fn intercept(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<
 }
 
 /// Reads an IPv4 or IPv6 address; anything else is not the shim's.
+///
+/// # Safety
+///
+/// `addr` is null or points at `len` readable bytes.
 unsafe fn socket_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
     if addr.is_null() {
         return None;
@@ -293,6 +302,7 @@ fn put_in_place(fd: RawFd, listener: OwnedFd) -> Result<(), String> {
     if unsafe { libc::dup3(new, fd, cloexec) } < 0 {
         return Err(os_err("dup3"));
     }
+    // SAFETY: F_SETFL with flags read from this descriptor before.
     if unsafe { libc::fcntl(fd, libc::F_SETFL, status) } < 0 {
         return Err(os_err("restoring the app's status flags"));
     }

@@ -67,6 +67,7 @@ pub struct SignalInfo {
 /// Waits for one of the (blocked) signals in `set`.
 pub fn wait_signal(set: &nix::sys::signal::SigSet) -> std::io::Result<SignalInfo> {
     loop {
+        // SAFETY: siginfo_t is plain data, for which all zeroes is valid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: `set` is a valid sigset and `info` a writable siginfo_t.
         let r = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
@@ -105,6 +106,7 @@ pub fn wait_signal_for(
             tv_sec: left.as_secs() as libc::time_t,
             tv_nsec: left.subsec_nanos() as libc::c_long,
         };
+        // SAFETY: siginfo_t is plain data, for which all zeroes is valid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: valid sigset, writable siginfo_t and timespec.
         let r = unsafe { libc::sigtimedwait(set.as_ref(), &mut info, &ts) };
