@@ -338,18 +338,7 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let known = MIGRATIONS.len() as i64;
-        let found = self.schema_version()?;
-        if found > known {
-            return Err(StoreError::TooNew { found, known });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
-        Ok(())
+        migrate(&mut self.conn, MIGRATIONS)
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
@@ -837,24 +826,39 @@ pub struct ActivityDb {
     conn: Connection,
 }
 
+/// Brings a database to the newest of `migrations`, one transaction each,
+/// its version in `PRAGMA user_version`; a newer database than this
+/// broker knows is refused.
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
+    let known = migrations.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::TooNew { found, known });
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// A store failure inside a request: the request fails as `internal`.
+impl From<StoreError> for pb_proto::WireError {
+    fn from(e: StoreError) -> pb_proto::WireError {
+        pb_proto::WireError::new(pb_proto::ErrorCode::Internal, e.to_string())
+    }
+}
+
 impl ActivityDb {
     pub fn open(path: &Path) -> Result<ActivityDb, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let known = ACTIVITY_MIGRATIONS.len() as i64;
-        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if found > known {
-            return Err(StoreError::TooNew { found, known });
-        }
         let mut db = ActivityDb { conn };
-        for (i, sql) in ACTIVITY_MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let tx = db.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
+        migrate(&mut db.conn, ACTIVITY_MIGRATIONS)?;
         Ok(db)
     }
 

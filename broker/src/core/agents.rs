@@ -50,10 +50,6 @@ impl Agents {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> WireError {
-    WireError::new(ErrorCode::Internal, e.to_string())
-}
-
 fn check_text(what: &str, v: Option<String>, max: usize) -> Result<Option<String>, WireError> {
     match v {
         Some(s) if s.len() > max || s.chars().any(char::is_control) => Err(WireError::new(
@@ -225,7 +221,7 @@ impl Core {
             last_seen_ms: now,
             metadata,
         };
-        self.store.put_agent(&rec).map_err(internal)?;
+        self.store.put_agent(&rec)?;
         let command = match process {
             Some(p) if caller.process == Some(p) => self.bus.actor(caller, None).command,
             Some(p) => pb_platform::process::command_of(p.pid),
@@ -262,7 +258,7 @@ impl Core {
     ) -> Result<Outcome, WireError> {
         self.agent_of_caller(caller, id)?;
         let now = now_ms();
-        self.store.touch_agent(id, now).map_err(internal)?;
+        self.store.touch_agent(id, now)?;
         let a = self.agents.map.get_mut(id).expect("checked above");
         a.rec.last_seen_ms = now;
         let a = &self.agents.map[id];

@@ -191,10 +191,6 @@ fn held_error(name: &str, h: &Holding, waiters: usize) -> WireError {
     }))
 }
 
-fn internal(e: impl std::fmt::Display) -> WireError {
-    WireError::new(ErrorCode::Internal, e.to_string())
-}
-
 /// A request waiting in a lock's queue; `dispatch` awaits it with the
 /// core's mutex released.
 #[derive(Debug)]
@@ -523,7 +519,7 @@ impl Core {
             expires_ms: now + req.ttl_ms,
             ttl_ms: req.ttl_ms,
         };
-        self.store.hold_lock(&record).map_err(internal)?;
+        self.store.hold_lock(&record)?;
         self.locks.last_token = token;
         self.locks.held += 1;
         let command = match (&req.actor, owner_process) {
@@ -569,9 +565,7 @@ impl Core {
         actor: Option<Actor>,
     ) -> Result<LockInfo, WireError> {
         let expires = now_ms() + ttl_ms;
-        self.store
-            .set_lock_expiry(name, expires, ttl_ms)
-            .map_err(internal)?;
+        self.store.set_lock_expiry(name, expires, ttl_ms)?;
         let q = self.locks.map.get_mut(name).expect("checked by callers");
         let h = q.holding.as_mut().expect("checked by callers");
         h.expires_ms = expires;

@@ -265,10 +265,6 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn internal(e: StoreError) -> WireError {
-    WireError::new(ErrorCode::Internal, e.to_string())
-}
-
 pub struct Core {
     pub(crate) cfg: Config,
     pub(crate) store: Store,
@@ -979,7 +975,7 @@ impl Core {
         let outcome = claim_outcome(&mut lease, false, a.fds, a.family, &mut self.pool)?;
         // Persist, then acknowledge: if the disk refuses, the sockets (and
         // any relay) close on drop and nothing changed.
-        self.store.insert_lease(&record).map_err(internal)?;
+        self.store.insert_lease(&record)?;
         let undo = Undo::Claim {
             id: a.id.clone(),
             sticky_before: self.sticky.get(&a.id).copied(),
@@ -1174,7 +1170,7 @@ impl Core {
             return Ok(Vec::new());
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        self.store.end_leases(&refs).map_err(internal)?;
+        self.store.end_leases(&refs)?;
         let mut infos = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(lease) = self.leases.remove(id) {
@@ -1215,7 +1211,7 @@ impl Core {
             )
         })?;
         let expires = now_ms() + ttl;
-        self.store.set_expiry(id, expires, ttl).map_err(internal)?;
+        self.store.set_expiry(id, expires, ttl)?;
         let lease = self.leases.get_mut(id).expect("checked above");
         lease.record.expires_ms = Some(expires);
         lease.record.ttl_ms = Some(ttl);

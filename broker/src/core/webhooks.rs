@@ -238,10 +238,6 @@ fn check_filter(filter: Option<&str>) -> Result<Option<Pattern>, WireError> {
         .transpose()
 }
 
-fn internal(e: StoreError) -> WireError {
-    WireError::new(ErrorCode::Internal, e.to_string())
-}
-
 fn not_found(id: &str) -> WireError {
     let shown: String = id.chars().take(80).collect();
     WireError::new(ErrorCode::NotFound, format!("no webhook {shown:?}"))
@@ -352,7 +348,7 @@ impl Core {
             disabled_reason: None,
             created_ms: now_ms(),
         };
-        self.store.put_webhook(&rec).map_err(internal)?;
+        self.store.put_webhook(&rec)?;
         let hook = Hook {
             rec,
             target,
@@ -398,7 +394,7 @@ impl Core {
                 Some("disabled by request".into())
             };
         }
-        self.store.put_webhook(&rec).map_err(internal)?;
+        self.store.put_webhook(&rec)?;
         let hook = self.webhooks.hooks.get_mut(&a.id).expect("checked above");
         hook.rec = rec;
         hook.target = target;
@@ -411,7 +407,7 @@ impl Core {
 
     pub(crate) fn webhook_delete(&mut self, id: &str) -> Result<Outcome, WireError> {
         self.hook(id)?;
-        self.store.delete_webhook(id).map_err(internal)?;
+        self.store.delete_webhook(id)?;
         self.webhooks.hooks.remove(id);
         self.webhooks.unwritten.retain(|d| d.webhook != id);
         Ok(Outcome::of(WebhookDeleted {
@@ -435,9 +431,7 @@ impl Core {
             next_ms: Some(now),
             log: "[]".into(),
         };
-        self.store
-            .insert_deliveries(std::slice::from_ref(&d))
-            .map_err(internal)?;
+        self.store.insert_deliveries(std::slice::from_ref(&d))?;
         if let Some(h) = self.webhooks.hooks.get_mut(id) {
             h.queued += 1;
         }
@@ -463,7 +457,7 @@ impl Core {
         };
         // Deliveries still waiting for the next flush are listed too.
         self.flush_webhooks();
-        let rows = self.store.deliveries_of(id, limit).map_err(internal)?;
+        let rows = self.store.deliveries_of(id, limit)?;
         Ok(Outcome::of(DeliveriesReply {
             webhook: id.to_string(),
             deliveries: rows.iter().map(delivery_info).collect(),
