@@ -30,14 +30,16 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("starting the activity log's writer: {0}")]
     Thread(#[from] std::io::Error),
-    #[error("{db} holds {found} live leases, but {witness} says {said} were acknowledged: its write-ahead log was lost or cut short, or the file was zeroed or replaced. The broker will not start on it, so that no acknowledged lease is lost unsaid. To start with what the database holds (the leases it lacks are gone), move the fingerprint aside: mv {witness} {witness}.old; to start empty, move {db} aside as well")]
+    #[error("{0}: {1}")]
+    File(std::path::PathBuf, std::io::Error),
+    #[error("{db} holds {found} live leases, but {witness} says {said} were acknowledged: its write-ahead log was lost or cut short, or the file was zeroed or replaced. The broker will not start on it, so that no acknowledged lease is lost unsaid. `pb repair` starts it with what the database holds (the leases it lacks are gone) and keeps the old fingerprint beside it; by hand: mv {witness} {witness}.old")]
     Damaged {
         db: std::path::PathBuf,
         witness: std::path::PathBuf,
         found: u64,
         said: u64,
     },
-    #[error("{db} is damaged ({problem}). The broker will not start on it: move it aside (mv {db} {db}.damaged) to start empty, or restore it from a backup")]
+    #[error("{db} is damaged ({problem}). The broker will not start on it. `pb repair` moves it aside and copies into a new database every table that can still be read; or restore it from a backup")]
     Corrupt {
         db: std::path::PathBuf,
         problem: String,
@@ -824,6 +826,110 @@ const ACTIVITY_MIGRATIONS: &[&str] = &["CREATE TABLE activity (
 /// while the log's writer thread appends.
 pub struct ActivityDb {
     conn: Connection,
+}
+
+/// What `repair` found and did.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Repair {
+    /// The store passed every check; nothing was changed.
+    Sound { leases: u64 },
+    /// The database is whole but holds fewer leases than were
+    /// acknowledged: it is kept as it is, the old fingerprint beside it.
+    Accepted {
+        leases: u64,
+        lost: u64,
+        old_fingerprint: std::path::PathBuf,
+    },
+    /// The database was damaged: moved aside, and each table that could
+    /// still be read copied into a new one.
+    Salvaged {
+        damaged: std::path::PathBuf,
+        saved: Vec<(String, u64)>,
+        lost: Vec<(String, String)>,
+        leases: u64,
+    },
+}
+
+/// Brings the store at `path` back to one the broker starts on, keeping
+/// all it can (`pb repair`). The broker must not be running: the caller
+/// holds its instance lock.
+pub fn repair(path: &Path) -> Result<Repair, StoreError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let witness = fingerprint::path_of(path);
+    let aside = |p: &Path, what: &str| -> Result<std::path::PathBuf, StoreError> {
+        let to = std::path::PathBuf::from(format!("{}.{what}-{stamp}", p.display()));
+        std::fs::rename(p, &to).map_err(|e| StoreError::File(p.to_path_buf(), e))?;
+        Ok(to)
+    };
+    match Store::open(path) {
+        Ok(s) => Ok(Repair::Sound {
+            leases: s.live.count,
+        }),
+        Err(StoreError::Damaged { found, said, .. }) => {
+            let old_fingerprint = aside(&witness, "old")?;
+            let s = Store::open(path)?;
+            debug_assert_eq!(s.live.count, found);
+            Ok(Repair::Accepted {
+                leases: found,
+                lost: said.saturating_sub(found),
+                old_fingerprint,
+            })
+        }
+        Err(StoreError::Corrupt { .. }) => {
+            let damaged = aside(path, "damaged")?;
+            // Its log and index go with it, under the names SQLite looks for.
+            for suffix in ["-wal", "-shm"] {
+                let from = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+                if from.exists() {
+                    let to = format!("{}{suffix}", damaged.display());
+                    std::fs::rename(&from, to).map_err(|e| StoreError::File(from.clone(), e))?;
+                }
+            }
+            if witness.exists() {
+                aside(&witness, "old")?;
+            }
+            // A new database with the current schema, then each table copied
+            // on its own: one that cannot be read costs only itself.
+            drop(Store::open(path)?);
+            let mut conn = Connection::open(path)?;
+            let tables: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let (mut saved, mut lost) = (Vec::new(), Vec::new());
+            let attached =
+                conn.execute("ATTACH DATABASE ?1 AS old", [damaged.display().to_string()]);
+            for t in tables {
+                if let Err(e) = &attached {
+                    lost.push((t, e.to_string()));
+                    continue;
+                }
+                let tx = conn.transaction()?;
+                let sql = format!("INSERT OR IGNORE INTO main.\"{t}\" SELECT * FROM old.\"{t}\"");
+                match tx.execute(&sql, []) {
+                    Ok(n) => {
+                        tx.commit()?;
+                        saved.push((t, n as u64));
+                    }
+                    Err(e) => lost.push((t, e.to_string())),
+                }
+            }
+            drop(conn);
+            // The new fingerprint says what the copy holds.
+            std::fs::remove_file(&witness).map_err(|e| StoreError::File(witness.clone(), e))?;
+            let s = Store::open(path)?;
+            Ok(Repair::Salvaged {
+                damaged,
+                saved,
+                lost,
+                leases: s.live.count,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Brings a database to the newest of `migrations`, one transaction each,

@@ -271,6 +271,10 @@ enum Command {
     Stop,
     /// Stop and start the broker.
     Restart,
+    /// Check the store and, when it is damaged, bring it back keeping all
+    /// that can be read (the damaged file is kept aside). The broker must
+    /// be stopped.
+    Repair,
     /// Run the broker in the foreground.
     Daemon,
     /// Take a lock (and with `-- CMD`, hold it while CMD runs).
@@ -664,6 +668,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             Ok(0)
         }
         Command::Stop => stop(&paths, fmt),
+        Command::Repair => repair(&paths, fmt),
         Command::Restart => {
             stop(&paths, Format::Quiet)?;
             let (s, _): (StatusReply, _) =
@@ -728,6 +733,69 @@ fn running(s: &StatusReply, fmt: Format) {
         Format::Human => outln!("pb broker running (pid {})", s.pid),
         Format::Quiet => {}
     }
+}
+
+/// `pb repair`: under the broker's instance lock, so none starts meanwhile.
+fn repair(paths: &Paths, fmt: Format) -> Result<i32> {
+    use pb_broker::store::Repair;
+    let db = paths.database();
+    if !db.exists() {
+        match fmt {
+            Format::Json => output::print_json(&serde_json::json!({"outcome": "none"})),
+            Format::Human => outln!("no store at {}: nothing to repair", db.display()),
+            Format::Quiet => {}
+        }
+        return Ok(0);
+    }
+    pb_broker::home::prepare(paths)?;
+    let lock_path = paths.lock_file();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let Some(_lock) = pb_platform::os::FileLock::try_exclusive(file)? else {
+        anyhow::bail!(
+            "a broker is running on {}: stop it first (pb stop)",
+            db.display()
+        );
+    };
+    let r = pb_broker::store::repair(&db)?;
+    match fmt {
+        Format::Json => output::print_json(&r),
+        Format::Quiet => {}
+        Format::Human => match &r {
+            Repair::Sound { leases } => {
+                outln!("the store is sound ({leases} leases): nothing to do")
+            }
+            Repair::Accepted {
+                leases,
+                lost,
+                old_fingerprint,
+            } => outln!(
+                "kept {} as it is, with {leases} leases; {lost} acknowledged leases it lacks are lost. The old fingerprint is {}",
+                db.display(),
+                old_fingerprint.display()
+            ),
+            Repair::Salvaged {
+                damaged,
+                saved,
+                lost,
+                leases,
+            } => {
+                outln!("moved the damaged database to {}", damaged.display());
+                for (table, rows) in saved {
+                    outln!("saved {table}: {rows} rows");
+                }
+                for (table, why) in lost {
+                    outln!("lost {table}: {why}");
+                }
+                outln!("the new store holds {leases} leases");
+            }
+        },
+    }
+    Ok(0)
 }
 
 fn stop(paths: &Paths, fmt: Format) -> Result<i32> {

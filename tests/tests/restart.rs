@@ -5,6 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pb_tests::*;
+use serde_json::Value;
 
 #[test]
 fn acknowledged_leases_survive_kill_9_and_are_held_again() {
@@ -462,4 +463,96 @@ fn pb_exec_keeps_its_lease_across_a_broker_restart() {
         "the lease ends with pb exec: {:?}",
         broker.leases()
     );
+}
+
+/// `pb repair` (issue 14): a store that lost acknowledged leases is kept
+/// with what it holds, saying how many are gone; a store with a damaged
+/// page is moved aside and every table that can still be read is copied
+/// into a new one; a sound store, or a running broker, is left alone.
+#[test]
+fn pb_repair_keeps_what_can_be_saved() {
+    let mut broker = Broker::start();
+    for i in 0..50 {
+        broker.claim(&format!("app:{i}"), &["--keep"]);
+    }
+    for name in ["db", "cache", "deploy"] {
+        broker.pb_ok(&["lock", name, "--owner", "ops"]);
+    }
+    // While it runs, nothing is touched.
+    let out = broker.pb(&["repair"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    broker.pb_ok(&["stop"]);
+    let sound: Value = serde_json::from_str(&broker.pb_ok(&["-j", "repair"])).unwrap();
+    assert_eq!(sound["outcome"], "sound", "{sound}");
+    assert_eq!(sound["leases"], 50);
+
+    // A damaged page of the locks table: SQLite's check fails, the
+    // services table is whole.
+    let home = broker.home.path().to_path_buf();
+    let db = home.join("pb.db");
+    let root = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute(\"PRAGMA page_size\").fetchone()[0], c.execute(\"SELECT rootpage FROM sqlite_master WHERE name='locks'\").fetchone()[0])",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&root.stdout);
+    let (page_size, page): (u64, u64) = {
+        let mut w = said.split_whitespace().map(|n| n.parse().unwrap());
+        (w.next().unwrap(), w.next().unwrap())
+    };
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.seek(std::io::SeekFrom::Start((page - 1) * page_size))
+            .unwrap();
+        f.write_all(&vec![0xA5; page_size as usize]).unwrap();
+    }
+    let refused = daemon_refuses(&broker).expect("a damaged store is not used");
+    assert!(refused.contains("is damaged"), "{refused}");
+    assert!(refused.contains("pb repair"), "{refused}");
+    let fixed: Value = serde_json::from_str(&broker.pb_ok(&["-j", "repair"])).unwrap();
+    assert_eq!(fixed["outcome"], "salvaged", "{fixed}");
+    assert_eq!(fixed["leases"], 50, "{fixed}");
+    let lost: Vec<&str> = fixed["lost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[0].as_str().unwrap())
+        .collect();
+    assert_eq!(lost, ["locks"], "{fixed}");
+    let damaged = fixed["damaged"].as_str().unwrap();
+    assert!(
+        std::path::Path::new(damaged).exists(),
+        "kept aside: {fixed}"
+    );
+    broker.restart();
+    assert_eq!(broker.leases().len(), 50);
+    // The saved leases are held again.
+    for (_, port) in broker.leases() {
+        assert!(!can_bind(v4(port)), "{port} is held");
+    }
+    assert_eq!(broker.pb_json(&["locks"])["locks"], serde_json::json!([]));
+
+    // A lost write-ahead log: the database is whole but short of what was
+    // acknowledged. It is kept, and pb repair says how many are gone.
+    for i in 50..60 {
+        broker.claim(&format!("app:{i}"), &["--keep"]);
+    }
+    broker.kill9();
+    std::fs::remove_file(home.join("pb.db-wal")).unwrap();
+    assert!(daemon_refuses(&broker).is_some_and(|s| s.contains("pb repair")));
+    let kept: Value = serde_json::from_str(&broker.pb_ok(&["-j", "repair"])).unwrap();
+    assert_eq!(kept["outcome"], "accepted", "{kept}");
+    let (leases, gone) = (
+        kept["leases"].as_u64().unwrap(),
+        kept["lost"].as_u64().unwrap(),
+    );
+    assert_eq!(leases + gone, 60, "{kept}");
+    assert!(gone > 0, "{kept}");
+    broker.restart();
+    assert_eq!(broker.leases().len() as u64, leases);
 }
