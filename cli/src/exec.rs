@@ -370,7 +370,7 @@ fn heartbeat_loop(paths: &Paths, client: &Mutex<Client>, done: &AtomicBool, id: 
 /// Releases `id`, over a fresh connection if the broker restarted meanwhile.
 fn release(paths: &Paths, client: &mut Client, id: &str) {
     let op = Op::Release {
-        target: id.to_string(),
+        target: pb_proto::ReleaseTarget::Name(id.to_string()),
         more: Vec::new(),
     };
     if let Err(e) = connect::call_surviving(paths, client, op) {

@@ -465,11 +465,11 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         Command::Claim(c) => claim(&paths, c, agent, fmt, false),
         Command::Alloc(c) => claim(&paths, c, agent, fmt, true),
         Command::Release { mut targets } => {
-            let target = targets.remove(0);
-            let (reply, _): (ReleaseReply, _) = connect::connect(&paths)?.call_as(Op::Release {
-                target,
-                more: targets,
-            })?;
+            // As typed: digits are a port, anything else an id or a pattern.
+            let target = targets.remove(0).into();
+            let more = targets.into_iter().map(Into::into).collect();
+            let (reply, _): (ReleaseReply, _) =
+                connect::connect(&paths)?.call_as(Op::Release { target, more })?;
             match fmt {
                 Format::Json => output::print_json(&reply),
                 Format::Quiet => reply.released.iter().for_each(|l| outln!("{}", l.port)),

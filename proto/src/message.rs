@@ -18,13 +18,12 @@ pub enum Op {
     /// The broker's own state: version, pid, counts, paths.
     Status,
     Claim(ClaimArgs),
-    /// Releases leases named by an id, a pattern (`*` segments) or a port
-    /// number, and by each of `more` likewise: all of them, or (if any
-    /// target is bad) none.
+    /// Releases the leases `target` names, and those each of `more` names:
+    /// all of them, or (if any target is bad) none.
     Release {
-        target: String,
+        target: ReleaseTarget,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        more: Vec<String>,
+        more: Vec<ReleaseTarget>,
     },
     /// Leases whose id matches `pattern` (all when absent).
     Find {
@@ -174,6 +173,77 @@ pub enum Op {
     },
     /// The event kinds a webhook can subscribe to.
     WebhookEvents,
+}
+
+/// What a release names: the lease on a port, or leases by id or by
+/// pattern (`*` segments; the broker tells the two apart). On the wire a
+/// number is a port, and so is a string of digits (`pb release 3100`);
+/// any other string is an id or a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "TargetText", into = "TargetText")]
+pub enum ReleaseTarget {
+    /// Checked by the broker as a port number.
+    Port(i64),
+    /// An id or a pattern.
+    Name(String),
+}
+
+impl ReleaseTarget {
+    /// A target as a person types it: digits are a port.
+    pub fn parse(text: &str) -> ReleaseTarget {
+        let t = text.trim();
+        match t.parse::<i64>() {
+            Ok(port) if t.bytes().all(|b| b.is_ascii_digit()) => ReleaseTarget::Port(port),
+            _ => ReleaseTarget::Name(text.to_string()),
+        }
+    }
+}
+
+impl From<&str> for ReleaseTarget {
+    fn from(text: &str) -> ReleaseTarget {
+        ReleaseTarget::parse(text)
+    }
+}
+
+impl From<String> for ReleaseTarget {
+    fn from(text: String) -> ReleaseTarget {
+        ReleaseTarget::parse(&text)
+    }
+}
+
+impl std::fmt::Display for ReleaseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReleaseTarget::Port(p) => write!(f, "{p}"),
+            ReleaseTarget::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A release target's wire form.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum TargetText {
+    Number(i64),
+    Text(String),
+}
+
+impl From<TargetText> for ReleaseTarget {
+    fn from(t: TargetText) -> ReleaseTarget {
+        match t {
+            TargetText::Number(p) => ReleaseTarget::Port(p),
+            TargetText::Text(s) => ReleaseTarget::parse(&s),
+        }
+    }
+}
+
+impl From<ReleaseTarget> for TargetText {
+    fn from(t: ReleaseTarget) -> TargetText {
+        match t {
+            ReleaseTarget::Port(p) => TargetText::Number(p),
+            ReleaseTarget::Name(n) => TargetText::Text(n),
+        }
+    }
 }
 
 /// Who owns a lease: whose death ends it.
@@ -606,5 +676,39 @@ mod tests {
         assert_eq!(e.1.code, ErrorCode::InvalidFrame);
         let e = Request::from_json(br#"{"v":1,"op":"launch"}"#).unwrap_err();
         assert_eq!(e.1.code, ErrorCode::InvalidRequest);
+    }
+}
+
+#[cfg(test)]
+mod release_target_tests {
+    use super::*;
+
+    #[test]
+    fn a_number_or_digits_is_a_port_anything_else_a_name() {
+        let op: Op =
+            serde_json::from_str(r#"{"op":"release","target":3100,"more":["3101","app:*","web"]}"#)
+                .unwrap();
+        let Op::Release { target, more } = op else {
+            panic!("a release")
+        };
+        assert_eq!(target, ReleaseTarget::Port(3100));
+        assert_eq!(
+            more,
+            [
+                ReleaseTarget::Port(3101),
+                ReleaseTarget::Name("app:*".into()),
+                ReleaseTarget::Name("web".into()),
+            ]
+        );
+        // Out-of-range numbers reach the broker, which refuses them.
+        assert_eq!(ReleaseTarget::parse("99999"), ReleaseTarget::Port(99999));
+        assert_eq!(ReleaseTarget::parse("-1"), ReleaseTarget::Name("-1".into()));
+        let back = serde_json::to_value(Op::Release {
+            target: ReleaseTarget::Port(3100),
+            more: vec![ReleaseTarget::Name("app:web".into())],
+        })
+        .unwrap();
+        assert_eq!(back["target"], 3100);
+        assert_eq!(back["more"][0], "app:web");
     }
 }

@@ -165,7 +165,7 @@ fn claims_and_releases_under_broker_kills_keep_every_invariant() {
                         .map(|(r, _)| ledger.lock().unwrap().claimed(&id, r.lease.port))
                     } else {
                         c.call_as::<ReleaseReply>(Op::Release {
-                            target: id.clone(),
+                            target: id.as_str().into(),
                             more: Vec::new(),
                         })
                         .map(|(r, _)| {

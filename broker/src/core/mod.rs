@@ -40,7 +40,7 @@ use pb_platform::{
 };
 use pb_proto::{
     ClaimArgs, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo, LoginCodeReply, LoginReply,
-    Op, Owner, ReleaseReply, StatusReply, WireError, PROTOCOL_VERSION,
+    Op, Owner, ReleaseReply, ReleaseTarget, StatusReply, WireError, PROTOCOL_VERSION,
 };
 use serde_json::Value;
 
@@ -1105,8 +1105,8 @@ impl Core {
     fn release(
         &mut self,
         caller: &Caller,
-        target: &str,
-        more: &[String],
+        target: &ReleaseTarget,
+        more: &[ReleaseTarget],
     ) -> Result<Outcome, WireError> {
         if more.len() >= self.cfg.max_leases {
             return Err(WireError::new(
@@ -1116,7 +1116,7 @@ impl Core {
         }
         // Every target is resolved before any lease ends.
         let mut ids: Vec<String> = Vec::new();
-        for t in std::iter::once(target).chain(more.iter().map(String::as_str)) {
+        for t in std::iter::once(target).chain(more) {
             for id in self.release_targets(caller, t)? {
                 if !ids.contains(&id) {
                     ids.push(id);
@@ -1137,16 +1137,28 @@ impl Core {
     }
 
     /// The ids one release target names: a port, an id or a pattern.
-    fn release_targets(&self, caller: &Caller, target: &str) -> Result<Vec<String>, WireError> {
-        let target = target.trim();
-        let ids = if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
-            let port = rules::check_port(target.parse::<i64>().unwrap_or(-1))?;
-            let id = self.by_port.get(&port).ok_or_else(|| {
-                WireError::new(ErrorCode::NotFound, format!("port {port} is not leased"))
-            })?;
-            Self::owned_by_caller(&self.leases[id], caller)?;
-            vec![id.clone()]
-        } else {
+    fn release_targets(
+        &self,
+        caller: &Caller,
+        target: &ReleaseTarget,
+    ) -> Result<Vec<String>, WireError> {
+        let ids = match target {
+            ReleaseTarget::Port(port) => {
+                let port = rules::check_port(*port)?;
+                let id = self.by_port.get(&port).ok_or_else(|| {
+                    WireError::new(ErrorCode::NotFound, format!("port {port} is not leased"))
+                })?;
+                Self::owned_by_caller(&self.leases[id], caller)?;
+                vec![id.clone()]
+            }
+            ReleaseTarget::Name(name) => self.named_targets(caller, name.trim())?,
+        };
+        Ok(ids)
+    }
+
+    /// The ids an id or a pattern names.
+    fn named_targets(&self, caller: &Caller, target: &str) -> Result<Vec<String>, WireError> {
+        let ids = {
             let pattern = Pattern::parse(target)?;
             if pattern.is_literal() {
                 ids::check_id(target)?;

@@ -336,7 +336,7 @@ async fn do_release(
         state,
         caller,
         Op::Release {
-            target: target.clone(),
+            target: pb_proto::ReleaseTarget::parse(&target),
             more: Vec::new(),
         },
     )

@@ -14,7 +14,9 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use pb_proto::{ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, ReleaseReply};
+use pb_proto::{
+    ClaimArgs, ClaimReply, ErrorCode, FindReply, LeaseInfo, Op, ReleaseReply, ReleaseTarget,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -177,9 +179,10 @@ pub async fn release(
         ));
     }
     let target = match (r.port, r.service_name) {
-        (Some(p), None) => p.to_string(),
-        // A name with a `*` would be a pattern: PortManager names one lease.
-        (None, Some(name)) if !name.contains('*') => name,
+        (Some(p), None) => ReleaseTarget::Port(p),
+        // A name with a `*` would be a pattern: PortManager names one
+        // lease. A name of digits is a name, not a port.
+        (None, Some(name)) if !name.contains('*') => ReleaseTarget::Name(name),
         _ => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
