@@ -1,83 +1,147 @@
-//! Service ids (`project[:stack[:context]]`) and the patterns that select
-//! them (`myapp:*`, `*:api:*`).
+//! The one grammar of pb's names: service ids (`project[:stack[:context]]`),
+//! lock, channel, agent and owner names, and the patterns that select
+//! them.
 //!
-//! A segment is 1 to 64 characters of `[A-Za-z0-9._-]`. `*` stands only in
-//! patterns. A segment that is `*` matches one whole segment, and as the
-//! last segment it also matches any deeper ones: `myapp:*` is every service
-//! of myapp, as in Port Daddy's README. Inside a segment, `*` matches any
-//! run of characters within it (`bulk*`, `*-test`, `a*z`), as Port Daddy's
+//! A name is `:`-separated segments, each 1 to 64 characters of
+//! `[A-Za-z0-9._-]`. Service ids have at most 3 segments and are never a
+//! bare number (that names a port); other names at most 8 segments and 255
+//! characters in all (`db-migrations`, `build:api`, `pb:agent.stale`).
+//!
+//! `*` stands only in patterns. A segment that is `*` matches one whole
+//! segment, and as the last segment it also matches any deeper ones:
+//! `myapp:*` is every service of myapp, as in Port Daddy's README, and
+//! `build:*` matches `build:api` and `build:api:x`, not `build`. In a
+//! service-id pattern `*` may also stand inside a segment, for any run of
+//! characters within it (`bulk*`, `*-test`, `a*z`), as Port Daddy's
 //! `release` takes them.
 
 use pb_proto::{ErrorCode, WireError};
 
-pub const MAX_SEGMENTS: usize = 3;
-pub const MAX_SEGMENT_LEN: usize = 64;
-
-fn invalid(text: &str, why: &str) -> WireError {
-    let shown: String = text.chars().take(80).collect();
-    WireError::new(ErrorCode::InvalidId, format!("invalid id {shown:?}: {why}"))
+/// One kind of name: its limits and the error code that refuses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Grammar {
+    pub max_segments: usize,
+    pub max_len: usize,
+    pub code: ErrorCode,
+    /// Whether a pattern's `*` may stand inside a segment.
+    pub star_inside: bool,
 }
 
-fn check_segments(text: &str, allow_star: bool) -> Result<Vec<&str>, WireError> {
-    if text.is_empty() {
-        return Err(invalid(text, "empty"));
+pub const MAX_SEGMENT_LEN: usize = 64;
+
+/// Service ids.
+pub const IDS: Grammar = Grammar {
+    max_segments: 3,
+    max_len: 3 * (MAX_SEGMENT_LEN + 1),
+    code: ErrorCode::InvalidId,
+    star_inside: true,
+};
+
+/// Lock, channel, agent and owner names.
+pub const NAMES: Grammar = Grammar {
+    max_segments: 8,
+    max_len: 255,
+    code: ErrorCode::InvalidName,
+    star_inside: false,
+};
+
+impl Grammar {
+    fn invalid(&self, what: &str, text: &str, why: &str) -> WireError {
+        let shown: String = text.chars().take(80).collect();
+        WireError::new(self.code, format!("invalid {what} {shown:?}: {why}"))
     }
-    let segs: Vec<&str> = text.split(':').collect();
-    if segs.len() > MAX_SEGMENTS {
-        return Err(invalid(text, "at most 3 segments: project:stack:context"));
+
+    /// Checks `text` as a `what` (`"id"`, `"lock name"`, ...), or as a
+    /// pattern when `pattern`; its segments.
+    pub fn check<'a>(
+        &self,
+        what: &str,
+        text: &'a str,
+        pattern: bool,
+    ) -> Result<Vec<&'a str>, WireError> {
+        if text.is_empty() {
+            return Err(self.invalid(what, text, "empty"));
+        }
+        if text.len() > self.max_len {
+            let why = format!("at most {} characters", self.max_len);
+            return Err(self.invalid(what, text, &why));
+        }
+        let segs: Vec<&str> = text.split(':').collect();
+        if segs.len() > self.max_segments {
+            let why = match self.max_segments {
+                3 => "at most 3 segments: project:stack:context".to_string(),
+                n => format!("at most {n} ':'-separated segments"),
+            };
+            return Err(self.invalid(what, text, &why));
+        }
+        for s in &segs {
+            if s.is_empty() {
+                return Err(self.invalid(what, text, "empty segment"));
+            }
+            let starred = s.contains('*');
+            if starred && !pattern {
+                return Err(self.invalid(what, text, "'*' is only allowed in patterns"));
+            }
+            if starred && !self.star_inside && *s != "*" {
+                return Err(self.invalid(what, text, "'*' stands only as a whole segment"));
+            }
+            if s.len() > MAX_SEGMENT_LEN {
+                return Err(self.invalid(what, text, "a segment is at most 64 characters"));
+            }
+            if !s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' || b == b'*'
+            }) {
+                return Err(self.invalid(
+                    what,
+                    text,
+                    "segments use only letters, digits, '.', '_' and '-'",
+                ));
+            }
+        }
+        Ok(segs)
     }
-    for s in &segs {
-        if s.is_empty() {
-            return Err(invalid(text, "empty segment"));
-        }
-        if s.contains('*') && !allow_star {
-            return Err(invalid(text, "'*' is only allowed in patterns"));
-        }
-        if s.len() > MAX_SEGMENT_LEN {
-            return Err(invalid(text, "a segment is at most 64 characters"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' || b == b'*')
-        {
-            return Err(invalid(
-                text,
-                "segments use only letters, digits, '.', '_' and '-'",
-            ));
-        }
-    }
-    Ok(segs)
 }
 
 /// Validates a concrete service id.
 pub fn check_id(text: &str) -> Result<(), WireError> {
-    check_segments(text, false)?;
+    IDS.check("id", text, false)?;
     if text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(text, "a bare number names a port, not a service"));
+        return Err(IDS.invalid("id", text, "a bare number names a port, not a service"));
     }
     Ok(())
 }
 
-/// A compiled id pattern.
-#[derive(Debug, Clone)]
+/// A compiled pattern, of service ids or of names.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
+    text: String,
     segs: Vec<String>,
 }
 
 impl Pattern {
+    /// A service-id pattern.
     pub fn parse(text: &str) -> Result<Pattern, WireError> {
-        let segs = check_segments(text, true)?;
+        Pattern::parse_in(&IDS, text)
+    }
+
+    pub fn parse_in(grammar: &Grammar, text: &str) -> Result<Pattern, WireError> {
+        let segs = grammar.check("pattern", text, true)?;
         Ok(Pattern {
+            text: text.to_string(),
             segs: segs.into_iter().map(str::to_string).collect(),
         })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     pub fn is_literal(&self) -> bool {
         !self.segs.iter().any(|s| s.contains('*'))
     }
 
-    pub fn matches(&self, id: &str) -> bool {
-        let parts: Vec<&str> = id.split(':').collect();
+    pub fn matches(&self, name: &str) -> bool {
+        let parts: Vec<&str> = name.split(':').collect();
         let open_tail = self.segs.last().is_some_and(|s| s == "*");
         if parts.len() < self.segs.len() || (parts.len() > self.segs.len() && !open_tail) {
             return false;

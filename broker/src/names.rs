@@ -1,118 +1,41 @@
-//! Names of locks, channels and agents, and channel patterns.
-//!
-//! A name is 1 to 8 segments separated by `:`, each 1 to 64 characters of
-//! `[A-Za-z0-9._-]`, at most 255 characters in all (`db-migrations`,
-//! `build:api`, `pb:agent.stale`). A pattern may use `*` as a whole
-//! segment: it matches one segment, and as the last segment also any
-//! deeper ones (`build:*` matches `build:api` and `build:api:x`, not
-//! `build`), the same rule as service-id patterns.
+//! Names of locks, channels, agents and owners, and channel patterns: the
+//! one grammar of `ids` ([`crate::ids::NAMES`]), under the name each is
+//! refused as.
 
-use pb_proto::{ErrorCode, WireError};
+use pb_proto::WireError;
 
-pub const MAX_SEGMENTS: usize = 8;
-pub const MAX_SEGMENT_LEN: usize = 64;
-pub const MAX_NAME_LEN: usize = 255;
+use crate::ids::{Pattern, NAMES};
 
-fn invalid(what: &str, text: &str, why: &str) -> WireError {
-    let shown: String = text.chars().take(80).collect();
-    WireError::new(
-        ErrorCode::InvalidName,
-        format!("invalid {what} {shown:?}: {why}"),
-    )
-}
+/// A channel (or lock-name) pattern: whole-segment `*` only.
+pub type NamePattern = Pattern;
 
-fn check(what: &str, text: &str, allow_star: bool) -> Result<(), WireError> {
-    if text.is_empty() {
-        return Err(invalid(what, text, "empty"));
+impl Pattern {
+    /// A pattern over names (channels, locks).
+    pub fn parse_name(text: &str) -> Result<Pattern, WireError> {
+        Pattern::parse_in(&NAMES, text)
     }
-    if text.len() > MAX_NAME_LEN {
-        return Err(invalid(what, text, "at most 255 characters"));
-    }
-    let segs: Vec<&str> = text.split(':').collect();
-    if segs.len() > MAX_SEGMENTS {
-        return Err(invalid(what, text, "at most 8 ':'-separated segments"));
-    }
-    for s in segs {
-        if s.is_empty() {
-            return Err(invalid(what, text, "empty segment"));
-        }
-        if s == "*" {
-            if allow_star {
-                continue;
-            }
-            return Err(invalid(what, text, "'*' is only allowed in patterns"));
-        }
-        if s.len() > MAX_SEGMENT_LEN {
-            return Err(invalid(what, text, "a segment is at most 64 characters"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        {
-            return Err(invalid(
-                what,
-                text,
-                "segments use only letters, digits, '.', '_' and '-'",
-            ));
-        }
-    }
-    Ok(())
 }
 
 pub fn check_lock(name: &str) -> Result<(), WireError> {
-    check("lock name", name, false)
+    NAMES.check("lock name", name, false).map(drop)
 }
 
 pub fn check_channel(name: &str) -> Result<(), WireError> {
-    check("channel", name, false)
+    NAMES.check("channel", name, false).map(drop)
 }
 
 pub fn check_agent(id: &str) -> Result<(), WireError> {
-    check("agent id", id, false)
+    NAMES.check("agent id", id, false).map(drop)
 }
 
 pub fn check_owner(name: &str) -> Result<(), WireError> {
-    check("owner name", name, false)
-}
-
-/// A compiled channel (or lock-name) pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamePattern {
-    text: String,
-    segs: Vec<String>,
-}
-
-impl NamePattern {
-    pub fn parse(text: &str) -> Result<NamePattern, WireError> {
-        check("pattern", text, true)?;
-        Ok(NamePattern {
-            text: text.to_string(),
-            segs: text.split(':').map(str::to_string).collect(),
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    pub fn matches(&self, name: &str) -> bool {
-        let open_tail = self.segs.last().is_some_and(|s| s == "*");
-        let mut parts = name.split(':');
-        let mut n = 0;
-        for p in &self.segs {
-            match parts.next() {
-                Some(part) if p == "*" || p == part => n += 1,
-                _ => return false,
-            }
-        }
-        debug_assert_eq!(n, self.segs.len());
-        parts.next().is_none() || open_tail
-    }
+    NAMES.check("owner name", name, false).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pb_proto::ErrorCode;
 
     #[test]
     fn names() {
@@ -144,13 +67,13 @@ mod tests {
 
     #[test]
     fn patterns() {
-        let p = NamePattern::parse("build:*").unwrap();
+        let p = NamePattern::parse_name("build:*").unwrap();
         assert!(p.matches("build:api") && p.matches("build:api:x"));
         assert!(!p.matches("build") && !p.matches("builds:api"));
-        let p = NamePattern::parse("*:api").unwrap();
+        let p = NamePattern::parse_name("*:api").unwrap();
         assert!(p.matches("build:api") && !p.matches("build:api:x") && !p.matches("api"));
-        let p = NamePattern::parse("errors").unwrap();
+        let p = NamePattern::parse_name("errors").unwrap();
         assert!(p.matches("errors") && !p.matches("errors:x"));
-        assert!(NamePattern::parse("a:b*").is_err());
+        assert!(NamePattern::parse_name("a:b*").is_err());
     }
 }

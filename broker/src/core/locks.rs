@@ -790,7 +790,7 @@ impl Core {
     }
 
     pub(crate) fn locks_list(&self, pattern: Option<&str>) -> Result<Outcome, WireError> {
-        let p = pattern.map(NamePattern::parse).transpose()?;
+        let p = pattern.map(NamePattern::parse_name).transpose()?;
         let mut locks: Vec<LockInfo> = self
             .locks
             .map

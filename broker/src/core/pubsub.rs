@@ -339,7 +339,7 @@ impl Core {
         }
         let compiled = patterns
             .iter()
-            .map(|p| NamePattern::parse(p))
+            .map(|p| NamePattern::parse_name(p))
             .collect::<Result<Vec<_>, _>>()?;
         let max = self.cfg.coord.max_subscribers;
         if self.pubsub.live_subscribers() >= max {
@@ -383,7 +383,7 @@ impl Core {
         since_id: Option<u64>,
         limit: Option<i64>,
     ) -> Result<Outcome, WireError> {
-        let p = NamePattern::parse(pattern)?;
+        let p = NamePattern::parse_name(pattern)?;
         let limit = check_limit(limit, 100, MAX_HISTORY)?;
         let messages = self
             .pubsub
