@@ -1,29 +1,27 @@
 //! Server-sent events: the conventions every streaming route follows
-//! (Port Daddy's /subscribe/:channel and those after it). This is only the
-//! transport side; what the events are, and where they come from, belongs
-//! to the routes' own modules.
+//! (Port Daddy's /subscribe/:channel and those after it), on axum's
+//! [`Sse`]. This is only the transport side; what the events are, and
+//! where they come from, belongs to the routes' own modules and the core.
 //!
-//! - Every event has an id, increasing per stream (`id:` line), assigned by
-//!   a [`History`], which also keeps the last few for resuming.
-//! - A client that reconnects with `Last-Event-ID: N` gets the events after
-//!   N that are still kept, then the live ones. If some were already
-//!   forgotten, the replay starts with a `reset` event, so the client knows
-//!   to reload its state instead of trusting an incomplete stream.
+//! - Every event has an id (`id:` line): the item's own, a message or log
+//!   entry id, or a listener reading's generation.
+//! - A client that reconnects with `Last-Event-ID: N` resumes after N: the
+//!   route passes N to the core as `since_id`, and the core replays what it
+//!   still keeps.
 //! - When no event is due, a comment line (`: heartbeat`) goes out every
 //!   [`HEARTBEAT`], so proxies keep the connection and clients notice a
 //!   dead broker.
-//! - Each subscriber has a bounded buffer ([`BUFFER`] events). Publishing
-//!   never waits: a subscriber whose buffer is full is dropped (its stream
-//!   ends after what it already has; it may reconnect and resume), so a slow
-//!   reader never slows the publisher or the other subscribers.
+//! - The core's queue for each subscriber is bounded; a client that does
+//!   not read lets it fill, and the core drops the subscriber: the stream
+//!   ends with an `end` event saying why (`lagged`). Only [`HANDOFF`]
+//!   events wait between the core and the socket.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{self as axum_sse, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use pb_proto::ErrorCode;
 use tokio::sync::mpsc;
 
@@ -32,13 +30,9 @@ use crate::core::stream::{Stream, StreamNext};
 
 /// How often an idle stream sends a comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
-/// Events queued for one subscriber before it is dropped as too slow.
-pub const BUFFER: usize = 256;
 /// Events copied for one client of [`from_stream`] that wait for its
 /// socket: few, since the core's own queue is the real buffer.
 pub const HANDOFF: usize = 16;
-/// Events a [`History`] keeps for resuming, by default.
-pub const REPLAY: usize = 1024;
 
 /// One event as it goes on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,26 +40,19 @@ pub struct Event {
     pub id: u64,
     /// The `event:` name; the client's default (`message`) when `None`.
     pub name: Option<String>,
-    /// The payload, usually JSON; may span lines.
+    /// The payload, JSON (so on one line, with no carriage return).
     pub data: String,
 }
 
 impl Event {
-    /// The event in the text/event-stream format.
-    pub fn encode(&self) -> String {
-        let mut out = format!("id: {}\n", self.id);
-        if let Some(name) = &self.name {
-            // A line break in a name would start a field of its own.
-            let name: String = name.chars().filter(|c| *c != '\n' && *c != '\r').collect();
-            out.push_str(&format!("event: {name}\n"));
+    fn to_sse(&self) -> axum_sse::Event {
+        let e = axum_sse::Event::default()
+            .id(self.id.to_string())
+            .data(&self.data);
+        match &self.name {
+            Some(name) => e.event(name),
+            None => e,
         }
-        for line in self.data.split('\n') {
-            out.push_str("data: ");
-            out.push_str(line.strip_suffix('\r').unwrap_or(line));
-            out.push('\n');
-        }
-        out.push('\n');
-        out
     }
 }
 
@@ -84,70 +71,6 @@ pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
                 "Last-Event-ID is not an event id",
             )
         })
-}
-
-/// A stream's recent events: it numbers new ones and answers resumes.
-#[derive(Debug)]
-pub struct History {
-    cap: usize,
-    next_id: u64,
-    events: VecDeque<Event>,
-}
-
-impl History {
-    /// Keeps the last `cap` events; ids start at 1.
-    pub fn new(cap: usize) -> History {
-        History {
-            cap: cap.max(1),
-            next_id: 1,
-            events: VecDeque::new(),
-        }
-    }
-
-    /// Numbers and keeps a new event, forgetting the oldest past the cap.
-    pub fn push(&mut self, name: Option<&str>, data: String) -> Event {
-        let e = Event {
-            id: self.next_id,
-            name: name.map(String::from),
-            data,
-        };
-        self.next_id += 1;
-        if self.events.len() == self.cap {
-            self.events.pop_front();
-        }
-        self.events.push_back(e.clone());
-        e
-    }
-
-    /// What a client that saw up to `last` must be sent first: the kept
-    /// events after it, preceded by a `reset` event when some in between
-    /// are no longer kept.
-    pub fn since(&self, last: u64) -> Vec<Event> {
-        let mut out = Vec::new();
-        let oldest = self.events.front().map_or(self.next_id, |e| e.id);
-        if last.saturating_add(1) < oldest {
-            out.push(Event {
-                id: oldest.saturating_sub(1),
-                name: Some("reset".into()),
-                data: format!("{{\"missed_before\":{oldest}}}"),
-            });
-        }
-        out.extend(self.events.iter().filter(|e| e.id > last).cloned());
-        out
-    }
-}
-
-/// The publishing side of one subscriber.
-#[derive(Debug, Clone)]
-pub struct Subscriber(mpsc::Sender<Event>);
-
-impl Subscriber {
-    /// Queues `e` without waiting. False when the subscriber is gone or its
-    /// buffer is full: the publisher must then drop this `Subscriber`,
-    /// which ends the client's stream once it has read what was queued.
-    pub fn offer(&self, e: &Event) -> bool {
-        self.0.try_send(e.clone()).is_ok()
-    }
 }
 
 /// Sends the broker's own stream (a subscription, a followed log) as
@@ -206,47 +129,24 @@ pub fn from_stream(first: Vec<Event>, mut stream: Stream, skip_through: u64) -> 
     response(first, rx, HEARTBEAT)
 }
 
-/// A subscriber with a buffer of `buffer` events, and the receiving end
-/// that [`response`] streams from.
-pub fn subscriber(buffer: usize) -> (Subscriber, mpsc::Receiver<Event>) {
-    let (tx, rx) = mpsc::channel(buffer.max(1));
-    (Subscriber(tx), rx)
-}
-
 /// A text/event-stream response: `replay` first, then each event from
 /// `live`, with a heartbeat comment after `heartbeat` of silence. It ends
-/// when every [`Subscriber`] for `live` is dropped.
-pub fn response(replay: Vec<Event>, live: mpsc::Receiver<Event>, heartbeat: Duration) -> Response {
-    struct State {
-        replay: VecDeque<Event>,
-        live: mpsc::Receiver<Event>,
-        heartbeat: Duration,
-    }
-    let state = State {
-        replay: replay.into(),
-        live,
-        heartbeat,
-    };
-    let stream = futures_util::stream::unfold(state, |mut s| async move {
-        let chunk = match s.replay.pop_front() {
-            Some(e) => e.encode(),
-            None => match tokio::time::timeout(s.heartbeat, s.live.recv()).await {
-                Ok(Some(e)) => e.encode(),
-                Ok(None) => return None,
-                Err(_) => ": heartbeat\n\n".to_string(),
-            },
-        };
-        Some((Ok::<_, Infallible>(Bytes::from(chunk)), s))
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+/// when `live`'s sender is dropped.
+fn response(replay: Vec<Event>, live: mpsc::Receiver<Event>, heartbeat: Duration) -> Response {
+    let replay = futures_util::stream::iter(replay);
+    let live =
+        futures_util::stream::unfold(
+            live,
+            |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
+        );
+    use futures_util::StreamExt;
+    let events = replay.chain(live).map(|e| Ok::<_, Infallible>(e.to_sse()));
+    let mut resp = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+        .into_response();
     // Tells reverse proxies not to hold events back.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
 
@@ -254,19 +154,6 @@ pub fn response(replay: Vec<Event>, live: mpsc::Receiver<Event>, heartbeat: Dura
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-
-    #[test]
-    fn encoding() {
-        let e = Event {
-            id: 7,
-            name: Some("claim\nevil: x".into()),
-            data: "{\"a\":1}\r\nsecond".into(),
-        };
-        assert_eq!(
-            e.encode(),
-            "id: 7\nevent: claimevil: x\ndata: {\"a\":1}\ndata: second\n\n"
-        );
-    }
 
     #[test]
     fn last_event_ids() {
@@ -281,69 +168,49 @@ mod tests {
         );
     }
 
-    #[test]
-    fn resume_replays_what_is_kept_and_says_what_is_not() {
-        let mut h = History::new(3);
-        for i in 1..=5 {
-            assert_eq!(h.push(None, format!("{i}")).id, i);
-        }
-        // Kept: 3, 4, 5.
-        let ids = |v: Vec<Event>| v.iter().map(|e| (e.id, e.name.clone())).collect::<Vec<_>>();
-        assert_eq!(ids(h.since(3)), [(4, None), (5, None)]);
-        assert_eq!(ids(h.since(5)), []);
-        assert_eq!(ids(h.since(2)), [(3, None), (4, None), (5, None)]);
-        assert_eq!(
-            ids(h.since(1)),
-            [(2, Some("reset".into())), (3, None), (4, None), (5, None)]
-        );
-        assert_eq!(ids(History::new(3).since(0)), []);
-    }
-
-    #[test]
-    fn a_slow_subscriber_is_dropped_and_never_slows_the_others() {
-        let (slow, _slow_rx) = subscriber(4);
-        let (fast, mut fast_rx) = subscriber(4);
-        let mut h = History::new(16);
-        let mut slow = Some(slow);
-        let mut got = Vec::new();
-        for i in 0..10 {
-            let e = h.push(None, i.to_string());
-            // Publishing never waits: the full subscriber is refused and
-            // dropped, the other keeps receiving.
-            if slow.as_ref().is_some_and(|s| !s.offer(&e)) {
-                slow = None;
-            }
-            assert!(fast.offer(&e));
-            got.push(fast_rx.try_recv().unwrap().id);
-        }
-        assert!(slow.is_none(), "the slow subscriber was dropped");
-        assert_eq!(got, (1..=10).collect::<Vec<_>>());
-    }
-
     #[tokio::test(flavor = "current_thread")]
     async fn the_stream_replays_then_follows_with_heartbeats_and_ends() {
-        let mut h = History::new(8);
-        let first = h.push(Some("claim"), "{\"port\":3100}".into());
-        let (sub, rx) = subscriber(BUFFER);
-        let resp = response(h.since(0), rx, Duration::from_millis(30));
-        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+        let first = Event {
+            id: 1,
+            name: Some("claim".into()),
+            data: "{\"port\":3100}".into(),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let resp = response(vec![first], rx, Duration::from_millis(30));
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
         let mut body = resp.into_body();
-        async fn next(body: &mut Body) -> Option<String> {
+        async fn next(body: &mut axum::body::Body) -> Option<String> {
             let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
                 .await
                 .expect("a frame within 5 s");
             frame.map(|f| String::from_utf8(f.unwrap().into_data().unwrap().to_vec()).unwrap())
         }
-        assert_eq!(next(&mut body).await.unwrap(), first.encode());
+        let lines = |text: String| {
+            let mut l: Vec<String> = text.lines().map(String::from).collect();
+            l.sort();
+            l
+        };
+        assert_eq!(
+            lines(next(&mut body).await.unwrap()),
+            ["", "data: {\"port\":3100}", "event: claim", "id: 1"]
+        );
         assert_eq!(next(&mut body).await.unwrap(), ": heartbeat\n\n");
-        let live = h.push(None, "later".into());
-        assert!(sub.offer(&live));
-        assert_eq!(next(&mut body).await.unwrap(), "id: 2\ndata: later\n\n");
-        drop(sub);
+        tx.send(Event {
+            id: 2,
+            name: None,
+            data: "\"later\"".into(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            lines(next(&mut body).await.unwrap()),
+            ["", "data: \"later\"", "id: 2"]
+        );
+        drop(tx);
         assert_eq!(
             next(&mut body).await,
             None,
-            "the stream ends with its subscriber"
+            "the stream ends with its sender"
         );
     }
 }
