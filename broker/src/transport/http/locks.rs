@@ -149,21 +149,22 @@ impl AcquireResponse {
     }
 }
 
-/// The owner a request names, or the default (see the module's doc): the
-/// core resolves each.
-fn lock_owner(
+/// Who a request speaks as: its agent (X-Agent-Id) and the owner it names,
+/// or the default (see the module's doc); the core resolves each.
+fn speaker(
     headers: &HeaderMap,
     owner: Option<String>,
     pid: Option<i64>,
-    agent: &Option<String>,
-) -> Result<Option<LockOwnerArg>, ApiError> {
-    Ok(Some(match (owner, owner_hint(headers)?.or(pid)) {
-        (Some(name), _) => LockOwnerArg::Name(name),
-        (None, Some(pid)) => LockOwnerArg::Hint(pid),
+) -> Result<(Option<String>, Option<LockOwnerArg>), ApiError> {
+    let agent = agent_header(headers)?;
+    let owner = match (owner, owner_hint(headers)?.or(pid)) {
+        (Some(name), _) => Some(LockOwnerArg::Name(name)),
+        (None, Some(pid)) => Some(LockOwnerArg::Hint(pid)),
         // The core makes the agent the owner.
-        (None, None) if agent.is_some() => return Ok(None),
-        (None, None) => LockOwnerArg::CallerParent,
-    }))
+        (None, None) if agent.is_some() => None,
+        (None, None) => Some(LockOwnerArg::CallerParent),
+    };
+    Ok((agent, owner))
 }
 
 /// Take a lock, or wait for it.
@@ -185,8 +186,7 @@ pub async fn acquire(
     body: Bytes,
 ) -> Result<Json<AcquireResponse>, ApiError> {
     let body: AcquireBody = json_body(&body)?;
-    let agent = agent_header(&headers)?;
-    let owner = lock_owner(&headers, body.owner, body.pid, &agent)?;
+    let (agent, owner) = speaker(&headers, body.owner, body.pid)?;
     let wait_ms = match (body.wait, &body.timeout) {
         (Some(Wait::Flag(false)), Some(_)) => {
             return Err(ApiError::new(
@@ -279,8 +279,7 @@ pub async fn release(
         ));
     }
     let force = body.force.unwrap_or(false) || q.force.unwrap_or(false);
-    let agent = agent_header(&headers)?;
-    let owner = lock_owner(&headers, body.owner.or(q.owner), body.pid, &agent)?;
+    let (agent, owner) = speaker(&headers, body.owner.or(q.owner), body.pid)?;
     #[derive(Deserialize)]
     struct Released {
         released: LockInfo,
@@ -331,8 +330,7 @@ pub async fn extend(
     body: Bytes,
 ) -> Result<Json<AcquireResponse>, ApiError> {
     let body: ExtendBody = json_body(&body)?;
-    let agent = agent_header(&headers)?;
-    let owner = lock_owner(&headers, body.owner, body.pid, &agent)?;
+    let (agent, owner) = speaker(&headers, body.owner, body.pid)?;
     let ttl_ms = body.ttl.as_ref().map(Millis::ms).transpose()?;
     let reply: LockReply = call(
         &state,
