@@ -87,12 +87,15 @@ fn owner_words(l: &LockInfo) -> String {
 fn lock_line(l: &LockInfo) -> String {
     let owner = owner_words(l);
     let now = now_ms();
+    let until = match l.ttl_ms {
+        0 => "until it exits".to_string(),
+        _ => format!("expires in {}", human_ms(l.expires_ms.saturating_sub(now))),
+    };
     format!(
-        "{}\ttoken {}\t{owner}\theld {}\texpires in {}\t{} waiting{}",
+        "{}\ttoken {}\t{owner}\theld {}\t{until}\t{} waiting{}",
         l.name,
         l.token,
         human_ms(now.saturating_sub(l.since_ms)),
-        human_ms(l.expires_ms.saturating_sub(now)),
         l.waiters,
         l.command
             .as_ref()
@@ -102,13 +105,19 @@ fn lock_line(l: &LockInfo) -> String {
 }
 
 pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Result<i32> {
-    let ttl_ms = c.ttl.as_deref().map(duration_ms).transpose()?;
+    let hold_for_command = !c.command.is_empty();
+    // CMD holds the lock for as long as it runs (a TTL of 0), even if pb is
+    // killed and nothing renews it; `--ttl` bounds it instead.
+    let ttl_ms = match c.ttl.as_deref() {
+        Some(t) => Some(duration_ms(t)?),
+        None if hold_for_command => Some(0),
+        None => None,
+    };
     let wait_ms = match (c.wait, c.timeout.as_deref()) {
         (false, _) => None,
         (true, Some(t)) => Some(duration_ms(t)?),
         (true, None) => Some(60_000),
     };
-    let hold_for_command = !c.command.is_empty();
     // With a command, the lock is the command's own: it is forked first and
     // held before its exec, the lock is taken for its pid, and only then
     // does it run. So it holds the lock for exactly as long as it runs,
@@ -206,8 +215,12 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
     };
     let client = Arc::new(Mutex::new(client));
     let done = Arc::new(AtomicBool::new(false));
-    // Renew every third of the TTL while the command runs.
-    let every = Duration::from_millis((reply.lock.ttl_ms / 3).max(100));
+    // Renew every third of the TTL while the command runs (a lock held
+    // until CMD exits needs none: the wait below only wakes at the end).
+    let every = match reply.lock.ttl_ms {
+        0 => Duration::from_secs(u64::from(u32::MAX)),
+        ttl => Duration::from_millis((ttl / 3).max(100)),
+    };
     let renew = {
         let (client, done, name, owner, agent) = (
             client.clone(),

@@ -314,7 +314,7 @@ fn bad_lock_requests_get_clear_errors_and_change_nothing() {
         pb_proto::client::ClientError::Wire(w) => w.code,
         other => panic!("{other}"),
     };
-    for ttl in [-1, 0, 1_000_000_000_000] {
+    for ttl in [-1, 1_000_000_000_000] {
         let e = try_op(LockArgs {
             name: "n".into(),
             ttl_ms: Some(ttl),
@@ -322,6 +322,14 @@ fn bad_lock_requests_get_clear_errors_and_change_nothing() {
         });
         assert_eq!(code(e), ErrorCode::InvalidDuration, "ttl {ttl}");
     }
+    // 0 is "while the owner process lives": not for a named owner.
+    let e = try_op(LockArgs {
+        name: "n".into(),
+        ttl_ms: Some(0),
+        owner: Some(LockOwnerArg::Name("z".into())),
+        ..Default::default()
+    });
+    assert_eq!(code(e), ErrorCode::InvalidDuration, "ttl 0 for a name");
     for wait in [-5, 10_000_000_000] {
         let e = try_op(LockArgs {
             name: "n".into(),
@@ -424,11 +432,13 @@ fn an_expired_holding_passes_to_the_next_waiter() {
 
 /// Issue 14, defect 2: `pb lock NAME -- CMD` takes the lock for CMD's own
 /// process. A kill -9 of `pb` alone leaves CMD running and holding it, so
-/// no waiter is granted while CMD can still run; CMD's end releases it.
+/// no waiter is granted while CMD can still run, not even past the lock TTL
+/// (1 s here), which nobody renews once pb is gone: CMD's lock has none
+/// (TTL 0). CMD's end releases it.
 #[test]
 fn lock_dash_dash_cmd_keeps_excluding_when_pb_is_killed() {
     use std::io::BufRead;
-    let broker = Broker::start();
+    let broker = Broker::start_with(&[("PB_LOCK_TTL", "1s")]);
     let mut pb = Proc(
         broker
             .cmd()
@@ -460,10 +470,14 @@ fn lock_dash_dash_cmd_keeps_excluding_when_pb_is_killed() {
         "CMD itself holds it: {held}"
     );
     assert_eq!(held["locks"][0]["token"], token);
+    assert_eq!(
+        held["locks"][0]["ttl_ms"], 0,
+        "held until CMD exits: {held}"
+    );
     pb.signal(libc::SIGKILL);
     pb.wait_for(Duration::from_secs(5));
-    // pb is gone; CMD runs on and still holds the lock.
-    std::thread::sleep(Duration::from_millis(300));
+    // pb is gone; CMD runs on and still holds the lock, past the TTL.
+    std::thread::sleep(Duration::from_millis(1500));
     let out = broker.pb(&[
         "lock",
         "L",
@@ -522,4 +536,30 @@ fn lock_dash_dash_cmd_leaves_the_broker_it_started_running() {
     let status = run(&["-j", "status"]);
     assert!(status.status.success(), "the broker it started still runs");
     assert!(run(&["stop"]).status.success());
+}
+
+/// A TTL of 0 (held while the owner process lives) is for process owners:
+/// a named owner asking for it is refused and nothing is held; an explicit
+/// `--ttl` on `pb lock -- CMD` bounds the holding as asked.
+#[test]
+fn a_lock_held_until_exit_needs_a_process_owner() {
+    let broker = Broker::start();
+    let out = broker.pb(&["-j", "lock", "db", "--owner", "ops", "--ttl", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["code"], "invalid_duration", "{e}");
+    assert_eq!(broker.pb_json(&["locks"])["locks"], serde_json::json!([]));
+    let mut held = Proc(
+        broker
+            .cmd()
+            .args(["lock", "db", "--ttl", "60s", "--", "sleep", "30"])
+            .spawn()
+            .unwrap(),
+    );
+    let ttl = wait_for("the holding", || {
+        broker.pb_json(&["locks"])["locks"][0]["ttl_ms"].as_u64()
+    });
+    assert_eq!(ttl, 60_000);
+    held.signal(libc::SIGTERM);
+    assert!(held.wait_for(Duration::from_secs(10)).is_some());
 }

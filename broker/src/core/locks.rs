@@ -164,19 +164,47 @@ fn info(name: &str, h: &Holding, waiters: usize) -> LockInfo {
     }
 }
 
+/// A TTL of 0: the holding has no expiry, and lasts while its owner
+/// process lives (`pb lock NAME -- CMD`: CMD holds it however long it
+/// runs, even if pb is killed and nobody renews it).
+pub const UNTIL_EXIT: u64 = 0;
+/// The expiry of such a holding: never (and still an SQLite integer).
+const NEVER: u64 = i64::MAX as u64;
+
+/// When a holding of `ttl_ms` taken or renewed at `now` expires.
+fn expiry(now: u64, ttl_ms: u64) -> u64 {
+    match ttl_ms {
+        UNTIL_EXIT => NEVER,
+        ttl => now + ttl,
+    }
+}
+
+fn until_exit_needs_a_process() -> WireError {
+    WireError::new(
+        ErrorCode::InvalidDuration,
+        "a lock TTL of 0 (held while its owner lives) needs a process as the owner",
+    )
+}
+
 fn held_error(name: &str, h: &Holding, waiters: usize) -> WireError {
     let now = now_ms();
+    let until = match h.ttl_ms {
+        UNTIL_EXIT => "it is held until that process exits".to_string(),
+        _ => format!(
+            "it expires in {:.1}s unless renewed",
+            h.expires_ms.saturating_sub(now) as f64 / 1000.0
+        ),
+    };
     WireError::new(
         ErrorCode::Held,
         format!(
-            "lock {name} is held by {}{} for {:.1}s; it expires in {:.1}s unless renewed",
+            "lock {name} is held by {}{} for {:.1}s; {until}",
             h.owner.describe(),
             h.command
                 .as_ref()
                 .map(|c| format!(" ({})", c.chars().take(60).collect::<String>()))
                 .unwrap_or_default(),
             now.saturating_sub(h.since_ms) as f64 / 1000.0,
-            h.expires_ms.saturating_sub(now) as f64 / 1000.0,
         ),
     )
     .with_details(json!({
@@ -394,10 +422,11 @@ impl Core {
         let max = self.cfg.coord.lock_max_ttl_ms;
         match ttl_ms {
             None => Ok(self.cfg.coord.lock_ttl_ms),
+            Some(0) => Ok(UNTIL_EXIT),
             Some(t) if t > 0 && t as u64 <= max => Ok(t as u64),
             Some(t) => Err(WireError::new(
                 ErrorCode::InvalidDuration,
-                format!("lock TTL of {t} ms is out of range (1 ms to {max} ms)"),
+                format!("lock TTL of {t} ms is out of range (1 ms to {max} ms, or 0: while its owner process lives)"),
             )),
         }
     }
@@ -437,6 +466,9 @@ impl Core {
             }
         };
         let req = self.lock_request(caller, a.owner, a.agent, ttl)?;
+        if ttl == UNTIL_EXIT && !matches!(req.owner, LockOwner::Process(_)) {
+            return Err(until_exit_needs_a_process());
+        }
         let name = a.name;
         let q = self.locks.map.get(&name);
         let Some(h) = q.and_then(|q| q.holding.as_ref()) else {
@@ -516,7 +548,7 @@ impl Core {
             owner_pid: owner_process.map(|p| p.pid),
             owner_start: owner_process.map(|p| p.start_time),
             since_ms: now,
-            expires_ms: now + req.ttl_ms,
+            expires_ms: expiry(now, req.ttl_ms),
             ttl_ms: req.ttl_ms,
         };
         self.store.hold_lock(&record)?;
@@ -564,7 +596,7 @@ impl Core {
         ttl_ms: u64,
         actor: Option<Actor>,
     ) -> Result<LockInfo, WireError> {
-        let expires = now_ms() + ttl_ms;
+        let expires = expiry(now_ms(), ttl_ms);
         self.store.set_lock_expiry(name, expires, ttl_ms)?;
         let q = self.locks.map.get_mut(name).expect("checked by callers");
         let h = q.holding.as_mut().expect("checked by callers");
@@ -767,20 +799,13 @@ impl Core {
         owner: Option<LockOwnerArg>,
         agent: Option<String>,
     ) -> Result<Outcome, WireError> {
-        let ttl = match ttl_ms {
-            Some(_) => self.check_lock_ttl(ttl_ms)?,
-            None => 0,
-        };
+        let ttl = ttl_ms.map(|t| self.check_lock_ttl(Some(t))).transpose()?;
         let actor = self.check_holder(caller, name, owner, agent, false)?;
-        let ttl = if ttl == 0 {
-            self.locks.map[name]
-                .holding
-                .as_ref()
-                .expect("checked")
-                .ttl_ms
-        } else {
-            ttl
-        };
+        let h = self.locks.map[name].holding.as_ref().expect("checked");
+        let ttl = ttl.unwrap_or(h.ttl_ms);
+        if ttl == UNTIL_EXIT && !matches!(h.owner, LockOwner::Process(_)) {
+            return Err(until_exit_needs_a_process());
+        }
         let lock = self.extend_holding(name, ttl, actor)?;
         Ok(Outcome::of(LockReply {
             lock,

@@ -338,3 +338,28 @@ fn an_agents_service_limit_refuses_the_one_too_many() {
     // Its own lease again is no new one.
     core.apply(&me(), as_agent("app:one")).unwrap();
 }
+
+#[test]
+fn a_lock_held_until_its_owner_exits_outlives_any_expiry_and_a_timed_one_does_not() {
+    let mut core = core();
+    let mut caller = me();
+    caller.process = Some(pb_platform::ProcessId::current());
+    for (name, ttl_ms) in [("forever", 0), ("timed", 60_000)] {
+        let op = Op::LockAcquire(LockArgs {
+            name: name.into(),
+            ttl_ms: Some(ttl_ms),
+            wait_ms: None,
+            owner: Some(LockOwnerArg::Caller),
+            agent: None,
+        });
+        core.apply(&caller, op).unwrap();
+    }
+    core.expire_locks(now_ms() + 366 * 86_400_000);
+    let held = |core: &mut Core, name: &str| {
+        core.apply(&me(), Op::LockInfo { name: name.into() })
+            .map(|o| o.result["token"].is_u64())
+            .unwrap_or(false)
+    };
+    assert!(held(&mut core, "forever"));
+    assert!(!held(&mut core, "timed"));
+}
