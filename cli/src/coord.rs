@@ -116,7 +116,7 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
     let wait_ms = match (c.wait, c.timeout.as_deref()) {
         (false, _) => None,
         (true, Some(t)) => Some(duration_ms(t)?),
-        (true, None) => Some(60_000),
+        (true, None) => Some(pb_proto::DEFAULT_LOCK_WAIT_MS),
     };
     // With a command, the lock is the command's own: it is forked first and
     // held before its exec, the lock is taken for its pid, and only then

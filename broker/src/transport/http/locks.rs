@@ -28,10 +28,6 @@ use super::portdaddy::owner_hint;
 use super::{agent_header, call, json_body, query, HttpState, IdPath, Millis};
 use crate::core::Caller;
 
-/// How long `{"wait": true}` waits without a `timeout`: Port Daddy's CLI
-/// default for `--timeout`.
-pub const DEFAULT_WAIT_MS: i64 = 60_000;
-
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route("/locks", get(list))
@@ -203,7 +199,7 @@ pub async fn acquire(
             ))
         }
         (_, Some(t)) => Some(t.ms()?),
-        (Some(Wait::Flag(true)), None) => Some(DEFAULT_WAIT_MS),
+        (Some(Wait::Flag(true)), None) => Some(pb_proto::DEFAULT_LOCK_WAIT_MS),
     };
     let ttl_ms = body.ttl.as_ref().map(Millis::ms).transpose()?;
     let reply: LockReply = call(
