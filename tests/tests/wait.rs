@@ -50,7 +50,12 @@ fn wait_follows_a_claim_made_after_it_began() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The wait has connected (its connection and this status query's own)
+    // before anything is claimed; it asks at once, on that connection.
+    let connected = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["status"])["connections"].as_u64() >= Some(2)).then_some(())
+    });
+    assert!(connected.is_some(), "pb wait connected");
     let p1 = broker.claim("first:api", &[]);
     let p2 = broker.claim("later:api", &[]);
     let _s1 = late_server(p1, "0");
