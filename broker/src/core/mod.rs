@@ -391,8 +391,16 @@ impl Core {
         self.leases.len()
     }
 
-    /// A new connection: a session id, or `Limit` when there are too many.
-    pub fn open_session(&mut self) -> Result<SessionId, WireError> {
+    /// A new Unix-socket connection from a process of `peer_uid`: a session
+    /// id; `Forbidden` for another user's (the socket is the broker user's
+    /// and root's alone), `Limit` when there are too many.
+    pub fn open_session(&mut self, peer_uid: u32) -> Result<SessionId, WireError> {
+        if peer_uid != pb_platform::os::effective_uid() && peer_uid != 0 {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "this broker serves only its own user",
+            ));
+        }
         if self.connections >= self.cfg.max_connections {
             return Err(WireError::new(
                 ErrorCode::Limit,

@@ -55,13 +55,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
     let Ok(peer) = PeerIdentity::of_unix_peer(&stream) else {
         return;
     };
-    let me = pb_platform::os::effective_uid();
-    if peer.uid != me && peer.uid != 0 {
-        let e = WireError::new(ErrorCode::Forbidden, "this broker serves only its own user");
-        let _ = write_reply(&mut stream, &Reply::err(None, e), None).await;
-        return;
-    }
-    let opened = lock(&core).open_session();
+    let opened = lock(&core).open_session(peer.uid);
     let session = match opened {
         Ok(s) => s,
         Err(e) => {
