@@ -5,7 +5,7 @@
 use pb_platform::os::{self, FileLock};
 use std::fs;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::core::coord;
-use crate::core::{lock, SharedCore};
+use crate::core::{lock, Shared, SharedCore};
 use crate::core::{now_ms, Core};
 use crate::store::Store;
 use crate::tasks::deliver;
@@ -82,7 +82,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         std::process::id(),
         core.lease_count()
     );
-    let core: SharedCore = Arc::new(Mutex::new(core));
+    let core: SharedCore = Shared::new(core);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

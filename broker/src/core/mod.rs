@@ -57,15 +57,32 @@ use crate::relay::Relay;
 use crate::rules;
 use crate::store::{LeaseRecord, Store, StoreError};
 
-/// The one core of a running broker, shared by its transports and tasks.
-pub type SharedCore = Arc<std::sync::Mutex<Core>>;
+/// The one core of a running broker, shared by its transports and tasks,
+/// and what stands beside it rather than in it: the listener feed, which
+/// only `service::inspect` reads and feeds.
+pub struct Shared {
+    core: std::sync::Mutex<Core>,
+    pub(crate) listener_feed: Arc<crate::core::stream::ListenerFeed>,
+}
+
+pub type SharedCore = Arc<Shared>;
+
+impl Shared {
+    pub fn new(core: Core) -> SharedCore {
+        Arc::new(Shared {
+            core: std::sync::Mutex::new(core),
+            listener_feed: Arc::default(),
+        })
+    }
+}
 
 /// Takes the core's mutex. Never held across a question to the machine or
 /// an await: callers ask first, then apply.
 pub fn lock(core: &SharedCore) -> std::sync::MutexGuard<'_, Core> {
     // A panic aborts the broker (daemon.rs) before any unwinding, so the
     // core is never seen poisoned, half-applied, by a later request.
-    core.lock()
+    core.core
+        .lock()
         .expect("the core is never poisoned: a panic aborts the broker")
 }
 
@@ -289,8 +306,6 @@ pub struct Core {
     http_off: Option<String>,
     logins: Logins,
     pub(crate) webhooks: crate::core::webhooks::Webhooks,
-    /// The machine's listeners for those who follow them.
-    pub(crate) listener_feed: Arc<crate::core::stream::ListenerFeed>,
 }
 
 impl Core {
@@ -318,7 +333,6 @@ impl Core {
             http_off: None,
             logins: Logins::default(),
             webhooks: Default::default(),
-            listener_feed: Default::default(),
         };
         // Before anything is emitted, so that webhooks see every event.
         core.load_webhooks()?;

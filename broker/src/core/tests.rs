@@ -3,7 +3,7 @@
 //! end-to-end suite cannot: limit edges, undo, expiry against renewal, and
 //! the order in which a lock's queue is served.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use pb_proto::{
@@ -11,7 +11,7 @@ use pb_proto::{
     LockReply, Op, ReleaseReply,
 };
 
-use super::{lock, now_ms, Caller, Core, Outcome, SharedCore};
+use super::{lock, now_ms, Caller, Core, Outcome, Shared, SharedCore};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -212,7 +212,7 @@ fn unlock(owner: &str) -> Op {
 
 #[test]
 fn a_locks_queue_is_served_first_come_first_served_with_rising_tokens() {
-    let core: SharedCore = Arc::new(Mutex::new(core()));
+    let core: SharedCore = Shared::new(core());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -254,7 +254,7 @@ fn a_locks_queue_is_served_first_come_first_served_with_rising_tokens() {
 
 #[test]
 fn a_full_lock_queue_refuses_the_next_waiter() {
-    let core: SharedCore = Arc::new(Mutex::new(core_with(|c| c.coord.max_waiters = 2)));
+    let core: SharedCore = Shared::new(core_with(|c| c.coord.max_waiters = 2));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

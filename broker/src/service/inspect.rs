@@ -40,7 +40,7 @@ pub async fn listeners(core: &SharedCore, follow: bool) -> Result<Outcome, WireE
             generation: None,
         }));
     }
-    let feed = lock(core).listener_feed.clone();
+    let feed = core.listener_feed.clone();
     let mut rx = feed.follow(core);
     let first = tokio::time::timeout(FIRST_READ, rx.wait_for(Option::is_some))
         .await
