@@ -858,10 +858,8 @@ fn a_port_daddy_style_sdk_client_coordinates_over_http() {
 #[test]
 fn a_bare_lock_ttl_means_the_same_over_http_and_on_the_cli() {
     let broker = Broker::start();
-    // Milliseconds, as Port Daddy's `ttl` and `pb lock --ttl` both mean a
-    // bare number; a number in a string and a JSON number alike.
-    for (name, body) in [("a", r#"{"ttl": "30000"}"#), ("b", r#"{"ttl": 30000}"#)] {
-        let (s, v) = curl(&[
+    let lock_over_http = |name: &str, body: &str| {
+        curl(&[
             "-X",
             "POST",
             &url(&broker, &format!("/locks/{name}")),
@@ -869,7 +867,12 @@ fn a_bare_lock_ttl_means_the_same_over_http_and_on_the_cli() {
             "Content-Type: application/json",
             "-d",
             body,
-        ]);
+        ])
+    };
+    // Milliseconds, as Port Daddy's `ttl` and `pb lock --ttl` both mean a
+    // bare number; a number in a string and a JSON number alike.
+    for (name, body) in [("a", r#"{"ttl": "30000"}"#), ("b", r#"{"ttl": 30000}"#)] {
+        let (s, v) = lock_over_http(name, body);
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["lock"]["ttl"], 30000, "{body}: {v}");
     }
@@ -883,28 +886,12 @@ fn a_bare_lock_ttl_means_the_same_over_http_and_on_the_cli() {
         .collect();
     assert_eq!(ttls, [&json!(30000); 3], "{locks}");
     // And a unit means the same everywhere.
-    let (s, v) = curl(&[
-        "-X",
-        "POST",
-        &url(&broker, "/locks/d"),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"ttl": "30s"}"#,
-    ]);
+    let (s, v) = lock_over_http("d", r#"{"ttl": "30s"}"#);
     assert_eq!((s, &v["lock"]["ttl"]), (200, &json!(30000)), "{v}");
     broker.pb_ok(&["lock", "e", "--owner", "cli", "--ttl", "30s"]);
     assert_eq!(broker.pb_json(&["locks", "e"])["locks"][0]["ttl_ms"], 30000);
     // A malformed one is refused the same way over both.
-    let (s, v) = curl(&[
-        "-X",
-        "POST",
-        &url(&broker, "/locks/f"),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"ttl": "30 parsecs"}"#,
-    ]);
+    let (s, v) = lock_over_http("f", r#"{"ttl": "30 parsecs"}"#);
     assert_eq!(
         (s, v["code"].as_str()),
         (400, Some("invalid_duration")),
