@@ -141,6 +141,9 @@ impl WebhookConfig {
     }
 }
 
+/// The longest retention or staleness a setting may ask for.
+const YEAR_MS: u64 = 366 * 86_400_000;
+
 /// Limits and retention of locks, pub/sub, agents and the activity log.
 #[derive(Debug, Clone)]
 pub struct CoordConfig {
@@ -210,28 +213,18 @@ impl CoordConfig {
             max_locks: env_usize("PB_MAX_LOCKS", d.max_locks)?,
             max_message: env_usize("PB_MAX_MESSAGE", d.max_message)?.min(60 * 1024),
             retain_count: env_usize("PB_MSG_RETAIN", d.retain_count)?.min(1_000_000),
-            retain_age_ms: env_duration_ms(
-                "PB_MSG_MAX_AGE",
-                d.retain_age_ms,
-                1000,
-                366 * 86_400_000,
-            )?,
+            retain_age_ms: env_duration_ms("PB_MSG_MAX_AGE", d.retain_age_ms, 1000, YEAR_MS)?,
             max_channels: env_usize("PB_MAX_CHANNELS", d.max_channels)?,
             max_subscribers: env_usize("PB_MAX_SUBSCRIBERS", d.max_subscribers)?,
             subscriber_queue: env_usize("PB_SUB_QUEUE", d.subscriber_queue)?.min(1 << 20),
-            agent_stale_ms: env_duration_ms(
-                "PB_AGENT_STALE",
-                d.agent_stale_ms,
-                100,
-                366 * 86_400_000,
-            )?,
+            agent_stale_ms: env_duration_ms("PB_AGENT_STALE", d.agent_stale_ms, 100, YEAR_MS)?,
             max_agents: env_usize("PB_MAX_AGENTS", d.max_agents)?,
             activity_retain: env_usize("PB_ACTIVITY_RETAIN", d.activity_retain)?,
             activity_max_age_ms: env_duration_ms(
                 "PB_ACTIVITY_MAX_AGE",
                 d.activity_max_age_ms,
                 1000,
-                366 * 86_400_000,
+                YEAR_MS,
             )?,
             ..d
         })
