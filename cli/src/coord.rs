@@ -89,7 +89,10 @@ fn lock_line(l: &LockInfo) -> String {
     let now = now_ms();
     let until = match l.ttl_ms {
         0 => "until it exits".to_string(),
-        _ => format!("expires in {}", human_ms(l.expires_ms.saturating_sub(now))),
+        _ => format!(
+            "expires in {}",
+            human_ms(l.expires_ms.unwrap_or(now).saturating_sub(now))
+        ),
     };
     format!(
         "{}\ttoken {}\t{owner}\theld {}\t{until}\t{} waiting{}",

@@ -67,7 +67,9 @@ pub struct LockInfo {
     /// The owning process's command line.
     pub command: Option<String>,
     pub since_ms: u64,
-    pub expires_ms: u64,
+    /// When it ends unless renewed; `null` for a holding that lasts while
+    /// its owner process lives (`ttl_ms` 0).
+    pub expires_ms: Option<u64>,
     pub ttl_ms: u64,
     /// How many requests wait in its queue.
     pub waiters: usize,

@@ -158,7 +158,7 @@ fn info(name: &str, h: &Holding, waiters: usize) -> LockInfo {
         uid: h.uid,
         command: h.command.clone(),
         since_ms: h.since_ms,
-        expires_ms: h.expires_ms,
+        expires_ms: (h.ttl_ms != UNTIL_EXIT).then_some(h.expires_ms),
         ttl_ms: h.ttl_ms,
         waiters,
     }
@@ -214,7 +214,7 @@ fn held_error(name: &str, h: &Holding, waiters: usize) -> WireError {
         "owner_name": h.owner.name(),
         "command": h.command,
         "since_ms": h.since_ms,
-        "expires_ms": h.expires_ms,
+        "expires_ms": (h.ttl_ms != UNTIL_EXIT).then_some(h.expires_ms),
         "waiters": waiters,
     }))
 }
@@ -607,7 +607,7 @@ impl Core {
             EventKind::LockExtend,
             name,
             actor,
-            json!({ "token": lock.token, "ttl_ms": ttl_ms, "expires_ms": expires }),
+            json!({ "token": lock.token, "ttl_ms": ttl_ms, "expires_ms": lock.expires_ms }),
         );
         Ok(lock)
     }

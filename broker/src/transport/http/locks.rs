@@ -56,7 +56,8 @@ pub struct Lock {
     command: Option<String>,
     /// When it was taken, ms since the epoch.
     acquired_at: u64,
-    expires_at: u64,
+    /// `null` for a lock held while its owner process lives.
+    expires_at: Option<u64>,
     /// Its time to live, ms.
     ttl: u64,
     /// Requests waiting in its queue.
@@ -119,7 +120,7 @@ pub struct AcquireResponse {
     name: String,
     owner: String,
     token: u64,
-    expires_at: u64,
+    expires_at: Option<u64>,
     /// The same owner already held it; its TTL was renewed.
     existing: bool,
     /// How long the request waited in the queue, ms.
