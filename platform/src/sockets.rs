@@ -113,8 +113,15 @@ pub fn tcp_peer(ours: SocketAddr, peer: SocketAddr) -> std::io::Result<Option<Tc
     }
 }
 
-/// The same, always from /proc/net/tcp{,6}, kept callable for benchmarks
-/// and tests.
+/// The kernel's exact lookup alone (sock_diag, microseconds); an error
+/// where the kernel cannot answer, for the caller to fall back to
+/// [`tcp_peer_from_proc`] where it may block.
+pub fn tcp_peer_exact(ours: SocketAddr, peer: SocketAddr) -> std::io::Result<Option<TcpPeer>> {
+    crate::sys::tcp_peer_diag(ours, peer)
+}
+
+/// The same, always from /proc/net/tcp{,6} (milliseconds: a scan of the
+/// whole table).
 pub fn tcp_peer_from_proc(ours: SocketAddr, peer: SocketAddr) -> std::io::Result<Option<TcpPeer>> {
     crate::sys::tcp_peer_procfs(ours, peer)
 }

@@ -211,7 +211,17 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let who = match pb_platform::sockets::tcp_peer(local, peer) {
+    // The exact lookup costs microseconds; its /proc fallback a table scan,
+    // which goes to a blocking thread.
+    let found = match pb_platform::sockets::tcp_peer_exact(local, peer) {
+        Ok(found) => Ok(found),
+        Err(_) => tokio::task::spawn_blocking(move || {
+            pb_platform::sockets::tcp_peer_from_proc(local, peer)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+    };
+    let who = match found {
         Ok(Some(p)) => p,
         Ok(None) => {
             let e = WireError::new(
