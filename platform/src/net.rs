@@ -130,6 +130,9 @@ pub struct LoopbackSockets {
     pub v4: OwnedFd,
     pub v6: Option<OwnedFd>,
     listening: std::sync::atomic::AtomicBool,
+    /// The sockets' inodes, read (fstat) once, when first asked: the
+    /// reaper's every scan asks, a claim never does.
+    inodes: std::sync::OnceLock<Vec<u64>>,
 }
 
 impl LoopbackSockets {
@@ -164,6 +167,7 @@ impl LoopbackSockets {
             v4,
             v6,
             listening: std::sync::atomic::AtomicBool::new(false),
+            inodes: std::sync::OnceLock::new(),
         };
         if listen {
             sockets.listen()?;
@@ -191,6 +195,15 @@ impl LoopbackSockets {
     }
 
     /// The sockets, IPv4 first.
+    /// The inodes the kernel's socket tables list these sockets under.
+    pub fn inodes(&self) -> &[u64] {
+        self.inodes.get_or_init(|| {
+            self.fds()
+                .filter_map(|fd| crate::sockets::inode_of(fd).ok())
+                .collect()
+        })
+    }
+
     pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         std::iter::once(self.v4.as_fd()).chain(self.v6.as_ref().map(|f| f.as_fd()))
     }

@@ -237,11 +237,7 @@ impl Lease {
             inodes: self
                 .sockets
                 .iter()
-                .flat_map(|s| {
-                    s.fds()
-                        .filter_map(|fd| pb_platform::sockets::inode_of(fd).ok())
-                        .collect::<Vec<_>>()
-                })
+                .flat_map(|s| s.inodes().iter().copied())
                 .collect(),
             adopted: self.adopted,
             listening: self.sockets.as_ref().is_some_and(|s| s.is_listening()),
