@@ -337,9 +337,10 @@ pub fn time_wait_on(port: u16) -> bool {
     }
 }
 
-/// A sock_diag dump of the TCP sockets of `family` in `states` (a bit per
-/// TCP state), each message passed to `each`.
-fn diag_dump(family: u8, states: u32, mut each: impl FnMut(&InetDiagMsg)) -> std::io::Result<()> {
+/// Sends one sock_diag request (`flags`: NLM_F_REQUEST, and NLM_F_DUMP for
+/// a dump) on a netlink socket of its own, which it returns for the
+/// caller to read the answer from.
+fn diag_send(flags: u16, body: InetDiagReqV2) -> std::io::Result<OwnedFd> {
     use std::io::Error;
     #[repr(C)]
     struct Request {
@@ -350,23 +351,14 @@ fn diag_dump(family: u8, states: u32, mut each: impl FnMut(&InetDiagMsg)) -> std
         header: libc::nlmsghdr {
             nlmsg_len: std::mem::size_of::<Request>() as u32,
             nlmsg_type: SOCK_DIAG_BY_FAMILY,
-            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            nlmsg_flags: flags,
             nlmsg_seq: 1,
             nlmsg_pid: 0,
         },
-        body: InetDiagReqV2 {
-            family,
-            protocol: libc::IPPROTO_TCP as u8,
-            ext: 0,
-            pad: 0,
-            states,
-            id: InetDiagSockId::default(),
-        },
+        body,
     };
-    let hdr_len = std::mem::size_of::<libc::nlmsghdr>();
-    // SAFETY: a netlink socket we own (closed on drop), a request of plain
-    // data, and a reply buffer whose length we pass; each message is read
-    // (unaligned) only where its header says it lies within what arrived.
+    // SAFETY: a netlink socket we own from here on (closed on drop), and a
+    // request of plain data whose length we pass.
     unsafe {
         let fd = libc::socket(
             libc::AF_NETLINK,
@@ -386,6 +378,29 @@ fn diag_dump(family: u8, states: u32, mut each: impl FnMut(&InetDiagMsg)) -> std
         if sent < 0 {
             return Err(Error::last_os_error());
         }
+        Ok(fd)
+    }
+}
+
+/// A sock_diag dump of the TCP sockets of `family` in `states` (a bit per
+/// TCP state), each message passed to `each`.
+fn diag_dump(family: u8, states: u32, mut each: impl FnMut(&InetDiagMsg)) -> std::io::Result<()> {
+    use std::io::Error;
+    let fd = diag_send(
+        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+        InetDiagReqV2 {
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states,
+            id: InetDiagSockId::default(),
+        },
+    )?;
+    let hdr_len = std::mem::size_of::<libc::nlmsghdr>();
+    // SAFETY: a reply buffer whose length we pass; each message is read
+    // (unaligned) only where its header says it lies within what arrived.
+    unsafe {
         let mut buf = vec![0u64; 8192];
         // A dump of a busy machine's TIME_WAIT sockets: bounded all the same.
         for _ in 0..100_000 {
@@ -500,20 +515,9 @@ pub fn tcp_peer_diag(
         (std::net::SocketAddr::V6(_), std::net::SocketAddr::V6(_)) => libc::AF_INET6,
         _ => return Ok(None),
     };
-    #[repr(C)]
-    struct Request {
-        header: libc::nlmsghdr,
-        body: InetDiagReqV2,
-    }
-    let request = Request {
-        header: libc::nlmsghdr {
-            nlmsg_len: std::mem::size_of::<Request>() as u32,
-            nlmsg_type: SOCK_DIAG_BY_FAMILY,
-            nlmsg_flags: libc::NLM_F_REQUEST as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        body: InetDiagReqV2 {
+    let fd = diag_send(
+        libc::NLM_F_REQUEST as u16,
+        InetDiagReqV2 {
             family: family as u8,
             protocol: libc::IPPROTO_TCP as u8,
             ext: 0,
@@ -528,28 +532,10 @@ pub fn tcp_peer_diag(
                 cookie: [INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE],
             },
         },
-    };
-    // SAFETY: a netlink socket we own (closed on drop), a request of plain
-    // data, and a reply buffer whose length we pass.
+    )?;
+    // SAFETY: a reply buffer whose length we pass, read (unaligned) within
+    // what arrived.
     unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        );
-        if fd < 0 {
-            return Err(Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let sent = libc::send(
-            fd.as_raw_fd(),
-            (&request as *const Request).cast(),
-            std::mem::size_of::<Request>(),
-            0,
-        );
-        if sent < 0 {
-            return Err(Error::last_os_error());
-        }
         let mut buf = [0u64; 1024];
         let n = libc::recv(
             fd.as_raw_fd(),
