@@ -631,6 +631,17 @@ impl Proc {
         }
         st
     }
+
+    /// Waits for exit (at most `limit`, killed past it) and reads all it
+    /// wrote to its piped stderr.
+    pub fn finish(&mut self, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let st = self.wait_for(limit);
+        let mut err = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (st, err)
+    }
 }
 
 impl Drop for Proc {

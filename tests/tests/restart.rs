@@ -350,7 +350,7 @@ fn a_plain_kill_9_passes_the_store_check() {
 /// stderr; all within a bounded time.
 #[test]
 fn waiting_clients_ride_through_a_broker_restart() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
     let mut broker = Broker::start();
     let port = broker.claim("later:api", &["--keep"]);
     broker.pb_ok(&["lock", "L", "--owner", "someone"]);
@@ -402,34 +402,14 @@ fn waiting_clients_ride_through_a_broker_restart() {
     // The waiter waits on, and returns once the service serves.
     // std's bind sets SO_REUSEADDR, which steps over the placeholder.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("listen");
-    let st = waiter
-        .wait_for(Duration::from_secs(20))
-        .expect("pb wait returns");
-    let mut err = String::new();
-    waiter
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(st.success(), "{err}");
+    let (st, err) = waiter.finish(Duration::from_secs(20));
+    assert!(st.expect("pb wait returns").success(), "{err}");
     assert!(err.contains("reconnecting"), "says so: {err}");
     drop(listener);
     // The lock waiter queued again, and is granted when the holder lets go.
     broker.pb_ok(&["unlock", "L", "--owner", "someone"]);
-    let st = locker
-        .wait_for(Duration::from_secs(20))
-        .expect("pb lock returns");
-    let mut err = String::new();
-    locker
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(st.success(), "{err}");
+    let (st, err) = locker.finish(Duration::from_secs(20));
+    assert!(st.expect("pb lock returns").success(), "{err}");
     assert!(err.contains("queued again for lock L"), "{err}");
     let mut token = String::new();
     BufReader::new(locker.0.stdout.take().unwrap())
