@@ -363,3 +363,47 @@ fn a_lock_held_until_its_owner_exits_outlives_any_expiry_and_a_timed_one_does_no
     assert!(held(&mut core, "forever"));
     assert!(!held(&mut core, "timed"));
 }
+
+#[test]
+fn an_expired_holding_passes_to_the_head_of_the_queue_with_a_higher_token() {
+    let core: SharedCore = Shared::new(core());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let timed = Op::LockAcquire(LockArgs {
+            name: "db".into(),
+            ttl_ms: Some(1_000),
+            wait_ms: None,
+            owner: Some(LockOwnerArg::Name("a".into())),
+            agent: None,
+        });
+        let first: LockReply = reply(lock(&core).apply(&me(), timed));
+        let pending = lock(&core)
+            .apply(&me(), acquire("b", Some(10_000)))
+            .unwrap()
+            .pending
+            .expect("queued");
+        let waiting = {
+            let core = core.clone();
+            tokio::spawn(async move { pending.wait(&core).await })
+        };
+        // Not before its time; then the tick that passes it hands it on.
+        lock(&core).expire_locks(now_ms() + 500);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        lock(&core).expire_locks(now_ms() + 2_000);
+        let granted: LockReply = reply(
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .expect("granted at the expiry")
+                .unwrap(),
+        );
+        assert_eq!(granted.lock.owner_name.as_deref(), Some("b"));
+        assert!(granted.lock.token > first.lock.token);
+        // The expired holder cannot let go of what is no longer its own.
+        let err = lock(&core).apply(&me(), unlock("a")).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Held, "{}", err.message);
+    });
+}
