@@ -265,9 +265,20 @@ impl Store {
     /// the live leases against the fingerprint kept outside it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
-        let problem: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .unwrap_or_else(|e| e.to_string());
+        // Damage is what SQLite calls corruption or not a database; any
+        // other failure (busy, I/O, permissions) is an error, not damage.
+        let problem: String = match conn.query_row("PRAGMA quick_check", [], |r| r.get(0)) {
+            Ok(p) => p,
+            Err(rusqlite::Error::SqliteFailure(f, msg))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                msg.unwrap_or_else(|| f.to_string())
+            }
+            Err(e) => return Err(e.into()),
+        };
         if problem != "ok" {
             return Err(StoreError::Corrupt {
                 db: path.to_path_buf(),
@@ -855,14 +866,21 @@ pub enum Repair {
 /// all it can (`pb repair`). The broker must not be running: the caller
 /// holds its instance lock.
 pub fn repair(path: &Path) -> Result<Repair, StoreError> {
-    let stamp = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .unwrap_or_default();
+    // Seconds and nanoseconds: two repairs never take the same name.
+    let stamp = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
     let witness = fingerprint::path_of(path);
-    let aside = |p: &Path, what: &str| -> Result<std::path::PathBuf, StoreError> {
-        let to = std::path::PathBuf::from(format!("{}.{what}-{stamp}", p.display()));
-        std::fs::rename(p, &to).map_err(|e| StoreError::File(p.to_path_buf(), e))?;
+    let renamed = |from: &Path, to: std::path::PathBuf| -> Result<std::path::PathBuf, StoreError> {
+        std::fs::rename(from, &to).map_err(|e| StoreError::File(from.to_path_buf(), e))?;
         Ok(to)
+    };
+    let aside = |p: &Path, what: &str| {
+        renamed(
+            p,
+            std::path::PathBuf::from(format!("{}.{what}-{stamp}", p.display())),
+        )
     };
     match Store::open(path) {
         Ok(s) => Ok(Repair::Sound {
@@ -879,45 +897,21 @@ pub fn repair(path: &Path) -> Result<Repair, StoreError> {
             })
         }
         Err(StoreError::Corrupt { .. }) => {
-            let damaged = aside(path, "damaged")?;
-            // Its log and index go with it, under the names SQLite looks for.
+            let damaged = std::path::PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+            // Its log and index first, under the names SQLite looks for, so
+            // that no stale log is ever left beside a new database.
             for suffix in ["-wal", "-shm"] {
                 let from = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
                 if from.exists() {
-                    let to = format!("{}{suffix}", damaged.display());
-                    std::fs::rename(&from, to).map_err(|e| StoreError::File(from.clone(), e))?;
+                    renamed(&from, format!("{}{suffix}", damaged.display()).into())?;
                 }
             }
+            renamed(path, damaged.clone())?;
             if witness.exists() {
                 aside(&witness, "old")?;
             }
-            // A new database with the current schema, then each table copied
-            // on its own: one that cannot be read costs only itself.
             drop(Store::open(path)?);
-            let mut conn = Connection::open(path)?;
-            let tables: Vec<String> = conn
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let (mut saved, mut lost) = (Vec::new(), Vec::new());
-            let attached =
-                conn.execute("ATTACH DATABASE ?1 AS old", [damaged.display().to_string()]);
-            for t in tables {
-                if let Err(e) = &attached {
-                    lost.push((t, e.to_string()));
-                    continue;
-                }
-                let tx = conn.transaction()?;
-                let sql = format!("INSERT OR IGNORE INTO main.\"{t}\" SELECT * FROM old.\"{t}\"");
-                match tx.execute(&sql, []) {
-                    Ok(n) => {
-                        tx.commit()?;
-                        saved.push((t, n as u64));
-                    }
-                    Err(e) => lost.push((t, e.to_string())),
-                }
-            }
-            drop(conn);
+            let (saved, lost) = salvage(path, &damaged)?;
             // The new fingerprint says what the copy holds.
             std::fs::remove_file(&witness).map_err(|e| StoreError::File(witness.clone(), e))?;
             let s = Store::open(path)?;
@@ -930,6 +924,103 @@ pub fn repair(path: &Path) -> Result<Repair, StoreError> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Copies into the new database at `path` each table of `damaged` that can
+/// still be read: the columns both have, row by row in key order, so a bad
+/// page costs only the rows behind it. The damaged file is only read.
+/// Counters the lost rows carried (fencing tokens, event ids) are raised
+/// past anything they can have reached, so neither ever goes back.
+#[allow(clippy::type_complexity)]
+fn salvage(
+    path: &Path,
+    damaged: &Path,
+) -> Result<(Vec<(String, u64)>, Vec<(String, String)>), StoreError> {
+    let mut conn = Connection::open(path)?;
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let (mut saved, mut lost) = (Vec::new(), Vec::new());
+    let uri = format!("file:{}?mode=ro", damaged.display());
+    if let Err(e) = conn.execute("ATTACH DATABASE ?1 AS old", [uri]) {
+        lost.extend(tables.into_iter().map(|t| (t, e.to_string())));
+    } else {
+        for t in tables {
+            match copy_table(&mut conn, &t) {
+                Ok((rows, None)) => saved.push((t, rows)),
+                Ok((rows, Some(why))) => {
+                    saved.push((t.clone(), rows));
+                    lost.push((t, format!("rows after the first {rows}: {why}")));
+                }
+                Err(e) => lost.push((t, e.to_string())),
+            }
+        }
+    }
+    // Time-based floors: far above any counter, and still rising.
+    let floor = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    conn.execute(
+        "INSERT OR REPLACE INTO locks (name, token, held, uid, owner_kind, since_ms, expires_ms, ttl_ms) \
+         SELECT 'pb:repair', ?1, 0, 0, 'name', ?1, 0, 0 \
+         WHERE COALESCE((SELECT MAX(token) FROM locks), 0) < ?1",
+        [floor],
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) SELECT 'event_id_ceiling', ?1 \
+         WHERE COALESCE((SELECT value FROM meta WHERE key = 'event_id_ceiling'), 0) < ?1",
+        [floor],
+    )?;
+    Ok((saved, lost))
+}
+
+/// One table's readable rows, by the columns both databases have; the
+/// number copied, and why it stopped early, if it did.
+fn copy_table(conn: &mut Connection, t: &str) -> Result<(u64, Option<String>), StoreError> {
+    let columns = |schema: &str| -> Result<Vec<String>, StoreError> {
+        let mut st = conn.prepare(&format!("PRAGMA {schema}.table_info(\"{t}\")"))?;
+        let names = st.query_map([], |r| r.get::<_, String>(1))?;
+        Ok(names.collect::<Result<_, _>>()?)
+    };
+    let old = columns("old")?;
+    if old.is_empty() {
+        return Ok((0, Some("the damaged database has no such table".into())));
+    }
+    let shared: Vec<String> = columns("main")?
+        .into_iter()
+        .filter(|c| old.contains(c))
+        .map(|c| format!("\"{c}\""))
+        .collect();
+    let list = shared.join(", ");
+    let marks = vec!["?"; shared.len()].join(", ");
+    let tx = conn.transaction()?;
+    let mut copied = 0u64;
+    let stopped = {
+        let mut read = tx.prepare(&format!("SELECT {list} FROM old.\"{t}\""))?;
+        let mut write = tx.prepare(&format!(
+            "INSERT OR IGNORE INTO main.\"{t}\" ({list}) VALUES ({marks})"
+        ))?;
+        let mut rows = read.query([])?;
+        loop {
+            match rows.next() {
+                Ok(Some(row)) => {
+                    let values: Vec<rusqlite::types::Value> = (0..shared.len())
+                        .map(|i| row.get(i))
+                        .collect::<Result<_, _>>()?;
+                    write.execute(rusqlite::params_from_iter(values))?;
+                    copied += 1;
+                }
+                Ok(None) => break None,
+                // A bad page: what came before it is kept.
+                Err(e) => break Some(e.to_string()),
+            }
+        }
+    };
+    tx.commit()?;
+    Ok((copied, stopped))
 }
 
 /// Brings a database to the newest of `migrations`, one transaction each,

@@ -516,6 +516,17 @@ fn pb_repair_keeps_what_can_be_saved() {
         assert!(!can_bind(v4(port)), "{port} is held");
     }
     assert_eq!(broker.pb_json(&["locks"])["locks"], serde_json::json!([]));
+    // The lost lock rows carried the fencing-token counter: tokens still
+    // only rise.
+    let token: u64 = broker
+        .pb_ok(&["-q", "lock", "next", "--owner", "ops"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        token > 3,
+        "token {token} after a repair that lost the locks"
+    );
 
     // A lost write-ahead log: the database is whole but short of what was
     // acknowledged. It is kept, and pb repair says how many are gone.

@@ -488,7 +488,9 @@ impl Core {
         };
         let waiting = q.map_or(0, |q| q.waiters.len());
         if h.owner == req.owner && h.uid == req.uid {
-            // The owner asks again: renew, same token.
+            // The owner asks again: renew, same token; with the TTL it
+            // names, or the one it holds by (a holding until exit stays so).
+            let ttl = if a.ttl_ms.is_some() { ttl } else { h.ttl_ms };
             let lock = self.extend_holding(&name, ttl, req.actor)?;
             return Ok(Outcome::of(LockReply {
                 lock,

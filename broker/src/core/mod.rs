@@ -856,12 +856,20 @@ impl Core {
                 "the caller's process is not visible to the broker; name an owner",
             )
         })?;
-        p.lasting_ancestor().ok_or_else(|| {
+        let gone = || {
             WireError::new(
                 ErrorCode::InvalidRequest,
                 "the caller's parent is gone, so nothing could own it; name an owner",
             )
-        })
+        };
+        // An orphan's parent is init (or a session's subreaper): not a
+        // shell that will end, so no owner at all.
+        let parent = p
+            .lasting_ancestor()
+            .filter(|a| a.pid > 1)
+            .ok_or_else(gone)?;
+        // Checked as a named pid is: alive, and of the caller's user.
+        Self::resolve_owner(caller, Owner::Pid(parent.pid))?.ok_or_else(gone)
     }
 
     pub(crate) fn resolve_owner(

@@ -418,10 +418,11 @@ fn diag_dump(family: u8, states: u32, mut each: impl FnMut(&InetDiagMsg)) -> std
                 }
                 match header.nlmsg_type as i32 {
                     libc::NLMSG_DONE => return Ok(()),
-                    libc::NLMSG_ERROR => {
+                    libc::NLMSG_ERROR if len >= hdr_len + 4 => {
                         let code: i32 = std::ptr::read_unaligned(base.add(at + hdr_len).cast());
-                        return Err(Error::from_raw_os_error(-code));
+                        return Err(Error::from_raw_os_error(code.wrapping_neg()));
                     }
+                    libc::NLMSG_ERROR => return Err(Error::other("a short netlink error")),
                     t if t == SOCK_DIAG_BY_FAMILY as i32
                         && len >= hdr_len + std::mem::size_of::<InetDiagMsg>() =>
                     {
@@ -554,12 +555,12 @@ pub fn tcp_peer_diag(
         let header: libc::nlmsghdr = std::ptr::read_unaligned(buf.as_ptr().cast());
         let payload = (buf.as_ptr() as *const u8).add(hdr_len);
         match header.nlmsg_type as i32 {
-            libc::NLMSG_ERROR => {
+            libc::NLMSG_ERROR if n >= hdr_len + 4 => {
                 let code: i32 = std::ptr::read_unaligned(payload.cast());
                 if code == -libc::ENOENT {
                     Ok(None)
                 } else {
-                    Err(Error::from_raw_os_error(-code))
+                    Err(Error::from_raw_os_error(code.wrapping_neg()))
                 }
             }
             t if t == SOCK_DIAG_BY_FAMILY as i32
