@@ -191,6 +191,15 @@ fn expiry_ends_a_lease_at_its_time_and_a_renewal_moves_that_time() {
     assert!(core.expire_due(now_ms() + 61_000).is_empty(), "once only");
 }
 
+/// Runs `f` on a runtime of its own: lock waits are awaited there.
+fn on_runtime(f: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn acquire(owner: &str, wait_ms: Option<i64>) -> Op {
     Op::LockAcquire(LockArgs {
         name: "db".into(),
@@ -213,11 +222,7 @@ fn unlock(owner: &str) -> Op {
 #[test]
 fn a_locks_queue_is_served_first_come_first_served_with_rising_tokens() {
     let core: SharedCore = Shared::new(core());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    on_runtime(async {
         let first: LockReply = reply(lock(&core).apply(&me(), acquire("a", None)));
         let mut waiting = Vec::new();
         for owner in ["b", "c", "d"] {
@@ -255,11 +260,7 @@ fn a_locks_queue_is_served_first_come_first_served_with_rising_tokens() {
 #[test]
 fn a_full_lock_queue_refuses_the_next_waiter() {
     let core: SharedCore = Shared::new(core_with(|c| c.coord.max_waiters = 2));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    on_runtime(async {
         lock(&core).apply(&me(), acquire("a", None)).unwrap();
         let mut queued = Vec::new();
         for owner in ["b", "c"] {
@@ -367,11 +368,7 @@ fn a_lock_held_until_its_owner_exits_outlives_any_expiry_and_a_timed_one_does_no
 #[test]
 fn an_expired_holding_passes_to_the_head_of_the_queue_with_a_higher_token() {
     let core: SharedCore = Shared::new(core());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    on_runtime(async {
         let timed = Op::LockAcquire(LockArgs {
             name: "db".into(),
             ttl_ms: Some(1_000),

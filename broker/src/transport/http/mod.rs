@@ -351,13 +351,17 @@ pub enum Millis {
 }
 
 impl Millis {
-    /// A bare number is milliseconds, as Port Daddy and `pb lock` mean it;
-    /// the one parser is pb-proto's.
+    /// A bare number is milliseconds, as Port Daddy and `pb lock` mean it.
     pub fn ms(&self) -> Result<i64, ApiError> {
-        use pb_proto::duration::{parse_bare, Bare};
+        self.ms_bare(pb_proto::duration::Bare::Millis)
+    }
+
+    /// A JSON number is milliseconds; a text's bare number means `bare`.
+    /// The one parser is pb-proto's.
+    pub fn ms_bare(&self, bare: pb_proto::duration::Bare) -> Result<i64, ApiError> {
         match self {
             Millis::Ms(ms) => Ok(*ms),
-            Millis::Text(t) => Ok(parse_bare(t, Bare::Millis)
+            Millis::Text(t) => Ok(pb_proto::duration::parse_bare(t, bare)
                 .map_err(|e| ApiError::new(ErrorCode::InvalidDuration, e.to_string()))?
                 .as_millis()
                 .min(i64::MAX as u128) as i64),

@@ -24,7 +24,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::{call, json_body, query, HttpState, IdPath};
+use super::{call, json_body, query, HttpState, IdPath, Millis};
 use crate::core::Caller;
 
 pub fn routes() -> Router<Arc<HttpState>> {
@@ -106,15 +106,6 @@ pub async fn version(
     }))
 }
 
-/// A lease's expiry as Port Daddy takes it: milliseconds, or a duration
-/// such as `"2h"`, `"30m"`, `"1h30m"`.
-#[derive(Deserialize, ToSchema, Debug)]
-#[serde(untagged)]
-pub enum Expires {
-    Ms(i64),
-    Text(String),
-}
-
 /// The body of a claim; every field is optional (`id` comes from the path
 /// in `POST /claim/{id}`).
 #[derive(Deserialize, ToSchema, Default, Debug)]
@@ -125,7 +116,9 @@ pub struct ClaimBody {
     port: Option<i64>,
     /// `[start, end]`, inclusive.
     range: Option<(i64, i64)>,
-    expires: Option<Expires>,
+    /// Milliseconds, or a duration such as `"2h"`, `"30m"`, `"1h30m"` (a
+    /// bare number in a string is seconds, as `pb claim --expires` takes it).
+    expires: Option<Millis>,
     /// The owning process: the lease ends when it dies. X-PID wins.
     pid: Option<i64>,
     /// If `port` is taken, allocate from the range instead of failing.
@@ -210,16 +203,11 @@ async fn do_claim(
     let owner = owner_hint(headers)?
         .or(body.pid)
         .map_or(Owner::None, Owner::Hint);
-    let expires_ms = match body.expires {
-        None => None,
-        Some(Expires::Ms(ms)) => Some(ms),
-        Some(Expires::Text(t)) => Some(
-            pb_proto::duration::parse(&t)
-                .map_err(|e| ApiError::new(ErrorCode::InvalidDuration, e.to_string()))?
-                .as_millis()
-                .min(i64::MAX as u128) as i64,
-        ),
-    };
+    let expires_ms = body
+        .expires
+        .as_ref()
+        .map(|e| e.ms_bare(pb_proto::duration::Bare::Seconds))
+        .transpose()?;
     let asked_port = body.port;
     let reply: ClaimReply = call(
         state,
