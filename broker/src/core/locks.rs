@@ -84,6 +84,13 @@ struct Holding {
     command: Option<String>,
 }
 
+impl Holding {
+    /// When it expires, as clients see it: `None` while its owner lives.
+    fn expiry(&self) -> Option<u64> {
+        (self.ttl_ms != UNTIL_EXIT).then_some(self.expires_ms)
+    }
+}
+
 /// What a request for a lock carries, checked and resolved.
 struct Request {
     owner: LockOwner,
@@ -158,7 +165,7 @@ fn info(name: &str, h: &Holding, waiters: usize) -> LockInfo {
         uid: h.uid,
         command: h.command.clone(),
         since_ms: h.since_ms,
-        expires_ms: (h.ttl_ms != UNTIL_EXIT).then_some(h.expires_ms),
+        expires_ms: h.expiry(),
         ttl_ms: h.ttl_ms,
         waiters,
     }
@@ -214,7 +221,7 @@ fn held_error(name: &str, h: &Holding, waiters: usize) -> WireError {
         "owner_name": h.owner.name(),
         "command": h.command,
         "since_ms": h.since_ms,
-        "expires_ms": (h.ttl_ms != UNTIL_EXIT).then_some(h.expires_ms),
+        "expires_ms": h.expiry(),
         "waiters": waiters,
     }))
 }
