@@ -41,7 +41,7 @@ fn a_claim_that_cannot_hand_its_sockets_over_changes_nothing() {
         .expect_err("no runtime: the relay cannot start");
     assert!(err.message.contains("relay"), "{}", err.message);
     let found = core.apply(&caller, Op::Find { pattern: None }).unwrap();
-    let found: FindReply = serde_json::from_value(found.result).unwrap();
+    let found: FindReply = found.result.into_reply().unwrap();
     assert!(found.services.is_empty(), "no lease in the core");
     drop(core);
     let store = Store::open(&db).unwrap();

@@ -15,8 +15,8 @@ use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
 use pb_proto::{
     ActivityArgs, ActivityEntry, ActivityReply, AgentArgs, AgentInfo, AgentReply, AgentsReply,
-    ChannelsReply, HistoryReply, LockArgs, LockInfo, LockOwnerArg, LockReply, LocksReply,
-    MessageInfo, Op, Owner, PublishReply, WaitReply,
+    ChannelsReply, ClearReply, HistoryReply, LockArgs, LockInfo, LockOwnerArg, LockReply,
+    LocksReply, MessageInfo, Op, Owner, PublishReply, UnlockReply, UnregisterReply, WaitReply,
 };
 use serde_json::Value;
 
@@ -286,7 +286,7 @@ pub fn unlock(
     fmt: Format,
 ) -> Result<i32> {
     let owner = owner_arg(owner, pid, agent.as_deref())?;
-    let (v, _) = connect::connect(paths)?.call(Op::LockRelease {
+    let (v, _): (UnlockReply, _) = connect::connect(paths)?.call_as(Op::LockRelease {
         name: name.clone(),
         owner,
         agent,
@@ -413,10 +413,10 @@ pub fn history(
 pub fn channels(paths: &Paths, clear: Option<String>, fmt: Format) -> Result<i32> {
     let mut client = connect::connect(paths)?;
     if let Some(channel) = clear {
-        let (v, _) = client.call(Op::ClearChannel { channel })?;
+        let (v, _): (ClearReply, _) = client.call_as(Op::ClearChannel { channel })?;
         match fmt {
             Format::Json => output::print_json(&v),
-            _ => eprintln!("pb: cleared {} ({} messages)", v["channel"], v["removed"]),
+            _ => eprintln!("pb: cleared {} ({} messages)", v.channel, v.removed),
         }
         return Ok(0);
     }
@@ -545,7 +545,8 @@ pub fn agent(paths: &Paths, cmd: AgentCmd, fmt: Format) -> Result<i32> {
             }
         }
         AgentCmd::Unregister { id } => {
-            let (v, _) = client.call(Op::AgentUnregister { id: id.clone() })?;
+            let (v, _): (UnregisterReply, _) =
+                client.call_as(Op::AgentUnregister { id: id.clone() })?;
             match fmt {
                 Format::Json => output::print_json(&v),
                 Format::Quiet => {}

@@ -89,6 +89,12 @@ pub struct LocksReply {
     pub locks: Vec<LockInfo>,
 }
 
+/// What `unlock` ended: the holding as it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnlockReply {
+    pub released: LockInfo,
+}
+
 /// A pub/sub message, as history and subscriptions deliver it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageInfo {
@@ -130,6 +136,13 @@ pub struct ChannelInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelsReply {
     pub channels: Vec<ChannelInfo>,
+}
+
+/// What `clear` removed from a channel's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClearReply {
+    pub channel: String,
+    pub removed: u64,
 }
 
 /// The first frame of a subscription stream.
@@ -196,6 +209,12 @@ pub struct AgentsReply {
     pub agents: Vec<AgentInfo>,
 }
 
+/// The agent `agent_unregister` removed, as it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnregisterReply {
+    pub unregistered: AgentInfo,
+}
+
 /// Who did something, as the kernel says (plus the agent the request named).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Actor {
@@ -249,6 +268,14 @@ pub struct ActivityArgs {
 pub struct ActivityReply {
     /// Oldest first.
     pub entries: Vec<ActivityEntry>,
+}
+
+/// The first frame of `activity` with `follow`: the matching entries
+/// (`backlog` of them) follow as items, then each new one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowReply {
+    pub following: bool,
+    pub backlog: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

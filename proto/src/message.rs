@@ -415,6 +415,12 @@ pub struct ListenersReply {
     pub generation: Option<u64>,
 }
 
+/// `shutdown`'s answer: the broker stops once it is sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShutdownReply {
+    pub stopping: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
     pub version: String,

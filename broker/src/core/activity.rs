@@ -15,7 +15,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pb_proto::{ActivityArgs, ActivityEntry, ActivityReply, Actor, ErrorCode, WireError};
+use pb_proto::{
+    ActivityArgs, ActivityEntry, ActivityReply, Actor, ErrorCode, FollowReply, WireError,
+};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::core::events::Event;
@@ -346,6 +348,9 @@ pub async fn query(core: &SharedCore, a: ActivityArgs) -> Result<Outcome, WireEr
         .collect();
     Ok(Outcome {
         stream: Some(Stream::Activity(follow)),
-        ..Outcome::of(serde_json::json!({ "following": true, "backlog": entries.len() }))
+        ..Outcome::of(FollowReply {
+            following: true,
+            backlog: entries.len(),
+        })
     })
 }

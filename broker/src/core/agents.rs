@@ -12,7 +12,10 @@
 use std::collections::HashMap;
 
 use pb_platform::ProcessId;
-use pb_proto::{Actor, AgentArgs, AgentInfo, AgentReply, AgentsReply, ErrorCode, Owner, WireError};
+use pb_proto::{
+    Actor, AgentArgs, AgentInfo, AgentReply, AgentsReply, ErrorCode, Owner, UnregisterReply,
+    WireError,
+};
 use serde_json::json;
 
 use crate::core::events::EventKind;
@@ -275,7 +278,7 @@ impl Core {
         let info = self.agent_info(self.agent_of_caller(caller, id)?);
         let actor = self.bus.actor(caller, Some(id));
         self.agent_gone(id, EventKind::AgentUnregister, "unregistered", Some(actor));
-        Ok(Outcome::of(json!({ "unregistered": info })))
+        Ok(Outcome::of(UnregisterReply { unregistered: info }))
     }
 
     pub(crate) fn agents_list(&self) -> Outcome {

@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use pb_platform::{ExitWatch, ProcessId};
 use pb_proto::{
-    Actor, ErrorCode, LockArgs, LockInfo, LockOwnerArg, LockReply, LocksReply, Owner, WireError,
+    Actor, ErrorCode, LockArgs, LockInfo, LockOwnerArg, LockReply, LocksReply, Owner, UnlockReply,
+    WireError,
 };
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -29,7 +30,7 @@ use tokio::sync::oneshot;
 use crate::core::events::EventKind;
 use crate::core::jobs::ReaperJob;
 use crate::core::{lock, SharedCore};
-use crate::core::{now_ms, Caller, Core, Outcome, Undo};
+use crate::core::{now_ms, Answer, Caller, Core, Outcome, Undo};
 use crate::names::{self, NamePattern};
 use crate::store::{LockRecord, StoreError};
 
@@ -539,7 +540,7 @@ impl Core {
                 rx,
                 deadline: tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms),
             }),
-            ..Outcome::of(serde_json::Value::Null)
+            ..Outcome::of(Answer::Queued)
         })
     }
 
@@ -797,7 +798,7 @@ impl Core {
         let released = info(name, q.holding.as_ref().expect("checked"), q.waiters.len());
         let reason = if force { "forced" } else { "released" };
         self.end_holding(name, EventKind::LockRelease, reason, actor);
-        Ok(Outcome::of(json!({ "released": released })))
+        Ok(Outcome::of(UnlockReply { released }))
     }
 
     pub(crate) fn lock_extend(

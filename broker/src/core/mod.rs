@@ -18,6 +18,7 @@
 
 pub mod activity;
 pub mod agents;
+pub mod answer;
 pub mod coord;
 pub mod events;
 pub mod jobs;
@@ -40,12 +41,13 @@ use pb_platform::{
 };
 use pb_proto::{
     ClaimArgs, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo, LoginCodeReply, LoginReply,
-    Op, Owner, ReleaseReply, ReleaseTarget, StatusReply, WireError, PROTOCOL_VERSION,
+    Op, Owner, ReleaseReply, ReleaseTarget, ShutdownReply, StatusReply, WireError,
+    PROTOCOL_VERSION,
 };
-use serde_json::Value;
 
 use crate::config::Config;
 use crate::core::agents::Agents;
+pub use crate::core::answer::Answer;
 use crate::core::events::{EventBus, EventKind};
 use crate::core::jobs::{LeaseView, ReaperJob};
 use crate::core::locks::{Locks, PendingLock};
@@ -108,7 +110,7 @@ pub struct SessionId(pub u64);
 /// What applying an operation produced, for the transport to send.
 #[derive(Debug)]
 pub struct Outcome {
-    pub result: Value,
+    pub result: Answer,
     /// Sockets whose descriptors go with the reply.
     pub sockets: Option<Handover>,
     /// The broker should stop once this reply is sent.
@@ -158,9 +160,9 @@ pub enum Undo {
 }
 
 impl Outcome {
-    pub fn of(v: impl serde::Serialize) -> Outcome {
+    pub fn of(reply: impl Into<Answer>) -> Outcome {
         Outcome {
-            result: serde_json::to_value(v).expect("replies serialize"),
+            result: reply.into(),
             sockets: None,
             shutdown: false,
             undo: None,
@@ -742,7 +744,7 @@ impl Core {
             }
             Op::Shutdown => Ok(Outcome {
                 shutdown: true,
-                ..Outcome::of(serde_json::json!({"stopping": true}))
+                ..Outcome::of(ShutdownReply { stopping: true })
             }),
             Op::WebhookAdd(a) => self.webhook_add(a),
             Op::Webhooks => Ok(self.webhooks_list()),

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use pb_proto::{
-    Actor, ChannelInfo, ChannelsReply, ErrorCode, HistoryReply, MessageInfo, PublishReply,
-    SubscribeReply, WireError,
+    Actor, ChannelInfo, ChannelsReply, ClearReply, ErrorCode, HistoryReply, MessageInfo,
+    PublishReply, SubscribeReply, WireError,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -432,8 +432,9 @@ impl Core {
             None,
             serde_json::json!({ "removed": removed }),
         );
-        Ok(Outcome::of(
-            serde_json::json!({ "channel": channel, "removed": removed }),
-        ))
+        Ok(Outcome::of(ClearReply {
+            channel: channel.to_string(),
+            removed: removed as u64,
+        }))
     }
 }

@@ -7,10 +7,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use pb_proto::{
-    AgentArgs, ClaimArgs, ClaimReply, ErrorCode, FindReply, HistoryReply, LockArgs, LockOwnerArg,
-    LockReply, Op, ReleaseReply,
+    AgentArgs, ClaimArgs, ClaimReply, ErrorCode, FindReply, HistoryReply, LockArgs, LockInfo,
+    LockOwnerArg, LockReply, Op, PublishReply, ReleaseReply,
 };
 
+use super::answer::ReplyType;
 use super::{lock, now_ms, Caller, Core, Outcome, Shared, SharedCore};
 use crate::config::Config;
 use crate::store::Store;
@@ -47,8 +48,11 @@ fn me() -> Caller {
     }
 }
 
-fn reply<T: serde::de::DeserializeOwned>(out: Result<Outcome, pb_proto::WireError>) -> T {
-    serde_json::from_value(out.expect("applied").result).expect("the reply's shape")
+fn reply<T: ReplyType>(out: Result<Outcome, pb_proto::WireError>) -> T {
+    out.expect("applied")
+        .result
+        .into_reply()
+        .expect("the reply's type")
 }
 
 fn claim(core: &mut Core, id: &str) -> Result<Outcome, pb_proto::WireError> {
@@ -142,7 +146,7 @@ fn an_undelivered_claim_is_undone_entirely() {
     let mut core = core();
     let mut out = claim(&mut core, "app:api").unwrap();
     let undo = out.undo.take().expect("a new claim can be taken back");
-    let port: ClaimReply = serde_json::from_value(out.result).unwrap();
+    let port: ClaimReply = out.result.into_reply().unwrap();
     core.undo(undo);
     assert!(ids(&mut core).is_empty());
     assert!(bindable(port.lease.port));
@@ -282,17 +286,15 @@ fn history_keeps_a_channels_messages_in_order_and_resumes_after_an_id() {
     let mut core = core();
     let mut sent = Vec::new();
     for n in 0..5 {
-        let out = core
-            .apply(
-                &me(),
-                Op::Publish {
-                    channel: "build:api".into(),
-                    data: serde_json::json!({ "n": n }),
-                    agent: None,
-                },
-            )
-            .unwrap();
-        sent.push(out.result["id"].as_u64().unwrap());
+        let out: PublishReply = reply(core.apply(
+            &me(),
+            Op::Publish {
+                channel: "build:api".into(),
+                data: serde_json::json!({ "n": n }),
+                agent: None,
+            },
+        ));
+        sent.push(out.id);
     }
     assert!(sent.windows(2).all(|w| w[0] < w[1]), "{sent:?}");
     let history = |core: &mut Core, since_id| -> HistoryReply {
@@ -358,8 +360,7 @@ fn a_lock_held_until_its_owner_exits_outlives_any_expiry_and_a_timed_one_does_no
     core.expire_locks(now_ms() + 366 * 86_400_000);
     let held = |core: &mut Core, name: &str| {
         core.apply(&me(), Op::LockInfo { name: name.into() })
-            .map(|o| o.result["token"].is_u64())
-            .unwrap_or(false)
+            .is_ok_and(|o| o.result.into_reply::<LockInfo>().is_ok())
     };
     assert!(held(&mut core, "forever"));
     assert!(!held(&mut core, "timed"));

@@ -54,7 +54,7 @@ pub async fn listeners(core: &SharedCore, follow: bool) -> Result<Outcome, WireE
         })?;
     Ok(Outcome {
         stream: Some(Stream::Listeners(ListenerFollow { rx })),
-        ..Outcome::of(&*first.reply)
+        ..Outcome::of(ListenersReply::clone(&first.reply))
     })
 }
 

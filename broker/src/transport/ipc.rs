@@ -113,7 +113,7 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
                     more: out.stream.is_some(),
                     ..Reply::ok(
                         tag,
-                        out.result,
+                        out.result.to_json(),
                         out.sockets.as_ref().map_or(0, |s| s.fds().len()),
                     )
                 },

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use pb_proto::{ActivityArgs, ActivityReply, ErrorCode, Op};
+use pb_proto::{ActivityArgs, ActivityReply, ErrorCode, FollowReply, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -159,7 +159,7 @@ async fn follow(
     a: ActivityArgs,
 ) -> Result<Response, ApiError> {
     let last = sse::last_event_id(headers)?.unwrap_or(0);
-    let (_first, stream): (Value, _) = call_stream(state, caller, Op::Activity(a)).await?;
+    let (_first, stream): (FollowReply, _) = call_stream(state, caller, Op::Activity(a)).await?;
     let stream =
         stream.ok_or_else(|| ApiError::new(ErrorCode::Internal, "following opened no stream"))?;
     Ok(sse::from_stream(Vec::new(), stream, last))

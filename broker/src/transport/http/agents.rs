@@ -16,7 +16,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use pb_proto::{AgentArgs, AgentInfo, AgentReply, AgentsReply, ErrorCode, Op, Owner};
+use pb_proto::{
+    AgentArgs, AgentInfo, AgentReply, AgentsReply, ErrorCode, Op, Owner, UnregisterReply,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -190,11 +192,7 @@ pub async fn unregister(
     Extension(caller): Extension<Caller>,
     IdPath(id): IdPath,
 ) -> Result<Json<UnregisterResponse>, ApiError> {
-    #[derive(Deserialize)]
-    struct Unregistered {
-        unregistered: AgentInfo,
-    }
-    let r: Unregistered = call(&state, &caller, Op::AgentUnregister { id }).await?;
+    let r: UnregisterReply = call(&state, &caller, Op::AgentUnregister { id }).await?;
     Ok(Json(UnregisterResponse {
         success: true,
         unregistered: true,

@@ -19,7 +19,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use pb_proto::{ErrorCode, LockArgs, LockInfo, LockOwnerArg, LockReply, LocksReply, Op, WireError};
+use pb_proto::{
+    ErrorCode, LockArgs, LockInfo, LockOwnerArg, LockReply, LocksReply, Op, UnlockReply, WireError,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -277,11 +279,7 @@ pub async fn release(
     }
     let force = body.force.unwrap_or(false) || q.force.unwrap_or(false);
     let (agent, owner) = speaker(&headers, body.owner.or(q.owner), body.pid)?;
-    #[derive(Deserialize)]
-    struct Released {
-        released: LockInfo,
-    }
-    let r: Released = call(
+    let r: UnlockReply = call(
         &state,
         &caller,
         Op::LockRelease {

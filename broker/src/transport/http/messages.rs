@@ -15,7 +15,9 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use pb_proto::{ChannelsReply, ErrorCode, HistoryReply, Op, PublishReply, SubscribeReply};
+use pb_proto::{
+    ChannelsReply, ClearReply, ErrorCode, HistoryReply, Op, PublishReply, SubscribeReply,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -169,12 +171,7 @@ pub async fn clear(
     Extension(caller): Extension<Caller>,
     IdPath(channel): IdPath,
 ) -> Result<Json<ClearResponse>, ApiError> {
-    #[derive(Deserialize)]
-    struct Cleared {
-        channel: String,
-        removed: u64,
-    }
-    let r: Cleared = call(&state, &caller, Op::ClearChannel { channel }).await?;
+    let r: ClearReply = call(&state, &caller, Op::ClearChannel { channel }).await?;
     Ok(Json(ClearResponse {
         success: true,
         channel: r.channel,

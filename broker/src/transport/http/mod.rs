@@ -46,6 +46,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::config::{Config, HTTP_RATE_BURST_SECONDS, HTTP_RATE_MAX_CLIENTS, HTTP_READ_TIMEOUT};
+use crate::core::answer::ReplyType;
 use crate::core::SharedCore;
 use crate::token::Token;
 use error::ApiError;
@@ -296,7 +297,7 @@ async fn refuse(mut stream: TcpStream, e: &WireError) {
 
 /// Applies `op` for `caller` through the path every transport shares, and
 /// reads its result as `T`.
-pub async fn call<T: serde::de::DeserializeOwned>(
+pub async fn call<T: ReplyType>(
     state: &HttpState,
     caller: &crate::core::Caller,
     op: pb_proto::Op,
@@ -306,23 +307,20 @@ pub async fn call<T: serde::de::DeserializeOwned>(
     // socket: this task runs after the current one yields.
     let core = state.core.clone();
     tokio::spawn(async move { crate::core::lock(&core).after_reply() });
-    serde_json::from_value(out.result)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("unexpected reply: {e}")))
+    Ok(out.result.into_reply()?)
 }
 
 /// Applies `op` like [`call`], for operations that may open a stream
 /// (`subscribe`, `activity` with `follow`): the first reply, read as `T`,
 /// and the stream, for the route to send as server-sent events.
-pub async fn call_stream<T: serde::de::DeserializeOwned>(
+pub async fn call_stream<T: ReplyType>(
     state: &HttpState,
     caller: &crate::core::Caller,
     op: pb_proto::Op,
 ) -> Result<(T, Option<crate::core::stream::Stream>), ApiError> {
     let mut out = crate::service::dispatch(&state.core, caller, op).await?;
     let stream = out.stream.take();
-    let first = serde_json::from_value(out.result)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("unexpected reply: {e}")))?;
-    Ok((first, stream))
+    Ok((out.result.into_reply()?, stream))
 }
 
 /// The agent a request acts as: the `X-Agent-Id` header (Port Daddy's
