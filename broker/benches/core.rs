@@ -21,6 +21,7 @@ fn main() {
         peer_uid: pb_platform::os::effective_uid(),
         process: None,
         session: None,
+        command: None,
         exit_watch: None,
     };
     let n = 20_000;

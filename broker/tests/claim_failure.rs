@@ -24,6 +24,7 @@ fn a_claim_that_cannot_hand_its_sockets_over_changes_nothing() {
         peer_uid: me,
         process: None,
         session: None,
+        command: None,
         exit_watch: None,
     };
     let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();

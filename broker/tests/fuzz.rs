@@ -59,6 +59,7 @@ fn caller() -> Caller {
         peer_uid: me,
         process: None,
         session: None,
+        command: None,
         exit_watch: None,
     }
 }

@@ -193,7 +193,7 @@ impl Core {
         let max_services = check_max("max_services", a.max_services)?;
         let max_locks = check_max("max_locks", a.max_locks)?;
         let metadata = rules::check_metadata(a.metadata)?;
-        let process = Core::resolve_owner(caller, a.owner)?;
+        let process = self.resolve_owner(caller, a.owner)?;
         let existing = match self.agents.map.get(&a.id) {
             Some(old) if old.rec.uid != caller.uid => {
                 return Err(WireError::new(
@@ -225,11 +225,7 @@ impl Core {
             metadata,
         };
         self.store.put_agent(&rec)?;
-        let command = match process {
-            Some(p) if caller.process == Some(p) => self.bus.actor(caller, None).command,
-            Some(p) => pb_platform::process::command_of(p.pid),
-            None => None,
-        };
+        let command = process.and_then(|p| self.command_of(caller, p));
         if let Some(p) = process {
             let watch = (a.owner == Owner::Caller)
                 .then(|| caller.exit_watch.clone())

@@ -51,18 +51,6 @@ impl Core {
         let now = now_ms();
         self.expire_locks(now);
         self.expire_agents(now);
-        if n.is_multiple_of(LIVENESS_EVERY) {
-            // Exit watches see deaths at once; this catches kernels without
-            // pidfds and watches that could not be queued.
-            let dead: Vec<ProcessId> = self
-                .coord_processes()
-                .into_iter()
-                .filter(|p| !p.is_alive())
-                .collect();
-            for p in dead {
-                self.process_exited(p);
-            }
-        }
         let trim = n.is_multiple_of(TRIM_EVERY);
         if trim {
             let removed = self.pubsub.trim(now, &self.cfg.coord);
@@ -118,5 +106,20 @@ pub async fn ticker(core: SharedCore) {
         tick.tick().await;
         n += 1;
         lock(&core).coord_tick(n);
+        if n.is_multiple_of(LIVENESS_EVERY) {
+            // Exit watches see deaths at once; this catches kernels without
+            // pidfds and watches that could not be queued. Asked with the
+            // mutex released.
+            let owners = lock(&core).coord_processes();
+            let dead: Vec<ProcessId> = tokio::task::spawn_blocking(move || {
+                owners.into_iter().filter(|p| !p.is_alive()).collect()
+            })
+            .await
+            .unwrap_or_default();
+            let mut core = lock(&core);
+            for p in dead {
+                core.process_exited(p);
+            }
+        }
     }
 }

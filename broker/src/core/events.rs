@@ -11,10 +11,8 @@
 //! ever handed out at the cost of one write per block. Pub/sub messages
 //! take their ids from the same counter.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use pb_platform::ProcessId;
 use pb_proto::{ActivityEntry, Actor};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -27,8 +25,6 @@ use crate::store::{ActivityRow, Store, StoreError};
 const ID_BLOCK: u64 = 10_000;
 /// Events buffered for slow async followers before they lag.
 pub const FOLLOW_BUFFER: usize = 4096;
-/// Command lines remembered per process, for actors.
-const COMMAND_CACHE: usize = 4096;
 /// Events buffered before they are handed to the log's writer even
 /// without a tick.
 const FLUSH_AT: usize = 512;
@@ -163,7 +159,6 @@ pub struct EventBus {
     /// turns them into rows on its own thread).
     pending: Vec<Arc<Event>>,
     log: ActivityLog,
-    commands: HashMap<ProcessId, Option<String>>,
 }
 
 impl EventBus {
@@ -175,7 +170,6 @@ impl EventBus {
             ceiling,
             followers: broadcast::channel(FOLLOW_BUFFER).0,
             pending: Vec::new(),
-            commands: HashMap::new(),
         })
     }
 
@@ -229,24 +223,15 @@ impl EventBus {
     }
 
     /// Who `caller` is, for the log: the kernel's pid and uid, the
-    /// process's command line (read once per process), and the agent the
-    /// request named.
-    pub fn actor(&mut self, caller: &Caller, agent: Option<&str>) -> Actor {
-        let command = caller.process.and_then(|p| {
-            if self.commands.len() >= COMMAND_CACHE && !self.commands.contains_key(&p) {
-                self.commands.clear();
-            }
-            self.commands
-                .entry(p)
-                .or_insert_with(|| pb_platform::process::command_of(p.pid))
-                .clone()
-        });
+    /// process's command line (read once per connection, by the
+    /// transport), and the agent the request named.
+    pub fn actor(&self, caller: &Caller, agent: Option<&str>) -> Actor {
         Actor {
             agent: agent.map(str::to_string),
             pid: caller.process.map(|p| p.pid),
             // The real user, not the one a token holder acts for.
             uid: Some(caller.peer_uid),
-            command,
+            command: caller.command.clone(),
         }
     }
 }

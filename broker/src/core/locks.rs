@@ -100,6 +100,9 @@ struct Request {
     ttl_ms: u64,
     actor: Option<Actor>,
     watch: Option<Arc<ExitWatch>>,
+    /// The owner process's command line, known when the request was
+    /// checked (a hand-off grants it later, with no machine to ask).
+    command: Option<String>,
 }
 
 type GrantSender = oneshot::Sender<Result<LockReply, WireError>>;
@@ -372,6 +375,7 @@ impl Core {
             _ => agent,
         };
         let actor = Some(self.bus.actor(caller, agent.as_deref()));
+        let command = owner.process().and_then(|p| self.command_of(caller, p));
         Ok(Request {
             owner,
             agent,
@@ -379,13 +383,14 @@ impl Core {
             ttl_ms,
             actor,
             watch,
+            command,
         })
     }
 
     /// The owner a request names, checked; with the caller's exit watch
     /// when the caller itself is the owner.
     fn lock_owner(
-        &self,
+        &mut self,
         caller: &Caller,
         arg: LockOwnerArg,
         agent: Option<&str>,
@@ -401,7 +406,8 @@ impl Core {
                 return Ok((LockOwner::Process(p), caller.exit_watch.clone()));
             }
             LockOwnerArg::Pid(pid) => LockOwner::Process(
-                Core::resolve_owner(caller, Owner::Pid(pid))?.expect("a pid resolves to a process"),
+                self.resolve_owner(caller, Owner::Pid(pid))?
+                    .expect("a pid resolves to a process"),
             ),
             LockOwnerArg::Name(n) => {
                 names::check_owner(&n)?;
@@ -411,7 +417,7 @@ impl Core {
                 self.check_agent(caller, Some(&a))?;
                 LockOwner::Agent(a)
             }
-            LockOwnerArg::CallerParent => LockOwner::Process(Core::caller_parent(caller)?),
+            LockOwnerArg::CallerParent => LockOwner::Process(self.caller_parent(caller)?),
             // Naming itself, a client (Port Daddy's CLI) asks for the
             // default a command gets: its agent, else the shell that ran it.
             LockOwnerArg::Hint(pid) => {
@@ -564,11 +570,7 @@ impl Core {
         self.store.hold_lock(&record)?;
         self.locks.last_token = token;
         self.locks.held += 1;
-        let command = match (&req.actor, owner_process) {
-            (Some(a), Some(p)) if a.pid == Some(p.pid) => a.command.clone(),
-            (_, Some(p)) => pb_platform::process::command_of(p.pid),
-            _ => None,
-        };
+        let command = req.command;
         let q = self.locks.map.entry(name.to_string()).or_default();
         let h = q.holding.insert(Holding {
             owner: req.owner,

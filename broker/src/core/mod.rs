@@ -21,6 +21,7 @@ pub mod agents;
 pub mod answer;
 pub mod coord;
 pub mod events;
+pub mod facts;
 pub mod jobs;
 pub mod locks;
 pub mod pubsub;
@@ -28,7 +29,7 @@ pub mod stream;
 pub mod webhooks;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,9 +37,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pb_platform::{
-    BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, ProcessInfo, SocketPool,
-};
+use pb_platform::{BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, SocketPool};
 use pb_proto::{
     ClaimArgs, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo, LoginCodeReply, LoginReply,
     Op, Owner, ReleaseReply, ReleaseTarget, ShutdownReply, StatusReply, WireError,
@@ -49,6 +48,7 @@ use crate::config::Config;
 use crate::core::agents::Agents;
 pub use crate::core::answer::Answer;
 use crate::core::events::{EventBus, EventKind};
+use crate::core::facts::{Facts, ProcessFacts};
 use crate::core::jobs::{LeaseView, ReaperJob};
 use crate::core::locks::{Locks, PendingLock};
 use crate::core::pubsub::PubSub;
@@ -70,7 +70,10 @@ pub struct Shared {
 pub type SharedCore = Arc<Shared>;
 
 impl Shared {
-    pub fn new(core: Core) -> SharedCore {
+    pub fn new(mut core: Core) -> SharedCore {
+        // From now on other requests may be waiting on the core's mutex:
+        // its facts are asked before the mutex is taken, never under it.
+        core.facts = Facts::default();
         Arc::new(Shared {
             core: std::sync::Mutex::new(core),
             listener_feed: Arc::default(),
@@ -97,6 +100,9 @@ pub struct Caller {
     /// HTTP caller of another user acting with the broker's token.
     pub peer_uid: u32,
     pub process: Option<ProcessId>,
+    /// `process`'s command line, read when its connection was identified
+    /// (once per connection), for the activity log and owners' commands.
+    pub command: Option<String>,
     /// The connection, for leases that end when it closes.
     pub session: Option<SessionId>,
     /// The peer's pidfd, taken from the connection (SO_PEERPIDFD) where the
@@ -206,11 +212,8 @@ impl Lease {
         record: LeaseRecord,
         sockets: Option<LoopbackSockets>,
         session: Option<SessionId>,
+        owner_command: Option<String>,
     ) -> Lease {
-        let owner_command = record
-            .owner_pid
-            .and_then(ProcessInfo::of)
-            .map(|i| i.command());
         Lease {
             record,
             sockets: sockets.map(Arc::new),
@@ -304,6 +307,9 @@ pub struct Core {
     http_off: Option<String>,
     logins: Logins,
     pub(crate) webhooks: crate::core::webhooks::Webhooks,
+    /// What the machine said for the request being applied
+    /// (`facts.rs`): asked on the spot only until the core is shared.
+    pub(crate) facts: Facts,
 }
 
 impl Core {
@@ -331,6 +337,7 @@ impl Core {
             http_off: None,
             logins: Logins::default(),
             webhooks: Default::default(),
+            facts: Facts::direct(),
         };
         // Before anything is emitted, so that webhooks see every event.
         core.load_webhooks()?;
@@ -351,7 +358,7 @@ impl Core {
             }
             // Rebind as a placeholder: a client may still hold the
             // listener we handed it, in which case it holds the port.
-            let sockets = match bind_wanted(record.port, false, &mut core.pool) {
+            let sockets = match bind_wanted(record.port, false, &mut core.pool, &mut core.facts) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     eprintln!(
@@ -362,8 +369,15 @@ impl Core {
                 }
             };
             core.by_port.insert(record.port, record.id.clone());
-            core.leases
-                .insert(record.id.clone(), Lease::new(record, sockets, None));
+            // Asked on the spot: nothing else runs while the core opens.
+            let command = record
+                .owner_pid
+                .and_then(|pid| core.facts.process(pid).ok().flatten())
+                .and_then(|f| f.command.clone());
+            core.leases.insert(
+                record.id.clone(),
+                Lease::new(record, sockets, None, command),
+            );
         }
         let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
         core.store.end_leases(&refs)?;
@@ -526,7 +540,7 @@ impl Core {
     /// Applies the reaper's verdict on a lease whose owner was `expected`
     /// when it looked: ownership moves to `holder`, or the lease ends. A
     /// lease that changed meanwhile is left alone.
-    pub fn settle(&mut self, id: &str, expected: Option<ProcessId>, holder: Option<ProcessId>) {
+    pub fn settle(&mut self, id: &str, expected: Option<ProcessId>, holder: Option<ProcessFacts>) {
         let Some(lease) = self.leases.get(id) else {
             return;
         };
@@ -600,7 +614,7 @@ impl Core {
     /// A lease reloaded without its sockets (its port was taken when the
     /// broker restarted) takes the port back as soon as it is free, so the
     /// first invariant holds again: a leased port is held in the kernel.
-    pub fn hold_again(&mut self, id: &str) {
+    pub fn hold_again(&mut self, id: &str, time_wait: bool) {
         let Some(lease) = self.leases.get(id) else {
             return;
         };
@@ -610,7 +624,7 @@ impl Core {
         let port = lease.record.port;
         // Exclusive first, as every claim: a port that anything still holds
         // (even a non-listening socket) stays where it is.
-        let Ok(sockets) = bind_wanted(port, false, &mut self.pool) else {
+        let Ok(sockets) = bind(port, false, &mut self.pool, time_wait) else {
             return;
         };
         let lease = self.leases.get_mut(id).expect("checked above");
@@ -658,12 +672,11 @@ impl Core {
     }
 
     /// A number-only lease whose port `p` now listens on becomes `p`'s.
-    pub fn adopt(&mut self, id: &str, p: ProcessId) {
+    pub fn adopt(&mut self, id: &str, p: ProcessFacts) {
         let Some(lease) = self.leases.get(id) else {
             return;
         };
-        if lease.owner().is_some() || pb_platform::process::uid_of(p.pid) != Some(lease.record.uid)
-        {
+        if lease.owner().is_some() || p.uid != Some(lease.record.uid) {
             return;
         }
         self.set_owner(id, p, true, "is adopted by");
@@ -674,7 +687,8 @@ impl Core {
         }
     }
 
-    fn set_owner(&mut self, id: &str, p: ProcessId, adopted: bool, how: &str) {
+    fn set_owner(&mut self, id: &str, facts: ProcessFacts, adopted: bool, how: &str) {
+        let p = facts.id;
         if let Err(e) = self.store.set_owner(id, Some(p.pid), Some(p.start_time)) {
             eprintln!("pb: cannot record the new owner of {id}: {e}");
             return;
@@ -684,7 +698,7 @@ impl Core {
         lease.record.owner_pid = Some(p.pid);
         lease.record.owner_start = Some(p.start_time);
         lease.adopted = adopted;
-        lease.owner_command = ProcessInfo::of(p.pid).map(|i| i.command());
+        lease.owner_command = facts.command;
         eprintln!(
             "pb: {id} {how} pid {} ({})",
             p.pid,
@@ -851,7 +865,7 @@ impl Core {
     }
 
     /// The shell or script that ran the caller (its lasting ancestor).
-    pub(crate) fn caller_parent(caller: &Caller) -> Result<ProcessId, WireError> {
+    pub(crate) fn caller_parent(&mut self, caller: &Caller) -> Result<ProcessId, WireError> {
         let p = caller.process.ok_or_else(|| {
             WireError::new(
                 ErrorCode::InvalidRequest,
@@ -866,15 +880,18 @@ impl Core {
         };
         // An orphan's parent is init (or a session's subreaper): not a
         // shell that will end, so no owner at all.
-        let parent = p
-            .lasting_ancestor()
+        let parent = self
+            .facts
+            .ancestor(p)?
             .filter(|a| a.pid > 1)
             .ok_or_else(gone)?;
         // Checked as a named pid is: alive, and of the caller's user.
-        Self::resolve_owner(caller, Owner::Pid(parent.pid))?.ok_or_else(gone)
+        self.resolve_owner(caller, Owner::Pid(parent.pid))?
+            .ok_or_else(gone)
     }
 
     pub(crate) fn resolve_owner(
+        &mut self,
         caller: &Caller,
         owner: Owner,
     ) -> Result<Option<ProcessId>, WireError> {
@@ -888,24 +905,22 @@ impl Core {
             }),
             Owner::Hint(pid) => match Self::hinted(caller, pid)? {
                 None => Ok(None),
-                Some(pid) => Self::resolve_owner(caller, Owner::Pid(pid)),
+                Some(pid) => self.resolve_owner(caller, Owner::Pid(pid)),
             },
             Owner::Pid(pid) => {
-                let p = ProcessId::of(pid)
-                    .filter(ProcessId::is_alive)
-                    .ok_or_else(|| {
-                        WireError::new(
-                            ErrorCode::InvalidRequest,
-                            format!("no process with pid {pid}"),
-                        )
-                    })?;
-                if pb_platform::process::uid_of(pid) != Some(caller.uid) {
+                let p = self.facts.process(pid)?.ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("no process with pid {pid}"),
+                    )
+                })?;
+                if p.uid != Some(caller.uid) {
                     return Err(WireError::new(
                         ErrorCode::Forbidden,
                         format!("process {pid} belongs to another user"),
                     ));
                 }
-                Ok(Some(p))
+                Ok(Some(p.id))
             }
         }
     }
@@ -920,10 +935,10 @@ impl Core {
         };
         let ttl = a.expires_ms.map(rules::check_ttl).transpose()?;
         let metadata = rules::check_metadata(a.metadata)?;
-        let owner = Self::resolve_owner(caller, a.owner)?;
+        let owner = self.resolve_owner(caller, a.owner)?;
         // Only an unowned lease has a claimant; it is checked like `--pid`.
         let claimant = match a.claimant {
-            Some(pid) if owner.is_none() => Self::resolve_owner(caller, Owner::Pid(pid))?,
+            Some(pid) if owner.is_none() => self.resolve_owner(caller, Owner::Pid(pid))?,
             _ => None,
         };
         if a.family.is_some() && !a.fds {
@@ -959,7 +974,13 @@ impl Core {
                     format!("{} already holds port {}, not {p}", a.id, lease.record.port),
                 ));
             }
-            return claim_outcome(lease, true, a.fds, a.family, &mut self.pool);
+            return claim_outcome(
+                lease,
+                true,
+                (a.fds, a.family),
+                &mut self.pool,
+                &mut self.facts,
+            );
         }
 
         if self.leases.len() >= self.cfg.max_leases {
@@ -998,9 +1019,16 @@ impl Core {
         // The reply is made before anything is stored: handing the sockets
         // over can still fail (a relay's duplicate descriptor, EMFILE), and
         // a claim that fails must change nothing.
-        let mut lease = Lease::new(record.clone(), Some(sockets), session);
+        let command = owner.and_then(|o| self.command_of(caller, o));
+        let mut lease = Lease::new(record.clone(), Some(sockets), session, command);
         lease.claimant = claimant;
-        let outcome = claim_outcome(&mut lease, false, a.fds, a.family, &mut self.pool)?;
+        let outcome = claim_outcome(
+            &mut lease,
+            false,
+            (a.fds, a.family),
+            &mut self.pool,
+            &mut self.facts,
+        )?;
         // Persist, then acknowledge: if the disk refuses, the sockets (and
         // any relay) close on drop and nothing changed.
         self.store.insert_lease(&record)?;
@@ -1047,7 +1075,19 @@ impl Core {
                 format!("port {port} is leased to {holder}"),
             ));
         }
-        bind_wanted(port, listen, &mut self.pool).map_err(bind_error)
+        bind_wanted(port, listen, &mut self.pool, &mut self.facts)
+    }
+
+    /// The command of `p`, a process this request's checks asked about
+    /// (or the caller itself).
+    pub(crate) fn command_of(&self, caller: &Caller, p: ProcessId) -> Option<String> {
+        if caller.process == Some(p) {
+            return caller.command.clone();
+        }
+        self.facts
+            .known(p.pid)
+            .filter(|f| f.id == p)
+            .and_then(|f| f.command.clone())
     }
 
     /// Finds and binds a free port for `id` in `range`: its sticky port
@@ -1067,6 +1107,7 @@ impl Core {
             sticky,
             sticky_owner,
             pool,
+            facts,
             ..
         } = self;
         let usable = |p: u16| {
@@ -1083,8 +1124,12 @@ impl Core {
             .filter(|p| usable(*p) && sticky_owner.get(p).is_some_and(|o| o != id));
         let mut last_error = None;
         if let Some(port) = sticky {
-            if let Ok(s) = bind_wanted(port, listen, pool) {
-                return Ok(s);
+            match bind_wanted(port, listen, pool, facts) {
+                Ok(s) => return Ok(s),
+                // Not yet known whether TIME_WAIT is all that holds it:
+                // asked, and the claim applied again.
+                Err(e) if facts.has_questions() => return Err(e),
+                Err(_) => {}
             }
         }
         for port in fresh.chain(remembered) {
@@ -1347,12 +1392,12 @@ impl Core {
 fn claim_outcome(
     lease: &mut Lease,
     existing: bool,
-    fds: bool,
-    family: Option<IpFamily>,
+    (fds, family): (bool, Option<IpFamily>),
     pool: &mut SocketPool,
+    facts: &mut Facts,
 ) -> Result<Outcome, WireError> {
     let (sockets, addrs) = if fds {
-        hand_over(lease, family, pool)?
+        hand_over(lease, family, pool, facts)?
     } else {
         (None, Vec::new())
     };
@@ -1374,10 +1419,11 @@ fn hand_over(
     lease: &mut Lease,
     family: Option<IpFamily>,
     pool: &mut SocketPool,
+    facts: &mut Facts,
 ) -> Result<(Option<Handover>, Vec<String>), WireError> {
     let port = lease.record.port;
     if lease.sockets.is_none() {
-        lease.sockets = Some(Arc::new(bind_wanted(port, true, pool).map_err(bind_error)?));
+        lease.sockets = Some(Arc::new(bind_wanted(port, true, pool, facts)?));
     }
     let sockets = lease.sockets.as_ref().expect("bound above");
     sockets.listen().map_err(|e| match e {
@@ -1423,19 +1469,41 @@ fn hand_over(
 }
 
 /// Binds a port wanted by number: exclusively if possible, else beside
-/// TIME_WAIT remnants when the kernel shows some. A port whose only other
-/// holder is invisible (a bound, non-listening socket) stays refused.
+/// TIME_WAIT remnants when the kernel shows some (a fact asked before the
+/// core's mutex: see `facts.rs`). A port whose only other holder is
+/// invisible (a bound, non-listening socket) stays refused.
 fn bind_wanted(
     port: u16,
     listen: bool,
     pool: &mut SocketPool,
-) -> Result<LoopbackSockets, BindError> {
+    facts: &mut Facts,
+) -> Result<LoopbackSockets, WireError> {
     match LoopbackSockets::bind(port, listen, BindMode::Exclusive, pool) {
-        Err(BindError::InUse { .. }) if pb_platform::net::time_wait_on(port) => {
-            LoopbackSockets::bind(port, listen, BindMode::AllowTimeWait, pool)
+        Err(e @ BindError::InUse { .. }) => {
+            if facts.time_wait(port)? {
+                bind(port, listen, pool, true).map_err(bind_error)
+            } else {
+                Err(bind_error(e))
+            }
         }
-        other => other,
+        other => other.map_err(bind_error),
     }
+}
+
+/// Binds `port`: beside TIME_WAIT remnants if `time_wait` (the kernel
+/// listed some), else exclusively.
+fn bind(
+    port: u16,
+    listen: bool,
+    pool: &mut SocketPool,
+    time_wait: bool,
+) -> Result<LoopbackSockets, BindError> {
+    let mode = if time_wait {
+        BindMode::AllowTimeWait
+    } else {
+        BindMode::Exclusive
+    };
+    LoopbackSockets::bind(port, listen, mode, pool)
 }
 
 fn bind_error(e: BindError) -> WireError {

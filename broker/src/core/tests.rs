@@ -33,22 +33,23 @@ fn core_with(tune: impl FnOnce(&mut Config)) -> Core {
     Core::open(cfg, Store::open_in_memory().unwrap()).unwrap()
 }
 
-fn core() -> Core {
+pub(crate) fn core() -> Core {
     core_with(|_| {})
 }
 
-fn me() -> Caller {
+pub(crate) fn me() -> Caller {
     let uid = pb_platform::os::effective_uid();
     Caller {
         uid,
         peer_uid: uid,
         process: None,
         session: None,
+        command: None,
         exit_watch: None,
     }
 }
 
-fn reply<T: ReplyType>(out: Result<Outcome, pb_proto::WireError>) -> T {
+pub(crate) fn reply<T: ReplyType>(out: Result<Outcome, pb_proto::WireError>) -> T {
     out.expect("applied")
         .result
         .into_reply()
@@ -196,7 +197,7 @@ fn expiry_ends_a_lease_at_its_time_and_a_renewal_moves_that_time() {
 }
 
 /// Runs `f` on a runtime of its own: lock waits are awaited there.
-fn on_runtime(f: impl std::future::Future<Output = ()>) {
+pub(crate) fn on_runtime(f: impl std::future::Future<Output = ()>) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

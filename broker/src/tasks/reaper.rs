@@ -23,6 +23,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
+use crate::core::facts::ProcessFacts;
 use crate::core::jobs::{LeaseView, ReaperJob};
 use crate::core::now_ms;
 use crate::core::{lock, SharedCore};
@@ -115,7 +116,7 @@ async fn reclaim(core: SharedCore, ids: Vec<String>, gone: Option<ProcessId>) {
         views
             .into_iter()
             .map(|v| {
-                let holder = holder(&v, &listening, gone);
+                let holder = holder(&v, &listening, gone).and_then(ProcessFacts::of);
                 (v.id, v.owner, holder)
             })
             .collect::<Vec<_>>()
@@ -180,7 +181,7 @@ fn scan(core: &SharedCore, interval: Duration) {
     let now = now_ms();
     for v in &views {
         if !v.held {
-            unheld.push(v.id.clone());
+            unheld.push((v.id.clone(), pb_platform::net::time_wait_on(v.port)));
         }
         let foreign: Vec<u64> = foreign_listeners(&listening, v).collect();
         let owner_alive = v.owner.is_some_and(|o| o.is_alive());
@@ -189,9 +190,11 @@ fn scan(core: &SharedCore, interval: Duration) {
             continue;
         }
         match v.owner {
-            Some(o) if !owner_alive => {
-                verdicts.push((v.id.clone(), v.owner, holder(v, &listening, Some(o))))
-            }
+            Some(o) if !owner_alive => verdicts.push((
+                v.id.clone(),
+                v.owner,
+                holder(v, &listening, Some(o)).and_then(ProcessFacts::of),
+            )),
             Some(_) if v.adopted && foreign.is_empty() && v.created_ms < settled_before => {
                 // Alive but no longer listening: the port is free to go.
                 verdicts.push((v.id.clone(), v.owner, None))
@@ -204,7 +207,11 @@ fn scan(core: &SharedCore, interval: Duration) {
             {
                 // The owner closed the sockets it was handed, without
                 // exiting: they follow whoever else holds them, or end.
-                verdicts.push((v.id.clone(), v.owner, holder(v, &listening, Some(o))))
+                verdicts.push((
+                    v.id.clone(),
+                    v.owner,
+                    holder(v, &listening, Some(o)).and_then(ProcessFacts::of),
+                ))
             }
             None if !foreign.is_empty() => adoptions.push((v.id.clone(), foreign)),
             // Its claimant is gone and no app ever took it (a watch that
@@ -221,7 +228,7 @@ fn scan(core: &SharedCore, interval: Duration) {
             _ => {}
         }
     }
-    let adopters: HashMap<String, ProcessId> = if adoptions.is_empty() {
+    let adopters: HashMap<String, ProcessFacts> = if adoptions.is_empty() {
         HashMap::new()
     } else {
         let wanted: HashSet<u64> = adoptions
@@ -238,7 +245,8 @@ fn scan(core: &SharedCore, interval: Duration) {
                     .flatten()
                     .filter(|p| p.is_alive())
                     .min_by_key(|p| (p.start_time, p.pid))
-                    .map(|p| (id, *p))
+                    .and_then(|p| ProcessFacts::of(*p))
+                    .map(|p| (id, p))
             })
             .collect()
     };
@@ -255,7 +263,7 @@ fn scan(core: &SharedCore, interval: Duration) {
     for (id, since) in expired_orphans {
         core.end_orphan(&id, since);
     }
-    for id in unheld {
-        core.hold_again(&id);
+    for (id, time_wait) in unheld {
+        core.hold_again(&id, time_wait);
     }
 }

@@ -67,6 +67,10 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
         uid: peer.uid,
         peer_uid: peer.uid,
         process: peer.process,
+        // Read once for the connection, never under the core's mutex.
+        command: peer
+            .process
+            .and_then(|p| pb_platform::process::command_of(p.pid)),
         session: Some(session),
         exit_watch: ExitWatch::of_unix_peer(&stream).map(Arc::new),
     };

@@ -42,6 +42,7 @@ pub async fn admit(
             uid: conn.peer_uid,
             peer_uid: conn.peer_uid,
             process: None,
+            command: None,
             session: None,
             exit_watch: None,
         }
@@ -59,7 +60,7 @@ pub async fn admit(
     // own user (and root): a token holder's processes are another user's.
     let mut caller = caller;
     if changes && caller.uid == conn.peer_uid {
-        caller.process = conn.process(state).await;
+        (caller.process, caller.command) = conn.process(state).await;
     }
     parts.extensions.insert(caller);
     parts.extensions.insert(conn.clone());
@@ -189,6 +190,7 @@ fn identify(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> Result<Calle
         uid,
         peer_uid: conn.peer_uid,
         process: None,
+        command: None,
         session: None,
         exit_watch: None,
     })

@@ -77,8 +77,9 @@ pub struct Conn {
     pub peer_uid: u32,
     /// The peer socket's inode, to find its process when that is needed.
     pub peer_inode: u64,
-    /// The process holding the peer's socket, looked up at most once.
-    process: tokio::sync::OnceCell<Option<pb_platform::ProcessId>>,
+    /// The process holding the peer's socket and its command line, looked
+    /// up at most once.
+    process: tokio::sync::OnceCell<(Option<pb_platform::ProcessId>, Option<String>)>,
 }
 
 /// How many /proc walks for callers' pids may run at once: a flood of
@@ -89,18 +90,25 @@ impl Conn {
     /// The process at the other end, from the kernel: the walk over /proc
     /// runs off the runtime's thread, once per connection, and only when a
     /// request needs the pid (state changes, /whoami).
-    pub async fn process(&self, state: &HttpState) -> Option<pb_platform::ProcessId> {
-        *self
-            .process
+    pub async fn process(
+        &self,
+        state: &HttpState,
+    ) -> (Option<pb_platform::ProcessId>, Option<String>) {
+        self.process
             .get_or_init(|| async {
-                let _permit = state.pid_lookups.acquire().await.ok()?;
+                let Ok(_permit) = state.pid_lookups.acquire().await else {
+                    return (None, None);
+                };
                 let (uid, inode) = (self.peer_uid, self.peer_inode);
-                tokio::task::spawn_blocking(move || pb_platform::sockets::holder_of(uid, inode))
-                    .await
-                    .ok()
-                    .flatten()
+                tokio::task::spawn_blocking(move || {
+                    let p = pb_platform::sockets::holder_of(uid, inode);
+                    (p, p.and_then(|p| pb_platform::process::command_of(p.pid)))
+                })
+                .await
+                .unwrap_or_default()
             })
             .await
+            .clone()
     }
 }
 

@@ -38,16 +38,7 @@ pub async fn whoami(
     Extension(caller): Extension<Caller>,
     Extension(conn): Extension<Arc<Conn>>,
 ) -> Json<WhoAmI> {
-    let process = conn.process(&state).await;
-    let command = match process {
-        Some(p) => tokio::task::spawn_blocking(move || {
-            pb_platform::ProcessInfo::of(p.pid).map(|i| i.command())
-        })
-        .await
-        .ok()
-        .flatten(),
-        None => None,
-    };
+    let (process, command) = conn.process(&state).await;
     Json(WhoAmI {
         peer_uid: conn.peer_uid,
         uid: caller.uid,
