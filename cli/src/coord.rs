@@ -133,12 +133,8 @@ pub fn lock(paths: &Paths, c: LockCmd, agent: Option<String>, fmt: Format) -> Re
         let spec = ChildSpec {
             program: c.command[0].clone(),
             args: c.command[1..].to_vec(),
-            fd_names: Vec::new(),
-            listen_fds: Vec::new(),
-            env: Vec::new(),
-            unset: Vec::new(),
-            listen_pid: false,
             late_env: Some(("PB_LOCK_TOKEN".into(), 20)),
+            ..ChildSpec::default()
         };
         match supervise::spawn_held(spec) {
             Ok(h) => Some(h),

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use pb_platform::supervise::{self, ChildSpec};
 use pb_proto::paths::Paths;
-use pb_proto::shim::{PortMap, ShimReport, ENV_MAP, ENV_REPORT, ENV_SOCKET};
+use pb_proto::shim::{PortMap, ShimReport, ENV_MAP, ENV_REPORT};
 use pb_proto::{ClaimArgs, ClaimReply, Client, IpFamily, Op, Owner};
 
 use crate::{connect, output, shim, ClaimOpts};
@@ -158,7 +158,7 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         env,
         unset,
         listen_pid: !o.no_pid,
-        late_env: None,
+        ..ChildSpec::default()
     };
     let child = match supervise::spawn(spec) {
         Ok(c) => c,
@@ -229,19 +229,7 @@ fn preload(
     own_port_hint: Option<(u16, String)>,
 ) -> Result<ReportSocket> {
     let (sock, path) = report_socket(paths)?;
-    let lib = shim::path(paths)?;
-    let preload = match std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
-        Some(old) => {
-            let mut v = lib.into_os_string();
-            v.push(" ");
-            v.push(old);
-            v
-        }
-        None => lib.into_os_string(),
-    };
-    env.push(("LD_PRELOAD".into(), preload));
-    env.push((ENV_MAP.into(), map.to_env().into()));
-    env.push((ENV_SOCKET.into(), paths.socket().into_os_string()));
+    env.extend(shim::env(paths, map)?);
     env.push((ENV_REPORT.into(), path.clone().into_os_string()));
     Ok(ReportSocket {
         sock,

@@ -18,9 +18,11 @@ mod coord;
 mod exec;
 mod output;
 mod shim;
+mod up;
 mod webhook;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -269,8 +271,15 @@ enum Command {
     Start,
     /// Stop the broker.
     Stop,
-    /// Stop and start the broker.
-    Restart,
+    /// Stop and start the broker; with a service's name, restart that
+    /// service of the running stack instead (`pb up`): its socket is kept,
+    /// so requests sent meanwhile are answered by the new process.
+    Restart {
+        /// A service's name in the stack file.
+        service: Option<String>,
+        #[command(flatten)]
+        stack: up::StackArgs,
+    },
     /// Check the store and, when it is damaged, bring it back keeping all
     /// that can be read (the damaged file is kept aside). The broker must
     /// be stopped.
@@ -350,6 +359,45 @@ enum Command {
     /// Webhooks: signed HTTP deliveries of the broker's events.
     #[command(subcommand)]
     Webhook(webhook::WebhookCmd),
+    /// Run a whole stack from pb.toml, .portdaddyrc or a Procfile: every
+    /// port claimed and bound first, each service started on its socket
+    /// when what it needs is ready. Ctrl-C stops it all.
+    Up {
+        #[command(flatten)]
+        stack: up::StackArgs,
+        /// Detach: a supervisor of its own keeps the stack up, beyond this
+        /// terminal, until `pb down`.
+        #[arg(short = 'd', long, conflicts_with = "status")]
+        detach: bool,
+        /// Show each service's state, pid, port and restarts.
+        #[arg(long)]
+        status: bool,
+        /// (Used by -d: run as the detached supervisor.)
+        #[arg(long, hide = true)]
+        supervised: bool,
+    },
+    /// Stop a detached stack (`pb up -d`).
+    Down {
+        #[command(flatten)]
+        stack: up::StackArgs,
+    },
+    /// A stack's output, kept per service under PB_HOME.
+    Logs {
+        /// One service (all of them, interleaved, if not given).
+        service: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many lines to show first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// The stack file (-f is --follow here).
+        #[arg(long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The id's last segment (default: the git branch or worktree).
+        #[arg(long, value_name = "NAME")]
+        context: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -603,6 +651,35 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 },
             )
         }
+        Command::Up {
+            stack,
+            detach,
+            status,
+            supervised,
+        } => {
+            if status {
+                up::status(&stack, fmt)
+            } else {
+                up::up(&stack, detach, supervised)
+            }
+        }
+        Command::Down { stack } => up::down(&stack),
+        Command::Restart {
+            service: Some(service),
+            stack,
+        } => up::restart(&stack, &service),
+        Command::Logs {
+            service,
+            follow,
+            lines,
+            file,
+            context,
+        } => up::logs(
+            &up::StackArgs { file, context },
+            service.as_deref(),
+            lines,
+            follow,
+        ),
         Command::Dashboard { print_url } => {
             let (reply, _): (pb_proto::LoginCodeReply, _) =
                 connect::connect(&paths)?.call_as(Op::LoginCode)?;
@@ -669,7 +746,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         }
         Command::Stop => stop(&paths, fmt),
         Command::Repair => repair(&paths, fmt),
-        Command::Restart => {
+        Command::Restart { service: None, .. } => {
             stop(&paths, Format::Quiet)?;
             let (s, _): (StatusReply, _) =
                 connect::spawn_daemon(&paths)?.wait()?.call_as(Op::Status)?;
@@ -863,4 +940,15 @@ fn grace_period(text: &str) -> Result<std::time::Duration> {
         anyhow::bail!("--grace {text:?} is longer than the limit of 1h");
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its own definitions only when a command is built: this
+    /// builds every subcommand, so a clash (two `-f`) fails here, not for
+    /// a user.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -6,8 +6,11 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use std::ffi::OsString;
+
 use anyhow::{Context, Result};
 use pb_proto::paths::Paths;
+use pb_proto::shim::{PortMap, ENV_MAP, ENV_SOCKET};
 
 static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libpb_shim.so"));
 
@@ -32,4 +35,24 @@ pub fn path(paths: &Paths) -> Result<PathBuf> {
     drop(f);
     std::fs::rename(&tmp, &file).with_context(|| format!("installing {}", file.display()))?;
     Ok(file)
+}
+
+/// What loads the shim with `map` into an app: LD_PRELOAD (ours first,
+/// before any the caller already had), the map, and the broker's socket.
+pub fn env(paths: &Paths, map: &PortMap) -> Result<Vec<(OsString, OsString)>> {
+    let lib = path(paths)?;
+    let preload = match std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        Some(old) => {
+            let mut v = lib.into_os_string();
+            v.push(" ");
+            v.push(old);
+            v
+        }
+        None => lib.into_os_string(),
+    };
+    Ok(vec![
+        ("LD_PRELOAD".into(), preload),
+        (ENV_MAP.into(), map.to_env().into()),
+        (ENV_SOCKET.into(), paths.socket().into_os_string()),
+    ])
 }

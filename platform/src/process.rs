@@ -95,6 +95,18 @@ pub fn uid_of(pid: u32) -> Option<u32> {
     crate::sys::process_uid(pid)
 }
 
+/// Sends signal `sig` to this exact process; `false` if it is gone (or
+/// its pid now names another process).
+pub fn signal(p: ProcessId, sig: i32) -> bool {
+    let (Ok(pid), Ok(sig)) = (
+        i32::try_from(p.pid),
+        nix::sys::signal::Signal::try_from(sig),
+    ) else {
+        return false;
+    };
+    p.is_alive() && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok()
+}
+
 /// A process's command line as one string (arguments joined by spaces),
 /// from a single read; `None` if it is gone or unreadable.
 pub fn command_of(pid: u32) -> Option<String> {

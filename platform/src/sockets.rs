@@ -113,6 +113,14 @@ pub fn tcp_peer(ours: SocketAddr, peer: SocketAddr) -> std::io::Result<Option<Tc
     }
 }
 
+/// Whether the server has accepted our connection from `ours` to `server`
+/// (on this machine): a connection still in the listen queue has no file,
+/// so the kernel shows its server end with inode 0. `None` when the kernel
+/// shows no server end (it was accepted and closed, or never existed).
+pub fn accepted(ours: SocketAddr, server: SocketAddr) -> Option<bool> {
+    tcp_peer(ours, server).ok().flatten().map(|p| p.inode != 0)
+}
+
 /// The kernel's exact lookup alone (sock_diag, microseconds); an error
 /// where the kernel cannot answer, for the caller to fall back to
 /// [`tcp_peer_from_proc`] where it may block.

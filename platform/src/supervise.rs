@@ -57,6 +57,7 @@ impl SpawnError {
 }
 
 /// What to run and what it inherits.
+#[derive(Default)]
 pub struct ChildSpec {
     pub program: OsString,
     pub args: Vec<OsString>,
@@ -76,6 +77,14 @@ pub struct ChildSpec {
     /// A variable whose value (at most this many bytes) is known only
     /// after the fork, and given to [`Held::start_with`].
     pub late_env: Option<(String, usize)>,
+    /// The child's stdin, stdout and stderr; `None` inherits ours.
+    pub stdio: Option<[OwnedFd; 3]>,
+    /// The directory the child starts in; `None` is ours.
+    pub dir: Option<PathBuf>,
+    /// Starts the child as the leader of a process group of its own, so
+    /// that a signal for it reaches its whole tree (`pb up` stops each
+    /// service so) and a terminal's Ctrl-C reaches only its supervisor.
+    pub own_group: bool,
 }
 
 /// How long the rest of a tree gets between SIGTERM and SIGKILL, unless
@@ -378,6 +387,26 @@ impl Held {
         })
     }
 
+    /// Lets the child exec and leaves its supervision to the caller (which
+    /// reaps it): for a supervisor of many children. Returns its pid.
+    pub fn launch(self) -> Result<u32, SpawnError> {
+        let pid = self.pid;
+        let display = self.display;
+        let mut go = std::fs::File::from(self.go);
+        let _ = std::io::Write::write_all(&mut go, b"g");
+        drop(go);
+        let mut buf = [0u8; 4];
+        let mut err_r = std::fs::File::from(self.err_r);
+        if std::io::Read::read(&mut err_r, &mut buf).unwrap_or(0) == 4 {
+            let _ = waitpid(pid, None);
+            return Err(SpawnError::Exec {
+                program: display,
+                source: std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
+            });
+        }
+        Ok(pid.as_raw() as u32)
+    }
+
     /// The child exits without running anything; reaped here.
     pub fn abandon(self) {
         let pid = self.pid;
@@ -477,6 +506,24 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
         high.push(unsafe { OwnedFd::from_raw_fd(r) });
     }
     drop(spec.listen_fds);
+    let mut stdio_high: Vec<OwnedFd> = Vec::new();
+    for fd in spec.stdio.into_iter().flatten() {
+        // SAFETY: as above: a new descriptor or -1.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: `r` is a fresh descriptor that nothing else owns.
+        stdio_high.push(unsafe { OwnedFd::from_raw_fd(r) });
+    }
+    let dir_c = match &spec.dir {
+        Some(d) => Some(cstring(d.clone().into_os_string().into_vec())?),
+        None => None,
+    };
+    let own_group = spec.own_group;
+    // The child starts with no signal blocked, whatever this thread blocks
+    // (a supervisor that waits for signals blocks them everywhere).
+    let no_signals = SigSet::empty();
 
     // exec failures travel back over a close-on-exec pipe; the go-ahead
     // comes over another.
@@ -506,6 +553,7 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let high_raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
+    let stdio_raw: Vec<RawFd> = stdio_high.iter().map(|f| f.as_raw_fd()).collect();
     // SAFETY (both slots): the offset stays inside the buffer, which holds
     // the name, '=' and the padding the child writes into.
     let pid_slot: Option<*mut u8> =
@@ -554,11 +602,25 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
                 // End the value where it ended; the padding is never read.
                 *slot.add(got) = 0;
             }
+            for (i, fd) in stdio_raw.iter().enumerate() {
+                if libc::dup2(*fd, i as RawFd) < 0 {
+                    child_fail(err_w.as_raw_fd());
+                }
+            }
             for (i, fd) in high_raw.iter().enumerate() {
                 if libc::dup2(*fd, LISTEN_FDS_START + i as RawFd) < 0 {
                     child_fail(err_w.as_raw_fd());
                 }
             }
+            if let Some(dir) = &dir_c {
+                if libc::chdir(dir.as_ptr()) < 0 {
+                    child_fail(err_w.as_raw_fd());
+                }
+            }
+            if own_group && libc::setpgid(0, 0) < 0 {
+                child_fail(err_w.as_raw_fd());
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, no_signals.as_ref(), std::ptr::null_mut());
             if let Some(slot) = pid_slot {
                 write_decimal(slot, libc::getpid() as u64);
             }
@@ -566,9 +628,15 @@ pub fn spawn_held(spec: ChildSpec) -> Result<Held, SpawnError> {
             child_fail(err_w.as_raw_fd());
         },
         ForkResult::Parent { child } => {
+            if own_group {
+                // Also here, so that the group exists before the caller can
+                // signal it, whichever of the two runs first.
+                let _ = nix::unistd::setpgid(child, child);
+            }
             drop(err_w);
             drop(go_r);
             drop(high);
+            drop(stdio_high);
             Ok(Held {
                 pid: child,
                 go: go_w,
@@ -615,6 +683,107 @@ unsafe fn write_decimal(slot: *mut u8, mut v: u64) {
     }
     // Terminate right after the digits; the padding is never read.
     *slot.add(len) = 0;
+}
+
+/// The process side of a supervisor of many children (`pb up`): the
+/// signals it waits for are blocked in the thread that makes it, and in
+/// every thread started after (they inherit the mask), so that none is
+/// lost between two waits; this process becomes the subreaper of every
+/// tree it starts. Children are started with [`Held::launch`] and
+/// [`ChildSpec::own_group`], and reaped by [`Fleet::wait`].
+pub struct Fleet {
+    signals: SigSet,
+    old_mask: SigSet,
+}
+
+/// What one [`Fleet::wait`] saw.
+#[derive(Debug, Default)]
+pub struct FleetEvents {
+    /// Children that ended: pid and exit code (128 + signal if a signal
+    /// ended it, as shells say). Orphans of the trees are reaped too, and
+    /// listed.
+    pub exited: Vec<(u32, i32)>,
+    /// A signal that asks this process to stop (INT, TERM, HUP, QUIT).
+    pub stop: Option<i32>,
+    /// SIGUSR1 arrived: someone left a request for the supervisor.
+    pub poked: bool,
+}
+
+impl Fleet {
+    pub fn new() -> std::io::Result<Fleet> {
+        let mut signals = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+            Signal::SIGUSR1,
+        ] {
+            signals.add(s);
+        }
+        let mut old_mask = SigSet::empty();
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old_mask))
+            .map_err(std::io::Error::from)?;
+        crate::sys::become_subreaper()?;
+        Ok(Fleet { signals, old_mask })
+    }
+
+    /// Waits up to `limit` for a signal, then reaps every child that has
+    /// ended (whether or not a SIGCHLD was seen: they coalesce).
+    pub fn wait(&self, limit: Duration) -> std::io::Result<FleetEvents> {
+        let mut ev = FleetEvents::default();
+        if let Some(info) = crate::sys::wait_signal_for(&self.signals, limit)? {
+            match info.signo {
+                libc::SIGCHLD => {}
+                libc::SIGUSR1 => ev.poked = true,
+                sig => ev.stop = Some(sig),
+            }
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, c)) => ev.exited.push((pid.as_raw() as u32, c)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    ev.exited.push((pid.as_raw() as u32, 128 + sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => {}
+                // ECHILD: no child at all.
+                Err(_) => break,
+            }
+        }
+        Ok(ev)
+    }
+
+    /// Sends `sig` to the process group `pgid` (a child started with
+    /// `own_group`, and what it started); `false` if the group is gone.
+    pub fn signal_group(&self, pgid: u32, sig: i32) -> bool {
+        let (Ok(pgid), Ok(sig)) = (i32::try_from(pgid), Signal::try_from(sig)) else {
+            return false;
+        };
+        nix::sys::signal::killpg(Pid::from_raw(pgid), sig).is_ok()
+    }
+
+    /// Sends `sig` to every process below this one: what left its group
+    /// (a daemonizing grandchild) is still in the tree, as an orphan of
+    /// ours.
+    pub fn signal_all(&self, sig: i32) {
+        if let Ok(sig) = Signal::try_from(sig) {
+            signal_tree(std::process::id(), sig);
+        }
+    }
+
+    /// Whether any process is left below this one.
+    pub fn any_left(&self) -> bool {
+        !crate::sys::descendants(std::process::id()).is_empty()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+    }
 }
 
 #[cfg(test)]
