@@ -10,6 +10,8 @@ pub const MIN_PORT: i64 = 1024;
 /// The longest lease TTL: a year.
 pub const MAX_TTL_MS: i64 = 366 * 86_400_000;
 pub const MAX_METADATA_BYTES: usize = 4096;
+/// The most claims one `claim_many` makes (a stack's services).
+pub const MAX_CLAIM_BATCH: usize = 64;
 
 /// Ports that dev tools and databases take by default, which allocation
 /// from a range never hands out (a port asked for by number still may):

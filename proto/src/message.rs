@@ -18,6 +18,12 @@ pub enum Op {
     /// The broker's own state: version, pid, counts, paths.
     Status,
     Claim(ClaimArgs),
+    /// Claims every one of `claims`, or (if one fails) none: a stack's
+    /// ports in one step (`pb up`). No descriptors travel with the reply;
+    /// a claim of each id again hands them over.
+    ClaimMany {
+        claims: Vec<ClaimArgs>,
+    },
     /// Releases the leases `target` names, and those each of `more` names:
     /// all of them, or (if any target is bad) none.
     Release {
@@ -360,6 +366,12 @@ pub struct ClaimReply {
     pub existing: bool,
     /// The addresses of the attached descriptors, in order.
     pub fds: Vec<String>,
+}
+
+/// What `claim_many` claimed, in the order asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimManyReply {
+    pub claims: Vec<ClaimReply>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

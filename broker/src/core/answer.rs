@@ -62,6 +62,7 @@ answers! {
     Status(StatusReply),
     Lease(LeaseInfo),
     Claim(ClaimReply),
+    ClaimMany(ClaimManyReply),
     Release(ReleaseReply),
     Find(FindReply),
     Who(WhoReply),

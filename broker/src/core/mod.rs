@@ -39,9 +39,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pb_platform::{BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, SocketPool};
 use pb_proto::{
-    ClaimArgs, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo, LoginCodeReply, LoginReply,
-    Op, Owner, ReleaseReply, ReleaseTarget, ShutdownReply, StatusReply, WireError,
-    PROTOCOL_VERSION,
+    ClaimArgs, ClaimManyReply, ClaimReply, ErrorCode, FindReply, IpFamily, LeaseInfo,
+    LoginCodeReply, LoginReply, Op, Owner, ReleaseReply, ReleaseTarget, ShutdownReply, StatusReply,
+    WireError, PROTOCOL_VERSION,
 };
 
 use crate::config::Config;
@@ -163,6 +163,8 @@ pub enum Undo {
     },
     /// A lock grant: the holding ends (and passes on to the queue).
     Lock { name: String, token: u64 },
+    /// Several, taken back last first.
+    Batch(Vec<Undo>),
 }
 
 impl Outcome {
@@ -719,6 +721,7 @@ impl Core {
         match op {
             Op::Status => Ok(Outcome::of(self.status())),
             Op::Claim(args) => self.claim(caller, args),
+            Op::ClaimMany { claims } => self.claim_many(caller, claims),
             Op::Release { target, more } => self.release(caller, &target, &more),
             Op::Find { pattern } => self.find(pattern.as_deref()),
             Op::Get { id } => {
@@ -923,6 +926,60 @@ impl Core {
                 Ok(Some(p.id))
             }
         }
+    }
+
+    /// Claims all of `claims` or none: each is applied as a claim alone
+    /// would be; the first that fails takes back those before it (the log
+    /// shows them released, reason "batch"), and its error, naming it, is
+    /// the answer.
+    fn claim_many(
+        &mut self,
+        caller: &Caller,
+        claims: Vec<ClaimArgs>,
+    ) -> Result<Outcome, WireError> {
+        if claims.is_empty() || claims.len() > rules::MAX_CLAIM_BATCH {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "claim_many takes 1 to {} claims, not {}",
+                    rules::MAX_CLAIM_BATCH,
+                    claims.len()
+                ),
+            ));
+        }
+        for (i, a) in claims.iter().enumerate() {
+            if a.fds {
+                return Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("claim {i} ({}): claim_many hands over no descriptors; claim the id again for them", a.id),
+                ));
+            }
+            if claims[..i].iter().any(|b| b.id == a.id) {
+                return Err(WireError::new(
+                    ErrorCode::IdConflict,
+                    format!("{} is claimed twice in one claim_many", a.id),
+                ));
+            }
+        }
+        let mut replies = Vec::with_capacity(claims.len());
+        let mut undo = Vec::new();
+        for a in claims {
+            let id = a.id.clone();
+            match self.claim(caller, a) {
+                Ok(out) => {
+                    undo.extend(out.undo);
+                    replies.push(out.result.into_reply::<ClaimReply>()?);
+                }
+                Err(e) => {
+                    self.undo_for(Undo::Batch(undo), "batch");
+                    return Err(WireError::new(e.code, format!("{id}: {}", e.message)));
+                }
+            }
+        }
+        Ok(Outcome {
+            undo: Some(Undo::Batch(undo)),
+            ..Outcome::of(ClaimManyReply { claims: replies })
+        })
     }
 
     fn claim(&mut self, caller: &Caller, a: ClaimArgs) -> Result<Outcome, WireError> {
@@ -1315,9 +1372,20 @@ impl Core {
     /// claim's lease ends and the id remembers the port it remembered
     /// before; a lock grant ends.
     pub fn undo(&mut self, undo: Undo) {
+        self.undo_for(undo, "undelivered")
+    }
+
+    /// [`undo`](Core::undo), saying why in the log.
+    fn undo_for(&mut self, undo: Undo, reason: &str) {
         let (id, sticky_before) = match undo {
             Undo::Claim { id, sticky_before } => (id, sticky_before),
             Undo::Lock { name, token } => return self.undo_lock(&name, token),
+            Undo::Batch(all) => {
+                for u in all.into_iter().rev() {
+                    self.undo_for(u, reason);
+                }
+                return;
+            }
         };
         match self.end_leases(std::slice::from_ref(&id)) {
             Ok(ended) => {
@@ -1326,7 +1394,7 @@ impl Core {
                         EventKind::ServiceRelease,
                         &l.id,
                         None,
-                        serde_json::json!({ "port": l.port, "reason": "undelivered" }),
+                        serde_json::json!({ "port": l.port, "reason": reason }),
                     );
                 }
             }

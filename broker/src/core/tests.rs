@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use pb_proto::{
-    AgentArgs, ClaimArgs, ClaimReply, ErrorCode, FindReply, HistoryReply, LockArgs, LockInfo,
-    LockOwnerArg, LockReply, Op, PublishReply, ReleaseReply,
+    AgentArgs, ClaimArgs, ClaimManyReply, ClaimReply, ErrorCode, FindReply, HistoryReply, LockArgs,
+    LockInfo, LockOwnerArg, LockReply, Op, PublishReply, ReleaseReply,
 };
 
 use super::answer::ReplyType;
@@ -405,4 +405,77 @@ fn an_expired_holding_passes_to_the_head_of_the_queue_with_a_higher_token() {
         let err = lock(&core).apply(&me(), unlock("a")).unwrap_err();
         assert_eq!(err.code, ErrorCode::Held, "{}", err.message);
     });
+}
+
+#[test]
+fn claim_many_claims_all_or_none() {
+    let mut core = core();
+    let taken: ClaimReply = reply(claim(&mut core, "other:db"));
+    let want = |id: &str, port: Option<u16>| ClaimArgs {
+        id: id.into(),
+        port: port.map(i64::from),
+        ..Default::default()
+    };
+    // The third fails (its port is leased): the two before it are taken
+    // back, and the error names it.
+    let err = core
+        .apply(
+            &me(),
+            Op::ClaimMany {
+                claims: vec![
+                    want("shop:api", None),
+                    want("shop:web", None),
+                    want("shop:db", Some(taken.lease.port)),
+                ],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::PortTaken, "{}", err.message);
+    assert!(err.message.starts_with("shop:db: "), "{}", err.message);
+    assert_eq!(ids(&mut core), ["other:db"]);
+    let all: ClaimManyReply = reply(core.apply(
+        &me(),
+        Op::ClaimMany {
+            claims: vec![want("shop:api", None), want("shop:web", None)],
+        },
+    ));
+    let ports: Vec<u16> = all.claims.iter().map(|c| c.lease.port).collect();
+    assert_eq!(ids(&mut core), ["other:db", "shop:api", "shop:web"]);
+    assert!(ports.iter().all(|p| !bindable(*p)), "{ports:?} held");
+    // Undone as one when the reply is not delivered.
+    let out = core
+        .apply(
+            &me(),
+            Op::ClaimMany {
+                claims: vec![want("x:a", None), want("x:b", None)],
+            },
+        )
+        .unwrap();
+    core.undo(out.undo.expect("a batch undo"));
+    assert_eq!(ids(&mut core), ["other:db", "shop:api", "shop:web"]);
+    // Bad batches change nothing.
+    for (claims, code) in [
+        (Vec::new(), ErrorCode::InvalidRequest),
+        (
+            vec![want("y:a", None), want("y:a", None)],
+            ErrorCode::IdConflict,
+        ),
+        (
+            vec![ClaimArgs {
+                fds: true,
+                ..want("y:b", None)
+            }],
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            (0..=crate::rules::MAX_CLAIM_BATCH)
+                .map(|i| want(&format!("y:s{i}"), None))
+                .collect(),
+            ErrorCode::InvalidRequest,
+        ),
+    ] {
+        let err = core.apply(&me(), Op::ClaimMany { claims }).unwrap_err();
+        assert_eq!(err.code, code, "{}", err.message);
+    }
+    assert_eq!(ids(&mut core), ["other:db", "shop:api", "shop:web"]);
 }

@@ -24,11 +24,11 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use pb_platform::supervise::{self, ChildSpec, Fleet};
 use pb_proto::paths::Paths;
 use pb_proto::shim::{PortMap, ENV_MAP};
-use pb_proto::{ClaimArgs, ClaimReply, Client, IpFamily, Op, Owner, ReleaseTarget};
+use pb_proto::{ClaimArgs, ClaimManyReply, ClaimReply, Client, IpFamily, Op, Owner, ReleaseTarget};
 
 use super::env;
 use super::file::{PortWant, Ready, Restart, Service, Stack, Take};
@@ -172,54 +172,89 @@ fn direct_words(command: &str) -> Option<Vec<String>> {
     Some(words)
 }
 
-/// Claims every port of the stack on one connection, the listeners handed
-/// over; all or nothing: if one claim fails, those made are released.
+/// Claims every port of the stack in one request, all or nothing
+/// (`claim_many`); then, on the same connection, each id again for the
+/// listeners of those that take a descriptor. Nothing is held if any step
+/// fails.
 fn claim_all(client: &mut Client, stack: &Stack) -> Result<HashMap<String, (u16, Vec<OwnedFd>)>> {
+    let with_port: Vec<&Service> = stack
+        .services
+        .iter()
+        .filter(|s| s.port != PortWant::None)
+        .collect();
     let mut got: HashMap<String, (u16, Vec<OwnedFd>)> = HashMap::new();
-    let mut made: Vec<String> = Vec::new();
-    for s in &stack.services {
-        let (port, fallback) = match s.port {
-            PortWant::None => continue,
-            PortWant::Any => (None, false),
-            PortWant::Exact(p) => (Some(i64::from(p)), false),
-            PortWant::Preferred(p) => (Some(i64::from(p)), true),
-        };
-        let fds = matches!(s.take, Take::Auto | Take::Fd);
-        let args = ClaimArgs {
-            id: s.id.clone(),
-            port,
-            fallback,
-            range: stack.range.map(|(a, b)| (i64::from(a), i64::from(b))),
-            fds,
-            family: fds.then_some(IpFamily::V4),
-            // The leases end with this supervisor, whatever ends it.
-            session: true,
-            owner: Owner::Caller,
-            ..ClaimArgs::default()
-        };
-        match client.call_as::<ClaimReply>(Op::Claim(args)) {
-            Ok((r, _)) if r.existing => {
-                release(client, &made);
-                bail!(
-                    "service {}: {} is already claimed (port {}): is this stack up elsewhere? `pb release {}` frees it",
-                    s.name,
-                    s.id,
-                    r.lease.port,
-                    s.id
-                );
+    if with_port.is_empty() {
+        return Ok(got);
+    }
+    let claims = with_port
+        .iter()
+        .map(|s| {
+            let (port, fallback) = match s.port {
+                PortWant::Exact(p) => (Some(i64::from(p)), false),
+                PortWant::Preferred(p) => (Some(i64::from(p)), true),
+                PortWant::Any | PortWant::None => (None, false),
+            };
+            ClaimArgs {
+                id: s.id.clone(),
+                port,
+                fallback,
+                range: stack.range.map(|(a, b)| (i64::from(a), i64::from(b))),
+                // The leases end with this supervisor, whatever ends it.
+                session: true,
+                owner: Owner::Caller,
+                ..ClaimArgs::default()
             }
-            Ok((r, fds)) => {
-                made.push(s.id.clone());
-                got.insert(s.name.clone(), (r.lease.port, fds));
-            }
-            Err(e) => {
-                release(client, &made);
-                return Err(anyhow!("service {}: {e}", s.name)).context(format!(
-                    "no port of {} is held and nothing started",
-                    stack.id()
-                ));
+        })
+        .collect();
+    let nothing = || format!("no port of {} is held and nothing started", stack.id());
+    let (reply, _): (ClaimManyReply, _) = match client.call_as(Op::ClaimMany { claims }) {
+        Ok(r) => r,
+        Err(e) => {
+            // The broker names the id that failed: say which service it is.
+            let text = e.to_string();
+            let named = with_port.iter().find_map(|s| {
+                let rest = text.split_once(&format!("{}: ", s.id))?.1;
+                Some(format!("service {}: {rest}", s.name))
+            });
+            bail!("{}; {}", named.unwrap_or(text), nothing());
+        }
+    };
+    let made: Vec<String> = reply
+        .claims
+        .iter()
+        .filter(|c| !c.existing)
+        .map(|c| c.lease.id.clone())
+        .collect();
+    if let Some(c) = reply.claims.iter().find(|c| c.existing) {
+        release(client, &made);
+        bail!(
+            "{} is already claimed (port {}): is this stack up elsewhere? `pb release {}` frees it; {}",
+            c.lease.id,
+            c.lease.port,
+            c.lease.id,
+            nothing()
+        );
+    }
+    for (s, c) in with_port.iter().zip(&reply.claims) {
+        let mut fds = Vec::new();
+        if matches!(s.take, Take::Auto | Take::Fd) {
+            let again = ClaimArgs {
+                id: s.id.clone(),
+                fds: true,
+                family: Some(IpFamily::V4),
+                session: true,
+                owner: Owner::Caller,
+                ..ClaimArgs::default()
+            };
+            match client.call_as::<ClaimReply>(Op::Claim(again)) {
+                Ok((_, f)) => fds = f,
+                Err(e) => {
+                    release(client, &made);
+                    bail!("service {}: {e}; {}", s.name, nothing());
+                }
             }
         }
+        got.insert(s.name.clone(), (c.lease.port, fds));
     }
     Ok(got)
 }

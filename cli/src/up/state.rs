@@ -77,7 +77,9 @@ impl StackHome {
     /// Takes the stack's lock for this supervisor; `None` while another
     /// holds it (the stack is up).
     pub fn lock(&self) -> Result<Option<FileLock>> {
-        std::fs::create_dir_all(self.dir.join("requests"))
+        // Private, as the rest of pb's state: logs can hold secrets.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(self.dir.join("requests"))
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let path = self.dir.join("lock");
         let file = OpenOptions::new()
