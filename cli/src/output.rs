@@ -148,12 +148,23 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
         return;
     }
     let width = leases.iter().map(|l| l.id.len()).max().unwrap_or(2).max(2);
+    // A STACK column only when some lease is a stack's (`pb up`).
+    let stacks = leases
+        .iter()
+        .filter_map(|l| l.stack.as_ref().map(|s| s.len()))
+        .max()
+        .map(|w| w.max(5));
+    let stack_cell = |s: Option<&str>| match stacks {
+        Some(w) => format!("{:<w$}  ", s.unwrap_or("-")),
+        None => String::new(),
+    };
     outln!(
-        "{:<width$}  {:>5}  {:<14}  {:<6}  {:>7}  {:>7}  {:>5}  COMMAND",
+        "{:<width$}  {:>5}  {:<14}  {:<6}  {}{:>7}  {:>7}  {:>5}  COMMAND",
         "ID",
         "PORT",
         "STATE",
         "SERVED",
+        stack_cell(Some("STACK")),
         "PID",
         "EXPIRES",
         "AGE"
@@ -176,9 +187,10 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
             None => "?",
         };
         outln!(
-            "{:<width$}  {:>5}  {state:<14}  {served:<6}  {:>7}  {:>7}  {:>5}  {}",
+            "{:<width$}  {:>5}  {state:<14}  {served:<6}  {}{:>7}  {:>7}  {:>5}  {}",
             l.id,
             l.port,
+            stack_cell(l.stack.as_deref()),
             pid,
             expires,
             human_ms(now.saturating_sub(l.created_ms)),

@@ -28,6 +28,7 @@ function clearError() {
 
 const parts = {
   services: { path: "/services", draw: (r) => view.services(r.services, { release: releaseService }) },
+  stacks: { path: "/stacks", draw: (r) => view.stacks(r.stacks, { restart: restartService, logs: stackLog }) },
   locks: { path: "/locks", draw: (r) => view.locks(r.locks, { release: releaseLock }) },
   agents: { path: "/agents", draw: (r) => view.agents(r.agents) },
   channels: { path: "/channels", draw: (r) => view.channels(r.channels, { showSystem: $("show-system").checked, pick: tail }) },
@@ -68,6 +69,7 @@ function touched(action) {
     case "agent": return ["agents", "services", "locks"];
     case "message": case "channel": return ["channels"];
     case "webhook": return ["webhooks"];
+    case "stack": return ["stacks", "services"];
     default: return Object.keys(parts);
   }
 }
@@ -88,6 +90,51 @@ function releaseService(s) {
   act(async () => {
     await request("DELETE", `/release/${seg(s.id)}`);
     reload("services");
+  });
+}
+
+function restartService(st, s) {
+  if (!confirm(`Restart ${s.name} of ${st.id}? Its socket is kept: requests sent meanwhile wait for the new process.`)) return;
+  act(async () => {
+    await request("POST", `/stacks/${seg(st.id)}/services/${seg(s.name)}/restart`);
+  });
+}
+
+// The output of one stack's service, followed live (its pub/sub channel).
+let logStream = null;
+let logCall = 0;
+
+async function stackLog(st, s) {
+  const call = ++logCall;
+  logStream?.close();
+  logStream = null;
+  const channel = `pb:log:${st.id}:${s.name}`;
+  $("stack-log-box").hidden = false;
+  $("stack-log-h").textContent = `Output of ${s.name} (${st.id})`;
+  const list = $("stack-log");
+  list.replaceChildren();
+  const add = (m) => {
+    if (list.querySelector(`[data-id="${m.id}"]`)) return;
+    list.prepend(view.logLine(m));
+    while (list.children.length > KEEP) list.lastElementChild.remove();
+  };
+  let since = 0;
+  try {
+    const r = await get(`/msg/${seg(channel)}?limit=${KEEP}`);
+    if (call !== logCall) return;
+    for (const m of r.messages) {
+      add(m);
+      since = Math.max(since, m.id);
+    }
+  } catch (e) {
+    if (call === logCall) showError(e);
+    return;
+  }
+  logStream = follow(() => `/subscribe/${seg(channel)}?since=${since}`, {
+    onEvent: (m) => {
+      since = Math.max(since, m.id);
+      add(m);
+    },
   });
 }
 
@@ -214,6 +261,9 @@ function start() {
       touched(e.action).forEach(reload);
     },
   });
+  // Stacks' states change without an event (a service becomes ready):
+  // their supervisors' every report comes on channel pb:stacks.
+  follow(() => "/subscribe/pb%3Astacks", { onEvent: () => reload("stacks") });
   follow(() => "/listeners/stream", {
     onOpen: () => liveness("listeners", true),
     onDown: () => liveness("listeners", false),

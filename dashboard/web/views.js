@@ -167,3 +167,35 @@ export function entry(e) {
 export function activityEmpty() {
   return h("li", { class: "empty" }, "Nothing has happened yet. Claims, locks, messages and agents show up here as they happen.");
 }
+
+/** Running stacks (`pb up`): each a table of its services. */
+export function stacks(list, { restart, logs }) {
+  count("stacks-count", list.length);
+  const items = list.map((st) =>
+    h("div", { class: "stack", dataset: { stack: st.id } },
+      h("h3", {}, h("span", { class: "id" }, st.id), " ",
+        h("span", { class: `tag ${st.status === "up" ? "ok" : st.status === "failed" ? "bad" : "warn"}` }, st.status),
+        h("span", { class: "muted small" }, ` supervisor pid ${st.supervisor} · `, h("code", {}, st.file))),
+      h("div", { class: "scroll", tabindex: 0, role: "region", "aria-label": `Services of ${st.id}` },
+        h("table", {},
+          h("thead", {}, h("tr", {}, ["Service", "State", "Port", "Process", "Restarts"].map((t) => h("th", { scope: "col" }, t)),
+            h("th", { scope: "col" }, h("span", { class: "sr" }, "Actions")))),
+          h("tbody", {}, st.services.map((s) =>
+            h("tr", { dataset: { service: s.name } },
+              h("th", { scope: "row" }, s.name),
+              h("td", {}, h("span", { class: `tag ${s.ready ? "ok" : s.state === "exited" ? "bad" : "warn"}` }, s.state)),
+              h("td", { class: "num" }, s.port
+                ? h("a", { href: `http://localhost:${s.port}/`, target: "_blank", rel: "noopener noreferrer" }, s.port)
+                : h("span", { class: "muted" }, "no port")),
+              h("td", {}, s.pid ? proc(s.pid, null) : h("span", { class: "muted" }, "none")),
+              h("td", { class: "num" }, s.restarts),
+              h("td", { class: "actions" },
+                h("button", { type: "button", "aria-label": `Output of ${st.id} ${s.name}`, onclick: () => logs(st, s) }, "Output"),
+                h("button", { type: "button", class: "danger", "aria-label": `Restart ${st.id} ${s.name}`, onclick: () => restart(st, s) }, "Restart")))))))));
+  fill($("stacks-list"), items.length ? items : [h("p", { class: "empty" }, "No stacks: try ", cmd("pb up -d"), " beside a pb.toml, .portdaddyrc or Procfile.")]);
+}
+
+/** One line a stack's service printed. */
+export function logLine(m) {
+  return h("li", { dataset: { id: m.id } }, ago(m.time_ms), " ", h("code", { class: "payload" }, m.data?.line ?? ""));
+}

@@ -10,12 +10,14 @@ pub mod frame;
 pub mod message;
 pub mod paths;
 pub mod shim;
+pub mod stack;
 pub mod webhook;
 
 pub use client::Client;
 pub use coord::*;
 pub use error::{ErrorCode, WireError};
 pub use message::*;
+pub use stack::*;
 pub use webhook::*;
 
 /// The protocol version this build speaks. Every request carries it in `v`.

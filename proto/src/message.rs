@@ -154,6 +154,28 @@ pub enum Op {
     /// The activity log, filtered; with `follow`, a stream.
     Activity(ActivityArgs),
 
+    // Stacks (proto/src/stack.rs).
+    /// A stack's supervisor reports its state, and what happened if
+    /// `event`: the stack is this connection's until it closes.
+    StackReport {
+        stack: crate::StackInfo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<crate::StackEvent>,
+    },
+    /// Every stack of the caller's user.
+    Stacks,
+    /// Asks a stack's supervisor to restart one service (its socket kept).
+    StackRestart {
+        stack: String,
+        service: String,
+    },
+    /// A stack's output, from its supervisor: each line is posted on
+    /// pub/sub channel `pb:log:STACK:SERVICE` (retained as messages are).
+    StackLog {
+        stack: String,
+        lines: Vec<crate::StackLogLine>,
+    },
+
     // Webhooks (proto/src/webhook.rs has the argument and reply types).
     /// Registers a webhook; the reply carries its secret, shown only here.
     WebhookAdd(WebhookArgs),
@@ -353,6 +375,9 @@ pub struct LeaseInfo {
     /// The agent that claimed it, if any.
     #[serde(default)]
     pub agent: Option<String>,
+    /// The stack (`pb up`) whose service it is, in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
     /// The process (the shell that ran `pb claim`) whose exit ends this
     /// number-only lease while no app has adopted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

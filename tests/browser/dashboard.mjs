@@ -163,6 +163,35 @@ const scenarios = {
     assert.equal(await page.getByLabel("Message (JSON, or text)").inputValue(), "hello");
   },
 
+  // A stack (pb up -d, started by the test): its services' states, one
+  // service's output followed live, and a restart from the page.
+  async stack_live() {
+    await logIn();
+    const api = row("stacks", "service", "api");
+    await api.waitFor();
+    await api.locator(".tag", { hasText: "ready" }).waitFor();
+    assert.equal((await api.locator("td").nth(3).innerText()).trim(), "0", "no restart yet");
+    const navigations = [];
+    page.on("framenavigated", (f) => f === page.mainFrame() && navigations.push(f.url()));
+    await page.getByRole("button", { name: "Output of shop ticker", exact: true }).click();
+    const out = page.getByRole("list", { name: "Output of ticker (shop)" });
+    await out.locator("li", { hasText: "tick" }).first().waitFor();
+    const first = await out.locator("li").count();
+    // New lines arrive as the service prints them.
+    await page.waitForFunction((n) => document.querySelectorAll("#stack-log li").length > n, first);
+    page.once("dialog", (d) => {
+      assert.match(d.message(), /Restart api of shop/);
+      d.accept();
+    });
+    await page.getByRole("button", { name: "Restart shop api", exact: true }).click();
+    // The restart comes back as an event: the row follows without a reload.
+    await page.waitForFunction(() => {
+      const r = document.querySelector('#stacks tr[data-service="api"]');
+      return r && /ready/.test(r.innerText) && /\b1\s*$/m.test(r.cells[4].innerText);
+    });
+    assert.deepEqual(navigations, [], "no reload");
+  },
+
   // A webhook's deliveries, open on the page, follow each attempt.
   async webhook_live() {
     await logIn();

@@ -127,6 +127,64 @@ fn a_message_from_the_cli_shows_in_the_live_tail() {
     not(pb_browser),
     ignore = "needs chromium and playwright-core (tests/build.rs)"
 )]
+fn a_stack_shows_live_with_its_output_and_restarts_from_the_page() {
+    let broker = broker();
+    let dir = tempfile::tempdir().unwrap();
+    for app in ["api.py", "ticker.py"] {
+        std::fs::copy(tests_dir().join("stacks").join(app), dir.path().join(app)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("pb.toml"),
+        "project = \"shop\"\n\
+         [services.api]\ncmd = \"python3 api.py\"\n\
+         [services.ticker]\ncmd = \"python3 ticker.py\"\nno_port = true\n",
+    )
+    .unwrap();
+    let up = broker
+        .cmd()
+        .args(["up", "-d"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    scenario(&broker, "stack_live", &[]);
+    let status = broker
+        .cmd()
+        .args(["-j", "up", "--status"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let api = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "api")
+        .unwrap()
+        .clone();
+    assert_eq!(api["restarts"], 1, "{status}");
+    let down = broker
+        .cmd()
+        .arg("down")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(pb_browser),
+    ignore = "needs chromium and playwright-core (tests/build.rs)"
+)]
 fn webhook_deliveries_update_live() {
     let broker = broker();
     let port = broker.range.1 - 1;

@@ -622,3 +622,162 @@ fn bad_stack_files_are_refused_whole_and_start_nothing() {
     let (ok3, _, err) = pb_in(&broker, first.path(), &["down"]);
     assert!(ok3, "{err}");
 }
+
+/// `curl` to the broker's HTTP API: its status and JSON body.
+fn http(broker: &Broker, method: &str, path: &str) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(
+            ["-H", "Content-Type: application/json", "-d", "{}"]
+                .iter()
+                .filter(|_| method == "POST"),
+        )
+        .arg(format!("{}{path}", broker.http_url()))
+        .output()
+        .unwrap();
+    pb_tests::curl_status_json(&out.stdout)
+}
+
+fn actions(broker: &Broker) -> Vec<(String, String, Value)> {
+    broker
+        .activity(&["--action", "stack.*", "-n", "100"])
+        .into_iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["target"].as_str().unwrap().to_string(),
+                e["details"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_broker_knows_each_stack_lists_it_logs_it_and_relays_restarts() {
+    let broker = Broker::start();
+    let dir = stack_dir(
+        "pb.toml",
+        r#"
+project = "shop"
+
+[services.api]
+cmd = "python3 api.py"
+
+[services.flaky]
+cmd = "if [ ! -e crashed ]; then touch crashed; exit 3; fi; exec python3 worker.py"
+no_port = true
+restart = "on-failure"
+"#,
+    );
+    let (ok, _, err) = pb_in(&broker, dir.path(), &["up", "-d"]);
+    assert!(ok, "{err}");
+    // pb find says whose service a lease is.
+    let find = broker.pb_json(&["find"]);
+    assert_eq!(find["services"][0]["stack"], "shop", "{find}");
+    let table = broker.pb_ok(&["find"]);
+    assert!(table.lines().next().unwrap().contains("STACK"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("shop:api") && l.contains(" shop ")),
+        "{table}"
+    );
+    // The HTTP API lists it, with its services' states.
+    let (code, body) = http(&broker, "GET", "/stacks");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["count"], 1);
+    let stack = &body["stacks"][0];
+    assert_eq!(stack["id"], "shop");
+    assert_eq!(stack["status"], "up");
+    let api = service(stack, "api");
+    assert_eq!(api["state"], "ready");
+    let old_pid = api["pid"].as_u64().unwrap();
+    // A restart asked over HTTP reaches the supervisor.
+    let (code, body) = http(&broker, "POST", "/stacks/shop/services/api/restart");
+    assert_eq!(
+        (code, &body["requested"]),
+        (200, &Value::Bool(true)),
+        "{body}"
+    );
+    let back = wait_until(Duration::from_secs(15), || {
+        let s = status(&broker, dir.path());
+        let a = service(&s, "api").clone();
+        (a["pid"].as_u64() != Some(old_pid) && a["ready"] == true).then_some(a)
+    })
+    .expect("api restarted");
+    assert_eq!(back["restarts"], 1);
+    // ... and bad ones change nothing.
+    let (code, body) = http(&broker, "POST", "/stacks/shop/services/nope/restart");
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (code, body) = http(&broker, "POST", "/stacks/other/services/api/restart");
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    // The activity log has what happened, and webhooks may ask for it.
+    let events = broker.pb_ok(&["webhook", "events"]);
+    for kind in ["stack.up", "stack.down", "stack.restart", "stack.crash"] {
+        assert!(events.contains(kind), "{events}");
+    }
+    let (ok, _, err) = pb_in(&broker, dir.path(), &["down"]);
+    assert!(ok, "{err}");
+    let got = actions(&broker);
+    let kinds: Vec<&str> = got.iter().map(|(a, _, _)| a.as_str()).collect();
+    for kind in [
+        "stack.crash",
+        "stack.up",
+        "stack.restart_requested",
+        "stack.restart",
+        "stack.down",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {got:?}");
+    }
+    assert!(got.iter().all(|(_, target, _)| target == "shop"), "{got:?}");
+    let crash = got.iter().find(|(a, _, _)| a == "stack.crash").unwrap();
+    assert_eq!(crash.2["service"], "flaky");
+    assert!(
+        crash.2["detail"].as_str().unwrap().contains("exit code 3"),
+        "{crash:?}"
+    );
+    let restart = got.iter().find(|(a, _, _)| a == "stack.restart").unwrap();
+    assert_eq!(restart.2["service"], "api");
+    let (_, body) = http(&broker, "GET", "/stacks");
+    assert_eq!(body["count"], 0, "{body}");
+
+    // A supervisor killed outright: its stack is gone with its connection.
+    let (ok, _, err) = pb_in(&broker, dir.path(), &["up", "-d"]);
+    assert!(ok, "{err}");
+    let s = status(&broker, dir.path());
+    let sup = s["supervisor"].as_u64().unwrap() as i32;
+    let children = pids(&s);
+    // SAFETY: the supervisor `pb up -d` started for this test.
+    unsafe { libc::kill(sup, libc::SIGKILL) };
+    let gone = wait_until(Duration::from_secs(10), || {
+        actions(&broker)
+            .into_iter()
+            .filter(|(a, _, _)| a == "stack.down")
+            .find(|(_, _, d)| d["detail"] == "its supervisor went away")
+    });
+    assert!(gone.is_some(), "{:?}", actions(&broker));
+    let (_, body) = http(&broker, "GET", "/stacks");
+    assert_eq!(body["count"], 0, "{body}");
+    // Its services were its own children's trees: end them, as the test
+    // started them (by pid).
+    for pid in children {
+        // SAFETY: pids of this test's stack.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}

@@ -440,7 +440,7 @@ fn daemon_start_and_stop_are_delivered() {
         "{events:?}"
     );
     let events = b.pb_json(&["webhook", "events"]);
-    assert_eq!(events["events"].as_array().unwrap().len(), 12);
+    assert_eq!(events["events"].as_array().unwrap().len(), 16);
 }
 
 #[test]

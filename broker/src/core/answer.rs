@@ -93,6 +93,10 @@ answers! {
     WebhookTest(WebhookTestReply),
     Deliveries(DeliveriesReply),
     WebhookEvents(WebhookEventsReply),
+    Stack(StackInfo),
+    Stacks(StacksReply),
+    StackRestart(StackRestartReply),
+    StackLog(StackLogReply),
 }
 
 impl Answer {

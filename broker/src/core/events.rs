@@ -58,6 +58,14 @@ pub enum EventKind {
     AgentStale,
     /// A webhook delivery attempt ended: delivered, failed, or retrying.
     WebhookAttempt,
+    /// A stack's supervisor reported every service ready.
+    StackUp,
+    StackDown,
+    StackRestart,
+    /// A service of a stack ended on its own.
+    StackCrash,
+    /// A client asked a stack's supervisor to restart a service.
+    StackRestartRequested,
     DaemonStart,
     DaemonStop,
     /// Retention trims and other housekeeping that removed data.
@@ -103,6 +111,11 @@ impl EventKind {
             AgentUnregister => "agent.unregister",
             AgentStale => "agent.stale",
             WebhookAttempt => "webhook.attempt",
+            StackUp => "stack.up",
+            StackDown => "stack.down",
+            StackRestart => "stack.restart",
+            StackCrash => "stack.crash",
+            StackRestartRequested => "stack.restart_requested",
             DaemonStart => "daemon.start",
             DaemonStop => "daemon.stop",
             Cleanup => "cleanup",

@@ -25,6 +25,7 @@ pub mod facts;
 pub mod jobs;
 pub mod locks;
 pub mod pubsub;
+pub mod stacks;
 pub mod stream;
 pub mod webhooks;
 
@@ -274,6 +275,7 @@ impl Lease {
             command: self.owner_command.clone(),
             agent: r.agent.clone(),
             claimant: self.claimant.map(|p| p.pid),
+            stack: None,
         }
     }
 }
@@ -304,6 +306,7 @@ pub struct Core {
     pub(crate) locks: Locks,
     pub(crate) pubsub: PubSub,
     pub(crate) agents: Agents,
+    pub(crate) stacks: crate::core::stacks::Stacks,
     /// The HTTP API's base URL once it listens (for login URLs).
     http_base: Option<String>,
     http_off: Option<String>,
@@ -335,6 +338,7 @@ impl Core {
             locks: Locks::default(),
             pubsub: PubSub::default(),
             agents: Agents::default(),
+            stacks: Default::default(),
             http_base: None,
             http_off: None,
             logins: Logins::default(),
@@ -446,6 +450,7 @@ impl Core {
     /// ownership follows the socket. The reaper decides, off this thread.
     pub fn close_session(&mut self, session: SessionId) {
         self.connections = self.connections.saturating_sub(1);
+        self.stacks_session_closed(session);
         let mut ids = Vec::new();
         for l in self
             .leases
@@ -763,6 +768,10 @@ impl Core {
                 shutdown: true,
                 ..Outcome::of(ShutdownReply { stopping: true })
             }),
+            Op::StackReport { stack, event } => self.stack_report(caller, stack, event),
+            Op::Stacks => Ok(self.stacks_list(caller)),
+            Op::StackRestart { stack, service } => self.stack_restart(caller, &stack, &service),
+            Op::StackLog { stack, lines } => self.stack_log(caller, &stack, lines),
             Op::WebhookAdd(a) => self.webhook_add(a),
             Op::Webhooks => Ok(self.webhooks_list()),
             Op::WebhookGet { id } => self.webhook_get(&id),
@@ -1330,7 +1339,13 @@ impl Core {
             .leases
             .values()
             .filter(|l| pattern.as_ref().is_none_or(|p| p.matches(&l.record.id)))
-            .map(Lease::info)
+            .map(|l| LeaseInfo {
+                stack: self
+                    .stacks
+                    .of_lease(l.record.uid, &l.record.id)
+                    .map(str::to_string),
+                ..l.info()
+            })
             .collect();
         services.sort_by_key(|l| l.port);
         Ok(Outcome::of(FindReply { services }))

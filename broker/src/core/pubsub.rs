@@ -158,6 +158,17 @@ impl PubSub {
         self.deliver(msg, cfg);
     }
 
+    /// A message the broker itself posts on one of its `pb:` channels
+    /// (a stack's output): retained and delivered like any, without an
+    /// event of its own.
+    pub fn post(&mut self, id: u64, channel: String, time_ms: u64, data: Value, cfg: &CoordConfig) {
+        if !self.channels.contains_key(&channel) && self.channels.len() >= cfg.max_channels {
+            return;
+        }
+        let msg = Message::new(id, channel, time_ms, Body::Published { data, from: None });
+        self.deliver(msg, cfg);
+    }
+
     /// Drops messages older than the retention age, and emptied channels.
     pub fn trim(&mut self, now: u64, cfg: &CoordConfig) -> usize {
         let before = now.saturating_sub(cfg.retain_age_ms);

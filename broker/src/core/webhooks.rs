@@ -36,7 +36,7 @@ pub(crate) fn events_list() -> Outcome {
 }
 
 /// The event kinds a webhook can subscribe to (`GET /webhooks/events`).
-pub const WEBHOOK_KINDS: [EventKind; 12] = [
+pub const WEBHOOK_KINDS: [EventKind; 16] = [
     EventKind::ServiceClaim,
     EventKind::ServiceRelease,
     EventKind::ServiceReclaim,
@@ -47,6 +47,10 @@ pub const WEBHOOK_KINDS: [EventKind; 12] = [
     EventKind::LockAcquire,
     EventKind::LockRelease,
     EventKind::MessagePublish,
+    EventKind::StackUp,
+    EventKind::StackDown,
+    EventKind::StackRestart,
+    EventKind::StackCrash,
     EventKind::DaemonStart,
     EventKind::DaemonStop,
 ];

@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use pb_proto::paths::Paths;
+use pb_proto::{Op, StackLogLine};
+use std::sync::mpsc::{Receiver, SyncSender};
 
 /// A service's log file is rotated past this size.
 pub const LOG_MAX: u64 = 1 << 20;
@@ -106,7 +109,8 @@ fn rotated(path: &Path) -> PathBuf {
 pub type Tail = Arc<Mutex<VecDeque<String>>>;
 
 /// Reads a service's output until every writer has closed it: to the
-/// terminal, its file and its tail.
+/// terminal, its file, its tail, and the broker (`forward`; a line is
+/// dropped there, never waited for, when the broker falls behind).
 pub fn pump(
     from: File,
     index: usize,
@@ -114,6 +118,7 @@ pub fn pump(
     printer: Arc<Printer>,
     file: Arc<Mutex<LogFile>>,
     tail: Tail,
+    forward: SyncSender<StackLogLine>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(from.take(u64::MAX));
@@ -132,6 +137,11 @@ pub fn pump(
             let line = text.trim_end_matches(['\n', '\r']);
             printer.line(index, &name, line);
             file.lock().unwrap_or_else(|e| e.into_inner()).write(line);
+            let _ = forward.try_send(StackLogLine {
+                service: name.clone(),
+                time_ms: crate::up::now_ms(),
+                line: line.to_string(),
+            });
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
             if t.len() >= TAIL_LINES {
                 t.pop_front();
@@ -139,6 +149,40 @@ pub fn pump(
             t.push_back(line.to_string());
         }
     })
+}
+
+/// Lines waiting for the broker, at most.
+pub const FORWARD_QUEUE: usize = 4096;
+
+/// Sends the stack's output to the broker (`stack_log`), in batches of
+/// what has queued, so that the dashboard can follow it live. Ends when
+/// every service's reader has. A batch the broker cannot take (it is away)
+/// is dropped: the files keep everything.
+pub fn forward(paths: Paths, stack: String, from: Receiver<StackLogLine>) {
+    std::thread::spawn(move || {
+        let mut client = None;
+        while let Ok(first) = from.recv() {
+            let mut lines = vec![first];
+            while lines.len() < 512 {
+                match from.try_recv() {
+                    Ok(l) => lines.push(l),
+                    Err(_) => break,
+                }
+            }
+            if client.is_none() {
+                client = crate::connect::existing(&paths).ok();
+            }
+            let op = Op::StackLog {
+                stack: stack.clone(),
+                lines,
+            };
+            if let Some(c) = client.as_mut() {
+                if let Err(pb_proto::client::ClientError::Io(_)) = c.call(op) {
+                    client = None;
+                }
+            }
+        }
+    });
 }
 
 /// One stored line: its time, its service, its text.

@@ -21,7 +21,8 @@ use pb_proto::paths::Paths;
 
 use crate::Format;
 use file::Stack;
-use state::{StackHome, StackState};
+use pb_proto::StackInfo;
+use state::StackHome;
 
 /// Which stack a command is about.
 #[derive(clap::Args, Clone, Default)]
@@ -106,14 +107,14 @@ fn detached(a: &StackArgs, stack: &Stack, home: &StackHome) -> Result<i32> {
     print_status(&state, Format::Human);
     eprintln!(
         "pb: {} is up, supervised by pid {pid}; `pb logs -f` follows it, `pb down` stops it",
-        state.stack
+        state.id
     );
     Ok(0)
 }
 
-fn running(home: &StackHome, stack: &Stack) -> Result<StackState> {
+fn running(home: &StackHome, stack: &Stack) -> Result<StackInfo> {
     match home.load() {
-        Some(s) if s.supervisor().is_some() => Ok(s),
+        Some(s) if state::supervisor(&s).is_some() => Ok(s),
         _ => bail!("{} is not up", stack.id()),
     }
 }
@@ -125,7 +126,7 @@ pub fn status(a: &StackArgs, fmt: Format) -> Result<i32> {
     Ok(0)
 }
 
-fn print_status(s: &StackState, fmt: Format) {
+fn print_status(s: &StackInfo, fmt: Format) {
     if fmt == Format::Json {
         crate::output::print_json(s);
         return;
@@ -161,7 +162,7 @@ fn print_status(s: &StackState, fmt: Format) {
 pub fn down(a: &StackArgs) -> Result<i32> {
     let (stack, home, _) = load(a)?;
     let state = running(&home, &stack)?;
-    let sup = state.supervisor().context("the supervisor is gone")?;
+    let sup = state::supervisor(&state).context("the supervisor is gone")?;
     pb_platform::process::signal(sup, libc::SIGTERM);
     // Each service has its grace in turn; then the supervisor lets go.
     let limit = stack
@@ -186,7 +187,7 @@ pub fn down(a: &StackArgs) -> Result<i32> {
 }
 
 pub fn restart(a: &StackArgs, service: &str) -> Result<i32> {
-    let (stack, home, _) = load(a)?;
+    let (stack, home, paths) = load(a)?;
     let Some(svc) = stack.service(service) else {
         let names: Vec<&str> = stack.services.iter().map(|s| s.name.as_str()).collect();
         bail!(
@@ -201,9 +202,15 @@ pub fn restart(a: &StackArgs, service: &str) -> Result<i32> {
         .iter()
         .find(|s| s.name == service)
         .map_or(0, |s| s.restarts);
-    home.request_restart(service)?;
-    let sup = state.supervisor().context("the supervisor is gone")?;
-    pb_platform::process::signal(sup, libc::SIGUSR1);
+    // Asked of the broker, as HTTP and the dashboard ask: the supervisor
+    // follows its `stack.restart_requested` events.
+    let op = pb_proto::Op::StackRestart {
+        stack: stack.id(),
+        service: service.to_string(),
+    };
+    crate::connect::existing(&paths)?
+        .call(op)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let limit = svc.stop_grace + svc.ready_timeout + Duration::from_secs(5);
     let until = std::time::Instant::now() + limit;
     while std::time::Instant::now() < until {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use pb_platform::supervise::{self, ChildSpec, Fleet};
+use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
 use pb_proto::shim::{PortMap, ENV_MAP};
 use pb_proto::{ClaimArgs, ClaimManyReply, ClaimReply, Client, IpFamily, Op, Owner, ReleaseTarget};
@@ -33,8 +34,9 @@ use pb_proto::{ClaimArgs, ClaimManyReply, ClaimReply, Client, IpFamily, Op, Owne
 use super::env;
 use super::file::{PortWant, Ready, Restart, Service, Stack, Take};
 use super::logs::{self, LogFile, Printer, Tail};
-use super::state::{ServiceState, StackHome, StackState, Status};
+use super::state::StackHome;
 use crate::{connect, output, shim};
+use pb_proto::{StackEvent, StackEventKind, StackInfo, StackService, StackStatus as Status};
 
 /// The first wait before a crashed service starts again; it doubles with
 /// each crash in a row, up to [`MAX_BACKOFF`].
@@ -93,6 +95,8 @@ struct Unit {
     tail: Tail,
     log: Arc<Mutex<LogFile>>,
     crashes_in_a_row: u32,
+    /// Why the restart under way was asked for.
+    restart_why: Option<String>,
 }
 
 impl Unit {
@@ -329,6 +333,7 @@ pub fn supervise(paths: &Paths, stack: &Stack, home: &StackHome, quiet: bool) ->
                 log_dir.join(format!("{}.log", svc.name)),
             ))),
             crashes_in_a_row: 0,
+            restart_why: None,
         });
     }
     for u in &units {
@@ -346,9 +351,15 @@ pub fn supervise(paths: &Paths, stack: &Stack, home: &StackHome, quiet: bool) ->
     for (svc, set) in watched {
         super::watch::start(home, svc.name, svc.dir, svc.watch, set);
     }
+    follow_restart_requests(paths, stack.id(), home);
+    let (forward, queued) = mpsc::sync_channel(logs::FORWARD_QUEUE);
+    logs::forward(paths.clone(), stack.id(), queued);
     let mut sup = Supervisor {
         stack,
         home,
+        paths,
+        client,
+        forward,
         units,
         fleet,
         printer,
@@ -363,18 +374,62 @@ pub fn supervise(paths: &Paths, stack: &Stack, home: &StackHome, quiet: bool) ->
         .filter(|u| u.port.is_some())
         .map(|u| u.svc.id.clone())
         .collect();
-    release(&mut client, &ids);
+    release(&mut sup.client, &ids);
     sup.status = match sup.error {
         Some(_) => Status::Failed,
         None => Status::Down,
     };
-    sup.save();
+    let detail = sup.error.clone().unwrap_or_else(|| "stopped".into());
+    sup.event(StackEventKind::Down, None, Some(detail));
     Ok(code)
+}
+
+/// Follows the broker's `stack.restart_requested` events for this stack
+/// (`pb restart`, HTTP, the dashboard) and leaves each as a request for
+/// the supervisor, poked with SIGUSR1. Reconnects (every second) while a
+/// broker is away; returns once the first subscription is open, or after
+/// two seconds.
+fn follow_restart_requests(paths: &Paths, stack_id: String, home: &StackHome) {
+    let (paths, dir) = (paths.clone(), home.dir.clone());
+    let (opened, first) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let home = StackHome { dir };
+        let me = pb_platform::ProcessId::current();
+        let op = || Op::Subscribe {
+            patterns: vec!["pb:stack.restart_requested".into()],
+            since_id: None,
+        };
+        loop {
+            if let Ok(mut c) = connect::existing(&paths) {
+                if c.open_stream(op()).is_ok() {
+                    let _ = opened.send(());
+                    while let Ok(Some(item)) = c.next_item() {
+                        let data = &item["data"];
+                        if data["target"] != stack_id.as_str() {
+                            continue;
+                        }
+                        if let Some(service) = data["details"]["service"].as_str() {
+                            if home.request_restart(service, "requested").is_ok() {
+                                pb_platform::process::signal(me, libc::SIGUSR1);
+                            }
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let _ = first.recv_timeout(Duration::from_secs(2));
 }
 
 struct Supervisor<'a> {
     stack: &'a Stack,
     home: &'a StackHome,
+    paths: &'a Paths,
+    /// The connection the leases are claimed on, and the stack reported.
+    client: Client,
+    /// Where the services' output goes on its way to the broker.
+    forward: mpsc::SyncSender<pb_proto::StackLogLine>,
     units: Vec<Unit>,
     fleet: Fleet,
     printer: Arc<Printer>,
@@ -408,7 +463,7 @@ impl Supervisor<'_> {
                     self.units.len(),
                     self.began.elapsed().as_millis()
                 );
-                self.save();
+                self.event(StackEventKind::Up, None, None);
             }
             if self
                 .units
@@ -518,6 +573,7 @@ impl Supervisor<'_> {
             self.printer.clone(),
             u.log.clone(),
             u.tail.clone(),
+            self.forward.clone(),
         );
         u.pid = Some(pid);
         u.started = Instant::now();
@@ -660,6 +716,7 @@ impl Supervisor<'_> {
             if again {
                 u.restarts += 1;
                 self.start(i);
+                self.restarted(i);
             } else {
                 u.phase = Phase::Exited(code);
                 self.save();
@@ -678,6 +735,16 @@ impl Supervisor<'_> {
             ran.as_millis(),
             if restart { "; restarting" } else { "" }
         );
+        let name = u.svc.name.clone();
+        self.event(
+            StackEventKind::Crash,
+            Some(name),
+            Some(format!(
+                "exit code {code}{}",
+                if restart { "; restarting" } else { "" }
+            )),
+        );
+        let u = &mut self.units[i];
         if !restart {
             u.phase = Phase::Exited(code);
             let failed =
@@ -706,11 +773,16 @@ impl Supervisor<'_> {
 
     /// Restart requests left by `pb restart` (SIGUSR1 says they are there).
     fn take_requests(&mut self) {
-        for name in self.home.take_restarts() {
+        for (name, why) in self.home.take_restarts() {
             let Some(i) = self.units.iter().position(|u| u.svc.name == name) else {
                 continue;
             };
-            eprintln!("pb: restarting {name}");
+            let why = match why.as_str() {
+                "changed" => "a watched file changed",
+                _ => "requested",
+            };
+            eprintln!("pb: restarting {name} ({why})");
+            self.units[i].restart_why = Some(why.to_string());
             match self.units[i].pid {
                 Some(pid) => {
                     let u = &mut self.units[i];
@@ -723,9 +795,17 @@ impl Supervisor<'_> {
                 None => {
                     self.units[i].restarts += 1;
                     self.start(i);
+                    self.restarted(i);
                 }
             }
         }
+    }
+
+    /// Reports a restart that was asked for.
+    fn restarted(&mut self, i: usize) {
+        let why = self.units[i].restart_why.take();
+        let name = self.units[i].svc.name.clone();
+        self.event(StackEventKind::Restart, Some(name), why);
     }
 
     fn fail(&mut self, e: String) -> i32 {
@@ -786,10 +866,11 @@ impl Supervisor<'_> {
         code
     }
 
-    fn save(&self) {
-        let state = StackState {
-            stack: self.stack.id(),
-            file: self.stack.file.clone(),
+    /// The stack as it is now.
+    fn info(&self) -> StackInfo {
+        StackInfo {
+            id: self.stack.id(),
+            file: self.stack.file.display().to_string(),
             supervisor: std::process::id(),
             supervisor_start: pb_platform::ProcessId::current().start_time,
             status: self.status,
@@ -797,7 +878,7 @@ impl Supervisor<'_> {
             services: self
                 .units
                 .iter()
-                .map(|u| ServiceState {
+                .map(|u| StackService {
                     name: u.svc.name.clone(),
                     id: u.svc.id.clone(),
                     state: match u.phase {
@@ -821,9 +902,46 @@ impl Supervisor<'_> {
                     ready: u.phase == Phase::Ready,
                 })
                 .collect(),
-        };
-        if let Err(e) = self.home.save(&state) {
+        }
+    }
+
+    /// Writes the state for `pb up --status` and reports it to the broker.
+    fn save(&mut self) {
+        self.report(None);
+    }
+
+    /// [`save`](Self::save), with what happened: a `stack.*` event.
+    fn event(&mut self, kind: StackEventKind, service: Option<String>, detail: Option<String>) {
+        self.report(Some(StackEvent {
+            kind,
+            service,
+            detail,
+        }));
+    }
+
+    fn report(&mut self, event: Option<StackEvent>) {
+        let info = self.info();
+        if let Err(e) = self.home.save(&info) {
             eprintln!("pb: cannot write the stack's state: {e:#}");
+        }
+        let op = || Op::StackReport {
+            stack: info.clone(),
+            event: event.clone(),
+        };
+        match self.client.call(op()) {
+            Ok(_) => {}
+            Err(ClientError::Wire(e)) => {
+                eprintln!("pb: the broker refused the stack's report: {}", e.message)
+            }
+            // The broker went away (and may be back, its leases reloaded):
+            // report on a new connection.
+            Err(_) => {
+                if let Ok(mut c) = connect::existing(self.paths) {
+                    if c.call(op()).is_ok() {
+                        self.client = c;
+                    }
+                }
+            }
         }
     }
 }
@@ -917,7 +1035,7 @@ pub fn own_exe() -> Result<PathBuf> {
 
 /// Waits until the detached supervisor says the stack is up (or failed,
 /// or it ended); bounded by `limit`.
-pub fn await_detached(home: &StackHome, pid: u32, limit: Duration) -> Result<StackState> {
+pub fn await_detached(home: &StackHome, pid: u32, limit: Duration) -> Result<StackInfo> {
     let until = Instant::now() + limit;
     while Instant::now() < until {
         if let Some(s) = home.load().filter(|s| s.supervisor == pid) {
@@ -926,7 +1044,7 @@ pub fn await_detached(home: &StackHome, pid: u32, limit: Duration) -> Result<Sta
                 Status::Failed | Status::Down => {
                     bail!(
                         "{} did not come up: {}",
-                        s.stack,
+                        s.id,
                         s.error.as_deref().unwrap_or("it stopped")
                     )
                 }

@@ -1,8 +1,9 @@
 //! Where a stack lives under PB_HOME while it is up: a directory per stack
 //! id with the supervisor's lock (held for as long as it runs, so a second
 //! `pb up` of the same stack is refused and `pb down` knows when it is
-//! over), `state.json` (rewritten whole on every change), the services'
-//! logs, and the restart requests `pb restart` leaves for it.
+//! over), `state.json` (a `StackInfo`, rewritten whole on every change),
+//! the services' logs, and the restart requests that reach it (from the
+//! broker's `stack.restart_requested`, or `watch`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -11,56 +12,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use pb_platform::os::FileLock;
 use pb_proto::paths::Paths;
-use serde::{Deserialize, Serialize};
+use pb_proto::StackInfo;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Starting,
-    Up,
-    Stopping,
-    Down,
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StackState {
-    pub stack: String,
-    pub file: PathBuf,
-    pub supervisor: u32,
-    /// The supervisor's start time (clock ticks since boot): with the pid,
-    /// the process itself, never a later one with its pid.
-    pub supervisor_start: u64,
-    pub status: Status,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub services: Vec<ServiceState>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServiceState {
-    pub name: String,
-    pub id: String,
-    /// waiting, starting, ready, restarting, stopping or exited.
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    pub pid: Option<u32>,
-    pub port: Option<u16>,
-    pub url: Option<String>,
-    pub restarts: u32,
-    pub ready: bool,
-}
-
-impl StackState {
-    /// The supervisor, if it still runs.
-    pub fn supervisor(&self) -> Option<pb_platform::ProcessId> {
-        let p = pb_platform::ProcessId {
-            pid: self.supervisor,
-            start_time: self.supervisor_start,
-        };
-        p.is_alive().then_some(p)
-    }
+/// The supervisor `state` names, if that very process still runs.
+pub fn supervisor(state: &StackInfo) -> Option<pb_platform::ProcessId> {
+    let p = pb_platform::ProcessId {
+        pid: state.supervisor,
+        start_time: state.supervisor_start,
+    };
+    p.is_alive().then_some(p)
 }
 
 pub struct StackHome {
@@ -96,10 +56,10 @@ impl StackHome {
     /// would take: the lock goes with the process, as its files close
     /// before it is dead.
     pub fn is_up(&self) -> bool {
-        self.load().is_some_and(|s| s.supervisor().is_some())
+        self.load().is_some_and(|s| supervisor(&s).is_some())
     }
 
-    pub fn save(&self, state: &StackState) -> Result<()> {
+    pub fn save(&self, state: &StackInfo) -> Result<()> {
         let tmp = self.dir.join(format!(".state.{}.tmp", std::process::id()));
         let mut f = File::create(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(state)?)?;
@@ -108,47 +68,43 @@ impl StackHome {
         Ok(())
     }
 
-    pub fn load(&self) -> Option<StackState> {
+    pub fn load(&self) -> Option<StackInfo> {
         let text = std::fs::read(self.dir.join("state.json")).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    /// Leaves a request to restart `service` (the supervisor is told with
-    /// SIGUSR1).
-    pub fn request_restart(&self, service: &str) -> Result<()> {
-        let name = format!(
-            "restart.{}.{}.{service}",
-            std::process::id(),
-            crate::up::now_ms()
-        );
+    /// Leaves a request to restart `service`, saying why in one word
+    /// (the supervisor is told with SIGUSR1).
+    pub fn request_restart(&self, service: &str, why: &str) -> Result<()> {
+        let name = format!("restart.{why}.{}.{service}", crate::up::now_ms());
         File::create(self.dir.join("requests").join(name))?;
         Ok(())
     }
 
     /// The services named by requests left since the last look, oldest
-    /// first; the requests are removed.
-    pub fn take_restarts(&self) -> Vec<String> {
+    /// first, each with why; the requests are removed.
+    pub fn take_restarts(&self) -> Vec<(String, String)> {
         let Ok(entries) = std::fs::read_dir(self.dir.join("requests")) else {
             return Vec::new();
         };
-        let mut found: Vec<(u64, String, PathBuf)> = entries
+        let mut found: Vec<(u64, String, String, PathBuf)> = entries
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let mut parts = name.splitn(4, '.');
                 (parts.next()? == "restart").then_some(())?;
-                let _pid = parts.next()?;
+                let why = parts.next()?.to_string();
                 let ms = parts.next()?.parse().ok()?;
-                Some((ms, parts.next()?.to_string(), e.path()))
+                Some((ms, parts.next()?.to_string(), why, e.path()))
             })
             .take(1024)
             .collect();
         found.sort();
         found
             .into_iter()
-            .map(|(_, service, path)| {
+            .map(|(_, service, why, path)| {
                 let _ = std::fs::remove_file(path);
-                service
+                (service, why)
             })
             .collect()
     }

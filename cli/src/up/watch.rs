@@ -81,7 +81,7 @@ pub fn start(home: &StackHome, service: String, dir: PathBuf, globs: Vec<String>
             let now = look(&dir, &set, &globs);
             if now != before {
                 before = now;
-                if home.request_restart(&service).is_ok() {
+                if home.request_restart(&service, "changed").is_ok() {
                     pb_platform::process::signal(me, libc::SIGUSR1);
                 }
             }

@@ -27,6 +27,7 @@ pub mod openapi;
 pub mod portdaddy;
 pub mod portmanager;
 pub mod sse;
+pub mod stacks;
 pub mod webhooks;
 pub mod whoami;
 
@@ -182,6 +183,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(whoami::routes())
         .merge(webhooks::routes())
         .merge(listeners::routes())
+        .merge(stacks::routes())
         .merge(dashboard::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async {

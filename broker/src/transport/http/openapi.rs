@@ -5,8 +5,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::{
-    activity, agents, error, listeners, locks, login, messages, portdaddy, portmanager, webhooks,
-    whoami,
+    activity, agents, error, listeners, locks, login, messages, portdaddy, portmanager, stacks,
+    webhooks, whoami,
 };
 
 #[derive(OpenApi)]
@@ -54,6 +54,8 @@ use super::{
         activity::stream,
         listeners::list,
         listeners::stream,
+        stacks::list,
+        stacks::restart,
         login::login,
         whoami::whoami,
         webhooks::add,
