@@ -280,3 +280,30 @@ pub fn dir(stack_dir: &Path) -> PathBuf {
 pub fn make_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_file_is_rotated_past_its_bound_keeping_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.log");
+        let mut f = LogFile::open(path.clone());
+        let line = "x".repeat(1000);
+        // Past two rotations' worth: only the current file and one before
+        // are kept, neither much over the bound.
+        for _ in 0..(3 * LOG_MAX as usize / 1000) {
+            f.write(&line);
+        }
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        assert!(size(&path) <= LOG_MAX + 1100, "{}", size(&path));
+        assert!(size(&rotated(&path)) > LOG_MAX / 2);
+        assert!(size(&rotated(&path)) <= LOG_MAX + 1100);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 2);
+        // Each stored line starts with its time, for `pb logs` to merge.
+        let (stored, _) = read_file(&path, "api", 0);
+        assert!(stored.iter().all(|l| l.ms > 0 && l.text == line));
+    }
+}
