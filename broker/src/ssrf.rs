@@ -6,8 +6,9 @@
 //! the connection goes to exactly the address that passed (no second
 //! resolution, so DNS rebinding between check and connect cannot happen).
 //! Literal addresses in a URL are judged already at registration, in every
-//! spelling `inet_aton` accepts (`2852039166`, `0251.0376.0251.0376`,
-//! `0xa9.0xfe.0xa9.0xfe`, `169.254.43518`), and in IPv6 forms that embed an
+//! spelling the WHATWG URL parser (the `url` crate) reads as an IPv4
+//! address (`2852039166`, `0251.0376.0251.0376`, `0xa9.0xfe.0xa9.0xfe`,
+//! `169.254.43518`, as `inet_aton` does), and in IPv6 forms that embed an
 //! IPv4 address (`::ffff:169.254.169.254`, `64:ff9b::a9fe:a9fe`), which
 //! are judged as that IPv4 address. docs/SECURITY.md lists each rule and
 //! the attack it stops.
@@ -162,54 +163,6 @@ pub fn check(ip: IpAddr, policy: Policy) -> Result<(), WireError> {
     })
 }
 
-/// One part of an `inet_aton` address: `0x` hex, leading-zero octal, or
-/// decimal.
-fn aton_part(p: &str) -> Option<u64> {
-    if p.is_empty() {
-        return None;
-    }
-    let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
-        (h, 16)
-    } else if p.len() > 1 && p.starts_with('0') {
-        (&p[1..], 8)
-    } else {
-        (p, 10)
-    };
-    if digits.is_empty() {
-        // `0x` alone is 0 to inet_aton.
-        return (radix == 16).then_some(0);
-    }
-    if digits.len() > 12 {
-        return None;
-    }
-    u64::from_str_radix(digits, radix).ok()
-}
-
-/// Parses `host` the way `inet_aton` does: one to four parts, the last
-/// filling the remaining bytes. A trailing dot is accepted, as resolvers
-/// do.
-pub fn parse_inet_aton(host: &str) -> Option<Ipv4Addr> {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let parts: Vec<u64> = host
-        .split('.')
-        .map(aton_part)
-        .collect::<Option<Vec<u64>>>()?;
-    let (last, head) = parts.split_last()?;
-    let last = *last;
-    if parts.len() > 4 || head.iter().any(|&p| p > 0xff) {
-        return None;
-    }
-    let last_bits = 8 * (4 - head.len() as u32);
-    if last >> last_bits != 0 {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for (i, p) in head.iter().enumerate() {
-        v |= p << (24 - 8 * i as u32);
-    }
-    Some(Ipv4Addr::from((v | last) as u32))
-}
-
 /// The host of a webhook URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -243,123 +196,69 @@ fn bad_url(url: &str, why: &str) -> WireError {
     )
 }
 
-/// Parses a webhook URL: `http(s)://host[:port][/path][?query]`. No
-/// credentials, no fragments sent, host names of `[A-Za-z0-9.-_]` only (so
-/// no percent-encoded or Unicode spelling slips past the address parser).
-pub fn parse_url(url: &str) -> Result<Target, WireError> {
-    if url.len() > MAX_URL {
-        return Err(bad_url(url, "longer than 2048 bytes"));
+/// Parses a webhook URL: `http(s)://host[:port][/path][?query]`, with
+/// the `url` crate (WHATWG's parser, as browsers read URLs): an IPv4 host
+/// in any spelling it accepts (`2852039166`, `0251.0376.0251.0376`,
+/// `0xa9.0xfe.0xa9.0xfe`, `169.254.43518`) comes out as the address, so
+/// the policy judges what a connection would reach. pb adds its own
+/// refusals: no credentials, no port 0, no percent-encoding or
+/// non-ASCII in the URL (so no spelling of a host slips past the policy),
+/// and host names of `[a-z0-9.-_]` only. The fragment is never sent.
+pub fn parse_url(text: &str) -> Result<Target, WireError> {
+    if text.len() > MAX_URL {
+        return Err(bad_url(text, "longer than 2048 bytes"));
     }
-    if url.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+    if text.bytes().any(|b| b <= b' ' || b >= 0x7f) {
         return Err(bad_url(
-            url,
+            text,
             "contains spaces, control or non-ASCII characters",
         ));
     }
-    let (scheme, rest) = url
+    let authority_text = text
         .split_once("://")
-        .ok_or_else(|| bad_url(url, "not an absolute URL (http://host/path)"))?;
-    let https = match scheme.to_ascii_lowercase().as_str() {
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .ok_or_else(|| bad_url(text, "not an absolute URL (http://host/path)"))?;
+    if authority_text.contains('%') {
+        return Err(bad_url(text, "percent-encoding in the host is not accepted"));
+    }
+    let u = url::Url::parse(text).map_err(|e| bad_url(text, &e.to_string()))?;
+    let https = match u.scheme() {
         "http" => false,
         "https" => true,
-        _ => {
-            return Err(bad_url(url, "the scheme must be http or https"));
-        }
+        _ => return Err(bad_url(text, "the scheme must be http or https")),
     };
-    let rest = rest.split('#').next().unwrap_or("");
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(split);
-    if authority.contains('@') {
-        return Err(bad_url(url, "credentials in the URL are not accepted"));
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(bad_url(text, "credentials in the URL are not accepted"));
     }
-    let (host_text, port_text) = if let Some(v6) = authority.strip_prefix('[') {
-        let (inside, after) = v6
-            .split_once(']')
-            .ok_or_else(|| bad_url(url, "unclosed '[' in the host"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| bad_url(url, "junk after ']'"))?,
-            ),
-        };
-        (format!("[{inside}]"), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    let port = match port_text {
-        None => {
-            if https {
-                443
-            } else {
-                80
-            }
-        }
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => return Err(bad_url(url, "the port must be a number from 1 to 65535")),
-        },
-    };
-    if host_text.is_empty() || host_text == "[]" {
-        return Err(bad_url(url, "no host"));
+    let port = u.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
+    if port == 0 {
+        return Err(bad_url(text, "the port must be a number from 1 to 65535"));
     }
-    let host_text = host_text.to_ascii_lowercase();
-    let host = if let Some(inside) = host_text
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-    {
-        let a: Ipv6Addr = inside.parse().map_err(|_| {
-            bad_url(
-                url,
-                "not an IPv6 address between '[' and ']' (zone ids are not accepted)",
-            )
-        })?;
-        Host::Ip(IpAddr::V6(a))
-    } else {
-        if host_text.len() > 253
-            || !host_text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
-        {
-            return Err(bad_url(
-                url,
-                "the host must be a name of letters, digits, '.', '-' and '_', or an address",
-            ));
-        }
-        match parse_inet_aton(&host_text) {
-            Some(a) => Host::Ip(IpAddr::V4(a)),
-            None => {
-                // Anything made only of digits, dots and hex markers that
-                // inet_aton refuses is a broken address, not a name.
-                let numeric = host_text
-                    .split('.')
-                    .all(|p| p.is_empty() || p.bytes().all(|b| b.is_ascii_hexdigit() || b == b'x'))
-                    && host_text.bytes().any(|b| b.is_ascii_digit())
-                    && host_text
-                        .split('.')
-                        .all(|p| p.bytes().next().is_none_or(|b| b.is_ascii_digit()));
-                if numeric {
-                    return Err(bad_url(url, "not a valid IPv4 address"));
-                }
-                Host::Name(host_text.clone())
+    let (host, host_text) = match u.host() {
+        Some(url::Host::Ipv4(a)) => (Host::Ip(IpAddr::V4(a)), a.to_string()),
+        Some(url::Host::Ipv6(a)) => (Host::Ip(IpAddr::V6(a)), format!("[{a}]")),
+        Some(url::Host::Domain(d)) => {
+            if d.len() > 253
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+            {
+                return Err(bad_url(
+                    text,
+                    "the host must be a name of letters, digits, '.', '-' and '_', or an address",
+                ));
             }
+            (Host::Name(d.to_string()), d.to_string())
         }
+        None => return Err(bad_url(text, "no host")),
     };
-    let default_port = if https { 443 } else { 80 };
-    let authority = if port == default_port {
-        host_text
-    } else {
-        format!("{host_text}:{port}")
+    let authority = match u.port() {
+        None => host_text,
+        Some(p) => format!("{host_text}:{p}"),
     };
-    let path = if path.is_empty() {
-        "/".to_string()
-    } else if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
+    let path = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_string(),
     };
     Ok(Target {
         https,
@@ -454,8 +353,8 @@ mod tests {
     }
 
     #[test]
-    fn inet_aton_spellings() {
-        let meta = Ipv4Addr::new(169, 254, 169, 254);
+    fn every_ipv4_spelling_is_the_address_it_reaches() {
+        let meta = ip("169.254.169.254");
         for s in [
             "169.254.169.254",
             "2852039166",
@@ -468,21 +367,17 @@ mod tests {
             "0251.0xfe.169.0376",
             "169.254.169.254.",
         ] {
-            assert_eq!(parse_inet_aton(s), Some(meta), "{s}");
+            let t = parse_url(&format!("http://{s}/")).unwrap();
+            assert_eq!(t.host, Host::Ip(meta), "{s}");
         }
-        assert_eq!(parse_inet_aton("127.1"), Some(Ipv4Addr::new(127, 0, 0, 1)));
-        assert_eq!(parse_inet_aton("0"), Some(Ipv4Addr::new(0, 0, 0, 0)));
-        for s in [
-            "256.1.1.1",
-            "1.2.3.4.5",
-            "4294967296",
-            "1.2.65536",
-            "08.1.1.1",
-            "example.com",
-            "1..2",
-            "",
-        ] {
-            assert_eq!(parse_inet_aton(s), None, "{s}");
+        let t = parse_url("http://127.1:8080/").unwrap();
+        assert_eq!(t.host, Host::Ip(ip("127.0.0.1")));
+        for s in ["256.1.1.1", "1.2.3.4.5", "4294967296", "1.2.65536", "08.1.1.1", "1..2"] {
+            assert_eq!(
+                parse_url(&format!("http://{s}/")).unwrap_err().code,
+                ErrorCode::InvalidUrl,
+                "{s}"
+            );
         }
     }
 
@@ -503,7 +398,7 @@ mod tests {
         assert_eq!(t.host, Host::Ip(ip("::ffff:169.254.169.254")));
         let t = parse_url("http://2852039166/").unwrap();
         assert_eq!(t.host, Host::Ip(ip("169.254.169.254")));
-        assert_eq!(t.authority, "2852039166");
+        assert_eq!(t.authority, "169.254.169.254");
         for bad in [
             "ftp://example.com/",
             "file:///etc/passwd",

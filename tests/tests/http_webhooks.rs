@@ -391,7 +391,7 @@ fn refusals_get_the_cores_codes_as_statuses_and_change_nothing() {
 }
 
 #[test]
-fn events_lists_the_twelve_kinds() {
+fn events_lists_the_sixteen_kinds() {
     let b = Broker::start();
     let (status, v) = get(&format!("{}/webhooks/events", b.http_url()));
     assert_eq!(status, 200, "{v}");
@@ -413,6 +413,10 @@ fn events_lists_the_twelve_kinds() {
         "lock.acquire",
         "lock.release",
         "message.publish",
+        "stack.up",
+        "stack.down",
+        "stack.restart",
+        "stack.crash",
         "daemon.start",
         "daemon.stop",
     ];
