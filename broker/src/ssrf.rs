@@ -219,7 +219,10 @@ pub fn parse_url(text: &str) -> Result<Target, WireError> {
         .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
         .ok_or_else(|| bad_url(text, "not an absolute URL (http://host/path)"))?;
     if authority_text.contains('%') {
-        return Err(bad_url(text, "percent-encoding in the host is not accepted"));
+        return Err(bad_url(
+            text,
+            "percent-encoding in the host is not accepted",
+        ));
     }
     let u = url::Url::parse(text).map_err(|e| bad_url(text, &e.to_string()))?;
     let https = match u.scheme() {
@@ -230,7 +233,9 @@ pub fn parse_url(text: &str) -> Result<Target, WireError> {
     if !u.username().is_empty() || u.password().is_some() {
         return Err(bad_url(text, "credentials in the URL are not accepted"));
     }
-    let port = u.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
+    let port = u
+        .port_or_known_default()
+        .unwrap_or(if https { 443 } else { 80 });
     if port == 0 {
         return Err(bad_url(text, "the port must be a number from 1 to 65535"));
     }
@@ -372,7 +377,14 @@ mod tests {
         }
         let t = parse_url("http://127.1:8080/").unwrap();
         assert_eq!(t.host, Host::Ip(ip("127.0.0.1")));
-        for s in ["256.1.1.1", "1.2.3.4.5", "4294967296", "1.2.65536", "08.1.1.1", "1..2"] {
+        for s in [
+            "256.1.1.1",
+            "1.2.3.4.5",
+            "4294967296",
+            "1.2.65536",
+            "08.1.1.1",
+            "1..2",
+        ] {
             assert_eq!(
                 parse_url(&format!("http://{s}/")).unwrap_err().code,
                 ErrorCode::InvalidUrl,

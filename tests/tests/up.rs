@@ -781,3 +781,58 @@ restart = "on-failure"
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }
+
+#[test]
+fn a_service_that_never_gets_ready_or_dies_first_stops_the_stack_and_says_why() {
+    let broker = Broker::start();
+    // Listens, but never answers HTTP: not ready within its limit.
+    let dir = stack_dir(
+        "pb.toml",
+        "project = \"slow\"\n\
+         [services.mute]\n\
+         cmd = \"python3 -c 'import socket,os,time; print(\\\"mute waiting\\\", flush=True); time.sleep(60)'\"\n\
+         ready = { http = \"/health\" }\n\
+         ready_timeout = \"1s\"\n\
+         [services.after]\ncmd = \"touch started-after\"\nno_port = true\nneeds = [\"mute\"]\n",
+    );
+    let out = broker
+        .cmd()
+        .arg("up")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("mute was not ready within 1s"), "{text}");
+    assert!(text.contains("GET /health"), "{text}");
+    assert!(text.contains("its last lines:\n    mute waiting"), "{text}");
+    assert!(
+        !dir.path().join("started-after").exists(),
+        "what needs it started"
+    );
+    assert!(broker.leases().is_empty());
+
+    // Ends before it is ready, and will not restart.
+    let dir = stack_dir(
+        "pb.toml",
+        "project = \"dies\"\n[services.api]\ncmd = \"sh -c 'echo cannot open the database; exit 4'\"\n",
+    );
+    let out = broker
+        .cmd()
+        .arg("up")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("api exited with code 4 before it was ready"),
+        "{err}"
+    );
+    assert!(err.contains("cannot open the database"), "{err}");
+    assert!(broker.leases().is_empty());
+}
