@@ -60,17 +60,26 @@ fn answers(port: u16) -> bool {
     b.starts_with("HTTP/1.")
 }
 
-fn own_start(dir: &Path, port: u16) -> Duration {
-    let t = Instant::now();
-    let _p = Proc(
+/// One service on `port`, without pb.
+fn slow(dir: &Path, port: u16) -> Proc {
+    Proc(
         Command::new("python3")
             .arg(dir.join("slow.py"))
             .env("PORT", port.to_string())
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+fn until_answers(port: u16) {
     wait_until(Duration::from_secs(10), || answers(port).then_some(())).expect("answers");
+}
+
+fn own_start(dir: &Path, port: u16) -> Duration {
+    let t = Instant::now();
+    let _p = slow(dir, port);
+    until_answers(port);
     t.elapsed()
 }
 
@@ -79,19 +88,10 @@ fn own_start(dir: &Path, port: u16) -> Duration {
 fn parallel(dir: &Path, first: u16) -> Duration {
     let t = Instant::now();
     let _all: Vec<Proc> = (0..services() as u16)
-        .map(|i| {
-            Proc(
-                Command::new("python3")
-                    .arg(dir.join("slow.py"))
-                    .env("PORT", (first + i).to_string())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
+        .map(|i| slow(dir, first + i))
         .collect();
     for i in 0..services() as u16 {
-        wait_until(Duration::from_secs(10), || answers(first + i).then_some(())).expect("answers");
+        until_answers(first + i);
     }
     t.elapsed()
 }
@@ -128,15 +128,8 @@ fn sequential(broker: &Broker, dir: &Path) -> Duration {
     for i in 0..services() {
         let id = format!("seq:s{i}");
         let port = broker.claim(&id, &[]);
-        running.push(Proc(
-            Command::new("python3")
-                .arg(dir.join("slow.py"))
-                .env("PORT", port.to_string())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ));
-        wait_until(Duration::from_secs(10), || answers(port).then_some(())).expect("answers");
+        running.push(slow(dir, port));
+        until_answers(port);
     }
     let took = t.elapsed();
     drop(running);

@@ -17,18 +17,13 @@ use serde_json::{json, Value};
 fn stored(broker: &mut Broker) -> String {
     broker.kill9();
     let db = broker.home.path().join("pb.db");
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select * from services order by id').fetchall())",
-        ])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select * from services order by id').fetchall())",
+            ])
+            .arg(db),
     );
     broker.restart();
     String::from_utf8(out.stdout).unwrap()

@@ -336,16 +336,11 @@ fn claim_pid_of_another_users_process_is_refused() {
 fn a_number_only_claim_ends_with_its_shell_unless_an_app_took_it() {
     let broker = Broker::start_with(&[("PB_SCAN_INTERVAL", "10s")]);
     let script = |body: &str| {
-        let out = Command::new("bash")
-            .args(["-c", body])
-            .envs(broker.env().iter().map(|(k, v)| (k, v)))
-            .env("PB", pb_bin())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = output_ok(
+            Command::new("bash")
+                .args(["-c", body])
+                .envs(broker.env().iter().map(|(k, v)| (k, v)))
+                .env("PB", pb_bin()),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pb_tests::{tests_dir, v4, wait_until, Broker, Proc};
+use pb_tests::{output_ok, tests_dir, v4, wait_until, Broker, Proc};
 use serde_json::Value;
 
 /// A stack's directory: the test apps copied in, and its file.
@@ -74,17 +74,7 @@ impl Up {
 
 /// `pb up --status -j` in `dir`.
 fn status(broker: &Broker, dir: &Path) -> Value {
-    let out = broker
-        .cmd()
-        .args(["-j", "up", "--status"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(broker.cmd().args(["-j", "up", "--status"]).current_dir(dir));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -114,6 +104,18 @@ fn alive(pid: u32) -> bool {
             .trim_start()
             .starts_with('Z')
     })
+}
+
+/// `pb up -d` of project "shop": an `api` service (python3 api.py), then
+/// `more` (its api's further keys first, then other services).
+fn up_detached(broker: &Broker, more: &str) -> tempfile::TempDir {
+    let dir = stack_dir(
+        "pb.toml",
+        &format!("project = \"shop\"\n\n[services.api]\ncmd = \"python3 api.py\"\n{more}"),
+    );
+    let (ok, _, err) = pb_in(broker, dir.path(), &["up", "-d"]);
+    assert!(ok, "{err}");
+    dir
 }
 
 /// Runs `pb ARGS` in `dir`; its status and stderr.
@@ -250,13 +252,9 @@ fn a_three_service_stack_is_bound_first_wired_together_and_stops_clean() {
 #[test]
 fn a_detached_stack_restarts_keeps_its_sockets_and_goes_down() {
     let broker = Broker::start();
-    let dir = stack_dir(
-        "pb.toml",
+    let dir = up_detached(
+        &broker,
         r#"
-project = "shop"
-
-[services.api]
-cmd = "python3 api.py"
 ready = { http = "/" }
 
 [services.flaky]
@@ -265,8 +263,6 @@ cmd = "if [ ! -e crashed ]; then touch crashed; echo crashing; exit 3; fi; exec 
 restart = "on-failure"
 "#,
     );
-    let (ok, _, err) = pb_in(&broker, dir.path(), &["up", "-d"]);
-    assert!(ok, "{err}");
     let s = status(&broker, dir.path());
     assert_eq!(s["status"], "up", "{s}");
     let api = service(&s, "api");
@@ -663,22 +659,15 @@ fn actions(broker: &Broker) -> Vec<(String, String, Value)> {
 #[test]
 fn the_broker_knows_each_stack_lists_it_logs_it_and_relays_restarts() {
     let broker = Broker::start();
-    let dir = stack_dir(
-        "pb.toml",
+    let dir = up_detached(
+        &broker,
         r#"
-project = "shop"
-
-[services.api]
-cmd = "python3 api.py"
-
 [services.flaky]
 cmd = "if [ ! -e crashed ]; then touch crashed; exit 3; fi; exec python3 worker.py"
 no_port = true
 restart = "on-failure"
 "#,
     );
-    let (ok, _, err) = pb_in(&broker, dir.path(), &["up", "-d"]);
-    assert!(ok, "{err}");
     // pb find says whose service a lease is.
     let find = broker.pb_json(&["find"]);
     assert_eq!(find["services"][0]["stack"], "shop", "{find}");

@@ -109,18 +109,7 @@ impl Core {
         }
         let id = info.id.clone();
         let status = info.status;
-        // Every report, on channel `pb:stacks`, for followers of states
-        // (the dashboard): not an event, so the log keeps only what
-        // happened.
-        let msg_id = self.bus.allocate(&mut self.store);
-        let data = serde_json::json!({ "stack": id, "status": status });
-        self.pubsub.post(
-            msg_id,
-            "pb:stacks".into(),
-            crate::core::now_ms(),
-            data,
-            &self.cfg.coord,
-        );
+        self.post_stack_state(&id, status);
         if matches!(status, StackStatus::Down | StackStatus::Failed) {
             self.stacks.map.remove(&key);
         } else {
@@ -237,6 +226,17 @@ impl Core {
         Ok(Outcome::of(StackLogReply { posted }))
     }
 
+    /// Posts a stack's status on channel `pb:stacks`, for followers of
+    /// states (the dashboard): a message, not an event, so the log keeps
+    /// only what happened.
+    fn post_stack_state(&mut self, stack: &str, status: StackStatus) {
+        let id = self.bus.allocate(&mut self.store);
+        let data = serde_json::json!({ "stack": stack, "status": status });
+        let now = crate::core::now_ms();
+        self.pubsub
+            .post(id, "pb:stacks".into(), now, data, &self.cfg.coord);
+    }
+
     /// A connection closed: the stacks it reported are gone with their
     /// supervisor (a clean stop has reported `down` already).
     pub(crate) fn stacks_session_closed(&mut self, session: SessionId) {
@@ -249,15 +249,7 @@ impl Core {
             .collect();
         for key in gone {
             if let Some(r) = self.stacks.map.remove(&key) {
-                let msg_id = self.bus.allocate(&mut self.store);
-                let data = serde_json::json!({ "stack": key.1, "status": "down" });
-                self.pubsub.post(
-                    msg_id,
-                    "pb:stacks".into(),
-                    crate::core::now_ms(),
-                    data,
-                    &self.cfg.coord,
-                );
+                self.post_stack_state(&key.1, StackStatus::Down);
                 let details = serde_json::json!({
                     "detail": "its supervisor went away",
                     "supervisor": r.info.supervisor,
