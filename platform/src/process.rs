@@ -110,7 +110,11 @@ pub fn signal(p: ProcessId, sig: i32) -> bool {
 /// A process's command line as one string (arguments joined by spaces),
 /// from a single read; `None` if it is gone or unreadable.
 pub fn command_of(pid: u32) -> Option<String> {
-    crate::sys::process_cmdline(pid).map(|c| c.join(" "))
+    // Empty while a process is between fork and exec, or a kernel thread:
+    // no command to tell.
+    crate::sys::process_cmdline(pid)
+        .filter(|c| !c.is_empty())
+        .map(|c| c.join(" "))
 }
 
 /// What pb shows about a process: who it is and what it runs.

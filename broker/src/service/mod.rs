@@ -87,6 +87,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        // Until the child has exec'd, its command line is not yet `sleep 30`.
+        let exec_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pb_platform::process::command_of(pid).is_none_or(|c| !c.starts_with("sleep"))
+            && std::time::Instant::now() < exec_by
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let owned = |id: &str| {
             Op::Claim(ClaimArgs {
                 id: id.into(),
