@@ -825,3 +825,27 @@ fn a_service_that_never_gets_ready_or_dies_first_stops_the_stack_and_says_why() 
     assert!(err.contains("cannot open the database"), "{err}");
     assert!(broker.leases().is_empty());
 }
+
+#[test]
+fn a_stack_is_known_again_to_a_broker_that_restarted() {
+    let mut broker = Broker::start();
+    let dir = up_detached(&broker, "");
+    assert_eq!(http(&broker, "GET", "/stacks").1["count"], 1);
+    let port = service(&status(&broker, dir.path()), "api")["port"]
+        .as_u64()
+        .unwrap() as u16;
+    broker.kill9();
+    broker.restart();
+    // The supervisor reports it again on its own (nothing in the stack
+    // changed), and the service kept its port and kept serving.
+    let back = wait_until(Duration::from_secs(15), || {
+        let (_, body) = http(&broker, "GET", "/stacks");
+        (body["count"] == 1).then_some(body)
+    })
+    .expect("listed again");
+    assert_eq!(back["stacks"][0]["id"], "shop");
+    assert!(get(port, "/again").unwrap().ends_with(" /again"));
+    let (ok, _, err) = pb_in(&broker, dir.path(), &["down"]);
+    assert!(ok, "{err}");
+    assert!(broker.leases().is_empty(), "{:?}", broker.leases());
+}

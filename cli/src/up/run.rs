@@ -20,6 +20,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -351,7 +352,8 @@ pub fn supervise(paths: &Paths, stack: &Stack, home: &StackHome, quiet: bool) ->
     for (svc, set) in watched {
         super::watch::start(home, svc.name, svc.dir, svc.watch, set);
     }
-    follow_restart_requests(paths, stack.id(), home);
+    let rejoined = Arc::new(AtomicBool::new(false));
+    follow_restart_requests(paths, stack.id(), home, rejoined.clone());
     let (forward, queued) = mpsc::sync_channel(logs::FORWARD_QUEUE);
     logs::forward(paths.clone(), stack.id(), queued);
     let mut sup = Supervisor {
@@ -360,6 +362,7 @@ pub fn supervise(paths: &Paths, stack: &Stack, home: &StackHome, quiet: bool) ->
         paths,
         client,
         forward,
+        rejoined,
         units,
         fleet,
         printer,
@@ -387,9 +390,15 @@ pub fn supervise(paths: &Paths, stack: &Stack, home: &StackHome, quiet: bool) ->
 /// Follows the broker's `stack.restart_requested` events for this stack
 /// (`pb restart`, HTTP, the dashboard) and leaves each as a request for
 /// the supervisor, poked with SIGUSR1. Reconnects (every second) while a
-/// broker is away; returns once the first subscription is open, or after
-/// two seconds.
-fn follow_restart_requests(paths: &Paths, stack_id: String, home: &StackHome) {
+/// broker is away, and then sets `rejoined`: the broker (restarted) must
+/// hear the stack again. Returns once the first subscription is open, or
+/// after two seconds.
+fn follow_restart_requests(
+    paths: &Paths,
+    stack_id: String,
+    home: &StackHome,
+    rejoined: Arc<AtomicBool>,
+) {
     let (paths, dir) = (paths.clone(), home.dir.clone());
     let (opened, first) = mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -399,10 +408,16 @@ fn follow_restart_requests(paths: &Paths, stack_id: String, home: &StackHome) {
             patterns: vec!["pb:stack.restart_requested".into()],
             since_id: None,
         };
+        let mut first = true;
         loop {
             if let Ok(mut c) = connect::existing(&paths) {
                 if c.open_stream(op()).is_ok() {
                     let _ = opened.send(());
+                    if !first {
+                        rejoined.store(true, Ordering::Relaxed);
+                        pb_platform::process::signal(me, libc::SIGUSR1);
+                    }
+                    first = false;
                     while let Ok(Some(item)) = c.next_item() {
                         let data = &item["data"];
                         if data["target"] != stack_id.as_str() {
@@ -430,6 +445,8 @@ struct Supervisor<'a> {
     client: Client,
     /// Where the services' output goes on its way to the broker.
     forward: mpsc::SyncSender<pb_proto::StackLogLine>,
+    /// The broker came back after being away: report the stack again.
+    rejoined: Arc<AtomicBool>,
     units: Vec<Unit>,
     fleet: Fleet,
     printer: Arc<Printer>,
@@ -493,6 +510,9 @@ impl Supervisor<'_> {
                 return self.stop_all(0);
             }
             if ev.poked {
+                if self.rejoined.swap(false, Ordering::Relaxed) {
+                    self.save();
+                }
                 self.take_requests();
             }
         }
