@@ -849,3 +849,20 @@ fn a_stack_is_known_again_to_a_broker_that_restarted() {
     assert!(ok, "{err}");
     assert!(broker.leases().is_empty(), "{:?}", broker.leases());
 }
+
+#[test]
+fn a_stack_whose_home_is_removed_stops_and_leaves_nothing() {
+    let broker = Broker::start();
+    let dir = up_detached(&broker, "");
+    let s = status(&broker, dir.path());
+    let running: Vec<u32> = pids(&s)
+        .into_iter()
+        .chain([s["supervisor"].as_u64().unwrap() as u32])
+        .collect();
+    std::fs::remove_dir_all(broker.home.path().join("stacks")).unwrap();
+    let gone = wait_until(Duration::from_secs(15), || {
+        running.iter().all(|p| !alive(*p)).then_some(())
+    });
+    assert!(gone.is_some(), "{running:?} still run");
+    assert!(broker.leases().is_empty(), "{:?}", broker.leases());
+}

@@ -490,6 +490,17 @@ impl Supervisor<'_> {
                 eprintln!("pb: every service of {} has ended", self.stack.id());
                 return self.stop_all(0);
             }
+            // The stack's directory is where `pb down`, `pb restart` and
+            // `pb up --status` find it: gone (its PB_HOME removed), nothing
+            // could reach the stack any more, so it stops.
+            if !self.home.dir.is_dir() {
+                eprintln!(
+                    "pb: {} is gone, and {} with it",
+                    self.home.dir.display(),
+                    self.stack.id()
+                );
+                return self.stop_all(0);
+            }
             let busy = self.units.iter().any(|u| {
                 matches!(
                     u.phase,
