@@ -16,6 +16,7 @@ macro_rules! outln {
 mod connect;
 mod coord;
 mod exec;
+mod mcp;
 mod output;
 mod shim;
 mod up;
@@ -376,6 +377,10 @@ enum Command {
         #[arg(long, hide = true)]
         supervised: bool,
     },
+    /// Serve the broker's tools to a coding agent over MCP on stdio
+    /// (`claude mcp add pb -- pb mcp`): what it claims and locks is the
+    /// agent's, freed when the agent exits.
+    Mcp,
     /// Stop a detached stack (`pb up -d`).
     Down {
         #[command(flatten)]
@@ -664,6 +669,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             }
         }
         Command::Down { stack } => up::down(&stack),
+        Command::Mcp => mcp::serve(&paths),
         Command::Restart {
             service: Some(service),
             stack,

@@ -8,6 +8,8 @@ use serde_json::Value;
 /// How long a lock request that asks to wait, naming no timeout, waits
 /// (`pb lock --wait`, Port Daddy's `wait: true`).
 pub const DEFAULT_LOCK_WAIT_MS: i64 = 60_000;
+/// How long `wait` waits for services when a client names no timeout.
+pub const DEFAULT_WAIT_MS: i64 = 60_000;
 
 /// Who holds a lock: whose death, release or staleness ends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
