@@ -74,12 +74,7 @@ impl Client {
         let req = Request { tag: Some(tag), op };
         self.stream.write_all(&frame::encode(&req.to_json()))?;
         let (reply, fds) = self.read_reply()?;
-        if reply.tag != Some(tag) {
-            return Err(ClientError::Protocol(format!(
-                "reply tag {:?} does not match request tag {tag}",
-                reply.tag
-            )));
-        }
+        Self::check_tag(&reply, tag)?;
         match (reply.ok, reply.result, reply.error) {
             (true, Some(result), _) => Ok((result, fds)),
             (false, _, Some(e)) => Err(ClientError::Wire(e)),
@@ -131,6 +126,11 @@ impl Client {
     }
 
     fn check_tag(reply: &Reply, tag: u64) -> Result<(), ClientError> {
+        // An untagged error is the broker refusing a frame it could not
+        // read the tag of (too long, not JSON): it is this request's answer.
+        if let (None, false, Some(e)) = (reply.tag, reply.ok, &reply.error) {
+            return Err(ClientError::Wire(e.clone()));
+        }
         if reply.tag != Some(tag) {
             return Err(ClientError::Protocol(format!(
                 "reply tag {:?} does not match request tag {tag}",

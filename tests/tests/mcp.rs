@@ -153,6 +153,26 @@ fn an_agent_claims_locks_and_talks_through_pb_mcp_and_its_exit_frees_all() {
         json!({ "ids": ["agent:api"], "timeout_ms": 300 }),
     );
     assert_eq!(timeout["result"]["code"], "timeout", "{timeout}");
+    // Calls refused before pb sees them (no such tool: a JSON-RPC error;
+    // arguments against the schema: rmcp's tool error) change nothing.
+    for (tool, args) in [
+        ("no_such_tool", json!({})),
+        ("claim_port", json!({ "id": 5 })),
+        ("claim_port", json!({})),
+        ("acquire_lock", json!({ "name": "x", "ttl_ms": "soon" })),
+    ] {
+        let r = a.answer(tool, args.clone());
+        assert!(
+            r["protocol_error"].is_i64() || r["error"] == true,
+            "{tool} {args}: {r}"
+        );
+    }
+    let huge = a.answer(
+        "publish_message",
+        json!({ "channel": "big", "message": "x".repeat(200_000) }),
+    );
+    assert_eq!(huge["result"]["code"], "invalid_frame", "{huge}");
+    assert_eq!(broker.leases().len(), 1);
     let again = a.call("get_service", json!({ "id": "agent:api" }));
     assert_eq!(again["port"], port);
 
