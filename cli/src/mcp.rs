@@ -12,11 +12,13 @@
 //! Tool names are Port Daddy's (`claim_port`, `acquire_lock`, ...), so
 //! agents' existing prompts keep working.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Context, Result};
 use pb_platform::ProcessId;
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
-use pb_proto::{ClaimArgs, LockArgs, LockOwnerArg, Op, Owner, ReleaseTarget};
+use pb_proto::{ClaimArgs, Client, LockArgs, LockOwnerArg, Op, Owner, ReleaseTarget};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerInfo};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler, ServiceExt};
@@ -31,6 +33,7 @@ pub fn serve(paths: &Paths) -> Result<i32> {
     let server = PbTools {
         paths: paths.clone(),
         agent: ProcessId::current().parent(),
+        kept: Arc::default(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -52,6 +55,9 @@ pub struct PbTools {
     paths: Paths,
     /// The agent: the process that started this server.
     agent: Option<ProcessId>,
+    /// One connection kept for the calls that answer at once (a call that
+    /// may wait in a lock's queue has its own, so it holds up no other).
+    kept: Arc<Mutex<Option<Client>>>,
 }
 
 type ToolResult = Result<CallToolResult, ErrorData>;
@@ -61,10 +67,38 @@ impl PbTools {
     /// runtime's thread: a lock wait blocks only its own call.
     async fn call(&self, op: Op) -> ToolResult {
         let paths = self.paths.clone();
+        let waits = matches!(&op, Op::LockAcquire(a) if a.wait_ms.is_some_and(|w| w > 0))
+            || matches!(op, Op::Wait { .. });
+        let kept = (!waits).then(|| self.kept.clone());
         let got = tokio::task::spawn_blocking(move || {
-            let mut c = connect::connect(&paths)
-                .map_err(|e| ("unavailable".to_string(), format!("{e:#}")))?;
-            c.call(op).map(|(v, _)| v).map_err(|e| match e {
+            let connect = || {
+                connect::connect(&paths).map_err(|e| ("unavailable".to_string(), format!("{e:#}")))
+            };
+            let mut slot = kept
+                .as_ref()
+                .map(|k| k.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut own = None;
+            let c = match slot.as_deref_mut() {
+                Some(s) => match s {
+                    Some(c) => c,
+                    None => s.insert(connect()?),
+                },
+                None => own.insert(connect()?),
+            };
+            let answer = c.call(op);
+            let hung_up = match &answer {
+                Err(ClientError::Io(_) | ClientError::Protocol(_)) => true,
+                // The broker closes a connection whose frame it refused.
+                Err(ClientError::Wire(w)) => w.code == pb_proto::ErrorCode::InvalidFrame,
+                Ok(_) => false,
+            };
+            if hung_up {
+                // A broken connection is not kept: the next call makes one.
+                if let Some(s) = slot.as_deref_mut() {
+                    *s = None;
+                }
+            }
+            answer.map(|(v, _)| v).map_err(|e| match e {
                 ClientError::Wire(w) => (
                     serde_json::to_value(w.code)
                         .ok()
