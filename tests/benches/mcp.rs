@@ -49,7 +49,7 @@ fn main() {
         "initialize",
         json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}),
     );
-    writeln!(std::io::stdout(), "pb mcp initialized").unwrap();
+    println!("pb mcp initialized");
     let mut client = broker.client();
     let (mut over_mcp, mut over_ipc) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + n / 10 {
