@@ -28,6 +28,9 @@ pub const MAX_LOG_LINE: usize = 4096;
 #[derive(Default)]
 pub(crate) struct Stacks {
     map: HashMap<(u32, String), Registered>,
+    /// Whose service each lease is, (uid, lease id) to stack id: `find`
+    /// asks for every lease.
+    by_lease: HashMap<(u32, String), String>,
 }
 
 struct Registered {
@@ -38,11 +41,25 @@ struct Registered {
 impl Stacks {
     /// The stack a lease belongs to, for listings.
     pub(crate) fn of_lease(&self, uid: u32, lease_id: &str) -> Option<&str> {
-        self.map
-            .iter()
-            .filter(|((u, _), _)| *u == uid)
-            .find(|(_, r)| r.info.services.iter().any(|s| s.id == lease_id))
-            .map(|((_, id), _)| id.as_str())
+        self.by_lease
+            .get(&(uid, lease_id.to_string()))
+            .map(String::as_str)
+    }
+
+    fn put(&mut self, key: (u32, String), r: Registered) {
+        self.take(&key);
+        for s in &r.info.services {
+            self.by_lease.insert((key.0, s.id.clone()), key.1.clone());
+        }
+        self.map.insert(key, r);
+    }
+
+    fn take(&mut self, key: &(u32, String)) -> Option<Registered> {
+        let r = self.map.remove(key)?;
+        for s in &r.info.services {
+            self.by_lease.remove(&(key.0, s.id.clone()));
+        }
+        Some(r)
     }
 }
 
@@ -111,9 +128,9 @@ impl Core {
         let status = info.status;
         self.post_stack_state(&id, status);
         if matches!(status, StackStatus::Down | StackStatus::Failed) {
-            self.stacks.map.remove(&key);
+            self.stacks.take(&key);
         } else {
-            self.stacks.map.insert(
+            self.stacks.put(
                 key,
                 Registered {
                     info: info.clone(),
@@ -248,7 +265,7 @@ impl Core {
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
-            if let Some(r) = self.stacks.map.remove(&key) {
+            if let Some(r) = self.stacks.take(&key) {
                 self.post_stack_state(&key.1, StackStatus::Down);
                 let details = serde_json::json!({
                     "detail": "its supervisor went away",
