@@ -128,6 +128,20 @@ pub fn call_surviving(paths: &Paths, client: &mut Client, op: pb_proto::Op) -> R
     }
 }
 
+/// Releases each of `ids`, over a fresh connection if the broker restarted
+/// meanwhile; a failure is said, and the rest are released still.
+pub fn release_all(paths: &Paths, client: &mut Client, ids: &[String]) {
+    for id in ids {
+        let op = pb_proto::Op::Release {
+            target: pb_proto::ReleaseTarget::Name(id.clone()),
+            more: Vec::new(),
+        };
+        if let Err(e) = call_surviving(paths, client, op) {
+            eprintln!("pb: releasing {id}: {e:#}");
+        }
+    }
+}
+
 /// The broker could not start, and said why (or died saying nothing).
 #[derive(Debug, thiserror::Error)]
 #[error("the broker could not start: {0}")]

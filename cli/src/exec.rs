@@ -127,7 +127,7 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
                     Ok((r, _)) if !r.existing => ours.push(id.to_string()),
                     Ok(_) => {}
                     Err(e) => {
-                        release_all(paths, &mut client, &ours);
+                        connect::release_all(paths, &mut client, &ours);
                         return Err(e.into());
                     }
                 }
@@ -165,7 +165,7 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
         Err(e) => {
             eprintln!("pb: {e}");
             if !o.keep {
-                release_all(paths, &mut client, &ours);
+                connect::release_all(paths, &mut client, &ours);
             }
             return Ok(e.exit_code());
         }
@@ -212,7 +212,7 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
     }
     if !o.keep {
         let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
-        release_all(paths, &mut client, &ours);
+        connect::release_all(paths, &mut client, &ours);
     }
     Ok(code)
 }
@@ -330,12 +330,6 @@ fn describe(r: &ShimReport) -> String {
     }
 }
 
-fn release_all(paths: &Paths, client: &mut Client, ids: &[String]) {
-    for id in ids {
-        release(paths, client, id);
-    }
-}
-
 fn heartbeat_loop(paths: &Paths, client: &Mutex<Client>, done: &AtomicBool, id: &str, ttl_ms: i64) {
     let every = Duration::from_millis((ttl_ms as u64 / 3).max(100));
     while !done.load(Ordering::Relaxed) {
@@ -352,16 +346,5 @@ fn heartbeat_loop(paths: &Paths, client: &Mutex<Client>, done: &AtomicBool, id: 
         if let Err(e) = connect::call_surviving(paths, &mut c, beat) {
             eprintln!("pb: heartbeat for {id} failed: {e:#}");
         }
-    }
-}
-
-/// Releases `id`, over a fresh connection if the broker restarted meanwhile.
-fn release(paths: &Paths, client: &mut Client, id: &str) {
-    let op = Op::Release {
-        target: pb_proto::ReleaseTarget::Name(id.to_string()),
-        more: Vec::new(),
-    };
-    if let Err(e) = connect::call_surviving(paths, client, op) {
-        eprintln!("pb: releasing {id}: {e:#}");
     }
 }

@@ -99,13 +99,7 @@ impl PbTools {
                 }
             }
             answer.map(|(v, _)| v).map_err(|e| match e {
-                ClientError::Wire(w) => (
-                    serde_json::to_value(w.code)
-                        .ok()
-                        .and_then(|c| c.as_str().map(str::to_string))
-                        .unwrap_or_else(|| "internal".into()),
-                    w.message,
-                ),
+                ClientError::Wire(w) => (w.code.name(), w.message),
                 other => ("unavailable".to_string(), other.to_string()),
             })
         })

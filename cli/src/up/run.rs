@@ -30,7 +30,7 @@ use pb_platform::supervise::{self, ChildSpec, Fleet};
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
 use pb_proto::shim::{PortMap, ENV_MAP};
-use pb_proto::{ClaimArgs, ClaimManyReply, ClaimReply, Client, IpFamily, Op, Owner, ReleaseTarget};
+use pb_proto::{ClaimArgs, ClaimManyReply, ClaimReply, Client, IpFamily, Op, Owner};
 
 use super::env;
 use super::file::{PortWant, Ready, Restart, Service, Stack, Take};
@@ -181,7 +181,11 @@ fn direct_words(command: &str) -> Option<Vec<String>> {
 /// (`claim_many`); then, on the same connection, each id again for the
 /// listeners of those that take a descriptor. Nothing is held if any step
 /// fails.
-fn claim_all(client: &mut Client, stack: &Stack) -> Result<HashMap<String, (u16, Vec<OwnedFd>)>> {
+fn claim_all(
+    paths: &Paths,
+    client: &mut Client,
+    stack: &Stack,
+) -> Result<HashMap<String, (u16, Vec<OwnedFd>)>> {
     let with_port: Vec<&Service> = stack
         .services
         .iter()
@@ -231,7 +235,7 @@ fn claim_all(client: &mut Client, stack: &Stack) -> Result<HashMap<String, (u16,
         .map(|c| c.lease.id.clone())
         .collect();
     if let Some(c) = reply.claims.iter().find(|c| c.existing) {
-        release(client, &made);
+        connect::release_all(paths, client, &made);
         bail!(
             "{} is already claimed (port {}): is this stack up elsewhere? `pb release {}` frees it; {}",
             c.lease.id,
@@ -254,7 +258,7 @@ fn claim_all(client: &mut Client, stack: &Stack) -> Result<HashMap<String, (u16,
             match client.call_as::<ClaimReply>(Op::Claim(again)) {
                 Ok((_, f)) => fds = f,
                 Err(e) => {
-                    release(client, &made);
+                    connect::release_all(paths, client, &made);
                     bail!("service {}: {e}; {}", s.name, nothing());
                 }
             }
@@ -264,23 +268,11 @@ fn claim_all(client: &mut Client, stack: &Stack) -> Result<HashMap<String, (u16,
     Ok(got)
 }
 
-fn release(client: &mut Client, ids: &[String]) {
-    for id in ids {
-        let op = Op::Release {
-            target: ReleaseTarget::Name(id.clone()),
-            more: Vec::new(),
-        };
-        if let Err(e) = client.call(op) {
-            eprintln!("pb: releasing {id}: {e}");
-        }
-    }
-}
-
 /// Runs the stack until it is stopped; returns pb's exit code. `quiet`:
 /// detached, output only to the files.
 pub fn supervise(paths: &Paths, stack: &Stack, home: &StackHome, quiet: bool) -> Result<i32> {
     let mut client = connect::connect(paths)?;
-    let mut claimed = claim_all(&mut client, stack)?;
+    let mut claimed = claim_all(paths, &mut client, stack)?;
     let ports: HashMap<String, u16> = claimed.iter().map(|(k, (p, _))| (k.clone(), *p)).collect();
     let port_of = |name: &str| ports.get(name).copied();
     let shared = env::siblings(stack, &port_of);
@@ -377,7 +369,7 @@ pub fn supervise(paths: &Paths, stack: &Stack, home: &StackHome, quiet: bool) ->
         .filter(|u| u.port.is_some())
         .map(|u| u.svc.id.clone())
         .collect();
-    release(&mut sup.client, &ids);
+    connect::release_all(paths, &mut sup.client, &ids);
     sup.status = match sup.error {
         Some(_) => Status::Failed,
         None => Status::Down,
@@ -955,23 +947,13 @@ impl Supervisor<'_> {
         if let Err(e) = self.home.save(&info) {
             eprintln!("pb: cannot write the stack's state: {e:#}");
         }
-        let op = || Op::StackReport {
-            stack: info.clone(),
-            event: event.clone(),
-        };
-        match self.client.call(op()) {
-            Ok(_) => {}
-            Err(ClientError::Wire(e)) => {
-                eprintln!("pb: the broker refused the stack's report: {}", e.message)
-            }
-            // The broker went away (and may be back, its leases reloaded):
-            // report on a new connection.
-            Err(_) => {
-                if let Ok(mut c) = connect::existing(self.paths) {
-                    if c.call(op()).is_ok() {
-                        self.client = c;
-                    }
-                }
+        let op = Op::StackReport { stack: info, event };
+        // A broker that went away (and may be back, its leases reloaded)
+        // hears it on a new connection; while none answers, the state file
+        // is all there is, and nothing need be said.
+        if let Err(e) = connect::call_surviving(self.paths, &mut self.client, op) {
+            if let Some(ClientError::Wire(w)) = e.downcast_ref::<ClientError>() {
+                eprintln!("pb: the broker refused the stack's report: {}", w.message);
             }
         }
     }
