@@ -16,6 +16,7 @@
 
 // The foundation: rules, names and parsers with no state of their own.
 pub mod config;
+pub mod filepaths;
 pub mod fingerprint;
 pub mod home;
 pub mod ids;

@@ -1,5 +1,6 @@
 //! Durable state in SQLite: leases and each id's last port; held locks and
-//! every lock's last fencing token; registered agents; the activity log;
+//! every lock's last fencing token; registered agents; work sessions with
+//! their notes and file claims (`work.rs`); the activity log;
 //! the reserved range of event ids; webhooks and their delivery queue. The
 //! activity log has its own database file (`ActivityDb`), written by its
 //! own thread, so that logging never holds up the core.
@@ -15,7 +16,11 @@
 //! unlock around every transaction, no shared-memory index. Other programs
 //! cannot read the file while the broker runs; they ask the broker.
 
+mod work;
+
 use std::path::Path;
+
+pub use work::{FilesChange, NoteRecord, SessionRecord};
 
 use rusqlite::{params, Connection};
 
@@ -203,6 +208,46 @@ const MIGRATIONS: &[&str] = &[
         log TEXT NOT NULL
     );
     CREATE INDEX deliveries_queue ON deliveries(webhook, state, next_ms, seq);
+",
+    // 4: work sessions, their notes and file claims (store/work.rs).
+    // `meta.session_seq` keeps the highest session number ever given, so
+    // an id is never reused after ended sessions are forgotten.
+    "CREATE TABLE work_sessions (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        purpose TEXT NOT NULL,
+        dir TEXT,
+        phase TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner_kind TEXT NOT NULL,
+        owner_pid INTEGER,
+        owner_start INTEGER,
+        agent TEXT,
+        started_ms INTEGER NOT NULL,
+        ended_ms INTEGER,
+        abandoned_ms INTEGER,
+        takeovers INTEGER NOT NULL,
+        notes INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE session_notes (
+        session TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        text TEXT NOT NULL,
+        agent TEXT,
+        pid INTEGER,
+        uid INTEGER,
+        command TEXT,
+        PRIMARY KEY (session, n)
+    ) WITHOUT ROWID;
+    CREATE TABLE file_claims (
+        session TEXT NOT NULL,
+        path TEXT NOT NULL,
+        since_ms INTEGER NOT NULL,
+        PRIMARY KEY (session, path)
+    ) WITHOUT ROWID;
 ",
 ];
 

@@ -21,6 +21,7 @@ mod output;
 mod shim;
 mod up;
 mod webhook;
+mod work;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -342,6 +343,16 @@ enum Command {
     /// Register agents, send heartbeats, list them.
     #[command(subcommand)]
     Agent(coord::AgentCmd),
+    /// Work sessions: an agent's unit of work, with notes and file
+    /// claims, handed over when its owner is gone.
+    #[command(subcommand)]
+    Session(work::SessionCmd),
+    /// A session's notes: added, never changed.
+    #[command(subcommand)]
+    Note(work::NoteCmd),
+    /// Advisory claims on files for a session: claim, release, who.
+    #[command(subcommand)]
+    Files(work::FilesCmd),
     /// Wait until services accept connections.
     Wait {
         /// The service ids to wait for.
@@ -498,6 +509,9 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         } => coord::history(&paths, pattern, since, limit, fmt),
         Command::Channels { clear } => coord::channels(&paths, clear, fmt),
         Command::Agent(c) => coord::agent(&paths, c, fmt),
+        Command::Session(c) => work::session(&paths, c, fmt, agent),
+        Command::Note(c) => work::note(&paths, c, fmt, agent),
+        Command::Files(c) => work::files(&paths, c, fmt),
         Command::Wait { ids, timeout, http } => coord::wait(&paths, ids, &timeout, http, fmt),
         Command::Log(c) => coord::log(&paths, c, fmt),
         Command::Webhook(c) => webhook::webhook(&paths, c, fmt),

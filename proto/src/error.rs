@@ -58,6 +58,12 @@ pub enum ErrorCode {
     /// The address is one webhooks never reach (link-local, cloud
     /// metadata, private unless allowed): docs/SECURITY.md.
     BlockedAddress,
+    /// A work session has ended, or is abandoned and must be taken over
+    /// before it takes notes or claims.
+    Closed,
+    /// A file claim's path is outside its session's project, or is not a
+    /// path or glob pb can judge (docs/PROTOCOL.md, "Work sessions").
+    InvalidPath,
 }
 
 impl ErrorCode {
@@ -75,10 +81,10 @@ impl ErrorCode {
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
             | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | TooLarge
-            | UnsupportedMediaType | MethodNotAllowed | InvalidUrl => 2,
+            | UnsupportedMediaType | MethodNotAllowed | InvalidUrl | InvalidPath => 2,
             NotFound => 4,
             ReservedPort | PortTaken | IdConflict | Forbidden | Held | Unauthorized
-            | BlockedAddress => 5,
+            | BlockedAddress | Closed => 5,
             Exhausted | Limit | Lagged => 6,
             Timeout => 7,
             Internal => 1,
@@ -90,13 +96,14 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidFrame | UnsupportedVersion | InvalidRequest | InvalidId | InvalidPort
-            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | InvalidUrl => 400,
+            | InvalidRange | InvalidDuration | InvalidMetadata | InvalidName | InvalidUrl
+            | InvalidPath => 400,
             Unauthorized => 401,
             Forbidden | BlockedAddress => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
             Timeout => 408,
-            ReservedPort | PortTaken | IdConflict | Held => 409,
+            ReservedPort | PortTaken | IdConflict | Held | Closed => 409,
             TooLarge => 413,
             UnsupportedMediaType => 415,
             Limit | Lagged => 429,

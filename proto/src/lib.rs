@@ -12,6 +12,7 @@ pub mod paths;
 pub mod shim;
 pub mod stack;
 pub mod webhook;
+pub mod work;
 
 pub use client::Client;
 pub use coord::*;
@@ -19,6 +20,7 @@ pub use error::{ErrorCode, WireError};
 pub use message::*;
 pub use stack::*;
 pub use webhook::*;
+pub use work::*;
 
 /// The protocol version this build speaks. Every request carries it in `v`.
 pub const PROTOCOL_VERSION: u32 = 1;

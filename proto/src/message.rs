@@ -201,6 +201,71 @@ pub enum Op {
     },
     /// The event kinds a webhook can subscribe to.
     WebhookEvents,
+
+    // Work sessions (proto/src/work.rs): notes and file claims.
+    SessionBegin(crate::SessionArgs),
+    /// Ends a session (active or abandoned) and releases its file claims;
+    /// `note` is its last note.
+    SessionEnd {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    SessionPhase {
+        id: String,
+        phase: String,
+    },
+    /// Takes over an abandoned session, its notes and claims (Port
+    /// Daddy's salvage); the owner as for `session_begin`.
+    SessionTakeover {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<LockOwnerArg>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// The caller's user's sessions: `live` (the default), `active`,
+    /// `abandoned`, `ended` or `all`.
+    Sessions {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+    },
+    SessionGet {
+        id: String,
+    },
+    /// Adds an immutable note to an active session.
+    NoteAdd {
+        session: String,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// A session's notes after number `after`, oldest first.
+    Notes {
+        session: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<i64>,
+    },
+    /// Claims paths or globs within the session's project: all, or (on a
+    /// conflict with another live session) none, with `held`.
+    FilesClaim {
+        session: String,
+        paths: Vec<String>,
+    },
+    /// Releases the named claims, or all of them when `paths` is empty.
+    FilesRelease {
+        session: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        paths: Vec<String>,
+    },
+    /// The live claims that cover an absolute path.
+    FilesWho {
+        path: String,
+    },
 }
 
 /// What a release names: the lease on a port, or leases by id or by

@@ -48,6 +48,10 @@ pub struct Agents {
 }
 
 impl Agents {
+    pub fn has(&self, id: &str) -> bool {
+        self.map.contains_key(id)
+    }
+
     pub fn processes(&self) -> Vec<ProcessId> {
         self.map.values().filter_map(Agent::process).collect()
     }
@@ -307,6 +311,7 @@ impl Core {
         if let Err(e) = self.store.delete_agent(id) {
             eprintln!("pb: cannot forget agent {id}: {e}");
         }
+        self.sessions_agent_gone(id);
         let why = format!("agent_{reason}");
         let locks = self.locks_agent_gone(id, &why);
         let ids = self.leases_of_agent(id);

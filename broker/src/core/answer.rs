@@ -97,6 +97,14 @@ answers! {
     Stacks(StacksReply),
     StackRestart(StackRestartReply),
     StackLog(StackLogReply),
+    Session(SessionReply),
+    Sessions(SessionsReply),
+    SessionEnd(SessionEndReply),
+    Note(NoteReply),
+    Notes(NotesReply),
+    Files(FilesReply),
+    FilesRelease(FilesReleaseReply),
+    FilesWho(FilesWhoReply),
 }
 
 impl Answer {

@@ -1,5 +1,6 @@
 //! Coordination glue: runs the periodic work of the coordination modules
-//! (`locks`, `pubsub`, `agents`, `activity`: expiry, staleness, retention,
+//! (`locks`, `pubsub`, `agents`, `work`, `activity`: expiry, staleness,
+//! abandonment, retention,
 //! activity flushes) and tells them when a process dies.
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ impl Core {
     pub(crate) fn load_coord(&mut self) -> Result<(), StoreError> {
         self.load_locks()?;
         self.load_agents()?;
+        self.load_sessions()?;
         Ok(())
     }
 
@@ -33,6 +35,7 @@ impl Core {
     pub(crate) fn coord_processes(&self) -> Vec<ProcessId> {
         let mut v = self.locks.owner_processes();
         v.extend(self.agents.processes());
+        v.extend(self.work.processes());
         // Many locks often share one owner (a script's shell).
         v.sort_by_key(|p| (p.pid, p.start_time));
         v.dedup();
@@ -44,6 +47,7 @@ impl Core {
     pub fn process_exited(&mut self, p: ProcessId) {
         self.locks_process_exited(p);
         self.agents_process_exited(p);
+        self.sessions_process_exited(p);
     }
 
     /// One tick of periodic work; `n` counts ticks.
@@ -62,6 +66,7 @@ impl Core {
                     serde_json::json!({ "removed": removed, "reason": "retention" }),
                 );
             }
+            self.expire_sessions(now);
             if let Err(e) = self.store.trim_locks(KEEP_FREE_LOCK_ROWS) {
                 eprintln!("pb: cannot trim lock rows: {e}");
             }

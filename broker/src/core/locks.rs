@@ -42,7 +42,7 @@ pub enum LockOwner {
 }
 
 impl LockOwner {
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             LockOwner::Process(_) => "process",
             LockOwner::Name(_) => "name",
@@ -57,7 +57,7 @@ impl LockOwner {
         }
     }
 
-    fn process(&self) -> Option<ProcessId> {
+    pub(crate) fn process(&self) -> Option<ProcessId> {
         match self {
             LockOwner::Process(p) => Some(*p),
             _ => None,
@@ -389,7 +389,7 @@ impl Core {
 
     /// The owner a request names, checked; with the caller's exit watch
     /// when the caller itself is the owner.
-    fn lock_owner(
+    pub(crate) fn lock_owner(
         &mut self,
         caller: &Caller,
         arg: LockOwnerArg,

@@ -28,6 +28,7 @@ pub mod pubsub;
 pub mod stacks;
 pub mod stream;
 pub mod webhooks;
+pub mod work;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -307,6 +308,7 @@ pub struct Core {
     pub(crate) pubsub: PubSub,
     pub(crate) agents: Agents,
     pub(crate) stacks: crate::core::stacks::Stacks,
+    pub(crate) work: crate::core::work::WorkSessions,
     /// The HTTP API's base URL once it listens (for login URLs).
     http_base: Option<String>,
     http_off: Option<String>,
@@ -339,6 +341,7 @@ impl Core {
             pubsub: PubSub::default(),
             agents: Agents::default(),
             stacks: Default::default(),
+            work: Default::default(),
             http_base: None,
             http_off: None,
             logins: Logins::default(),
@@ -780,6 +783,27 @@ impl Core {
             Op::WebhookTest { id } => self.webhook_test(&id),
             Op::WebhookDeliveries { id, limit } => self.webhook_deliveries(&id, limit),
             Op::WebhookEvents => Ok(webhooks::events_list()),
+            Op::SessionBegin(a) => self.session_begin(caller, a),
+            Op::SessionEnd { id, note, agent } => self.session_end(caller, &id, note, agent),
+            Op::SessionPhase { id, phase } => self.session_phase(caller, &id, phase),
+            Op::SessionTakeover { id, owner, agent } => {
+                self.session_takeover(caller, &id, owner, agent)
+            }
+            Op::Sessions { state } => self.sessions_list(caller, state.as_deref()),
+            Op::SessionGet { id } => self.session_get(caller, &id),
+            Op::NoteAdd {
+                session,
+                text,
+                agent,
+            } => self.note_add(caller, &session, text, agent),
+            Op::Notes {
+                session,
+                after,
+                limit,
+            } => self.notes_list(caller, &session, after, limit),
+            Op::FilesClaim { session, paths } => self.files_claim(caller, &session, paths),
+            Op::FilesRelease { session, paths } => self.files_release(caller, &session, paths),
+            Op::FilesWho { path } => self.files_who(caller, &path),
             Op::LockAcquire(a) => self.lock_acquire(caller, a),
             Op::LockRelease {
                 name,

@@ -487,3 +487,139 @@ fn claim_many_claims_all_or_none() {
     }
     assert_eq!(sorted_ids(&mut core), ["other:db", "shop:api", "shop:web"]);
 }
+
+fn register(core: &mut Core, agent: &str) {
+    core.apply(
+        &me(),
+        Op::AgentRegister(AgentArgs {
+            id: agent.into(),
+            owner: pb_proto::Owner::None,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+}
+
+fn begin(core: &mut Core, agent: &str, files: &[&str]) -> Result<Outcome, pb_proto::WireError> {
+    core.apply(
+        &me(),
+        Op::SessionBegin(pb_proto::SessionArgs {
+            purpose: format!("work of {agent}"),
+            dir: Some("/proj".into()),
+            agent: Some(agent.into()),
+            files: files.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }),
+    )
+}
+
+#[test]
+fn work_sessions_claim_files_without_overlap_and_hand_over_when_abandoned() {
+    use pb_proto::{FilesReply, NotesReply, SessionEndReply, SessionReply};
+    let mut core = core();
+    register(&mut core, "agent-a");
+    register(&mut core, "agent-b");
+    let a: SessionReply = reply(begin(&mut core, "agent-a", &["src/auth"]));
+    assert_eq!(a.session.files, ["/proj/src/auth"]);
+    // B's overlapping claim is refused, with the conflict, and changes
+    // nothing: its session never began.
+    let err = begin(&mut core, "agent-b", &["src/auth/login.rs"]).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Held, "{}", err.message);
+    assert!(err.message.contains(&a.session.id), "{}", err.message);
+    let conflicts = &err.details.as_ref().unwrap()["conflicts"];
+    assert_eq!(conflicts[0]["claimed"], "/proj/src/auth");
+    let b: SessionReply = reply(begin(&mut core, "agent-b", &["src/api/*.rs"]));
+    assert_ne!(a.session.id, b.session.id);
+    let err = core
+        .apply(
+            &me(),
+            Op::FilesClaim {
+                session: b.session.id.clone(),
+                paths: vec!["src/api/x.py".into(), "../elsewhere".into()],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidPath, "{}", err.message);
+    let got: FilesReply = reply(core.apply(
+        &me(),
+        Op::FilesClaim {
+            session: b.session.id.clone(),
+            paths: vec!["src/api/x.py".into()],
+        },
+    ));
+    assert_eq!(got.files, ["/proj/src/api/*.rs", "/proj/src/api/x.py"]);
+    // A's agent goes away: A's session is abandoned, its claims kept.
+    core.apply(
+        &me(),
+        Op::NoteAdd {
+            session: a.session.id.clone(),
+            text: "auth half done".into(),
+            agent: None,
+        },
+    )
+    .unwrap();
+    core.apply(
+        &me(),
+        Op::AgentUnregister {
+            id: "agent-a".into(),
+        },
+    )
+    .unwrap();
+    let err = core
+        .apply(
+            &me(),
+            Op::NoteAdd {
+                session: a.session.id.clone(),
+                text: "late".into(),
+                agent: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Closed, "{}", err.message);
+    assert!(begin(&mut core, "agent-b", &["src/auth"]).is_err());
+    // B takes it over: notes and claims come along, with a handoff note.
+    let t: SessionReply = reply(core.apply(
+        &me(),
+        Op::SessionTakeover {
+            id: a.session.id.clone(),
+            owner: None,
+            agent: Some("agent-b".into()),
+        },
+    ));
+    assert_eq!(t.session.state, "active");
+    assert_eq!(t.session.agent.as_deref(), Some("agent-b"));
+    assert_eq!(t.session.files, ["/proj/src/auth"]);
+    let notes: NotesReply = reply(core.apply(
+        &me(),
+        Op::Notes {
+            session: a.session.id.clone(),
+            after: None,
+            limit: None,
+        },
+    ));
+    let kinds: Vec<&str> = notes.notes.iter().map(|n| n.kind.as_str()).collect();
+    assert_eq!(kinds, ["note", "handoff"]);
+    assert_eq!(notes.notes[0].text, "auth half done");
+    // Ending releases its files; a second end is refused.
+    let end: SessionEndReply = reply(core.apply(
+        &me(),
+        Op::SessionEnd {
+            id: a.session.id.clone(),
+            note: Some("done".into()),
+            agent: None,
+        },
+    ));
+    assert_eq!(end.released, ["/proj/src/auth"]);
+    let err = core
+        .apply(
+            &me(),
+            Op::SessionEnd {
+                id: a.session.id.clone(),
+                note: None,
+                agent: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Closed);
+    reply::<SessionReply>(begin(&mut core, "agent-b", &["src/auth/login.rs"]));
+}
