@@ -47,6 +47,22 @@ pub struct Config {
     pub coord: CoordConfig,
     /// Webhook limits, retries and the SSRF policy.
     pub webhooks: WebhookConfig,
+    /// `/mcp` lists every tool, not only the essential ones
+    /// ([`mcp_all_tools`]).
+    pub mcp_all_tools: bool,
+}
+
+/// PB_MCP_TOOLS: `essential` (the default: the essential tools and
+/// `pd_discover`) or `all`, for both `pb mcp` and `/mcp`.
+pub fn mcp_all_tools() -> Result<bool, WireError> {
+    match std::env::var("PB_MCP_TOOLS").as_deref() {
+        Err(_) | Ok("") | Ok("essential") => Ok(false),
+        Ok("all") => Ok(true),
+        Ok(other) => Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("PB_MCP_TOOLS={other:?} is not `essential` or `all`"),
+        )),
+    }
 }
 
 /// Webhook limits, retries and where deliveries may go.
@@ -321,6 +337,7 @@ impl Config {
                 .filter(|v| !v.is_empty()),
             coord: CoordConfig::from_env()?,
             webhooks: WebhookConfig::from_env()?,
+            mcp_all_tools: mcp_all_tools()?,
         })
     }
 }

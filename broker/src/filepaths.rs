@@ -103,9 +103,9 @@ pub fn claim_path(dir: &str, p: &str) -> Result<String, WireError> {
             )));
         }
         if is_glob(c) && *c != "**" {
-            GlobBuilder::new(c).build().map_err(|e| {
-                invalid(format!("{p:?} is not a valid glob: {}", e.kind()))
-            })?;
+            GlobBuilder::new(c)
+                .build()
+                .map_err(|e| invalid(format!("{p:?} is not a valid glob: {}", e.kind())))?;
         }
     }
     Ok(join(&parts))
@@ -217,11 +217,22 @@ mod tests {
     #[test]
     fn claims_are_normalised_within_the_project() {
         let d = "/home/u/app";
-        assert_eq!(claim_path(d, "src/./auth/").unwrap(), "/home/u/app/src/auth");
-        assert_eq!(claim_path(d, "/home/u/app/x.rs").unwrap(), "/home/u/app/x.rs");
+        assert_eq!(
+            claim_path(d, "src/./auth/").unwrap(),
+            "/home/u/app/src/auth"
+        );
+        assert_eq!(
+            claim_path(d, "/home/u/app/x.rs").unwrap(),
+            "/home/u/app/x.rs"
+        );
         assert_eq!(claim_path(d, "src/../lib").unwrap(), "/home/u/app/lib");
         assert_eq!(claim_path(d, ".").unwrap(), "/home/u/app");
-        for bad in ["../other", "/etc/passwd", "/home/u/application", "src/../../x"] {
+        for bad in [
+            "../other",
+            "/etc/passwd",
+            "/home/u/application",
+            "src/../../x",
+        ] {
             let e = claim_path(d, bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidPath, "{bad}");
         }

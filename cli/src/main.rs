@@ -391,7 +391,12 @@ enum Command {
     /// Serve the broker's tools to a coding agent over MCP on stdio
     /// (`claude mcp add pb -- pb mcp`): what it claims and locks is the
     /// agent's, freed when the agent exits.
-    Mcp,
+    Mcp {
+        /// List every tool, not only the essential ones and pd_discover
+        /// (also PB_MCP_TOOLS=all). Every tool can be called either way.
+        #[arg(long)]
+        all: bool,
+    },
     /// Stop a detached stack (`pb up -d`).
     Down {
         #[command(flatten)]
@@ -683,7 +688,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             }
         }
         Command::Down { stack } => up::down(&stack),
-        Command::Mcp => mcp::serve(&paths),
+        Command::Mcp { all } => mcp::serve(&paths, all || pb_broker::config::mcp_all_tools()?),
         Command::Restart {
             service: Some(service),
             stack,

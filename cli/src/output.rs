@@ -23,28 +23,7 @@ pub fn human_ms(ms: u64) -> String {
     }
 }
 
-pub fn url(port: u16) -> String {
-    format!("http://localhost:{port}")
-}
-
-/// The environment variable that carries `id`'s port: `myapp:api` becomes
-/// `MYAPP_API_PORT`.
-pub fn env_name(id: &str) -> String {
-    let mut name: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.starts_with(|c: char| c.is_ascii_digit()) {
-        name.insert(0, '_');
-    }
-    name + "_PORT"
-}
+pub use pb_proto::names::{env_name, url};
 
 /// Writes one line to stdout. A reader that went away (EPIPE) ends pb
 /// with exit 0: nobody is left to read, and that is not a failure.

@@ -178,7 +178,12 @@ fn note_line(n: &NoteInfo) -> String {
     } else {
         format!("[{}] ", n.kind)
     };
-    format!("#{} {} ago, {by}: {kind}{}", n.n, human_ms(now_ms().saturating_sub(n.time_ms)), n.text)
+    format!(
+        "#{} {} ago, {by}: {kind}{}",
+        n.n,
+        human_ms(now_ms().saturating_sub(n.time_ms)),
+        n.text
+    )
 }
 
 fn print_session(reply: &SessionReply, fmt: Format, verb: &str) {
@@ -298,7 +303,9 @@ pub fn note(paths: &Paths, cmd: NoteCmd, fmt: Format, agent: Option<String>) -> 
             match fmt {
                 Format::Json => output::print_json(&reply),
                 Format::Quiet => outln!("{}", reply.note.n),
-                Format::Human => eprintln!("pb: note #{} added to {}", reply.note.n, reply.note.session),
+                Format::Human => {
+                    eprintln!("pb: note #{} added to {}", reply.note.n, reply.note.session)
+                }
             }
         }
         NoteCmd::Ls { which, after } => {
@@ -353,8 +360,9 @@ pub fn files(paths: &Paths, cmd: FilesCmd, fmt: Format) -> Result<i32> {
             }
         }
         FilesCmd::Who { path } => {
-            let (reply, _): (FilesWhoReply, _) =
-                client.call_as(Op::FilesWho { path: absolute(&path)? })?;
+            let (reply, _): (FilesWhoReply, _) = client.call_as(Op::FilesWho {
+                path: absolute(&path)?,
+            })?;
             match fmt {
                 Format::Json => output::print_json(&reply),
                 Format::Quiet => reply.claims.iter().for_each(|c| outln!("{}", c.session)),

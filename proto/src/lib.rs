@@ -8,6 +8,7 @@ pub mod duration;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod names;
 pub mod paths;
 pub mod shim;
 pub mod stack;

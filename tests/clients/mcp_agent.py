@@ -1,10 +1,19 @@
 """An agent that uses pb through MCP, with the official Python SDK (`mcp`):
-it starts `pb mcp` ($PB, with this process's environment) as its stdio
-server, and then reads one JSON line per step from stdin,
-{"tool": NAME, "args": {...}}, or {"list": true} for the tool names, and
-prints one JSON line per answer: {"error": bool, "result": ...}, or
-{"protocol_error": CODE, "message": ...} for a call the protocol refused. An empty
-line or end of input ends it, and with it the server."""
+it starts `pb mcp` ($PB, with this process's environment, and $PB_MCP_ARGS
+split on spaces) as its stdio server, and then reads one JSON line per step
+from stdin:
+
+- {"tool": NAME, "args": {...}}: call it; with "progress": true, collect
+  the progress notifications the call sends; with "background": true, do
+  not wait (prints {"started": NAME}, and the answer when it comes);
+- {"list": true}: the tool names;
+- {"disconnect": true}: close the MCP session (and with it the server) while
+  background calls are still pending, and stay alive, printing
+  {"disconnected": true}.
+
+It prints one JSON line per answer: {"error": bool, "result": ...,
+"progress": [...]}, or {"protocol_error": CODE, "message": ..., "data": ...}
+for a call the protocol refused. An empty line or end of input ends it."""
 
 import asyncio
 import json
@@ -16,30 +25,59 @@ from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import McpError
 
 
+def emit(v):
+    print(json.dumps(v), flush=True)
+
+
+async def call(session, step):
+    progress = []
+
+    async def on_progress(done, total, message):
+        progress.append(message)
+
+    try:
+        r = await session.call_tool(
+            step["tool"],
+            step.get("args", {}),
+            progress_callback=on_progress if step.get("progress") else None,
+        )
+    except McpError as e:
+        # Refused by the protocol (an unknown tool), not by a tool.
+        emit({"protocol_error": e.error.code, "message": e.error.message, "data": e.error.data})
+        return
+    emit({"error": bool(r.isError), "result": r.structuredContent, "progress": progress})
+
+
 async def main():
-    params = StdioServerParameters(command=os.environ["PB"], args=["mcp"], env=dict(os.environ))
+    args = ["mcp"] + [a for a in os.environ.get("PB_MCP_ARGS", "").split(" ") if a]
+    params = StdioServerParameters(command=os.environ["PB"], args=args, env=dict(os.environ))
+    loop = asyncio.get_running_loop()
+    readline = lambda: loop.run_in_executor(None, sys.stdin.readline)
+    pending = []
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             info = await session.initialize()
-            print(json.dumps({"server": info.serverInfo.name}), flush=True)
-            loop = asyncio.get_running_loop()
+            emit({"server": info.serverInfo.name})
             while True:
-                line = await loop.run_in_executor(None, sys.stdin.readline)
+                line = await readline()
                 if not line.strip():
                     return
                 step = json.loads(line)
                 if step.get("list"):
                     tools = await session.list_tools()
-                    print(json.dumps({"tools": [t.name for t in tools.tools]}), flush=True)
-                    continue
-                try:
-                    r = await session.call_tool(step["tool"], step.get("args", {}))
-                except McpError as e:
-                    # Refused by the protocol (an unknown tool, arguments
-                    # that fail the schema), not by pb.
-                    print(json.dumps({"protocol_error": e.error.code, "message": e.error.message}), flush=True)
-                    continue
-                print(json.dumps({"error": bool(r.isError), "result": r.structuredContent}), flush=True)
+                    emit({"tools": [t.name for t in tools.tools]})
+                elif step.get("disconnect"):
+                    break
+                elif step.get("background"):
+                    pending.append(asyncio.create_task(call(session, step)))
+                    emit({"started": step["tool"]})
+                else:
+                    await call(session, step)
+            for t in pending:
+                t.cancel()
+    emit({"disconnected": True})
+    while (await readline()).strip():
+        pass
 
 
 asyncio.run(main())

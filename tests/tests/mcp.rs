@@ -2,8 +2,11 @@
 //! PyPI, installed by tests/realapps/install.sh) starts `pb mcp` as its
 //! stdio server, as Claude Code or any agent does, and calls its tools.
 //! What an agent claims and locks is its own process's, freed when it exits.
+//! Its work sessions, notes and file claims outlive it, abandoned, until
+//! another agent takes them over.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
@@ -20,6 +23,12 @@ struct Agent {
 
 impl Agent {
     fn start(broker: &Broker) -> Agent {
+        Agent::start_in(broker, &std::env::temp_dir(), &[])
+    }
+
+    /// An agent working in `dir` (its `pb mcp` too: the project of its
+    /// sessions), with `env` besides the broker's.
+    fn start_in(broker: &Broker, dir: &Path, env: &[(&str, &str)]) -> Agent {
         let python = tests_dir().join("realapps/.venv/bin/python");
         assert!(
             python.exists(),
@@ -30,6 +39,8 @@ impl Agent {
             .arg(tests_dir().join("clients/mcp_agent.py"))
             .envs(broker.env().iter().map(|(k, v)| (k, v)))
             .env("PB", pb_bin())
+            .envs(env.iter().copied())
+            .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -89,24 +100,76 @@ impl Agent {
 fn an_agent_claims_locks_and_talks_through_pb_mcp_and_its_exit_frees_all() {
     let broker = Broker::start();
     let mut a = Agent::start(&broker);
+    // The default list is short: the essential tools and pd_discover,
+    // which lists the rest; every tool can be called either way.
     a.send(json!({ "list": true }));
     let tools = a.read()["tools"].clone();
+    let names: Vec<&str> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
     for t in [
         "claim_port",
         "release_port",
         "list_services",
+        "get_service",
         "acquire_lock",
         "release_lock",
         "publish_message",
         "get_messages",
         "wait_for_service",
+        "begin_session",
+        "end_session_full",
+        "add_note",
+        "claim_files",
+        "who_owns_file",
         "whoami",
+        "pd_discover",
     ] {
-        assert!(
-            tools.as_array().unwrap().iter().any(|x| x == t),
-            "{t} not in {tools}"
-        );
+        assert!(names.contains(&t), "{t} not in {tools}");
     }
+    assert!(!names.contains(&"webhook_add"), "{tools}");
+    let all = a.call("pd_discover", json!({}));
+    let all: Vec<&str> = all["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    // Port Daddy's names for the tools both have, so agents' prompts work.
+    for t in [
+        "list_locks",
+        "list_channels",
+        "clear_channel",
+        "register_agent",
+        "agent_heartbeat",
+        "unregister_agent",
+        "get_agent",
+        "list_agents",
+        "activity_log",
+        "daemon_status",
+        "get_version",
+        "list_system_ports",
+        "webhook_add",
+        "webhook_list",
+        "webhook_delete",
+        "list_notes",
+        "release_files",
+        "list_sessions",
+        "takeover_session",
+        "list_stacks",
+        "restart_service",
+        "stack_logs",
+        "service_url",
+        "service_env",
+        "who_holds_port",
+        "wait_for_messages",
+    ] {
+        assert!(all.contains(&t), "{t} not in {all:?}");
+    }
+    assert!(all.len() > names.len() + 20, "{all:?}");
     // A claim is kernel-held: nobody else can bind its port.
     let lease = a.call("claim_port", json!({ "id": "agent:api" }));
     let port = lease["lease"]["port"].as_u64().unwrap() as u16;
@@ -153,17 +216,23 @@ fn an_agent_claims_locks_and_talks_through_pb_mcp_and_its_exit_frees_all() {
         json!({ "ids": ["agent:api"], "timeout_ms": 300 }),
     );
     assert_eq!(timeout["result"]["code"], "timeout", "{timeout}");
-    // Calls refused before pb sees them (no such tool: a JSON-RPC error;
-    // arguments against the schema: rmcp's tool error) change nothing.
+    // Calls refused before pb sees them change nothing, and carry pb's
+    // code too: no such tool is a JSON-RPC error whose data has it;
+    // arguments against the schema, and too many bytes of them, are tool
+    // errors.
+    let none = a.answer("no_such_tool", json!({}));
+    assert_eq!(none["data"]["code"], "invalid_request", "{none}");
+    assert!(none["protocol_error"].is_i64(), "{none}");
     for (tool, args) in [
-        ("no_such_tool", json!({})),
         ("claim_port", json!({ "id": 5 })),
         ("claim_port", json!({})),
         ("acquire_lock", json!({ "name": "x", "ttl_ms": "soon" })),
+        ("add_note", json!({ "session": "s1" })),
     ] {
         let r = a.answer(tool, args.clone());
-        assert!(
-            r["protocol_error"].is_i64() || r["error"] == true,
+        assert_eq!(
+            (&r["error"], &r["result"]["code"]),
+            (&json!(true), &json!("invalid_request")),
             "{tool} {args}: {r}"
         );
     }
@@ -171,7 +240,9 @@ fn an_agent_claims_locks_and_talks_through_pb_mcp_and_its_exit_frees_all() {
         "publish_message",
         json!({ "channel": "big", "message": "x".repeat(200_000) }),
     );
-    assert_eq!(huge["result"]["code"], "invalid_frame", "{huge}");
+    assert_eq!(huge["result"]["code"], "too_large", "{huge}");
+    let versions = a.call("get_version", json!({}));
+    assert_eq!(versions["protocol"], 1, "{versions}");
     assert_eq!(broker.leases().len(), 1);
     let again = a.call("get_service", json!({ "id": "agent:api" }));
     assert_eq!(again["port"], port);
@@ -193,4 +264,190 @@ fn an_agent_claims_locks_and_talks_through_pb_mcp_and_its_exit_frees_all() {
             .then_some(())
     });
     assert!(unlocked.is_some(), "{}", broker.pb_json(&["locks"]));
+}
+
+/// The session tools of one agent's answer.
+fn session_of(v: &Value) -> String {
+    v["session"]["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn sessions_notes_and_file_claims_pass_from_a_killed_agent_to_another_and_survive_a_restart() {
+    let mut broker = Broker::start();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(project.path().join("src/auth")).unwrap();
+    let dir = project.path().canonicalize().unwrap();
+    let mut a = Agent::start_in(&broker, &dir, &[]);
+    let mut b = Agent::start_in(&broker, &dir, &[("PB_MCP_TOOLS", "all")]);
+    let began = a.call(
+        "begin_session",
+        json!({ "purpose": "rework login", "phase": "planning", "files": ["src/auth"] }),
+    );
+    let s = session_of(&began);
+    assert_eq!(began["session"]["dir"], dir.to_str().unwrap(), "{began}");
+    assert_eq!(began["session"]["pid"], a.proc.pid(), "{began}");
+    a.call(
+        "add_note",
+        json!({ "session": s, "text": "login form split out" }),
+    );
+    a.call(
+        "add_note",
+        json!({ "session": s, "text": "next: the token refresh" }),
+    );
+
+    // B's claim overlaps A's: refused, with who holds what, all or none.
+    let other = session_of(&b.call("begin_session", json!({ "purpose": "api docs" })));
+    let clash = b.answer(
+        "claim_files",
+        json!({ "session": other, "paths": ["docs/api.md", "src/auth/login.rs"] }),
+    );
+    assert_eq!(clash["result"]["code"], "held", "{clash}");
+    let conflict = &clash["result"]["details"]["conflicts"][0];
+    assert_eq!(conflict["session"], s.as_str(), "{clash}");
+    assert_eq!(conflict["pid"], a.proc.pid(), "{clash}");
+    let mine = b.call("get_session", json!({ "session": other }));
+    assert_eq!(mine["session"]["files"], json!([]), "{mine}");
+    b.call(
+        "claim_files",
+        json!({ "session": other, "paths": ["docs/*.md"] }),
+    );
+    let who = b.call("who_owns_file", json!({ "path": "src/auth/login.rs" }));
+    assert_eq!(who["claims"][0]["session"], s.as_str(), "{who}");
+    // Bad input: a path outside the project, a session of nobody's.
+    let outside = b.answer(
+        "claim_files",
+        json!({ "session": other, "paths": ["../x"] }),
+    );
+    assert_eq!(outside["result"]["code"], "invalid_path", "{outside}");
+    let nobody = b.answer("add_note", json!({ "session": "s999", "text": "x" }));
+    assert_eq!(nobody["result"]["code"], "not_found", "{nobody}");
+
+    // A is killed: its session is abandoned, its claims kept.
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait_for(Duration::from_secs(10));
+    let abandoned = wait_until(Duration::from_secs(10), || {
+        let got = b.call("get_session", json!({ "session": s }));
+        (got["session"]["state"] == "abandoned").then_some(got)
+    });
+    let abandoned = abandoned.expect("the session is abandoned when its agent dies");
+    assert_eq!(abandoned["session"]["files"].as_array().unwrap().len(), 1);
+    let closed = b.answer("add_note", json!({ "session": s, "text": "mine now?" }));
+    assert_eq!(closed["result"]["code"], "closed", "{closed}");
+
+    // Everything survives a restart of the broker.
+    b.exit();
+    broker.restart();
+    let mut b = Agent::start_in(&broker, &dir, &[("PB_MCP_TOOLS", "all")]);
+    let listed = b.call("list_sessions", json!({}));
+    let states: Vec<(&str, &str)> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["id"].as_str().unwrap(), x["state"].as_str().unwrap()))
+        .collect();
+    assert!(states.contains(&(s.as_str(), "abandoned")), "{listed}");
+    assert!(states.contains(&(other.as_str(), "abandoned")), "{listed}");
+
+    // B takes A's over (salvage): notes and claims come along.
+    let taken = b.call("takeover_session", json!({ "session": s }));
+    assert_eq!(taken["session"]["state"], "active", "{taken}");
+    assert_eq!(taken["session"]["pid"], b.proc.pid(), "{taken}");
+    assert_eq!(taken["session"]["takeovers"], 1);
+    let notes = b.call("list_notes", json!({ "session": s }));
+    let texts: Vec<&str> = notes["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts[..2],
+        ["login form split out", "next: the token refresh"]
+    );
+    assert_eq!(notes["notes"][2]["kind"], "handoff", "{notes}");
+    b.call(
+        "set_session_phase",
+        json!({ "session": s, "phase": "testing" }),
+    );
+    let ended = b.call(
+        "end_session_full",
+        json!({ "session": s, "note": "token refresh done" }),
+    );
+    assert_eq!(ended["released"].as_array().unwrap().len(), 1, "{ended}");
+    let again = b.answer("end_session_full", json!({ "session": s }));
+    assert_eq!(again["result"]["code"], "closed", "{again}");
+    let who = b.call("who_owns_file", json!({ "path": "src/auth/login.rs" }));
+    assert_eq!(who["claims"], json!([]), "{who}");
+    // The CLI sees the same sessions, and the activity log each step.
+    let shown = broker.pb_json(&["session", "show", &s]);
+    assert_eq!(shown["session"]["phase"], "testing", "{shown}");
+    assert_eq!(shown["notes"].as_array().unwrap().len(), 4, "{shown}");
+    let kinds: Vec<String> = broker
+        .activity(&["--target", &s])
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for k in [
+        "session.begin",
+        "session.note",
+        "session.abandoned",
+        "session.takeover",
+        "session.end",
+    ] {
+        assert!(
+            kinds.iter().any(|x| x == k),
+            "{k} not in {kinds:?}: {:?}",
+            broker.activity(&[])
+        );
+    }
+    b.exit();
+}
+
+#[test]
+fn a_queued_lock_reports_progress_and_a_client_gone_mid_wait_is_granted_nothing() {
+    let broker = Broker::start();
+    let mut a = Agent::start(&broker);
+    let mut b = Agent::start(&broker);
+    a.call("acquire_lock", json!({ "name": "deploy" }));
+    // B queues, asking for progress: it hears of its wait once a second.
+    b.send(
+        json!({ "tool": "acquire_lock", "args": { "name": "deploy", "wait_ms": 20000 },
+                   "progress": true }),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    a.call("release_lock", json!({ "name": "deploy" }));
+    let granted = b.read();
+    assert_eq!(granted["error"], false, "{granted}");
+    let progress = granted["progress"].as_array().unwrap();
+    assert!(!progress.is_empty(), "{granted}");
+    assert!(
+        progress[0]
+            .as_str()
+            .unwrap()
+            .contains("queued for lock deploy"),
+        "{granted}"
+    );
+    // C queues behind B, then closes its MCP session while still queued
+    // (its process lives on): the lock B releases goes to nobody.
+    let mut c = Agent::start(&broker);
+    c.send(
+        json!({ "tool": "acquire_lock", "args": { "name": "deploy", "wait_ms": 30000 },
+                   "background": true }),
+    );
+    assert_eq!(c.read()["started"], "acquire_lock");
+    let queued = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "deploy"])["locks"][0]["waiters"] == 1).then_some(())
+    });
+    assert!(queued.is_some(), "c never queued");
+    c.send(json!({ "disconnect": true }));
+    assert_eq!(c.read()["disconnected"], true);
+    b.call("release_lock", json!({ "name": "deploy" }));
+    std::thread::sleep(Duration::from_millis(500));
+    let locks = broker.pb_json(&["locks"]);
+    assert_eq!(locks["locks"], json!([]), "{locks}");
+    let info = broker.pb(&["locks", "deploy"]);
+    assert!(info.status.success());
+    c.exit();
+    a.exit();
+    b.exit();
 }

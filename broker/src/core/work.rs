@@ -138,8 +138,7 @@ fn check_text(what: &str, v: &str, max: usize, lines: bool) -> Result<(), WireEr
 fn check_phase(p: &str) -> Result<(), WireError> {
     let ok = !p.is_empty()
         && p.len() <= MAX_PHASE
-        && p
-            .chars()
+        && p.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !ok {
         return Err(WireError::new(
@@ -151,7 +150,7 @@ fn check_phase(p: &str) -> Result<(), WireError> {
 }
 
 fn note_info(n: NoteRecord) -> NoteInfo {
-    let from = (n.agent.is_some() || n.pid.is_some()).then(|| Actor {
+    let from = (n.agent.is_some() || n.pid.is_some()).then_some(Actor {
         agent: n.agent,
         pid: n.pid,
         uid: n.uid,
@@ -297,7 +296,10 @@ impl Core {
         let Some(dir) = &s.rec.dir else {
             return Err(WireError::new(
                 ErrorCode::InvalidPath,
-                format!("session {} has no project directory to claim files in", s.rec.id),
+                format!(
+                    "session {} has no project directory to claim files in",
+                    s.rec.id
+                ),
             ));
         };
         if paths.is_empty() || paths.len() > MAX_FILES_A_REQUEST {
@@ -848,9 +850,10 @@ impl Core {
                 eprintln!("pb: cannot end abandoned session {id}: {}", e.message);
                 continue;
             }
-            let released: Vec<String> = std::mem::take(&mut self.work.map.get_mut(&id).expect("listed").files)
-                .into_keys()
-                .collect();
+            let released: Vec<String> =
+                std::mem::take(&mut self.work.map.get_mut(&id).expect("listed").files)
+                    .into_keys()
+                    .collect();
             self.emit(
                 EventKind::SessionEnd,
                 &id,

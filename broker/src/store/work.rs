@@ -175,8 +175,8 @@ impl Store {
                 }
             }
             FilesChange::Remove(paths) => {
-                let mut st = tx
-                    .prepare_cached("DELETE FROM file_claims WHERE session = ?1 AND path = ?2")?;
+                let mut st =
+                    tx.prepare_cached("DELETE FROM file_claims WHERE session = ?1 AND path = ?2")?;
                 for p in paths {
                     st.execute(params![s.id, p])?;
                 }

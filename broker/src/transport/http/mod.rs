@@ -22,6 +22,7 @@ pub mod limits;
 pub mod listeners;
 pub mod locks;
 pub mod login;
+pub mod mcp;
 pub mod messages;
 pub mod openapi;
 pub mod portdaddy;
@@ -66,6 +67,8 @@ pub struct HttpState {
     pub code_hash: tokio::sync::OnceCell<Option<String>>,
     /// Bounds the /proc walks for callers' pids ([`PID_LOOKUPS`]).
     pub pid_lookups: tokio::sync::Semaphore,
+    /// `/mcp` lists every tool (PB_MCP_TOOLS=all).
+    pub mcp_all_tools: bool,
 }
 
 /// One accepted connection, as the kernel describes it.
@@ -131,6 +134,7 @@ impl HttpState {
             ),
             code_hash: tokio::sync::OnceCell::new(),
             pid_lookups: tokio::sync::Semaphore::new(PID_LOOKUPS),
+            mcp_all_tools: cfg.mcp_all_tools,
         })
     }
 
@@ -185,6 +189,10 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(listeners::routes())
         .merge(stacks::routes())
         .merge(dashboard::routes())
+        .nest_service(
+            mcp::PATH,
+            mcp::service(state.core.clone(), state.mcp_all_tools),
+        )
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async {
             ApiError::new(ErrorCode::NotFound, "no such route (see /openapi.json)")

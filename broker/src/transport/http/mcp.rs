@@ -1,0 +1,107 @@
+//! `/mcp`: the MCP tools (`transport/mcp.rs`) over the streamable HTTP
+//! transport, on the broker's HTTP port. The route sits behind the same
+//! guard as every other (Host, Origin, rate, caller and token, content
+//! type, body), so the caller each tool acts for is the one the kernel
+//! named for the connection, and what it claims and locks is that
+//! process's, as for any HTTP caller.
+//!
+//! The server is stateless (each POST is one JSON-RPC request, answered on
+//! its own event stream): no session table to bound or lose on a restart.
+//! Progress notifications travel on the request's stream; a client that
+//! goes away mid-call drops the call, and a lock wait with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::request::Parts;
+use pb_proto::{ErrorCode, LockOwnerArg, Op, Owner, WireError};
+use rmcp::model::Extensions;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::{json, Value};
+
+use crate::core::{Caller, SharedCore};
+use crate::transport::mcp::{Backend, BoxFuture, PbTools};
+
+/// Where the MCP endpoint is.
+pub const PATH: &str = "/mcp";
+
+struct HttpBackend {
+    core: SharedCore,
+}
+
+/// The caller the guard admitted this request as.
+fn caller(cx: &Extensions) -> Result<Caller, WireError> {
+    cx.get::<Parts>()
+        .and_then(|p| p.extensions.get::<Caller>())
+        .cloned()
+        .ok_or_else(|| WireError::new(ErrorCode::Internal, "an MCP request without its caller"))
+}
+
+impl Backend for HttpBackend {
+    fn call(
+        &self,
+        op: Op,
+        cx: &Extensions,
+        cancelled: BoxFuture<()>,
+    ) -> BoxFuture<Result<Value, WireError>> {
+        let core = self.core.clone();
+        let caller = caller(cx);
+        Box::pin(async move {
+            let caller = caller?;
+            let out = tokio::select! {
+                out = crate::service::dispatch(&core, &caller, op) => out?,
+                // Dropping the dispatch takes a waiter out of its queue.
+                () = cancelled => {
+                    return Err(WireError::new(ErrorCode::Timeout, "the call was cancelled"))
+                }
+            };
+            tokio::spawn(async move { crate::core::lock(&core).after_reply() });
+            serde_json::to_value(&out.result)
+                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+        })
+    }
+
+    fn owner(&self) -> Owner {
+        Owner::Caller
+    }
+
+    fn lock_owner(&self) -> LockOwnerArg {
+        LockOwnerArg::Caller
+    }
+
+    fn whoami(&self, cx: &Extensions) -> BoxFuture<Result<Value, WireError>> {
+        let caller = caller(cx);
+        Box::pin(async move {
+            let c = caller?;
+            Ok(json!({
+                "pid": c.process.map(|p| p.pid),
+                "uid": c.peer_uid,
+                "command": c.command,
+            }))
+        })
+    }
+
+    fn project_dir(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The `/mcp` service, for the router to nest.
+pub fn service(
+    core: SharedCore,
+    all_tools: bool,
+) -> StreamableHttpService<PbTools, LocalSessionManager> {
+    let backend: Arc<dyn Backend> = Arc::new(HttpBackend { core });
+    let config = StreamableHttpServerConfig::default()
+        .with_stateful_mode(false)
+        .with_json_response(false)
+        .with_sse_keep_alive(Some(Duration::from_secs(15)))
+        .with_sse_retry(None)
+        .disable_allowed_hosts();
+    StreamableHttpService::new(
+        move || Ok(PbTools::new(backend.clone(), all_tools)),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
