@@ -44,6 +44,25 @@ impl FileLock {
     }
 }
 
+/// Whether the other end of a connected stream socket has closed it: a
+/// peek finds the end of the stream, or the connection was reset. Data
+/// waiting to be read means the peer is there.
+pub fn peer_closed(socket: &impl AsFd) -> bool {
+    use nix::sys::socket::MsgFlags;
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    match nix::sys::socket::recv(
+        socket.as_fd().as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
 /// Closes the write side of a socket (a FIN to the peer), leaving reads.
 pub fn shutdown_write(socket: &impl AsFd) -> io::Result<()> {
     use std::os::fd::AsRawFd;

@@ -984,3 +984,46 @@ int main(int argc, char **argv) {
         bin
     }
 }
+
+/// uid and gid of a user made for this test (created once; CI runs as
+/// root, which this test needs to act as someone else).
+pub fn other_user() -> (u32, u32) {
+    static USER: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *USER.get_or_init(make_other_user)
+}
+
+fn make_other_user() -> (u32, u32) {
+    const NAME: &str = "pb-http-test";
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root, to run curl as a second user (CI runs as root)"
+    );
+    let id = |flag: &str| {
+        std::process::Command::new("id")
+            .args([flag, NAME])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            })
+    };
+    if id("-u").is_none() {
+        let st = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                NAME,
+            ])
+            .status()
+            .expect("useradd");
+        assert!(st.success() || id("-u").is_some(), "useradd {NAME} failed");
+    }
+    (id("-u").unwrap(), id("-g").unwrap())
+}

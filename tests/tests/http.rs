@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use pb_tests::{can_bind, command_as, v4, v6, wait_until, Broker, PortBlock, Proc};
+use pb_tests::{can_bind, command_as, other_user, v4, v6, wait_until, Broker, PortBlock, Proc};
 use serde_json::{json, Value};
 
 /// One response: status, raw headers, body as JSON (Null if not JSON).
@@ -812,49 +812,6 @@ fn http_off_binds_nothing() {
     assert_eq!(broker.http_port(), None);
     assert!(can_bind(v4(port)) && can_bind(v6(port)));
     assert!(broker.log().contains("HTTP API off"));
-}
-
-/// uid and gid of a user made for this test (created once; CI runs as
-/// root, which this test needs to act as someone else).
-fn other_user() -> (u32, u32) {
-    static USER: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-    *USER.get_or_init(make_other_user)
-}
-
-fn make_other_user() -> (u32, u32) {
-    const NAME: &str = "pb-http-test";
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test needs root, to run curl as a second user (CI runs as root)"
-    );
-    let id = |flag: &str| {
-        Command::new("id")
-            .args([flag, NAME])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-            })
-    };
-    if id("-u").is_none() {
-        let st = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                NAME,
-            ])
-            .status()
-            .expect("useradd");
-        assert!(st.success() || id("-u").is_some(), "useradd {NAME} failed");
-    }
-    (id("-u").unwrap(), id("-g").unwrap())
 }
 
 #[test]

@@ -35,16 +35,48 @@ impl Agent {
             "{} is missing: run `bash tests/realapps/install.sh` (the README's test command does)",
             python.display()
         );
-        let mut child = Command::new(python)
-            .arg(tests_dir().join("clients/mcp_agent.py"))
+        let mut cmd = Command::new(python);
+        cmd.arg(tests_dir().join("clients/mcp_agent.py"))
             .envs(broker.env().iter().map(|(k, v)| (k, v)))
             .env("PB", pb_bin())
             .envs(env.iter().copied())
-            .current_dir(dir)
+            .current_dir(dir);
+        let mut a = Agent::spawn(cmd);
+        assert_eq!(a.read()["server"], "pb");
+        a
+    }
+
+    /// An agent on the TypeScript SDK, over HTTP at the broker's `/mcp`,
+    /// sending `headers` with every request; the broker's refusal, if it
+    /// refuses the connection.
+    fn start_http(broker: &Broker, headers: Value) -> Result<Agent, String> {
+        let sdk = tests_dir().join("realapps/node_modules/@modelcontextprotocol/sdk");
+        assert!(
+            sdk.exists(),
+            "{} is missing: run `bash tests/realapps/install.sh` (the README's test command does)",
+            sdk.display()
+        );
+        let mut cmd = Command::new("node");
+        cmd.arg(tests_dir().join("clients/mcp_http_agent.mjs"))
+            .env("PB_MCP_URL", format!("{}/mcp", broker.http_url()))
+            .env("PB_MCP_HEADERS", headers.to_string());
+        let mut a = Agent::spawn(cmd);
+        let hello = a.read();
+        match hello["connect_error"].as_str() {
+            Some(e) => Err(e.to_string()),
+            None => {
+                assert_eq!(hello["server"], "pb", "{hello}");
+                Ok(a)
+            }
+        }
+    }
+
+    fn spawn(mut cmd: Command) -> Agent {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("python");
+            .expect("the agent starts");
         let stdin = child.stdin.take().unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
         let (tx, lines) = mpsc::channel();
@@ -55,13 +87,11 @@ impl Agent {
                 }
             }
         });
-        let mut a = Agent {
+        Agent {
             proc: Proc(child),
             stdin,
             lines,
-        };
-        assert_eq!(a.read()["server"], "pb");
-        a
+        }
     }
 
     fn send(&mut self, step: Value) {
@@ -450,4 +480,176 @@ fn a_queued_lock_reports_progress_and_a_client_gone_mid_wait_is_granted_nothing(
     c.exit();
     a.exit();
     b.exit();
+}
+
+#[test]
+fn the_typescript_sdk_over_http_claims_locks_talks_and_is_refused_like_any_http_client() {
+    let broker = Broker::start();
+    let mut a = Agent::start_http(&broker, json!({})).expect("the broker serves /mcp");
+    a.send(json!({ "list": true }));
+    let tools = a.read()["tools"].clone();
+    assert!(tools.as_array().unwrap().len() >= 16, "{tools}");
+    // A claim is kernel-held, and the HTTP caller's: the node process
+    // whose socket the kernel names.
+    let lease = a.call("claim_port", json!({ "id": "web:api" }));
+    let port = lease["lease"]["port"].as_u64().unwrap() as u16;
+    assert!(!can_bind(v4(port)), "port {port} is not held");
+    assert_eq!(lease["lease"]["pid"], a.proc.pid(), "{lease}");
+    let me = a.call("whoami", json!({}));
+    assert_eq!(me["pid"], a.proc.pid(), "{me}");
+    let found = a.call("list_services", json!({ "pattern": "web:*" }));
+    assert_eq!(found["services"][0]["port"], port, "{found}");
+
+    // A lock held by A; B queued (with progress) is granted at the release.
+    a.call("acquire_lock", json!({ "name": "db" }));
+    let mut b = Agent::start_http(&broker, json!({})).unwrap();
+    b.send(
+        json!({ "tool": "acquire_lock", "args": { "name": "db", "wait_ms": 20000 },
+                   "progress": true }),
+    );
+    let queued = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "db"])["locks"][0]["waiters"] == 1).then_some(())
+    });
+    assert!(queued.is_some(), "b never queued");
+    std::thread::sleep(Duration::from_millis(1500));
+    a.call("release_lock", json!({ "name": "db" }));
+    let granted = b.read();
+    assert_eq!(granted["error"], false, "{granted}");
+    assert_eq!(granted["result"]["lock"]["pid"], b.proc.pid(), "{granted}");
+    assert!(
+        !granted["progress"].as_array().unwrap().is_empty(),
+        "{granted}"
+    );
+
+    // Messages across transports: published over HTTP, read by pb.
+    a.call(
+        "publish_message",
+        json!({ "channel": "build:web", "message": { "status": "complete" } }),
+    );
+    let got = b.call("get_messages", json!({ "channel": "build:*" }));
+    assert_eq!(got["messages"][0]["data"]["status"], "complete", "{got}");
+    let seen = broker.pb_json(&["history", "build:web"]);
+    assert_eq!(seen["messages"][0]["data"]["status"], "complete", "{seen}");
+    // Nothing serves web:api's port: the wait ends in pb's timeout.
+    let waited = b.answer(
+        "wait_for_service",
+        json!({ "ids": ["web:api"], "timeout_ms": 200 }),
+    );
+    assert_eq!(waited["result"]["code"], "timeout", "{waited}");
+
+    // Bad input carries pb's code here too.
+    let bad = a.answer("claim_port", json!({ "id": "bad id!" }));
+    assert_eq!(bad["result"]["code"], "invalid_id", "{bad}");
+    let schema = a.answer("claim_port", json!({ "id": 7 }));
+    assert_eq!(schema["result"]["code"], "invalid_request", "{schema}");
+    let none = a.answer("no_such_tool", json!({}));
+    assert_eq!(none["data"]["code"], "invalid_request", "{none}");
+
+    // Sessions over HTTP name their project (there is no working directory).
+    let began = a.call(
+        "begin_session",
+        json!({ "purpose": "web", "dir": "/srv/web", "files": ["src/a.rs"] }),
+    );
+    let s = began["session"]["id"].as_str().unwrap().to_string();
+    let clash = b.answer(
+        "begin_session",
+        json!({ "purpose": "web too", "dir": "/srv/web", "files": ["src"] }),
+    );
+    assert_eq!(clash["result"]["code"], "held", "{clash}");
+    assert_eq!(
+        clash["result"]["details"]["conflicts"][0]["session"],
+        s.as_str()
+    );
+
+    // A client that hangs up while queued (its process lives on) is
+    // granted nothing: the lock A releases goes to nobody.
+    a.call("acquire_lock", json!({ "name": "deploy" }));
+    let call = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "acquire_lock",
+                    "arguments": { "name": "deploy", "wait_ms": 30000 } } })
+    .to_string();
+    let hangup = format!(
+        "import socket,sys,time\n\
+         s=socket.create_connection(('127.0.0.1',{p}))\n\
+         b=sys.argv[1].encode()\n\
+         s.sendall(b'POST /mcp HTTP/1.1\\r\\nHost: 127.0.0.1:{p}\\r\\nContent-Type: application/json\\r\\n'\n\
+           b'Accept: application/json, text/event-stream\\r\\nContent-Length: '+str(len(b)).encode()+b'\\r\\n\\r\\n'+b)\n\
+         time.sleep(1.5)\n\
+         s.close()\n\
+         print('closed',flush=True)\n\
+         time.sleep(30)\n",
+        p = broker.http_port().unwrap()
+    );
+    let mut gone = Proc(
+        Command::new("python3")
+            .args(["-c", &hangup, &call])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let queued = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "deploy"])["locks"][0]["waiters"] == 1).then_some(())
+    });
+    assert!(queued.is_some(), "the raw client never queued");
+    let mut said = String::new();
+    BufReader::new(gone.0.stdout.as_mut().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert_eq!(said.trim(), "closed");
+    let left = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "deploy"])["locks"][0]["waiters"] == 0).then_some(())
+    });
+    assert!(left.is_some(), "{}", broker.pb_json(&["locks", "deploy"]));
+    a.call("release_lock", json!({ "name": "deploy" }));
+    std::thread::sleep(Duration::from_millis(300));
+    let locks = broker.pb_json(&["locks", "deploy"]);
+    assert_eq!(locks["locks"], json!([]), "{locks}");
+    gone.signal(libc::SIGKILL);
+
+    // A exits: its claim and its session are the node process's.
+    a.exit();
+    let freed = wait_until(Duration::from_secs(10), || {
+        broker.leases().is_empty().then_some(())
+    });
+    assert!(freed.is_some(), "{:?}", broker.leases());
+    let state = wait_until(Duration::from_secs(10), || {
+        let got = b.call("get_session", json!({ "session": s }));
+        (got["session"]["state"] == "abandoned").then_some(())
+    });
+    assert!(state.is_some());
+    b.exit();
+
+    // The guard of every route guards /mcp: a foreign Origin, a Host that
+    // is not the broker's, another user without the token.
+    let refused = Agent::start_http(&broker, json!({ "Origin": "http://evil.example" }))
+        .err()
+        .expect("a foreign Origin is refused");
+    assert!(refused.contains("\"code\":\"forbidden\""), "{refused}");
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": { "name": "curl", "version": "1" } } })
+    .to_string();
+    let url = format!("{}/mcp", broker.http_url());
+    let post = |user, extra: &[&str]| {
+        let mut args = vec![
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Accept: application/json, text/event-stream",
+            "--data",
+            &init,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        pb_tests::curl_json(user, 10, &args).0
+    };
+    assert_eq!(post(None, &[]), 200);
+    assert_eq!(post(None, &["-H", "Host: evil.example"]), 403);
+    let other = pb_tests::other_user();
+    assert_eq!(post(Some(other), &[]), 401);
+    let token = broker.pb_ok(&["token"]).trim().to_string();
+    let bearer = format!("Authorization: Bearer {token}");
+    assert_eq!(post(Some(other), &["-H", &bearer]), 200);
 }

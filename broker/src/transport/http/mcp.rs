@@ -8,7 +8,9 @@
 //! The server is stateless (each POST is one JSON-RPC request, answered on
 //! its own event stream): no session table to bound or lose on a restart.
 //! Progress notifications travel on the request's stream; a client that
-//! goes away mid-call drops the call, and a lock wait with it.
+//! hangs up mid-call ends the call, and takes its place in a lock's queue
+//! with it ([`Conn::hung_up`]), so that it is never granted a lock nobody
+//! will hear of.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::{json, Value};
 
 use crate::core::{Caller, SharedCore};
+use crate::transport::http::Conn;
 use crate::transport::mcp::{Backend, BoxFuture, PbTools};
 
 /// Where the MCP endpoint is.
@@ -47,13 +50,26 @@ impl Backend for HttpBackend {
     ) -> BoxFuture<Result<Value, WireError>> {
         let core = self.core.clone();
         let caller = caller(cx);
+        let conn = cx
+            .get::<Parts>()
+            .and_then(|p| p.extensions.get::<Arc<Conn>>())
+            .cloned();
         Box::pin(async move {
             let caller = caller?;
+            let hung_up = async {
+                match conn {
+                    Some(c) => c.hung_up().await,
+                    None => std::future::pending().await,
+                }
+            };
             let out = tokio::select! {
                 out = crate::service::dispatch(&core, &caller, op) => out?,
                 // Dropping the dispatch takes a waiter out of its queue.
                 () = cancelled => {
                     return Err(WireError::new(ErrorCode::Timeout, "the call was cancelled"))
+                }
+                () = hung_up => {
+                    return Err(WireError::new(ErrorCode::Timeout, "the client hung up"))
                 }
             };
             tokio::spawn(async move { crate::core::lock(&core).after_reply() });

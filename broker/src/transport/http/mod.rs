@@ -84,13 +84,31 @@ pub struct Conn {
     /// The process holding the peer's socket and its command line, looked
     /// up at most once.
     process: tokio::sync::OnceCell<(Option<pb_platform::ProcessId>, Option<String>)>,
+    /// A second descriptor of the connection's socket, to see whether the
+    /// client hung up while a call waits ([`Conn::hung_up`]).
+    socket: Option<std::os::fd::OwnedFd>,
 }
+
+/// How often a waiting call looks whether its client hung up.
+const HANGUP_CHECK: Duration = Duration::from_millis(100);
 
 /// How many /proc walks for callers' pids may run at once: a flood of
 /// new connections must not become a flood of blocking threads.
 pub const PID_LOOKUPS: usize = 4;
 
 impl Conn {
+    /// Resolves once the client has closed the connection. hyper learns of
+    /// it only when it next writes, and a call waiting in a lock's queue
+    /// writes nothing until it is granted: it must stop waiting first.
+    pub async fn hung_up(&self) {
+        let Some(socket) = &self.socket else {
+            return std::future::pending().await;
+        };
+        while !pb_platform::os::peer_closed(socket) {
+            tokio::time::sleep(HANGUP_CHECK).await;
+        }
+    }
+
     /// The process at the other end, from the kernel: the walk over /proc
     /// runs off the runtime's thread, once per connection, and only when a
     /// request needs the pid (state changes, /whoami).
@@ -258,12 +276,14 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
         return refuse(stream, &e).await;
     }
     let _ = stream.set_nodelay(true);
+    let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
     let conn = Arc::new(Conn {
         local,
         peer,
         peer_uid: who.uid,
         peer_inode: who.inode,
         process: tokio::sync::OnceCell::new(),
+        socket,
     });
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let state = state.clone();
