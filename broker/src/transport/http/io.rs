@@ -22,6 +22,11 @@ pub struct SharedStream {
 }
 
 impl SharedStream {
+    /// The socket itself, for looking at without reading.
+    pub fn socket(&self) -> Arc<TcpStream> {
+        self.inner.clone()
+    }
+
     pub fn new(stream: TcpStream) -> SharedStream {
         SharedStream {
             inner: Arc::new(stream),

@@ -84,9 +84,10 @@ pub struct Conn {
     /// The process holding the peer's socket and its command line, looked
     /// up at most once.
     process: tokio::sync::OnceCell<(Option<pb_platform::ProcessId>, Option<String>)>,
-    /// A second descriptor of the connection's socket, to see whether the
-    /// client hung up while a call waits ([`Conn::hung_up`]).
-    socket: Option<std::os::fd::OwnedFd>,
+    /// The connection's socket (shared with hyper, not duplicated: every
+    /// connection costs one descriptor), to see whether the client hung up
+    /// while a call waits ([`Conn::hung_up`]).
+    socket: Arc<TcpStream>,
 }
 
 /// How often a waiting call looks whether its client hung up.
@@ -101,10 +102,7 @@ impl Conn {
     /// it only when it next writes, and a call waiting in a lock's queue
     /// writes nothing until it is granted: it must stop waiting first.
     pub async fn hung_up(&self) {
-        let Some(socket) = &self.socket else {
-            return std::future::pending().await;
-        };
-        while !pb_platform::os::peer_closed(socket) {
+        while !pb_platform::os::peer_closed(&*self.socket) {
             tokio::time::sleep(HANGUP_CHECK).await;
         }
     }
@@ -276,14 +274,14 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
         return refuse(stream, &e).await;
     }
     let _ = stream.set_nodelay(true);
-    let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    let shared = io::SharedStream::new(stream);
     let conn = Arc::new(Conn {
         local,
         peer,
         peer_uid: who.uid,
         peer_inode: who.inode,
         process: tokio::sync::OnceCell::new(),
-        socket,
+        socket: shared.socket(),
     });
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let state = state.clone();
@@ -291,7 +289,6 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(&state, conn, router, req).await) }
     });
-    let shared = io::SharedStream::new(stream);
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HTTP_READ_TIMEOUT)
