@@ -929,3 +929,165 @@ fn a_pid_hint_of_zero_or_garbage_is_refused_by_every_route_alike() {
     assert_eq!(broker.pb_json(&["locks"])["locks"], json!([]));
     assert_eq!(broker.pb_json(&["agent", "ls"])["agents"], json!([]));
 }
+
+#[test]
+fn work_sessions_over_http_claim_files_hand_over_and_refuse_bad_input() {
+    let broker = Broker::start();
+    let base = broker.http_url();
+    let post = |path: &str, body: Value, extra: &[&str]| {
+        let url = format!("{base}{path}");
+        let body = body.to_string();
+        let mut args = vec![
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    };
+    let get = |path: &str| curl(&[&format!("{base}{path}")]);
+    // A's session lives with a process of ours (X-PID).
+    let mut owner = pb_tests::Proc(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = owner.pid().to_string();
+    let (st, a) = post(
+        "/sessions",
+        json!({ "purpose": "auth", "dir": "/srv/app", "files": ["src/auth"], "note": "begun" }),
+        &["-H", &format!("X-PID: {pid}")],
+    );
+    assert_eq!(st, 201, "{a}");
+    let s = a["session"]["id"].as_str().unwrap().to_string();
+    assert_eq!(a["session"]["pid"], owner.pid());
+    let (st, b) = post(
+        "/sessions",
+        json!({ "purpose": "docs", "dir": "/srv/app" }),
+        &[],
+    );
+    assert_eq!(st, 201, "{b}");
+    let other = b["session"]["id"].as_str().unwrap().to_string();
+    // A conflict is a 409 with the holder; nothing of it is claimed.
+    let (st, clash) = post(
+        &format!("/sessions/{other}/files"),
+        json!({ "paths": ["README.md", "src/auth/jwt.rs"] }),
+        &[],
+    );
+    assert_eq!((st, clash["code"].as_str()), (409, Some("held")), "{clash}");
+    assert_eq!(clash["details"]["conflicts"][0]["session"], s.as_str());
+    let (_, who) = get("/files?path=/srv/app/README.md");
+    assert_eq!(who["claims"], json!([]), "{who}");
+    let (st, _) = post(
+        &format!("/sessions/{other}/files"),
+        json!({ "paths": ["README.md"] }),
+        &[],
+    );
+    assert_eq!(st, 200);
+    let (_, who) = get("/files?path=/srv/app/src/auth/jwt.rs");
+    assert_eq!(who["claims"][0]["session"], s.as_str(), "{who}");
+    // Its owner dies: abandoned; another takes it over, with its notes.
+    owner.signal(libc::SIGKILL);
+    owner.wait_for(Duration::from_secs(5));
+    let gone = wait_until(Duration::from_secs(10), || {
+        let (_, v) = get(&format!("/sessions/{s}"));
+        (v["session"]["state"] == "abandoned").then_some(())
+    });
+    assert!(gone.is_some());
+    let (st, closed) = post(&format!("/sessions/{s}/notes"), json!({ "text": "x" }), &[]);
+    assert_eq!(
+        (st, closed["code"].as_str()),
+        (409, Some("closed")),
+        "{closed}"
+    );
+    let (st, taken) = post(&format!("/sessions/{s}/takeover"), json!({}), &[]);
+    assert_eq!(st, 200, "{taken}");
+    assert_eq!(taken["session"]["state"], "active");
+    let (st, _) = post(
+        &format!("/sessions/{s}/notes"),
+        json!({ "text": "mine now" }),
+        &[],
+    );
+    assert_eq!(st, 201);
+    let (_, notes) = get(&format!("/sessions/{s}/notes"));
+    let kinds: Vec<&str> = notes["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["note", "handoff", "note"], "{notes}");
+    let url = format!("{base}/sessions/{s}/phase");
+    let (st, ph) = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"phase":"review"}"#,
+        &url,
+    ]);
+    assert_eq!(
+        (st, ph["session"]["phase"].as_str()),
+        (200, Some("review")),
+        "{ph}"
+    );
+    let (st, ended) = post(
+        &format!("/sessions/{s}/end"),
+        json!({ "note": "done" }),
+        &[],
+    );
+    assert_eq!(st, 200, "{ended}");
+    assert_eq!(ended["released"], json!(["/srv/app/src/auth"]));
+    // Bad input: a clear code, and nothing changes.
+    for (path, body, status, code) in [
+        (
+            "/sessions",
+            json!({ "dir": "/srv/app" }),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/sessions",
+            json!({ "purpose": "x", "dir": "relative" }),
+            400,
+            "invalid_path",
+        ),
+        (
+            "/sessions",
+            json!({ "purpose": "x", "extra": 1 }),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/sessions",
+            json!({ "purpose": "x", "phase": "no spaces" }),
+            400,
+            "invalid_name",
+        ),
+        (
+            &format!("/sessions/{other}/files") as &str,
+            json!({ "paths": ["/etc/passwd"] }),
+            400,
+            "invalid_path",
+        ),
+        (&format!("/sessions/{s}/end"), json!({}), 409, "closed"),
+        (
+            "/sessions/s999/notes",
+            json!({ "text": "x" }),
+            404,
+            "not_found",
+        ),
+    ] {
+        let (st, v) = post(path, body.clone(), &[]);
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (status, Some(code)),
+            "{path} {body}: {v}"
+        );
+    }
+    let (_, listed) = get("/sessions?state=all");
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 2, "{listed}");
+    let (st, bad) = get("/sessions?state=sideways");
+    assert_eq!((st, bad["code"].as_str()), (400, Some("invalid_request")));
+}

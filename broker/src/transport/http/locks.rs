@@ -150,7 +150,7 @@ impl AcquireResponse {
 
 /// Who a request speaks as: its agent (X-Agent-Id) and the owner it names,
 /// or the default (see the module's doc); the core resolves each.
-fn speaker(
+pub(crate) fn speaker(
     headers: &HeaderMap,
     owner: Option<String>,
     pid: Option<i64>,

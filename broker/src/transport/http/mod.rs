@@ -27,6 +27,7 @@ pub mod messages;
 pub mod openapi;
 pub mod portdaddy;
 pub mod portmanager;
+pub mod sessions;
 pub mod sse;
 pub mod stacks;
 pub mod webhooks;
@@ -204,6 +205,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(webhooks::routes())
         .merge(listeners::routes())
         .merge(stacks::routes())
+        .merge(sessions::routes())
         .merge(dashboard::routes())
         .nest_service(
             mcp::PATH,

@@ -5,8 +5,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::{
-    activity, agents, error, listeners, locks, login, messages, portdaddy, portmanager, stacks,
-    webhooks, whoami,
+    activity, agents, error, listeners, locks, login, messages, portdaddy, portmanager, sessions,
+    stacks, webhooks, whoami,
 };
 
 #[derive(OpenApi)]
@@ -56,6 +56,18 @@ use super::{
         listeners::stream,
         stacks::list,
         stacks::restart,
+        sessions::begin,
+        sessions::list,
+        sessions::show,
+        sessions::end,
+        sessions::end_delete,
+        sessions::phase,
+        sessions::takeover,
+        sessions::add_note,
+        sessions::notes,
+        sessions::claim_files,
+        sessions::release_files,
+        sessions::who,
         login::login,
         whoami::whoami,
         webhooks::add,
