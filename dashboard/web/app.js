@@ -31,6 +31,7 @@ const parts = {
   stacks: { path: "/stacks", draw: (r) => view.stacks(r.stacks, { restart: restartService, logs: stackLog }) },
   locks: { path: "/locks", draw: (r) => view.locks(r.locks, { release: releaseLock }) },
   agents: { path: "/agents", draw: (r) => view.agents(r.agents) },
+  sessions: { path: "/sessions", draw: (r) => { view.sessions(r.sessions, { notes: showNotes }); refreshNotes(); } },
   channels: { path: "/channels", draw: (r) => view.channels(r.channels, { showSystem: $("show-system").checked, pick: tail }) },
   webhooks: { path: "/webhooks", draw: (r) => { keepOpen(); view.webhooks(r.webhooks, { toggled }); reopenWebhooks(); } },
 };
@@ -70,6 +71,7 @@ function touched(action) {
     case "message": case "channel": return ["channels"];
     case "webhook": return ["webhooks"];
     case "stack": return ["stacks", "services"];
+    case "session": case "files": return ["sessions"];
     default: return Object.keys(parts);
   }
 }
@@ -98,6 +100,28 @@ function restartService(st, s) {
   act(async () => {
     await request("POST", `/stacks/${seg(st.id)}/services/${seg(s.name)}/restart`);
   });
+}
+
+// One session's notes, read again whenever the sessions are.
+let notesOf = null;
+
+function showNotes(s) {
+  notesOf = s.id;
+  $("notes-box").hidden = false;
+  refreshNotes();
+}
+
+async function refreshNotes() {
+  const id = notesOf;
+  if (!id) return;
+  try {
+    const r = await get(`/sessions/${seg(id)}/notes`);
+    if (id !== notesOf) return;
+    $("notes-h").textContent = `Notes of ${id}`;
+    view.notes(r.notes);
+  } catch (e) {
+    showError(e);
+  }
 }
 
 // The output of one stack's service, followed live (its pub/sub channel).

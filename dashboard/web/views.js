@@ -199,3 +199,32 @@ export function stacks(list, { restart, logs }) {
 export function logLine(m) {
   return h("li", { dataset: { id: m.id } }, ago(m.time_ms), " ", h("code", { class: "payload" }, m.data?.line ?? ""));
 }
+
+/** Work sessions: each with its state, owner and claimed files. */
+export function sessions(list, { notes }) {
+  count("sessions-count", list.length);
+  const tagOf = { active: "ok", abandoned: "warn", ended: "idle" };
+  const rows = list.map((s) =>
+    h("tr", { dataset: { session: s.id, state: s.state } },
+      h("th", { scope: "row" }, h("span", { class: "id" }, s.id), " ", h("span", {}, s.purpose)),
+      h("td", {}, h("span", { class: `tag ${tagOf[s.state] ?? "idle"}` }, s.state)),
+      h("td", {}, s.phase),
+      h("td", {}, s.agent ? h("span", { class: "id" }, s.agent) : proc(s.pid, s.command)),
+      h("td", {}, s.files.length
+        ? s.files.map((f) => h("code", { class: "file", title: f }, s.dir && f.startsWith(`${s.dir}/`) ? f.slice(s.dir.length + 1) : f))
+        : h("span", { class: "muted" }, "none")),
+      h("td", {}, ago(s.started_ms)),
+      h("td", { class: "actions" },
+        h("button", { type: "button", "aria-label": `Notes of ${s.id}`, onclick: () => notes(s) }, `Notes (${s.notes})`))));
+  fill($("sessions-body"), rows.length ? rows : [emptyRow(7,
+    "No sessions: an agent begins one with ", cmd("begin_session"), " over MCP, or ", cmd('pb session begin "fix login" --files src/auth'), ".")]);
+}
+
+/** A session's notes, oldest first. */
+export function notes(list) {
+  fill($("notes"), list.length
+    ? list.map((n) => h("li", { dataset: { n: n.n } }, ago(n.time_ms), " ",
+        n.kind === "note" ? null : h("span", { class: "tag idle" }, n.kind), " ",
+        h("span", { class: "payload" }, n.text)))
+    : [h("li", { class: "empty" }, "No notes yet.")]);
+}

@@ -165,6 +165,28 @@ const scenarios = {
 
   // A stack (pb up -d, started by the test): its services' states, one
   // service's output followed live, and a restart from the page.
+  // A session begun in a terminal shows with its files; its notes follow
+  // live, and its owner's death shows it abandoned.
+  async sessions_live() {
+    await logIn();
+    await section("sessions").getByText("No sessions").waitFor();
+    const owner = process.env.PB_SESSION_OWNER;
+    const id = pb("session", "begin", "fix login", "--dir", "/srv/app", "--files", "/srv/app/src/auth",
+      "--pid", owner, "-q").trim();
+    const r = row("sessions", "session", id);
+    await r.waitFor();
+    assert.match(await r.innerText(), /fix login/);
+    assert.match(await r.innerText(), /active/);
+    await r.locator("code.file", { hasText: /^src\/auth$/ }).waitFor();
+    await page.getByRole("button", { name: `Notes of ${id}`, exact: true }).click();
+    const notes = page.getByRole("list", { name: `Notes of ${id}` });
+    await notes.getByText("No notes yet.").waitFor();
+    pb("note", "add", "-s", id, "login form split out");
+    await notes.locator("li", { hasText: "login form split out" }).waitFor();
+    process.kill(Number(owner), "SIGKILL");
+    await section("sessions").locator(`tr[data-session="${id}"][data-state="abandoned"]`).waitFor();
+  },
+
   async stack_live() {
     await logIn();
     const api = row("stacks", "service", "api");

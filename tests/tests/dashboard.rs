@@ -127,6 +127,23 @@ fn a_message_from_the_cli_shows_in_the_live_tail() {
     not(pb_browser),
     ignore = "needs chromium and playwright-core (tests/build.rs)"
 )]
+fn a_work_session_shows_live_with_its_files_notes_and_abandonment() {
+    let broker = broker();
+    let owner = Proc(Command::new("sleep").arg("120").spawn().unwrap());
+    scenario(
+        &broker,
+        "sessions_live",
+        &[("PB_SESSION_OWNER", owner.pid().to_string())],
+    );
+    let listed = broker.pb_json(&["session", "ls"]);
+    assert_eq!(listed["sessions"][0]["state"], "abandoned", "{listed}");
+}
+
+#[test]
+#[cfg_attr(
+    not(pb_browser),
+    ignore = "needs chromium and playwright-core (tests/build.rs)"
+)]
 fn a_stack_shows_live_with_its_output_and_restarts_from_the_page() {
     let broker = broker();
     let dir = tempfile::tempdir().unwrap();
