@@ -7,6 +7,12 @@ from stdin:
   the progress notifications the call sends; with "background": true, do
   not wait (prints {"started": NAME}, and the answer when it comes);
 - {"list": true}: the tool names;
+- {"resources": true}: the resources' URIs and the templates';
+- {"read": URI}: read a resource, printing {"contents": JSON} (or a
+  protocol error);
+- {"cancel": true}: cancel the last background call, as the protocol
+  does (notifications/cancelled with its request id); prints
+  {"cancelled": ID};
 - {"disconnect": true}: close the MCP session (and with it the server) while
   background calls are still pending, and stay alive, printing
   {"disconnected": true}.
@@ -23,6 +29,7 @@ import sys
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import McpError
+from mcp import types
 
 
 def emit(v):
@@ -54,6 +61,7 @@ async def main():
     loop = asyncio.get_running_loop()
     readline = lambda: loop.run_in_executor(None, sys.stdin.readline)
     pending = []
+    last_id = None
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             info = await session.initialize()
@@ -66,11 +74,28 @@ async def main():
                 if step.get("list"):
                     tools = await session.list_tools()
                     emit({"tools": [t.name for t in tools.tools]})
+                elif step.get("resources"):
+                    rs = await session.list_resources()
+                    ts = await session.list_resource_templates()
+                    emit({"resources": [str(r.uri) for r in rs.resources],
+                          "templates": [t.uriTemplate for t in ts.resourceTemplates]})
+                elif "read" in step:
+                    try:
+                        r = await session.read_resource(step["read"])
+                        emit({"contents": json.loads(r.contents[0].text)})
+                    except McpError as e:
+                        emit({"protocol_error": e.error.code, "message": e.error.message, "data": e.error.data})
                 elif step.get("disconnect"):
                     break
                 elif step.get("background"):
+                    # The id the SDK gives the call's request (its counter).
+                    last_id = session._request_id
                     pending.append(asyncio.create_task(call(session, step)))
                     emit({"started": step["tool"]})
+                elif step.get("cancel"):
+                    await session.send_notification(types.ClientNotification(types.CancelledNotification(
+                        params=types.CancelledNotificationParams(requestId=last_id, reason="test"))))
+                    emit({"cancelled": last_id})
                 else:
                     await call(session, step)
             for t in pending:

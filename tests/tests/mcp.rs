@@ -206,6 +206,45 @@ fn an_agent_claims_locks_and_talks_through_pb_mcp_and_its_exit_frees_all() {
     assert!(!can_bind(v4(port)), "port {port} is not held");
     let found = a.call("list_services", json!({}));
     assert_eq!(found["services"][0]["id"], "agent:api", "{found}");
+    // The broker's state is also there to read, as resources.
+    a.send(json!({ "resources": true }));
+    let listed = a.read();
+    for uri in [
+        "pb://services",
+        "pb://locks",
+        "pb://sessions",
+        "pb://status",
+    ] {
+        assert!(
+            listed["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == uri),
+            "{uri}: {listed}"
+        );
+    }
+    assert!(
+        listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "pb://sessions/{id}/notes"),
+        "{listed}"
+    );
+    a.send(json!({ "read": "pb://services" }));
+    let read = a.read();
+    assert_eq!(read["contents"]["services"][0]["id"], "agent:api", "{read}");
+    a.send(json!({ "read": "pb://services/agent:api" }));
+    assert_eq!(a.read()["contents"]["port"], port);
+    for (uri, code) in [
+        ("pb://nothing", "not_found"),
+        ("pb://services/nobody:here", "not_found"),
+    ] {
+        a.send(json!({ "read": uri }));
+        let r = a.read();
+        assert_eq!(r["data"]["code"], code, "{uri}: {r}");
+    }
     // The agent is the MCP server's parent: the python process.
     let me = a.call("whoami", json!({}));
     assert_eq!(me["pid"], a.proc.pid(), "{me}");
@@ -457,6 +496,37 @@ fn a_queued_lock_reports_progress_and_a_client_gone_mid_wait_is_granted_nothing(
             .contains("queued for lock deploy"),
         "{granted}"
     );
+    // D queues, then cancels its call (notifications/cancelled): it leaves
+    // the queue, and is granted nothing when B releases... later.
+    let mut d = Agent::start(&broker);
+    d.send(
+        json!({ "tool": "acquire_lock", "args": { "name": "deploy", "wait_ms": 30000 },
+                   "background": true }),
+    );
+    assert_eq!(d.read()["started"], "acquire_lock");
+    let queued = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "deploy"])["locks"][0]["waiters"] == 1).then_some(())
+    });
+    assert!(queued.is_some(), "d never queued");
+    d.send(json!({ "cancel": true }));
+    assert!(d.read()["cancelled"].is_i64());
+    let left = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "deploy"])["locks"][0]["waiters"] == 0).then_some(())
+    });
+    assert!(left.is_some(), "{}", broker.pb_json(&["locks", "deploy"]));
+    let gave_up = d.read();
+    assert_eq!(gave_up["result"]["code"], "timeout", "{gave_up}");
+    assert!(
+        gave_up["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled"),
+        "{gave_up}"
+    );
+    // D's session goes on: it can still call tools.
+    let me = d.call("whoami", json!({}));
+    assert_eq!(me["pid"], d.proc.pid(), "{me}");
+
     // C queues behind B, then closes its MCP session while still queued
     // (its process lives on): the lock B releases goes to nobody.
     let mut c = Agent::start(&broker);
@@ -477,7 +547,10 @@ fn a_queued_lock_reports_progress_and_a_client_gone_mid_wait_is_granted_nothing(
     assert_eq!(locks["locks"], json!([]), "{locks}");
     let info = broker.pb(&["locks", "deploy"]);
     assert!(info.status.success());
+    let locks = broker.pb_json(&["locks"]);
+    assert_eq!(locks["locks"], json!([]), "d was granted nothing: {locks}");
     c.exit();
+    d.exit();
     a.exit();
     b.exit();
 }

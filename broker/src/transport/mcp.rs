@@ -24,8 +24,10 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, Extensions, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerInfo, Tool,
+    AnnotateAble, CallToolRequestParams, CallToolResult, Extensions, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, RawResource, RawResourceTemplate, ReadResourceRequestParams,
+    ReadResourceResult, ResourceContents, ServerCapabilities, ServerInfo, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_router, ErrorData, RoleServer, ServerHandler};
@@ -1102,6 +1104,68 @@ impl PbTools {
     }
 }
 
+/// The resources: the broker's state to read, each one `Op` (`pb://...`).
+const RESOURCES: &[(&str, &str, &str)] = &[
+    ("pb://status", "status", "The broker: version, pid, counts."),
+    ("pb://services", "services", "Every leased service (port)."),
+    ("pb://locks", "locks", "Held locks, with their waiters."),
+    ("pb://agents", "agents", "Registered agents."),
+    (
+        "pb://sessions",
+        "sessions",
+        "Live work sessions of your user.",
+    ),
+    ("pb://stacks", "stacks", "Running stacks (pb up)."),
+    (
+        "pb://channels",
+        "channels",
+        "Channels with retained messages.",
+    ),
+];
+
+const RESOURCE_TEMPLATES: &[(&str, &str, &str)] = &[
+    ("pb://services/{id}", "service", "One service's lease."),
+    ("pb://sessions/{id}", "session", "One work session."),
+    (
+        "pb://sessions/{id}/notes",
+        "notes",
+        "A work session's notes, oldest first.",
+    ),
+    (
+        "pb://messages/{channel}",
+        "messages",
+        "A channel's (or pattern's) retained messages.",
+    ),
+];
+
+/// The `Op` that reads resource `uri`.
+fn resource_op(uri: &str) -> Option<Op> {
+    let path = uri.strip_prefix("pb://")?;
+    let parts: Vec<&str> = path.split('/').collect();
+    Some(match parts[..] {
+        ["status"] => Op::Status,
+        ["services"] => Op::Find { pattern: None },
+        ["locks"] => Op::Locks { pattern: None },
+        ["agents"] => Op::Agents,
+        ["sessions"] => Op::Sessions { state: None },
+        ["stacks"] => Op::Stacks,
+        ["channels"] => Op::Channels,
+        ["services", id] => Op::Get { id: id.into() },
+        ["sessions", id] => Op::SessionGet { id: id.into() },
+        ["sessions", id, "notes"] => Op::Notes {
+            session: id.into(),
+            after: None,
+            limit: None,
+        },
+        ["messages", channel] => Op::History {
+            pattern: channel.into(),
+            since_id: None,
+            limit: None,
+        },
+        _ => return None,
+    })
+}
+
 /// A successful structured result made into another shape; errors pass.
 fn map_structured(r: CallToolResult, f: impl FnOnce(&Value) -> Value) -> CallToolResult {
     match (&r.is_error, &r.structured_content) {
@@ -1115,7 +1179,12 @@ impl ServerHandler for PbTools {
         let mut me = Implementation::from_build_env();
         me.name = "pb".into();
         me.version = env!("CARGO_PKG_VERSION").into();
-        ServerInfo::new(ServerCapabilities::builder().enable_tools().build())
+        ServerInfo::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
             .with_server_info(me)
             .with_instructions(
                 "pb is a kernel-aware port broker. Claim ports with claim_port (the broker binds them, \
@@ -1138,6 +1207,70 @@ impl ServerHandler for PbTools {
             .filter(|t| self.all || ESSENTIAL.contains(&t.name.as_ref()))
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let resources = RESOURCES
+            .iter()
+            .map(|(uri, name, about)| {
+                RawResource::new(*uri, *name)
+                    .with_description(*about)
+                    .with_mime_type("application/json")
+                    .no_annotation()
+            })
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let templates = RESOURCE_TEMPLATES
+            .iter()
+            .map(|(uri, name, about)| {
+                RawResourceTemplate::new(*uri, *name)
+                    .with_description(*about)
+                    .with_mime_type("application/json")
+                    .no_annotation()
+            })
+            .collect();
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResult, ErrorData> {
+        let uri = request.uri;
+        let Some(op) = resource_op(&uri) else {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {uri}: resources/list and resources/templates/list name them"),
+                Some(json!({ "code": ErrorCode::NotFound.name() })),
+            ));
+        };
+        let cancelled = Box::pin(cx.ct.clone().cancelled_owned());
+        match self.backend.call(op, &cx.extensions, cancelled).await {
+            Ok(v) => Ok(ReadResourceResult::new(vec![ResourceContents::text(
+                v.to_string(),
+                uri,
+            )
+            .with_mime_type("application/json")])),
+            Err(e) => {
+                let data = Some(json!({ "code": e.code.name(), "error": e.message }));
+                Err(if e.code == ErrorCode::NotFound {
+                    ErrorData::resource_not_found(e.message, data)
+                } else {
+                    ErrorData::invalid_params(e.message, data)
+                })
+            }
+        }
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
