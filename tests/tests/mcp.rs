@@ -719,6 +719,51 @@ fn the_typescript_sdk_over_http_claims_locks_talks_and_is_refused_like_any_http_
         pb_tests::curl_json(user, 10, &args).0
     };
     assert_eq!(post(None, &[]), 200);
+    // What the MCP layer refuses is pb's JSON error, like any route's.
+    let (st, v) = pb_tests::curl_json(None, 10, &[&url]);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{v}"
+    );
+    let (st, v) = pb_tests::curl_json(
+        None,
+        10,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &init,
+            &url,
+        ],
+    );
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (400, Some("invalid_request")),
+        "no Accept: {v}"
+    );
+    let (st, v) = pb_tests::curl_json(
+        None,
+        10,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Accept: application/json, text/event-stream",
+            "--data",
+            "{\"x\":1}",
+            &url,
+        ],
+    );
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (400, Some("invalid_request")),
+        "not JSON-RPC: {v}"
+    );
     assert_eq!(post(None, &["-H", "Host: evil.example"]), 403);
     let other = pb_tests::other_user();
     assert_eq!(post(Some(other), &[]), 401);

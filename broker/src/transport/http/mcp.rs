@@ -15,7 +15,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::header;
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use pb_proto::{ErrorCode, LockOwnerArg, Op, Owner, WireError};
 use rmcp::model::Extensions;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -23,7 +25,8 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::{json, Value};
 
 use crate::core::{Caller, SharedCore};
-use crate::transport::http::Conn;
+use crate::transport::http::error::ApiError;
+use crate::transport::http::{Conn, HttpState};
 use crate::transport::mcp::{Backend, BoxFuture, PbTools};
 
 /// Where the MCP endpoint is.
@@ -103,7 +106,48 @@ impl Backend for HttpBackend {
     }
 }
 
-/// The `/mcp` service, for the router to nest.
+/// The `/mcp` route: POST is the MCP endpoint; every other method, and
+/// every refusal of the MCP layer itself (a missing Accept, a body that is
+/// not JSON-RPC), answers as every route of pb does, `{error, code}`.
+pub fn route(core: SharedCore, all_tools: bool) -> axum::routing::MethodRouter<Arc<HttpState>> {
+    axum::routing::post_service(service(core, all_tools))
+        .layer(axum::middleware::map_response(as_pb_error))
+        .fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "MCP over HTTP is POST /mcp: one JSON-RPC message a request (docs/MCP.md)",
+            )
+        })
+}
+
+/// An error rmcp answered as text, made pb's JSON.
+async fn as_pb_error(resp: Response) -> Response {
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/event-stream"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    // The guard has already taken only JSON bodies: what rmcp refuses is
+    // the request's MCP (its Accept header, a body that is no JSON-RPC
+    // message), answered with the status of pb's code for it.
+    let code = match status.as_u16() {
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        500..=599 => ErrorCode::Internal,
+        _ => ErrorCode::InvalidRequest,
+    };
+    ApiError::new(code, format!("MCP: {text}")).into_response()
+}
+
+/// The `/mcp` service.
 pub fn service(
     core: SharedCore,
     all_tools: bool,

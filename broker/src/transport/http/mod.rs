@@ -207,9 +207,9 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(stacks::routes())
         .merge(sessions::routes())
         .merge(dashboard::routes())
-        .nest_service(
+        .route(
             mcp::PATH,
-            mcp::service(state.core.clone(), state.mcp_all_tools),
+            mcp::route(state.core.clone(), state.mcp_all_tools),
         )
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async {
