@@ -140,29 +140,31 @@ fn an_agent_claims_locks_and_talks_through_pb_mcp_and_its_exit_frees_all() {
         .iter()
         .map(|t| t.as_str().unwrap())
         .collect();
+    // The ones agents' prompts name first are there.
     for t in [
         "claim_port",
-        "release_port",
-        "list_services",
-        "get_service",
         "acquire_lock",
-        "release_lock",
-        "publish_message",
-        "get_messages",
-        "wait_for_service",
         "begin_session",
-        "end_session_full",
-        "add_note",
         "claim_files",
-        "who_owns_file",
-        "whoami",
         "pd_discover",
     ] {
         assert!(names.contains(&t), "{t} not in {tools}");
     }
     assert!(!names.contains(&"webhook_add"), "{tools}");
-    let all = a.call("pd_discover", json!({}));
-    let all: Vec<&str> = all["tools"]
+    let discovered = a.call("pd_discover", json!({}));
+    // What is listed is exactly what pd_discover calls essential.
+    let mut essential: Vec<&str> = discovered["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["essential"] == true)
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let mut listed = names.clone();
+    essential.sort();
+    listed.sort();
+    assert_eq!(listed, essential);
+    let all: Vec<&str> = discovered["tools"]
         .as_array()
         .unwrap()
         .iter()
@@ -703,22 +705,18 @@ fn the_typescript_sdk_over_http_claims_locks_talks_and_is_refused_like_any_http_
                     "clientInfo": { "name": "curl", "version": "1" } } })
     .to_string();
     let url = format!("{}/mcp", broker.http_url());
-    let post = |user, extra: &[&str]| {
-        let mut args = vec![
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            "Accept: application/json, text/event-stream",
-            "--data",
-            &init,
-        ];
-        args.extend_from_slice(extra);
-        args.push(&url);
-        pb_tests::curl_json(user, 10, &args).0
+    // A POST to /mcp as `user` with `headers` and `body`: (status, JSON).
+    let post = |user, headers: &[&str], body: &str| {
+        let mut args = vec!["-X", "POST", "-H", "Content-Type: application/json"];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.extend(["--data", body, &url]);
+        pb_tests::curl_json(user, 10, &args)
     };
-    assert_eq!(post(None, &[]), 200);
+    let accept = "Accept: application/json, text/event-stream";
+    assert_eq!(post(None, &[accept], &init).0, 200);
+    assert_eq!(post(None, &[accept, "Host: evil.example"], &init).0, 403);
     // What the MCP layer refuses is pb's JSON error, like any route's.
     let (st, v) = pb_tests::curl_json(None, 10, &[&url]);
     assert_eq!(
@@ -726,48 +724,17 @@ fn the_typescript_sdk_over_http_claims_locks_talks_and_is_refused_like_any_http_
         (405, Some("method_not_allowed")),
         "{v}"
     );
-    let (st, v) = pb_tests::curl_json(
-        None,
-        10,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            &init,
-            &url,
-        ],
-    );
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (400, Some("invalid_request")),
-        "no Accept: {v}"
-    );
-    let (st, v) = pb_tests::curl_json(
-        None,
-        10,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            "Accept: application/json, text/event-stream",
-            "--data",
-            "{\"x\":1}",
-            &url,
-        ],
-    );
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (400, Some("invalid_request")),
-        "not JSON-RPC: {v}"
-    );
-    assert_eq!(post(None, &["-H", "Host: evil.example"]), 403);
+    for (headers, body) in [(&[][..], init.as_str()), (&[accept][..], "{\"x\":1}")] {
+        let (st, v) = post(None, headers, body);
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}: {v}"
+        );
+    }
     let other = pb_tests::other_user();
-    assert_eq!(post(Some(other), &[]), 401);
+    assert_eq!(post(Some(other), &[accept], &init).0, 401);
     let token = broker.pb_ok(&["token"]).trim().to_string();
     let bearer = format!("Authorization: Bearer {token}");
-    assert_eq!(post(Some(other), &["-H", &bearer]), 200);
+    assert_eq!(post(Some(other), &[accept, &bearer], &init).0, 200);
 }
