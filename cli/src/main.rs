@@ -684,10 +684,10 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             if status {
                 up::status(&stack, fmt)
             } else {
-                up::up(&stack, detach, supervised)
+                up::up(&stack, detach, supervised, fmt)
             }
         }
-        Command::Down { stack } => up::down(&stack),
+        Command::Down { stack } => up::down(&stack, fmt),
         Command::Mcp { all } => mcp::serve(&paths, all || pb_broker::config::mcp_all_tools()?),
         Command::Restart {
             service: Some(service),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pb_broker::transport::mcp::{Backend, BoxFuture, PbTools};
+use pb_broker::transport::mcp::{Backend, BoxFuture, PbTools, StackAt, StackVerb};
 use pb_platform::ProcessId;
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
@@ -217,5 +217,49 @@ impl Backend for StdioBackend {
 
     fn project_dir(&self) -> Option<String> {
         self.cwd.clone()
+    }
+
+    /// Runs `pb -j up -d` or `pb -j down` as the agent would in a shell: the
+    /// supervisor is the user's process, not this server's child for long.
+    fn stack(&self, verb: StackVerb, at: StackAt) -> BoxFuture<Result<Value, WireError>> {
+        let dir = at.dir.or_else(|| self.cwd.clone());
+        Box::pin(async move {
+            let exe = std::env::current_exe().map_err(unreachable)?;
+            let mut cmd = tokio::process::Command::new(exe);
+            cmd.arg("-j");
+            match verb {
+                StackVerb::Up => cmd.args(["up", "-d"]),
+                StackVerb::Down => cmd.arg("down"),
+            };
+            if let Some(f) = &at.file {
+                cmd.args(["-f", f]);
+            }
+            if let Some(c) = &at.context {
+                cmd.args(["--context", c]);
+            }
+            if let Some(d) = &dir {
+                cmd.current_dir(d);
+            }
+            cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+            let out = cmd.output().await.map_err(unreachable)?;
+            let v: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+                WireError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "pb up printed no JSON: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                )
+            })?;
+            if out.status.success() {
+                return Ok(v);
+            }
+            // The CLI's error: pb's code when the broker gave one; a bad
+            // stack file or a stack already up is the caller's input.
+            let code =
+                serde_json::from_value(v["code"].clone()).unwrap_or(ErrorCode::InvalidRequest);
+            let message = v["error"].as_str().unwrap_or("pb up failed").to_string();
+            Err(WireError::new(code, message))
+        })
     }
 }

@@ -64,6 +64,7 @@ pub enum SessionCmd {
     Phase {
         /// The session's id.
         id: String,
+        /// Where the work is: planning, implementing, testing, ...
         phase: String,
     },
     /// Take over an abandoned session, its notes and file claims.
@@ -96,6 +97,7 @@ pub enum NoteCmd {
     Add {
         #[command(flatten)]
         which: Which,
+        /// The note (at most 4 KiB).
         text: String,
     },
     /// A session's notes, oldest first.
@@ -116,6 +118,7 @@ pub enum FilesCmd {
     Claim {
         #[command(flatten)]
         which: Which,
+        /// Paths or globs within the session's project.
         #[arg(required = true)]
         paths: Vec<String>,
     },
@@ -123,10 +126,14 @@ pub enum FilesCmd {
     Release {
         #[command(flatten)]
         which: Which,
+        /// The claims to release, as claimed (all when none is named).
         paths: Vec<String>,
     },
     /// Which sessions claim a path.
-    Who { path: String },
+    Who {
+        /// A path (a file or a directory).
+        path: String,
+    },
 }
 
 /// `p` made absolute from the current directory, lexically (a glob or a

@@ -738,3 +738,71 @@ fn the_typescript_sdk_over_http_claims_locks_talks_and_is_refused_like_any_http_
     let bearer = format!("Authorization: Bearer {token}");
     assert_eq!(post(Some(other), &[accept, &bearer], &init).0, 200);
 }
+
+#[test]
+fn an_agent_brings_a_stack_up_waits_for_it_restarts_it_and_brings_it_down() {
+    let broker = Broker::start();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        tests_dir().join("stacks/api.py"),
+        project.path().join("api.py"),
+    )
+    .unwrap();
+    std::fs::write(
+        project.path().join("pb.toml"),
+        "project = \"shop\"\n\n[services.api]\ncmd = \"python3 api.py\"\n",
+    )
+    .unwrap();
+    let mut a = Agent::start_in(&broker, project.path(), &[("PB_MCP_TOOLS", "all")]);
+    let up = a.call("stack_up", json!({}));
+    assert_eq!(up["id"], "shop", "{up}");
+    assert_eq!(up["services"][0]["ready"], true, "{up}");
+    let port = up["services"][0]["port"].as_u64().unwrap();
+    // The service answers: waiting for it succeeds.
+    let ready = a.call(
+        "wait_for_service",
+        json!({ "ids": ["shop:api"], "timeout_ms": 10000 }),
+    );
+    assert_eq!(ready["services"][0]["port"], port, "{ready}");
+    let listed = a.call("list_stacks", json!({}));
+    assert_eq!(listed["stacks"][0]["id"], "shop", "{listed}");
+    a.call(
+        "restart_service",
+        json!({ "stack": "shop", "service": "api" }),
+    );
+    let restarted = wait_until(Duration::from_secs(20), || {
+        let s = a.call("list_stacks", json!({}));
+        let svc = &s["stacks"][0]["services"][0];
+        (svc["restarts"] == 1 && svc["ready"] == true).then_some(())
+    });
+    assert!(restarted.is_some(), "{}", a.call("list_stacks", json!({})));
+    let logs = a.call("stack_logs", json!({ "stack": "shop" }));
+    assert!(logs["messages"].is_array(), "{logs}");
+    // Up twice is refused with the reason; the first stays up.
+    let twice = a.answer("stack_up", json!({}));
+    assert_eq!(twice["error"], true, "{twice}");
+    assert!(
+        twice["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("already up"),
+        "{twice}"
+    );
+    let down = a.call("stack_down", json!({}));
+    assert_eq!(down["down"], true, "{down}");
+    let none = a.call("list_stacks", json!({}));
+    assert_eq!(none["stacks"], json!([]), "{none}");
+    // A directory without a stack file is the caller's mistake.
+    let empty = tempfile::tempdir().unwrap();
+    let missing = a.answer("stack_up", json!({ "dir": empty.path().to_str().unwrap() }));
+    assert_eq!(missing["result"]["code"], "invalid_request", "{missing}");
+    a.exit();
+    // Over HTTP the broker starts no process for its caller.
+    let mut h = Agent::start_http(&broker, json!({})).unwrap();
+    let refused = h.answer(
+        "stack_up",
+        json!({ "dir": project.path().to_str().unwrap() }),
+    );
+    assert_eq!(refused["result"]["code"], "forbidden", "{refused}");
+    h.exit();
+}

@@ -58,6 +58,28 @@ pub trait Backend: Send + Sync + 'static {
     /// The directory relative paths are read from, if the transport has one
     /// (stdio: the agent's working directory).
     fn project_dir(&self) -> Option<String>;
+    /// Brings a stack up from its file, or down, as `pb up -d` and `pb down`
+    /// do: a supervisor is a process of the user's, which only a transport
+    /// on the user's side can start (over HTTP this is refused).
+    fn stack(&self, verb: StackVerb, at: StackAt) -> BoxFuture<Result<Value, WireError>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackVerb {
+    Up,
+    Down,
+}
+
+/// Which stack: its file, found as `pb up` finds it.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+pub struct StackAt {
+    /// Where to look for the stack file (default: where the agent works).
+    pub dir: Option<String>,
+    /// The stack file (pb.toml, .portdaddyrc, Procfile), if not the one
+    /// found upward from `dir`.
+    pub file: Option<String>,
+    /// The id's last segment (default: the git branch or worktree).
+    pub context: Option<String>,
 }
 
 /// Listed by default, beside `pd_discover`, which lists every tool.
@@ -1046,6 +1068,26 @@ impl PbTools {
     }
 
     // Stacks (`pb up`).
+
+    #[tool(
+        description = "Bring a stack up from its pb.toml, .portdaddyrc or Procfile, detached, as \
+        `pb up -d`: every port claimed first, each service started when what it needs is ready. \
+        Answers once it is up, with each service's state and port."
+    )]
+    async fn stack_up(&self, Parameters(at): Parameters<StackAt>) -> ToolResult {
+        Ok(match self.backend.stack(StackVerb::Up, at).await {
+            Ok(v) => CallToolResult::structured(v),
+            Err(e) => tool_error(e.code, e.message, e.details),
+        })
+    }
+
+    #[tool(description = "Stop a stack brought up detached, as `pb down`.")]
+    async fn stack_down(&self, Parameters(at): Parameters<StackAt>) -> ToolResult {
+        Ok(match self.backend.stack(StackVerb::Down, at).await {
+            Ok(v) => CallToolResult::structured(v),
+            Err(e) => tool_error(e.code, e.message, e.details),
+        })
+    }
 
     #[tool(description = "Running stacks (pb up): each service's state, pid, port and restarts.")]
     async fn list_stacks(&self, cx: RequestContext<RoleServer>) -> ToolResult {

@@ -61,7 +61,7 @@ fn up_limit(stack: &Stack) -> Duration {
         + Duration::from_secs(10)
 }
 
-pub fn up(a: &StackArgs, detach: bool, supervised: bool) -> Result<i32> {
+pub fn up(a: &StackArgs, detach: bool, supervised: bool, fmt: Format) -> Result<i32> {
     let (stack, home, paths) = load(a)?;
     run::check_commands(&stack)?;
     let Some(lock) = home.lock()? else {
@@ -74,7 +74,7 @@ pub fn up(a: &StackArgs, detach: bool, supervised: bool) -> Result<i32> {
     if detach {
         // The detached supervisor takes the lock itself.
         drop(lock);
-        return detached(a, &stack, &home);
+        return detached(a, &stack, &home, fmt);
     }
     let code = run::supervise(&paths, &stack, &home, supervised)?;
     drop(lock);
@@ -83,7 +83,7 @@ pub fn up(a: &StackArgs, detach: bool, supervised: bool) -> Result<i32> {
 
 /// Starts the supervisor as a process of its own, out of the terminal's
 /// process group, and waits until the stack is up.
-fn detached(a: &StackArgs, stack: &Stack, home: &StackHome) -> Result<i32> {
+fn detached(a: &StackArgs, stack: &Stack, home: &StackHome, fmt: Format) -> Result<i32> {
     let mut args: Vec<std::ffi::OsString> = vec!["up".into(), "--supervised".into()];
     args.push("-f".into());
     args.push(run::absolute(&stack.file).into());
@@ -104,11 +104,13 @@ fn detached(a: &StackArgs, stack: &Stack, home: &StackHome) -> Result<i32> {
     };
     let pid = supervise::spawn_held(spec).and_then(|h| h.launch())?;
     let state = run::await_detached(home, pid, up_limit(stack))?;
-    print_status(&state, Format::Human);
-    eprintln!(
-        "pb: {} is up, supervised by pid {pid}; `pb logs -f` follows it, `pb down` stops it",
-        state.id
-    );
+    print_status(&state, fmt);
+    if fmt != Format::Json {
+        eprintln!(
+            "pb: {} is up, supervised by pid {pid}; `pb logs -f` follows it, `pb down` stops it",
+            state.id
+        );
+    }
     Ok(0)
 }
 
@@ -159,7 +161,7 @@ fn print_status(s: &StackInfo, fmt: Format) {
     }
 }
 
-pub fn down(a: &StackArgs) -> Result<i32> {
+pub fn down(a: &StackArgs, fmt: Format) -> Result<i32> {
     let (stack, home, _) = load(a)?;
     let state = running(&home, &stack)?;
     let sup = state::supervisor(&state).context("the supervisor is gone")?;
@@ -174,7 +176,12 @@ pub fn down(a: &StackArgs) -> Result<i32> {
     let until = std::time::Instant::now() + limit;
     while std::time::Instant::now() < until {
         if !home.is_up() {
-            eprintln!("pb: {} is down", stack.id());
+            match fmt {
+                Format::Json => crate::output::print_json(&serde_json::json!({
+                    "stack": stack.id(), "down": true,
+                })),
+                _ => eprintln!("pb: {} is down", stack.id()),
+            }
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use crate::core::{Caller, SharedCore};
 use crate::transport::http::error::ApiError;
 use crate::transport::http::{Conn, HttpState};
-use crate::transport::mcp::{Backend, BoxFuture, PbTools};
+use crate::transport::mcp::{Backend, BoxFuture, PbTools, StackAt, StackVerb};
 
 /// Where the MCP endpoint is.
 pub const PATH: &str = "/mcp";
@@ -103,6 +103,17 @@ impl Backend for HttpBackend {
 
     fn project_dir(&self) -> Option<String> {
         None
+    }
+
+    fn stack(&self, _verb: StackVerb, _at: StackAt) -> BoxFuture<Result<Value, WireError>> {
+        Box::pin(async {
+            Err(WireError::new(
+                ErrorCode::Forbidden,
+                "the broker starts no process for an HTTP caller: run `pb up -d` (or `pb mcp` \
+                 on stdio) to bring a stack up or down; list_stacks, restart_service and \
+                 stack_logs work here",
+            ))
+        })
     }
 }
 
