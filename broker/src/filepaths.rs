@@ -11,7 +11,7 @@
 //! as "some path could be covered by both", which may report an overlap
 //! no file shows but never misses one.
 
-use globset::GlobBuilder;
+use globset::{GlobBuilder, GlobMatcher};
 use pb_proto::{ErrorCode, WireError};
 
 /// The longest path a claim (or a project directory) may be.
@@ -67,7 +67,10 @@ pub fn project_dir(dir: &str) -> Result<String, WireError> {
         )));
     }
     let parts = components(dir).ok_or_else(|| invalid(format!("{dir:?} climbs above /")))?;
-    if parts.iter().any(|c| is_glob(c) || c.contains(['{', '}'])) {
+    if parts
+        .iter()
+        .any(|c| is_glob(c) || c.contains(['{', '}', '\\']))
+    {
         return Err(invalid(format!(
             "the project directory {dir:?} must be a plain path, not a glob"
         )));
@@ -82,6 +85,11 @@ pub fn claim_path(dir: &str, p: &str) -> Result<String, WireError> {
     if p.contains(['{', '}']) {
         return Err(invalid(format!(
             "{p:?}: alternatives ({{a,b}}) are not supported; claim each path"
+        )));
+    }
+    if p.contains('\\') {
+        return Err(invalid(format!(
+            "{p:?}: backslashes are not supported in claims"
         )));
     }
     let full = if p.starts_with('/') {
@@ -121,30 +129,75 @@ pub fn query_path(p: &str) -> Result<String, WireError> {
     Ok(join(&parts))
 }
 
+/// A claim ready to be compared: its components, and its globs compiled
+/// once, when it is made (a check against many claims compiles nothing).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    parts: Vec<Part>,
+    /// The whole glob, for a claim with any glob in it.
+    whole: Option<GlobMatcher>,
+    plain: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    text: String,
+    /// `None` for a literal component or `**`.
+    glob: Option<GlobMatcher>,
+}
+
+fn matcher(glob: &str) -> Option<GlobMatcher> {
+    GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(false)
+        .build()
+        .ok()
+        .map(|g| g.compile_matcher())
+}
+
+impl Claim {
+    /// `path`: what [`claim_path`] or [`query_path`] made.
+    pub fn new(path: &str) -> Claim {
+        let texts = components(path).unwrap_or_default();
+        let plain = !texts.iter().any(|c| is_glob(c));
+        let parts = texts
+            .iter()
+            .map(|t| Part {
+                text: t.to_string(),
+                glob: (is_glob(t) && *t != "**").then(|| matcher(t)).flatten(),
+            })
+            .collect();
+        Claim {
+            parts,
+            whole: (!plain).then(|| matcher(path)).flatten(),
+            plain,
+        }
+    }
+}
+
 /// Could one string match both components?
-fn may_meet(a: &str, b: &str) -> bool {
-    match (is_glob(a), is_glob(b)) {
-        (false, false) => a == b,
-        (true, false) => component_matches(a, b),
-        (false, true) => component_matches(b, a),
+fn may_meet(a: &Part, b: &Part) -> bool {
+    match (is_glob(&a.text), is_glob(&b.text)) {
+        (false, false) => a.text == b.text,
+        (true, false) => matches(a, &b.text),
+        (false, true) => matches(b, &a.text),
         (true, true) => {
             // Whatever matches both starts with both literal heads and
             // ends with both literal tails.
-            let (ha, hb) = (head(a), head(b));
-            let (ta, tb) = (tail(a), tail(b));
+            let (ha, hb) = (head(&a.text), head(&b.text));
+            let (ta, tb) = (tail(&a.text), tail(&b.text));
             (ha.starts_with(hb) || hb.starts_with(ha)) && (ta.ends_with(tb) || tb.ends_with(ta))
         }
     }
 }
 
-fn component_matches(glob: &str, text: &str) -> bool {
-    GlobBuilder::new(glob)
-        .literal_separator(true)
-        .build()
-        .map(|g| g.compile_matcher().is_match(text))
-        // Claims were checked when made; an unreadable one is taken as
-        // covering everything rather than nothing.
-        .unwrap_or(true)
+/// Whether a glob component matches `text`. Claims were checked when made;
+/// one that did not compile is taken as matching everything, never nothing.
+fn matches(glob: &Part, text: &str) -> bool {
+    match &glob.glob {
+        Some(g) => g.is_match(text),
+        None => true,
+    }
 }
 
 fn head(glob: &str) -> &str {
@@ -156,63 +209,65 @@ fn tail(glob: &str) -> &str {
 }
 
 /// Do two claims (or a claim and a path asked about) cover a common path?
-pub fn overlap(a: &str, b: &str) -> bool {
-    let (a, b) = (
-        components(a).unwrap_or_default(),
-        components(b).unwrap_or_default(),
-    );
-    let plain = |p: &[&str]| !p.iter().any(|c| is_glob(c));
-    match (plain(&a), plain(&b)) {
-        (true, true) => a.starts_with(&b) || b.starts_with(&a),
-        (true, false) => glob_meets_path(&b, &a),
-        (false, true) => glob_meets_path(&a, &b),
-        (false, false) => globs_meet(&a, &b),
+pub fn overlap(a: &Claim, b: &Claim) -> bool {
+    match (a.plain, b.plain) {
+        (true, true) => {
+            let n = a.parts.len().min(b.parts.len());
+            a.parts[..n]
+                .iter()
+                .zip(&b.parts[..n])
+                .all(|(x, y)| x.text == y.text)
+        }
+        (true, false) => glob_meets_path(b, a),
+        (false, true) => glob_meets_path(a, b),
+        (false, false) => globs_meet(&a.parts, &b.parts),
     }
 }
 
 /// A glob and a plain path overlap when the glob matches the path or one
 /// of its ancestors, or could match something beneath it.
-fn glob_meets_path(glob: &[&str], path: &[&str]) -> bool {
-    let whole = GlobBuilder::new(&join(glob))
-        .literal_separator(true)
-        .build()
-        .map(|g| g.compile_matcher());
-    let Ok(whole) = whole else {
+fn glob_meets_path(glob: &Claim, path: &Claim) -> bool {
+    let Some(whole) = &glob.whole else {
         return true;
     };
-    if (0..=path.len()).any(|n| whole.is_match(join(&path[..n]))) {
+    let texts: Vec<&str> = path.parts.iter().map(|p| p.text.as_str()).collect();
+    if (0..=texts.len()).any(|n| whole.is_match(join(&texts[..n]))) {
         return true;
     }
     // Beneath the path: the glob's first components meet the path's, and
     // it has more of them (or a `**` that can stand for them).
-    for (i, p) in path.iter().enumerate() {
-        match glob.get(i) {
+    for (i, p) in path.parts.iter().enumerate() {
+        match glob.parts.get(i) {
             None => return false,
-            Some(&"**") => return true,
+            Some(g) if g.text == "**" => return true,
             Some(g) if !may_meet(g, p) => return false,
             Some(_) => {}
         }
     }
-    glob.len() > path.len()
+    glob.parts.len() > path.parts.len()
 }
 
-fn globs_meet(a: &[&str], b: &[&str]) -> bool {
-    for i in 0.. {
-        match (a.get(i), b.get(i)) {
-            // One ends here: what it matches is an ancestor of (or the same
-            // as) something the other may match.
-            (None, _) | (_, None) => return true,
-            (Some(&"**"), _) | (_, Some(&"**")) => return true,
-            (Some(x), Some(y)) if !may_meet(x, y) => return false,
-            _ => {}
+fn globs_meet(a: &[Part], b: &[Part]) -> bool {
+    for (x, y) in a.iter().zip(b) {
+        if x.text == "**" || y.text == "**" {
+            return true;
+        }
+        if !may_meet(x, y) {
+            return false;
         }
     }
-    unreachable!("the loop returns when either claim runs out")
+    // One ends here: what it matches is an ancestor of (or the same as)
+    // something the other may match.
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn overlap(a: &str, b: &str) -> bool {
+        super::overlap(&Claim::new(a), &Claim::new(b))
+    }
 
     #[test]
     fn claims_are_normalised_within_the_project() {
@@ -236,7 +291,7 @@ mod tests {
             let e = claim_path(d, bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidPath, "{bad}");
         }
-        for bad in ["", "a\nb", "{a,b}", "a**b/c", "[z-a]"] {
+        for bad in ["", "a\nb", "{a,b}", "a**b/c", "[z-a]", "\\src/*"] {
             assert!(claim_path(d, bad).is_err(), "{bad:?}");
         }
         assert!(claim_path(d, &"a".repeat(MAX_PATH + 1)).is_err());

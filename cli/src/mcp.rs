@@ -21,7 +21,8 @@ use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
 use pb_proto::{Client, ErrorCode, LockOwnerArg, Op, Owner, WireError};
 use rmcp::model::Extensions;
-use rmcp::ServiceExt;
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServiceExt};
 use serde_json::{json, Value};
 
 use crate::connect;
@@ -134,13 +135,9 @@ impl Drop for InFlight {
 }
 
 impl Backend for StdioBackend {
-    fn call(
-        &self,
-        op: Op,
-        _cx: &Extensions,
-        cancelled: BoxFuture<()>,
-    ) -> BoxFuture<Result<Value, WireError>> {
+    fn call(&self, op: Op, cx: &RequestContext<RoleServer>) -> BoxFuture<Result<Value, WireError>> {
         let paths = self.paths.clone();
+        let cancelled = cx.ct.clone();
         let waits = matches!(&op, Op::LockAcquire(a) if a.wait_ms.is_some_and(|w| w > 0))
             || matches!(op, Op::Wait { .. });
         if !waits {
@@ -176,7 +173,7 @@ impl Backend for StdioBackend {
             let mut call = tokio::task::spawn_blocking(move || client.call(op).map(|(v, _)| v));
             let stopped = tokio::select! {
                 got = &mut call => return got.map_err(unreachable)?.map_err(wire),
-                () = cancelled => "the call was cancelled",
+                () = cancelled.cancelled() => "the call was cancelled",
                 _ = closing.wait_for(|c| *c) => "the client went away",
             };
             // The broker takes a waiter whose connection closes out of the

@@ -4,7 +4,10 @@
 // headers of $PB_MCP_HEADERS (a JSON object) with every request, and then
 // reads one JSON line per step from stdin, as tests/clients/mcp_agent.py
 // does: {"tool": NAME, "args": {...}} (with "progress": true to collect
-// progress notifications), or {"list": true}. It prints one JSON line per
+// progress notifications; with "background": true, not waited for: prints
+// {"started": NAME}, then the answer when it comes), {"cancel": true}
+// (aborts the last background call: the SDK sends notifications/cancelled;
+// prints {"cancelled": true}), or {"list": true}. It prints one JSON line per
 // answer: {"error": bool, "result": ..., "progress": [...]}, or
 // {"protocol_error": CODE, "message": ..., "data": ...}. A connection the
 // broker refuses prints {"connect_error": MESSAGE} and ends it. An empty
@@ -32,19 +35,11 @@ try {
 }
 emit({ server: client.getServerVersion().name });
 
-const lines = readline.createInterface({ input: process.stdin });
-for await (const line of lines) {
-  if (!line.trim()) break;
-  const step = JSON.parse(line);
-  if (step.list) {
-    const { tools } = await client.listTools();
-    emit({ tools: tools.map((t) => t.name) });
-    continue;
-  }
+async function call(step, signal) {
   const progress = [];
   const options = step.progress
-    ? { onprogress: (p) => progress.push(p.message), timeout: 60000, resetTimeoutOnProgress: true }
-    : { timeout: 60000 };
+    ? { onprogress: (p) => progress.push(p.message), timeout: 60000, resetTimeoutOnProgress: true, signal }
+    : { timeout: 60000, signal };
   try {
     const r = await client.callTool({ name: step.tool, arguments: step.args || {} }, undefined, options);
     emit({ error: Boolean(r.isError), result: r.structuredContent ?? null, progress });
@@ -54,6 +49,26 @@ for await (const line of lines) {
     } else {
       emit({ protocol_error: -1, message: String(e), data: null });
     }
+  }
+}
+
+let last = null;
+const lines = readline.createInterface({ input: process.stdin });
+for await (const line of lines) {
+  if (!line.trim()) break;
+  const step = JSON.parse(line);
+  if (step.list) {
+    const { tools } = await client.listTools();
+    emit({ tools: tools.map((t) => t.name) });
+  } else if (step.background) {
+    last = new AbortController();
+    call(step, last.signal);
+    emit({ started: step.tool });
+  } else if (step.cancel) {
+    last?.abort("the test cancels it");
+    emit({ cancelled: true });
+  } else {
+    await call(step);
   }
 }
 await client.close();

@@ -636,6 +636,94 @@ fn the_typescript_sdk_over_http_claims_locks_talks_and_is_refused_like_any_http_
         s.as_str()
     );
 
+    // B queues again and cancels (the SDK sends notifications/cancelled):
+    // it leaves the queue, and the lock A releases goes to nobody.
+    a.call("acquire_lock", json!({ "name": "cache" }));
+    b.send(
+        json!({ "tool": "acquire_lock", "args": { "name": "cache", "wait_ms": 30000 },
+                   "background": true }),
+    );
+    assert_eq!(b.read()["started"], "acquire_lock");
+    let queued = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "cache"])["locks"][0]["waiters"] == 1).then_some(())
+    });
+    assert!(queued.is_some(), "b never queued again");
+    b.send(json!({ "cancel": true }));
+    let mut said = vec![b.read(), b.read()];
+    said.sort_by_key(|v| v.get("cancelled").is_none());
+    assert_eq!(said[0]["cancelled"], true, "{said:?}");
+    assert!(
+        said[1]["protocol_error"].is_i64(),
+        "the call ends as aborted: {said:?}"
+    );
+    let left = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "cache"])["locks"][0]["waiters"] == 0).then_some(())
+    });
+    assert!(left.is_some(), "{}", broker.pb_json(&["locks", "cache"]));
+    a.call("release_lock", json!({ "name": "cache" }));
+    std::thread::sleep(Duration::from_millis(300));
+    let free = broker.pb_json(&["locks", "cache"]);
+    assert_eq!(free["locks"], json!([]), "b was granted nothing: {free}");
+
+    // The same with a raw client that keeps its connection open: its
+    // notifications/cancelled, on a second connection, ends the call, which
+    // answers on the first.
+    a.call("acquire_lock", json!({ "name": "cache" }));
+    let cancels = format!(
+        "import socket,sys,time\n\
+         def post(s,b):\n\
+         \x20 b=b.encode()\n\
+         \x20 s.sendall(b'POST /mcp HTTP/1.1\\r\\nHost: 127.0.0.1:{p}\\r\\nContent-Type: application/json\\r\\n'\n\
+         \x20   b'Accept: application/json, text/event-stream\\r\\nContent-Length: '+str(len(b)).encode()+b'\\r\\n\\r\\n'+b)\n\
+         one=socket.create_connection(('127.0.0.1',{p}))\n\
+         post(one,sys.argv[1])\n\
+         time.sleep(1.5)\n\
+         two=socket.create_connection(('127.0.0.1',{p}))\n\
+         post(two,sys.argv[2])\n\
+         one.settimeout(10)\n\
+         got=b''\n\
+         while b'cancelled' not in got:\n\
+         \x20 got+=one.recv(4096)\n\
+         print('answered',flush=True)\n\
+         time.sleep(30)\n",
+        p = broker.http_port().unwrap()
+    );
+    let queue = json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": { "name": "acquire_lock", "arguments": { "name": "cache", "wait_ms": 30000 } } })
+    .to_string();
+    let cancel = json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": { "requestId": 7, "reason": "test" } })
+    .to_string();
+    let mut raw = Proc(
+        Command::new("python3")
+            .args(["-c", &cancels, &queue, &cancel])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut said = String::new();
+    BufReader::new(raw.0.stdout.as_mut().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert_eq!(
+        said.trim(),
+        "answered",
+        "the cancelled call answers on its stream"
+    );
+    let left = wait_until(Duration::from_secs(10), || {
+        (broker.pb_json(&["locks", "cache"])["locks"][0]["waiters"] == 0).then_some(())
+    });
+    assert!(left.is_some(), "{}", broker.pb_json(&["locks", "cache"]));
+    a.call("release_lock", json!({ "name": "cache" }));
+    std::thread::sleep(Duration::from_millis(300));
+    let free = broker.pb_json(&["locks", "cache"]);
+    assert_eq!(
+        free["locks"],
+        json!([]),
+        "the raw client was granted nothing: {free}"
+    );
+    raw.signal(libc::SIGKILL);
+
     // A client that hangs up while queued (its process lives on) is
     // granted nothing: the lock A releases goes to nobody.
     a.call("acquire_lock", json!({ "name": "deploy" }));

@@ -623,3 +623,45 @@ fn work_sessions_claim_files_without_overlap_and_hand_over_when_abandoned() {
     assert_eq!(err.code, ErrorCode::Closed);
     reply::<SessionReply>(begin(&mut core, "agent-b", &["src/auth/login.rs"]));
 }
+
+#[test]
+fn sessions_are_bounded_per_user_and_the_longest_ended_are_forgotten_first() {
+    use super::work::{KEEP_ENDED, MAX_LIVE};
+    use pb_proto::{SessionEndReply, SessionReply};
+    let mut core = core();
+    register(&mut core, "agent-a");
+    let end = |core: &mut Core, id: &str| {
+        reply::<SessionEndReply>(core.apply(
+            &me(),
+            Op::SessionEnd {
+                id: id.into(),
+                note: None,
+                agent: None,
+            },
+        ))
+    };
+    // The first session begun ends last: it is kept, though oldest.
+    let first: SessionReply = reply(begin(&mut core, "agent-a", &[]));
+    let mut ended = Vec::new();
+    for _ in 0..KEEP_ENDED {
+        let s: SessionReply = reply(begin(&mut core, "agent-a", &[]));
+        end(&mut core, &s.session.id);
+        ended.push(s.session.id);
+    }
+    end(&mut core, &first.session.id);
+    let get = |core: &mut Core, id: &str| core.apply(&me(), Op::SessionGet { id: id.into() });
+    assert!(get(&mut core, &first.session.id).is_ok());
+    let err = get(&mut core, &ended[0]).unwrap_err();
+    assert_eq!(
+        err.code,
+        ErrorCode::NotFound,
+        "the first to end is forgotten"
+    );
+    assert!(get(&mut core, &ended[1]).is_ok());
+    // At most MAX_LIVE sessions not ended, per user.
+    for _ in 0..MAX_LIVE {
+        reply::<SessionReply>(begin(&mut core, "agent-a", &[]));
+    }
+    let err = begin(&mut core, "agent-a", &[]).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Limit, "{}", err.message);
+}

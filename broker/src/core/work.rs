@@ -26,11 +26,17 @@ use crate::core::events::EventKind;
 use crate::core::jobs::ReaperJob;
 use crate::core::locks::LockOwner;
 use crate::core::{now_ms, Caller, Core, Outcome};
-use crate::filepaths;
+use crate::filepaths::{self, Claim};
 use crate::store::{FilesChange, NoteRecord, SessionRecord, StoreError};
 
-/// Sessions not ended (active or abandoned), for all users.
-pub const MAX_LIVE: usize = 1000;
+/// Sessions not ended (active or abandoned), per user.
+pub const MAX_LIVE: usize = 256;
+/// File claims of a user's live sessions together: what one claim is
+/// checked against, under the core's mutex.
+pub const MAX_CLAIMS_PER_USER: usize = 2048;
+/// Takeovers of one session: each writes a `handoff` note, which (like the
+/// `end` note) is not refused at `MAX_NOTES`, so this bounds them.
+pub const MAX_TAKEOVERS: u32 = 100;
 /// Ended sessions kept, with their notes, for reading back.
 pub const KEEP_ENDED: usize = 500;
 pub const MAX_NOTES: u32 = 1000;
@@ -48,8 +54,19 @@ pub const MAX_NOTES_A_READ: usize = 1000;
 pub struct WorkSession {
     rec: SessionRecord,
     command: Option<String>,
-    /// Claimed paths (absolute, normalised) and since when.
-    files: BTreeMap<String, u64>,
+    /// Claimed paths (absolute, normalised), since when, compiled.
+    files: BTreeMap<String, Held>,
+}
+
+/// One claim of a session's.
+pub struct Held {
+    since: u64,
+    claim: Claim,
+}
+
+fn held((path, since): (String, u64)) -> (String, Held) {
+    let claim = Claim::new(&path);
+    (path, Held { since, claim })
 }
 
 impl WorkSession {
@@ -116,8 +133,10 @@ impl WorkSessions {
             .collect()
     }
 
-    fn live_count(&self) -> usize {
-        self.map.values().filter(|s| s.live()).count()
+    fn live_of(&self, uid: u32) -> impl Iterator<Item = &WorkSession> {
+        self.map
+            .values()
+            .filter(move |s| s.live() && s.rec.uid == uid)
     }
 }
 
@@ -143,7 +162,7 @@ fn check_phase(p: &str) -> Result<(), WireError> {
     if !ok {
         return Err(WireError::new(
             ErrorCode::InvalidName,
-            format!("phase {p:?} must be 1 to {MAX_PHASE} of a-z, 0-9, '-', '_' and '.'"),
+            format!("phase {p:?} must be 1 to {MAX_PHASE} of a-z, A-Z, 0-9, '-', '_' and '.'"),
         ));
     }
     Ok(())
@@ -178,7 +197,7 @@ impl Core {
             let s = WorkSession {
                 rec,
                 command,
-                files: files.into_iter().collect(),
+                files: files.into_iter().map(held).collect(),
             };
             let gone = match s.rec.owner_kind.as_str() {
                 "agent" => s.rec.agent.as_ref().is_some_and(|a| !self.agents.has(a)),
@@ -274,12 +293,17 @@ impl Core {
     /// Conflicts of `paths` with other live sessions of the caller's user.
     fn file_conflicts(&self, uid: u32, session: &str, paths: &[String]) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
+        let wanted: Vec<Claim> = paths.iter().map(|p| Claim::new(p)).collect();
         for other in self.work.map.values() {
             if other.rec.id == session || other.rec.uid != uid || !other.live() {
                 continue;
             }
-            for p in paths {
-                for c in other.files.keys().filter(|c| filepaths::overlap(p, c)) {
+            for (p, want) in paths.iter().zip(&wanted) {
+                let hits = other
+                    .files
+                    .iter()
+                    .filter(|(_, h)| filepaths::overlap(want, &h.claim));
+                for (c, _) in hits {
                     out.push(json!({
                         "path": p, "claimed": c, "session": other.rec.id,
                         "agent": other.rec.agent, "pid": other.rec.owner_pid,
@@ -314,6 +338,16 @@ impl Core {
             if !s.files.contains_key(&c) && !claims.contains(&c) {
                 claims.push(c);
             }
+        }
+        let of_user: usize = self.work.live_of(s.rec.uid).map(|o| o.files.len()).sum();
+        if of_user + claims.len() > MAX_CLAIMS_PER_USER {
+            return Err(WireError::new(
+                ErrorCode::Limit,
+                format!(
+                    "your live sessions would claim {} paths (limit {MAX_CLAIMS_PER_USER})",
+                    of_user + claims.len()
+                ),
+            ));
         }
         if s.files.len() + claims.len() > MAX_FILES {
             return Err(WireError::new(
@@ -358,10 +392,10 @@ impl Core {
         if let Some(n) = &a.note {
             check_text("a note", n, MAX_NOTE, true)?;
         }
-        if self.work.live_count() >= MAX_LIVE {
+        if self.work.live_of(caller.uid).count() >= MAX_LIVE {
             return Err(WireError::new(
                 ErrorCode::Limit,
-                format!("too many open sessions (limit {MAX_LIVE}); end some"),
+                format!("you have {MAX_LIVE} sessions not ended, the limit; end some"),
             ));
         }
         let (owner, watch) = self.session_owner(caller, a.owner, a.agent.as_deref())?;
@@ -407,7 +441,7 @@ impl Core {
         let added: Vec<(String, u64)> = claims.iter().map(|c| (c.clone(), now)).collect();
         self.store
             .save_session(&s.rec, note.as_ref(), FilesChange::Add(&added))?;
-        s.files.extend(added);
+        s.files.extend(added.into_iter().map(held));
         self.work.last_seq = seq;
         if let Some(p) = process {
             self.send_to_reaper(ReaperJob::Watch(p, watch));
@@ -535,6 +569,12 @@ impl Core {
                     format!("session {id} has ended"),
                 ))
             }
+        }
+        if s.rec.takeovers >= MAX_TAKEOVERS {
+            return Err(WireError::new(
+                ErrorCode::Limit,
+                format!("session {id} was taken over {MAX_TAKEOVERS} times, the limit; end it"),
+            ));
         }
         let (owner, watch) = self.session_owner(caller, owner, agent.as_deref())?;
         let s = &self.work.map[id];
@@ -681,7 +721,7 @@ impl Core {
         let added: Vec<(String, u64)> = claims.iter().map(|c| (c.clone(), now)).collect();
         self.commit_session(rec, None, FilesChange::Add(&added))?;
         let s = self.work.map.get_mut(session).expect("checked above");
-        s.files.extend(added);
+        s.files.extend(added.into_iter().map(held));
         let files: Vec<String> = s.files.keys().cloned().collect();
         let agent = s.rec.agent.clone();
         self.emit_by(
@@ -755,13 +795,14 @@ impl Core {
     /// Every live claim of the caller's user that covers `path`.
     pub(crate) fn files_who(&self, caller: &Caller, path: &str) -> Result<Outcome, WireError> {
         let path = filepaths::query_path(path)?;
+        let query = Claim::new(&path);
         let mut claims = Vec::new();
         for s in self.work.map.values() {
             if s.rec.uid != caller.uid || !s.live() {
                 continue;
             }
-            for (c, since) in &s.files {
-                if filepaths::overlap(c, &path) {
+            for (c, h) in &s.files {
+                if filepaths::overlap(&h.claim, &query) {
                     claims.push(FileClaimInfo {
                         path: c.clone(),
                         session: s.rec.id.clone(),
@@ -769,7 +810,7 @@ impl Core {
                         agent: s.rec.agent.clone(),
                         pid: s.rec.owner_pid,
                         purpose: s.rec.purpose.clone(),
-                        since_ms: *since,
+                        since_ms: h.since,
                     });
                 }
             }
@@ -864,13 +905,14 @@ impl Core {
         self.trim_ended();
     }
 
+    /// Forgets the sessions that ended longest ago beyond `KEEP_ENDED`.
     fn trim_ended(&mut self) {
-        let mut ended: Vec<(u64, String)> = self
+        let mut ended: Vec<(u64, u64, String)> = self
             .work
             .map
             .values()
             .filter(|s| !s.live())
-            .map(|s| (s.rec.seq, s.rec.id.clone()))
+            .map(|s| (s.rec.ended_ms.unwrap_or(0), s.rec.seq, s.rec.id.clone()))
             .collect();
         if ended.len() <= KEEP_ENDED {
             return;
@@ -878,7 +920,7 @@ impl Core {
         ended.sort();
         let drop: Vec<String> = ended[..ended.len() - KEEP_ENDED]
             .iter()
-            .map(|(_, id)| id.clone())
+            .map(|(_, _, id)| id.clone())
             .collect();
         if let Err(e) = self.store.delete_sessions(&drop) {
             eprintln!("pb: cannot forget ended sessions: {e}");

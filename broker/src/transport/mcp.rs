@@ -39,16 +39,12 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// How the tools reach the broker.
 pub trait Backend: Send + Sync + 'static {
-    /// Applies `op` for this request's client (`cx`: the request's
-    /// extensions, which carry the HTTP caller over HTTP). `cancelled`
-    /// resolves when the client cancels the call: a call still waiting
-    /// must then leave nothing behind (a lock granted after is given back).
-    fn call(
-        &self,
-        op: Op,
-        cx: &Extensions,
-        cancelled: BoxFuture<()>,
-    ) -> BoxFuture<Result<Value, WireError>>;
+    /// Applies `op` for this request's client (`cx`: its id, its
+    /// extensions, which carry the HTTP caller over HTTP, and the token
+    /// that the client's cancellation fires). A call still waiting when it
+    /// is cancelled must leave nothing behind (a lock granted after is
+    /// given back).
+    fn call(&self, op: Op, cx: &RequestContext<RoleServer>) -> BoxFuture<Result<Value, WireError>>;
     /// Who owns what the tools claim: the agent that started `pb mcp`, or
     /// the HTTP caller.
     fn owner(&self) -> Owner;
@@ -153,8 +149,7 @@ impl PbTools {
             _ => String::new(),
         };
         let token = waits(&op).then(|| cx.meta.get_progress_token()).flatten();
-        let cancelled = Box::pin(cx.ct.clone().cancelled_owned());
-        let mut call = self.backend.call(op, &cx.extensions, cancelled);
+        let mut call = self.backend.call(op, cx);
         let got = match token {
             None => call.await,
             Some(token) => {
@@ -1297,8 +1292,7 @@ impl ServerHandler for PbTools {
                 Some(json!({ "code": ErrorCode::NotFound.name() })),
             ));
         };
-        let cancelled = Box::pin(cx.ct.clone().cancelled_owned());
-        match self.backend.call(op, &cx.extensions, cancelled).await {
+        match self.backend.call(op, &cx).await {
             Ok(v) => Ok(ReadResourceResult::new(vec![ResourceContents::text(
                 v.to_string(),
                 uri,

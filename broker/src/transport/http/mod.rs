@@ -102,6 +102,12 @@ impl Conn {
     /// Resolves once the client has closed the connection. hyper learns of
     /// it only when it next writes, and a call waiting in a lock's queue
     /// writes nothing until it is granted: it must stop waiting first.
+    /// Whether the client has closed the connection, as of now. A client
+    /// that only shut down its sending side (rare for HTTP) counts too.
+    pub fn has_hung_up(&self) -> bool {
+        pb_platform::os::peer_closed(&*self.socket)
+    }
+
     pub async fn hung_up(&self) {
         while !pb_platform::os::peer_closed(&*self.socket) {
             tokio::time::sleep(HANGUP_CHECK).await;
