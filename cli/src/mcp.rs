@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pb_broker::transport::mcp::{Backend, BoxFuture, PbTools, StackAt, StackVerb};
+use pb_broker::transport::mcp::{waits, Backend, BoxFuture, PbTools, StackAt, StackVerb};
 use pb_platform::ProcessId;
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
@@ -138,9 +138,7 @@ impl Backend for StdioBackend {
     fn call(&self, op: Op, cx: &RequestContext<RoleServer>) -> BoxFuture<Result<Value, WireError>> {
         let paths = self.paths.clone();
         let cancelled = cx.ct.clone();
-        let waits = matches!(&op, Op::LockAcquire(a) if a.wait_ms.is_some_and(|w| w > 0))
-            || matches!(op, Op::Wait { .. });
-        if !waits {
+        if !waits(&op) {
             let kept = self.kept.clone();
             return Box::pin(async move {
                 tokio::task::spawn_blocking(move || call_kept(&paths, &kept, op))

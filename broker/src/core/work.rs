@@ -230,6 +230,19 @@ impl Core {
         Ok(s)
     }
 
+    /// The session `id`, the caller's user's, not ended (active or
+    /// abandoned).
+    fn live_session(&self, caller: &Caller, id: &str) -> Result<&WorkSession, WireError> {
+        let s = self.session_of(caller, id)?;
+        if !s.live() {
+            return Err(WireError::new(
+                ErrorCode::Closed,
+                format!("session {id} has ended"),
+            ));
+        }
+        Ok(s)
+    }
+
     /// The session `id`, open for work: the caller's user's, and active.
     fn active_session(&self, caller: &Caller, id: &str) -> Result<&WorkSession, WireError> {
         let s = self.session_of(caller, id)?;
@@ -481,13 +494,7 @@ impl Core {
         note: Option<String>,
         agent: Option<String>,
     ) -> Result<Outcome, WireError> {
-        let s = self.session_of(caller, id)?;
-        if !s.live() {
-            return Err(WireError::new(
-                ErrorCode::Closed,
-                format!("session {id} has already ended"),
-            ));
-        }
+        let s = self.live_session(caller, id)?;
         if let Some(n) = &note {
             check_text("a note", n, MAX_NOTE, true)?;
         }
@@ -746,13 +753,7 @@ impl Core {
         session: &str,
         paths: Vec<String>,
     ) -> Result<Outcome, WireError> {
-        let s = self.session_of(caller, session)?;
-        if !s.live() {
-            return Err(WireError::new(
-                ErrorCode::Closed,
-                format!("session {session} has ended"),
-            ));
-        }
+        let s = self.live_session(caller, session)?;
         let released: Vec<String> = if paths.is_empty() {
             s.files.keys().cloned().collect()
         } else {

@@ -126,7 +126,18 @@ fn tool_error(
     CallToolResult::structured_error(body)
 }
 
-fn waits(op: &Op) -> bool {
+/// A backend's answer as a tool's result: its reply, or a tool error with
+/// pb's code.
+fn answer(got: Result<Value, WireError>) -> CallToolResult {
+    match got {
+        Ok(v) => CallToolResult::structured(v),
+        Err(e) => tool_error(e.code, e.message, e.details),
+    }
+}
+
+/// Whether `op` may wait (a lock's queue, `wait`): such a call reports
+/// progress, and a backend gives it a connection of its own.
+pub fn waits(op: &Op) -> bool {
     matches!(op, Op::LockAcquire(a) if a.wait_ms.is_some_and(|w| w > 0))
         || matches!(op, Op::Wait { .. })
 }
@@ -172,10 +183,7 @@ impl PbTools {
                 }
             }
         };
-        Ok(match got {
-            Ok(v) => CallToolResult::structured(v),
-            Err(e) => tool_error(e.code, e.message, e.details),
-        })
+        Ok(answer(got))
     }
 
     /// A path as the agent gave it: relative ones from the backend's
@@ -1070,18 +1078,12 @@ impl PbTools {
         Answers once it is up, with each service's state and port."
     )]
     async fn stack_up(&self, Parameters(at): Parameters<StackAt>) -> ToolResult {
-        Ok(match self.backend.stack(StackVerb::Up, at).await {
-            Ok(v) => CallToolResult::structured(v),
-            Err(e) => tool_error(e.code, e.message, e.details),
-        })
+        Ok(answer(self.backend.stack(StackVerb::Up, at).await))
     }
 
     #[tool(description = "Stop a stack brought up detached, as `pb down`.")]
     async fn stack_down(&self, Parameters(at): Parameters<StackAt>) -> ToolResult {
-        Ok(match self.backend.stack(StackVerb::Down, at).await {
-            Ok(v) => CallToolResult::structured(v),
-            Err(e) => tool_error(e.code, e.message, e.details),
-        })
+        Ok(answer(self.backend.stack(StackVerb::Down, at).await))
     }
 
     #[tool(description = "Running stacks (pb up): each service's state, pid, port and restarts.")]
