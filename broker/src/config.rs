@@ -33,6 +33,10 @@ pub struct Config {
     /// Where the HTTP API listens (PB_HTTP_ADDR: comma-separated
     /// `host:port`, loopback only, or `off`). Empty: no HTTP.
     pub http_addrs: Vec<SocketAddr>,
+    /// Where the named-URL proxy listens (PB_PROXY_ADDR, the same form;
+    /// `localhost:2080` by default). Empty: no proxy, unless sockets were
+    /// passed by socket activation.
+    pub proxy_addrs: Vec<SocketAddr>,
     /// Most HTTP connections at once, from everyone
     /// (PB_HTTP_MAX_CONNECTIONS), kept apart from the Unix socket's so that
     /// an HTTP flood never locks out local clients.
@@ -281,6 +285,13 @@ pub const HTTP_RATE_BURST_SECONDS: u32 = 2;
 pub const HTTP_RATE_MAX_CLIENTS: usize = 4096;
 
 pub const DEFAULT_RANGE: (u16, u16) = (3100, 9999);
+/// The proxy's port (PB_PROXY_ADDR), for `http://NAME.localhost:2080` and
+/// `https://` on the same port. Chosen to be below the allocation range
+/// (so no lease can want it), below every ephemeral range (Linux's
+/// 32768-60999, IANA's 49152-65535, so no outgoing connection holds it),
+/// off the browsers' blocked-port lists, and no common dev server's
+/// default; "80" in it says what it stands for.
+pub const DEFAULT_PROXY_PORT: u16 = 2080;
 /// 9876 is the broker's own HTTP port.
 pub const DEFAULT_RESERVED: [u16; 3] = [8000, 8080, 9876];
 
@@ -303,9 +314,15 @@ impl Config {
             Err(_) => DEFAULT_RESERVED.to_vec(),
         };
         let http_addrs = parse_http_addrs(std::env::var("PB_HTTP_ADDR").ok().as_deref())?;
+        let proxy_addrs = parse_addrs(
+            "PB_PROXY_ADDR",
+            std::env::var("PB_PROXY_ADDR").ok().as_deref(),
+            DEFAULT_PROXY_PORT,
+        )?;
         Ok(Config {
             paths: Paths::from_env(),
             http_addrs,
+            proxy_addrs,
             http_max_connections: env_usize("PB_HTTP_MAX_CONNECTIONS", 512)?,
             http_max_connections_per_client: env_usize("PB_HTTP_MAX_CONNECTIONS_PER_CLIENT", 256)?,
             http_rate: env_usize("PB_HTTP_RATE", 5000)?.min(u32::MAX as usize) as u32,
@@ -346,12 +363,23 @@ impl Config {
 /// comma-separated list of loopback `host:port` (`[::1]:9876`). `localhost`
 /// means both families.
 pub fn parse_http_addrs(text: Option<&str>) -> Result<Vec<SocketAddr>, WireError> {
+    parse_addrs("PB_HTTP_ADDR", text, DEFAULT_HTTP_PORT)
+}
+
+/// A loopback listener setting (`var`): unset or empty for both families
+/// on `default_port`, `off` for none, or a comma-separated list of
+/// loopback `host:port`; `localhost:P` means both families.
+pub fn parse_addrs(
+    var: &str,
+    text: Option<&str>,
+    default_port: u16,
+) -> Result<Vec<SocketAddr>, WireError> {
     let bad = |why: String| WireError::new(pb_proto::ErrorCode::InvalidRequest, why);
     let text = text.map(str::trim).unwrap_or("");
     if text.is_empty() {
         return Ok(vec![
-            SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, DEFAULT_HTTP_PORT)),
+            SocketAddr::from(([127, 0, 0, 1], default_port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, default_port)),
         ]);
     }
     if text.eq_ignore_ascii_case("off") {
@@ -363,7 +391,7 @@ pub fn parse_http_addrs(text: Option<&str>) -> Result<Vec<SocketAddr>, WireError
             Some(port) => {
                 let port: u16 = port
                     .parse()
-                    .map_err(|_| bad(format!("PB_HTTP_ADDR: bad port in {item:?}")))?;
+                    .map_err(|_| bad(format!("{var}: bad port in {item:?}")))?;
                 vec![
                     SocketAddr::from(([127, 0, 0, 1], port)),
                     SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
@@ -371,12 +399,12 @@ pub fn parse_http_addrs(text: Option<&str>) -> Result<Vec<SocketAddr>, WireError
             }
             None => vec![item
                 .parse()
-                .map_err(|_| bad(format!("PB_HTTP_ADDR: {item:?} is not host:port (or off)")))?],
+                .map_err(|_| bad(format!("{var}: {item:?} is not host:port (or off)")))?],
         };
         for a in addrs {
             if !a.ip().is_loopback() || a.port() == 0 {
                 return Err(bad(format!(
-                    "PB_HTTP_ADDR: {a} is not a loopback address with a port; pb serves HTTP on loopback only"
+                    "{var}: {a} is not a loopback address with a port; pb listens on loopback only"
                 )));
             }
             if !out.contains(&a) {

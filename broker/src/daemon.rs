@@ -58,6 +58,8 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         );
         std::process::abort();
     }));
+    // Before any thread exists: it changes the environment.
+    let passed = pb_platform::activation::take_listen_fds();
     crate::home::prepare(&cfg.paths)?;
     let _lock = take_lock(&cfg.paths.lock_file())?;
     let nofile = pb_platform::raise_open_file_limit().context("raising the open-file limit")?;
@@ -72,6 +74,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
     let socket_path = cfg.paths.socket();
     let scan_interval = cfg.scan_interval;
     let http_cfg = cfg.clone();
+    let proxy_cfg = cfg.clone();
     // Made even when HTTP is off, so `pb token` always has one to print.
     let token = crate::token::Token::load_or_create(&crate::token::path(&cfg.paths.state_dir))?;
     let mut core = Core::open(cfg, store)?;
@@ -95,6 +98,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         let listener = listener.with_context(|| format!("binding {}", socket_path.display()))?;
 
         start_http(&http_cfg, core.clone(), token).await;
+        start_proxy(&proxy_cfg, core.clone(), passed).await;
 
         let shutdown = Arc::new(Notify::new());
         let stop_accepting = Arc::new(Notify::new());
@@ -139,21 +143,7 @@ async fn start_http(cfg: &Config, core: SharedCore, token: crate::token::Token) 
     let listeners = match http::bind(&cfg.http_addrs).await {
         Ok(l) => l,
         Err(e) => {
-            let ports: Vec<u16> = cfg.http_addrs.iter().map(|a| a.port()).collect();
-            let holders = tokio::task::spawn_blocking(move || {
-                let mut all: Vec<String> = Vec::new();
-                for p in ports {
-                    all.extend(crate::service::inspect::port_holders(p));
-                }
-                all
-            })
-            .await
-            .unwrap_or_default();
-            let why = if holders.is_empty() {
-                format!("{e:#}")
-            } else {
-                format!("{e:#}; the port is held by {}", holders.join(", "))
-            };
+            let why = unbound(e, &cfg.http_addrs).await;
             eprintln!("pb: warning: {why}; running without the HTTP API");
             lock(&core).set_http_off(why);
             return;
@@ -186,6 +176,118 @@ async fn start_http(cfg: &Config, core: SharedCore, token: crate::token::Token) 
         }
         tokio::spawn(http::serve(l, state.clone(), router.clone()));
     }
+}
+
+/// Why binding `addrs` failed, with the processes that hold their ports.
+async fn unbound(e: anyhow::Error, addrs: &[std::net::SocketAddr]) -> String {
+    let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+    let holders = tokio::task::spawn_blocking(move || {
+        let mut all: Vec<String> = Vec::new();
+        for p in ports {
+            all.extend(crate::service::inspect::port_holders(p));
+        }
+        all
+    })
+    .await
+    .unwrap_or_default();
+    if holders.is_empty() {
+        format!("{e:#}")
+    } else {
+        format!("{e:#}; the port is held by {}", holders.join(", "))
+    }
+}
+
+/// Starts the named-URL proxy: on the sockets socket activation passed
+/// (`proxy-http`, `proxy-https`: ports 80 and 443 without root), else on
+/// PB_PROXY_ADDR. Like the HTTP API, a port that cannot be bound costs only
+/// the proxy, and `status` says why.
+async fn start_proxy(cfg: &Config, core: SharedCore, passed: Vec<pb_platform::activation::Passed>) {
+    let mut listeners = Vec::new();
+    let (mut http_port, mut https_port) = (None, None);
+    for p in passed {
+        let is_https = match p.name.as_str() {
+            "proxy-http" => false,
+            "proxy-https" => true,
+            other => {
+                eprintln!("pb: warning: ignoring a passed socket named {other:?}");
+                continue;
+            }
+        };
+        match passed_listener(p.fd) {
+            Ok((l, port)) => {
+                let slot = if is_https {
+                    &mut https_port
+                } else {
+                    &mut http_port
+                };
+                slot.get_or_insert(port);
+                listeners.push(l);
+            }
+            Err(e) => eprintln!("pb: warning: the passed socket {:?}: {e}", p.name),
+        }
+    }
+    if listeners.is_empty() {
+        if cfg.proxy_addrs.is_empty() {
+            eprintln!("pb: proxy off (PB_PROXY_ADDR=off)");
+            lock(&core).set_proxy_off("turned off (PB_PROXY_ADDR=off)".into());
+            return;
+        }
+        match crate::transport::proxy::bind(&cfg.proxy_addrs).await {
+            Ok(l) => {
+                http_port = cfg.proxy_addrs.first().map(|a| a.port());
+                listeners = l;
+            }
+            Err(e) => {
+                let why = unbound(e, &cfg.proxy_addrs).await;
+                eprintln!("pb: warning: {why}; running without the proxy");
+                lock(&core).set_proxy_off(why);
+                return;
+            }
+        }
+    }
+    let ca = match crate::localca::LocalCa::load_or_create(&cfg.paths.state_dir) {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("pb: warning: {e}; running without the proxy");
+            lock(&core).set_proxy_off(e.to_string());
+            return;
+        }
+    };
+    let ca_path = ca.cert_path().display().to_string();
+    let tls = match crate::transport::proxy::tls::acceptor(ca) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("pb: warning: the proxy serves no HTTPS: {e}");
+            None
+        }
+    };
+    let Some(http_port) = http_port.or(https_port) else {
+        return;
+    };
+    let https_port = https_port.unwrap_or(http_port);
+    lock(&core).set_proxy(pb_proto::ProxyStatus {
+        http_port,
+        https_port,
+        ca: ca_path,
+    });
+    let state = crate::transport::proxy::ProxyState::new(core, tls);
+    for l in listeners {
+        if let Ok(a) = l.local_addr() {
+            eprintln!("pb: proxy on {a} (http://NAME.localhost:{})", a.port());
+        }
+        tokio::spawn(crate::transport::proxy::serve(l, state.clone()));
+    }
+}
+
+/// A listening TCP socket passed by socket activation, on loopback only.
+fn passed_listener(fd: std::os::fd::OwnedFd) -> Result<(tokio::net::TcpListener, u16)> {
+    let std = std::net::TcpListener::from(fd);
+    let addr = std.local_addr().context("not a TCP socket")?;
+    if !addr.ip().is_loopback() {
+        anyhow::bail!("{addr} is not a loopback address; pb listens on loopback only");
+    }
+    std.set_nonblocking(true)?;
+    Ok((tokio::net::TcpListener::from_std(std)?, addr.port()))
 }
 
 async fn expiry_timer(core: SharedCore) {

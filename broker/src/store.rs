@@ -67,6 +67,8 @@ pub struct LeaseRecord {
     pub metadata: Option<Value>,
     /// The agent that claimed it.
     pub agent: Option<String>,
+    /// The proxy's extra names for it (full hosts, `docs.localhost`).
+    pub aliases: Vec<String>,
 }
 
 /// A lock row: its last token, and the holding when `held`.
@@ -249,6 +251,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session, path)
     ) WITHOUT ROWID;
 ",
+    // 5: the proxy's extra names of a lease (a JSON array of hosts), kept
+    // with the row so that a restart routes them again.
+    "ALTER TABLE services ADD COLUMN names TEXT;",
 ];
 
 /// A webhook as stored (the secret too: it signs every delivery).
@@ -407,7 +412,7 @@ impl Store {
 
     pub fn load_leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata, agent
+            "SELECT id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata, agent, names
              FROM services WHERE active = 1",
         )?;
         let rows = st.query_map([], |r| {
@@ -423,6 +428,10 @@ impl Store {
                 ttl_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
                 metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
                 agent: r.get(9)?,
+                aliases: r
+                    .get::<_, Option<String>>(10)?
+                    .and_then(|n| serde_json::from_str(&n).ok())
+                    .unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -446,13 +455,14 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO services (id, port, active, uid, owner_pid, owner_start, created_ms,
-                                       expires_ms, ttl_ms, metadata, port_since_ms, agent)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?6, ?10)
+                                       expires_ms, ttl_ms, metadata, port_since_ms, agent, names)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?6, ?10, ?11)
                  ON CONFLICT(id) DO UPDATE SET
                     port = excluded.port, active = 1, uid = excluded.uid,
                     owner_pid = excluded.owner_pid, owner_start = excluded.owner_start,
                     created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
                     ttl_ms = excluded.ttl_ms, metadata = excluded.metadata, agent = excluded.agent,
+                    names = excluded.names,
                     port_since_ms = CASE WHEN services.port = excluded.port
                                          THEN services.port_since_ms ELSE excluded.port_since_ms END",
             )?
@@ -467,6 +477,7 @@ impl Store {
                 l.ttl_ms.map(|v| v as i64),
                 l.metadata.as_ref().map(|m| m.to_string()),
                 l.agent,
+                (!l.aliases.is_empty()).then(|| serde_json::json!(l.aliases).to_string()),
             ])?;
         self.live = next;
         Ok(())
@@ -1226,6 +1237,7 @@ mod tests {
             ttl_ms: Some(98),
             metadata: Some(serde_json::json!({"k": "v"})),
             agent: None,
+            aliases: vec![format!("{id}-docs.localhost")],
         }
     }
 

@@ -64,6 +64,8 @@ pub enum ErrorCode {
     /// A file claim's path is outside its session's project, or is not a
     /// path or glob pb can judge (docs/PROTOCOL.md, "Work sessions").
     InvalidPath,
+    /// A name for the proxy (an alias) that another live lease answers to.
+    NameTaken,
 }
 
 impl ErrorCode {
@@ -84,7 +86,7 @@ impl ErrorCode {
             | UnsupportedMediaType | MethodNotAllowed | InvalidUrl | InvalidPath => 2,
             NotFound => 4,
             ReservedPort | PortTaken | IdConflict | Forbidden | Held | Unauthorized
-            | BlockedAddress | Closed => 5,
+            | BlockedAddress | Closed | NameTaken => 5,
             Exhausted | Limit | Lagged => 6,
             Timeout => 7,
             Internal => 1,
@@ -103,7 +105,7 @@ impl ErrorCode {
             NotFound => 404,
             MethodNotAllowed => 405,
             Timeout => 408,
-            ReservedPort | PortTaken | IdConflict | Held | Closed => 409,
+            ReservedPort | PortTaken | IdConflict | Held | Closed | NameTaken => 409,
             TooLarge => 413,
             UnsupportedMediaType => 415,
             Limit | Lagged => 429,

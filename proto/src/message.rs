@@ -400,6 +400,10 @@ pub struct ClaimArgs {
     /// it by then, so that a claim nobody used is not reserved forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimant: Option<u32>,
+    /// Extra names the proxy routes to this lease, beside the one derived
+    /// from its id (`docs` or `docs.myapp.localhost`; at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// An address family of the lease's loopback sockets.
@@ -447,6 +451,14 @@ pub struct LeaseInfo {
     /// number-only lease while no app has adopted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimant: Option<u32>,
+    /// The host names the proxy routes to this lease (`api.myapp.localhost`
+    /// and its aliases), whether or not the proxy runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// The lease's named URL through the proxy (`http://api.myapp.localhost:2080`),
+    /// when the proxy runs and the lease has a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -542,6 +554,40 @@ pub struct StatusReply {
     /// say), when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_off: Option<String>,
+    /// The named-URL proxy, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
+    /// Why the proxy is not running, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_off: Option<String>,
+}
+
+/// Where the proxy listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// The port of `http://NAME.localhost:PORT` (80 needs no port in URLs).
+    pub http_port: u16,
+    /// The port of `https://NAME.localhost:PORT` (the same port as HTTP
+    /// unless socket activation gave the proxy 443).
+    pub https_port: u16,
+    /// The local CA's certificate (PEM), for `curl --cacert` and `pb trust`.
+    pub ca: String,
+}
+
+impl ProxyStatus {
+    /// `scheme://host[:port]`, without the port where it is the scheme's.
+    pub fn url(&self, host: &str, https: bool) -> String {
+        let (scheme, port, default) = if https {
+            ("https", self.https_port, 443)
+        } else {
+            ("http", self.http_port, 80)
+        };
+        if port == default {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{host}:{port}")
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,8 @@
 //! What the core asks of the reaper task: the jobs it queues (watch this
 //! owner, reclaim these leases) and the copy of a lease the reaper judges
-//! outside the core's mutex. Defined with the core, so that the core needs
-//! nothing of the task that runs them.
+//! outside the core's mutex; and the copy of a lease the proxy connects to
+//! (`Route`). Defined with the core, so that the core needs nothing of the
+//! tasks that use them.
 
 use std::sync::Arc;
 
@@ -38,4 +39,20 @@ pub struct LeaseView {
     /// The broker holds sockets on the port (false only for a lease reloaded
     /// after a restart whose port someone else held).
     pub held: bool,
+}
+
+/// Where the proxy sends a request for one of a lease's names, copied out
+/// of the core so that no connection is made under its mutex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub id: String,
+    pub port: u16,
+    /// The lease's user: the only one whose listener may answer.
+    pub uid: u32,
+    /// The owner the lease expects to serve it, for a 502 that says who.
+    pub pid: Option<u32>,
+    pub command: Option<String>,
+    /// With `id`, tells one lease from a later one of the same id and port
+    /// (a connection kept for one is never used for the other).
+    pub created_ms: u64,
 }

@@ -209,6 +209,11 @@ struct Lease {
     /// has adopted it by then (memory only: after a restart the lease waits
     /// for a release, an expiry or an app).
     claimant: Option<ProcessId>,
+    /// The proxy's names for it: its derived host (unless a lease that
+    /// came first has it), then its aliases.
+    hosts: Vec<String>,
+    /// Its named URL through the proxy, while the proxy runs.
+    url: Option<String>,
 }
 
 impl Lease {
@@ -228,6 +233,8 @@ impl Lease {
             relay: None,
             orphaned_ms: None,
             claimant: None,
+            hosts: Vec::new(),
+            url: None,
         }
     }
 
@@ -277,6 +284,8 @@ impl Lease {
             agent: r.agent.clone(),
             claimant: self.claimant.map(|p| p.pid),
             stack: None,
+            names: self.hosts.clone(),
+            url: self.url.clone(),
         }
     }
 }
@@ -293,6 +302,11 @@ pub struct Core {
     pub(crate) store: Store,
     leases: HashMap<String, Lease>,
     by_port: HashMap<u16, String>,
+    /// The proxy's routes: every live lease's names, to its id.
+    by_host: HashMap<String, String>,
+    /// Where the proxy listens, once it does.
+    proxy: Option<pb_proto::ProxyStatus>,
+    proxy_off: Option<String>,
     /// Each id's last port, kept after release so a re-claim gets it back.
     sticky: HashMap<String, u16>,
     sticky_owner: HashMap<u16, String>,
@@ -329,6 +343,9 @@ impl Core {
             store,
             leases: HashMap::new(),
             by_port: HashMap::new(),
+            by_host: HashMap::new(),
+            proxy: None,
+            proxy_off: None,
             sticky: HashMap::new(),
             sticky_owner: HashMap::new(),
             started: Instant::now(),
@@ -356,7 +373,11 @@ impl Core {
         }
         let now = now_ms();
         let mut ended = Vec::new();
-        for record in core.store.load_leases()? {
+        let mut records = core.store.load_leases()?;
+        // The oldest first, so that a derived name two leases share stays
+        // with the one that had it.
+        records.sort_by_key(|r| r.created_ms);
+        for record in records {
             let owner_dead = match (record.owner_pid, record.owner_start) {
                 (Some(pid), Some(start_time)) => !ProcessId { pid, start_time }.is_alive(),
                 _ => false,
@@ -383,10 +404,11 @@ impl Core {
                 .owner_pid
                 .and_then(|pid| core.facts.process(pid).ok().flatten())
                 .and_then(|f| f.command.clone());
-            core.leases.insert(
-                record.id.clone(),
-                Lease::new(record, sockets, None, command),
-            );
+            let id = record.id.clone();
+            let mut lease = Lease::new(record, sockets, None, command);
+            (lease.hosts, lease.url) = core.hosts_for(&id, &lease.record.aliases);
+            core.leases.insert(id.clone(), lease);
+            core.enter_routes(&id);
         }
         let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
         core.store.end_leases(&refs)?;
@@ -410,6 +432,104 @@ impl Core {
 
     pub fn set_http_base(&mut self, base: String) {
         self.http_base = Some(base);
+    }
+
+    /// The proxy listens: every named lease gets its URL.
+    pub fn set_proxy(&mut self, proxy: pb_proto::ProxyStatus) {
+        for lease in self.leases.values_mut() {
+            lease.url = lease.hosts.first().map(|h| proxy.url(h, false));
+        }
+        self.proxy = Some(proxy);
+    }
+
+    /// Why the proxy is not running, for `status`.
+    pub fn set_proxy_off(&mut self, why: String) {
+        self.proxy_off = Some(why);
+    }
+
+    /// Where `host` (lower case, no port) leads: the lease that answers to
+    /// it. Routes change in the same step as leases, so a released or
+    /// reclaimed lease is never routed to.
+    pub fn route(&self, host: &str) -> Option<crate::core::jobs::Route> {
+        let lease = &self.leases[self.by_host.get(host)?];
+        Some(crate::core::jobs::Route {
+            id: lease.record.id.clone(),
+            port: lease.record.port,
+            uid: lease.record.uid,
+            pid: lease.record.owner_pid,
+            command: lease.owner_command.clone(),
+            created_ms: lease.record.created_ms,
+        })
+    }
+
+    /// Every named lease, for the proxy's page of services: (host, id,
+    /// port), sorted by host.
+    pub fn routes(&self) -> Vec<(String, String, u16)> {
+        let mut all: Vec<(String, String, u16)> = self
+            .by_host
+            .iter()
+            .map(|(h, id)| (h.clone(), id.clone(), self.leases[id].record.port))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The names `id` would answer to now: its derived host (unless an
+    /// earlier lease has it), then its aliases (checked free when it was
+    /// claimed); and its URL through the proxy.
+    fn hosts_for(&self, id: &str, aliases: &[String]) -> (Vec<String>, Option<String>) {
+        let mut hosts: Vec<String> = Vec::new();
+        for h in crate::hostnames::derived(id)
+            .into_iter()
+            .chain(aliases.iter().cloned())
+        {
+            let free = self.by_host.get(&h).is_none_or(|other| other == id);
+            if free && !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        let url = self
+            .proxy
+            .as_ref()
+            .and_then(|p| hosts.first().map(|h| p.url(h, false)));
+        (hosts, url)
+    }
+
+    /// Enters a lease's names in the proxy's table, once it is live.
+    fn enter_routes(&mut self, id: &str) {
+        for h in &self.leases[id].hosts {
+            self.by_host.insert(h.clone(), id.to_string());
+        }
+    }
+
+    /// The aliases a claim asks for, checked and made full hosts: none
+    /// another live lease answers to.
+    fn check_aliases(&self, id: &str, names: &[String]) -> Result<Vec<String>, WireError> {
+        if names.len() > crate::hostnames::MAX_ALIASES {
+            return Err(WireError::new(
+                ErrorCode::InvalidName,
+                format!(
+                    "at most {} names a lease, not {}",
+                    crate::hostnames::MAX_ALIASES,
+                    names.len()
+                ),
+            ));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(names.len());
+        for n in names {
+            let host = crate::hostnames::alias(n)?;
+            if let Some(other) = self.by_host.get(&host).filter(|o| *o != id) {
+                return Err(WireError::new(
+                    ErrorCode::NameTaken,
+                    format!("{host} is already the name of {other}"),
+                )
+                .with_details(serde_json::json!({ "name": host, "service": other })));
+            }
+            if !out.contains(&host) {
+                out.push(host);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `secret` is a live dashboard session.
@@ -854,6 +974,8 @@ impl Core {
             reserved: self.cfg.reserved.clone(),
             http: self.http_base.clone(),
             http_off: self.http_off.clone(),
+            proxy: self.proxy.clone(),
+            proxy_off: self.proxy_off.clone(),
         }
     }
 
@@ -1025,6 +1147,7 @@ impl Core {
         };
         let ttl = a.expires_ms.map(rules::check_ttl).transpose()?;
         let metadata = rules::check_metadata(a.metadata)?;
+        let aliases = self.check_aliases(&a.id, &a.names)?;
         let owner = self.resolve_owner(caller, a.owner)?;
         // Only an unowned lease has a claimant; it is checked like `--pid`.
         let claimant = match a.claimant {
@@ -1062,6 +1185,15 @@ impl Core {
                 return Err(WireError::new(
                     ErrorCode::IdConflict,
                     format!("{} already holds port {}, not {p}", a.id, lease.record.port),
+                ));
+            }
+            if let Some(n) = aliases.iter().find(|n| !lease.hosts.contains(n)) {
+                return Err(WireError::new(
+                    ErrorCode::IdConflict,
+                    format!(
+                        "{} is already claimed without the name {n}; release it to change its names",
+                        a.id
+                    ),
                 ));
             }
             return claim_outcome(
@@ -1104,6 +1236,7 @@ impl Core {
             ttl_ms: ttl,
             metadata,
             agent: a.agent.clone(),
+            aliases,
         };
         let session = if a.session { caller.session } else { None };
         // The reply is made before anything is stored: handing the sockets
@@ -1112,6 +1245,7 @@ impl Core {
         let command = owner.and_then(|o| self.command_of(caller, o));
         let mut lease = Lease::new(record.clone(), Some(sockets), session, command);
         lease.claimant = claimant;
+        (lease.hosts, lease.url) = self.hosts_for(&a.id, &record.aliases);
         let outcome = claim_outcome(
             &mut lease,
             false,
@@ -1138,7 +1272,9 @@ impl Core {
         if let Some(c) = claimant {
             self.send_to_reaper(ReaperJob::Watch(c, None));
         }
+        let names = lease.hosts.clone();
         self.leases.insert(a.id.clone(), lease);
+        self.enter_routes(&a.id);
         self.trim_sticky();
         self.emit_by(
             EventKind::ServiceClaim,
@@ -1150,6 +1286,7 @@ impl Core {
                 "owner": owner.map(|p| p.pid),
                 "session": a.session,
                 "fds": a.fds,
+                "names": names,
             }),
         );
         Ok(Outcome {
@@ -1350,6 +1487,9 @@ impl Core {
         for id in ids {
             if let Some(lease) = self.leases.remove(id) {
                 self.by_port.remove(&lease.record.port);
+                for h in &lease.hosts {
+                    self.by_host.remove(h);
+                }
                 infos.push(lease.info());
             }
         }

@@ -4,3 +4,4 @@
 pub mod http;
 pub mod ipc;
 pub mod mcp;
+pub mod proxy;
