@@ -37,6 +37,9 @@ pub struct Config {
     /// `localhost:2080` by default). Empty: no proxy, unless sockets were
     /// passed by socket activation.
     pub proxy_addrs: Vec<SocketAddr>,
+    /// How long a backend may take to begin its answer through the proxy
+    /// (PB_PROXY_TIMEOUT, 60 s: a dev server's first compile can be slow).
+    pub proxy_timeout: std::time::Duration,
     /// Most HTTP connections at once, from everyone
     /// (PB_HTTP_MAX_CONNECTIONS), kept apart from the Unix socket's so that
     /// an HTTP flood never locks out local clients.
@@ -323,6 +326,15 @@ impl Config {
             paths: Paths::from_env(),
             http_addrs,
             proxy_addrs,
+            proxy_timeout: env_duration(
+                "PB_PROXY_TIMEOUT",
+                std::time::Duration::from_secs(60),
+                (
+                    std::time::Duration::from_millis(100),
+                    std::time::Duration::from_secs(3600),
+                ),
+                "between 100ms and 1h",
+            )?,
             http_max_connections: env_usize("PB_HTTP_MAX_CONNECTIONS", 512)?,
             http_max_connections_per_client: env_usize("PB_HTTP_MAX_CONNECTIONS_PER_CLIENT", 256)?,
             http_rate: env_usize("PB_HTTP_RATE", 5000)?.min(u32::MAX as usize) as u32,

@@ -270,7 +270,7 @@ async fn start_proxy(cfg: &Config, core: SharedCore, passed: Vec<pb_platform::ac
         https_port,
         ca: ca_path,
     });
-    let state = crate::transport::proxy::ProxyState::new(core, tls);
+    let state = crate::transport::proxy::ProxyState::new(core, tls, cfg.proxy_timeout);
     for l in listeners {
         if let Ok(a) = l.local_addr() {
             eprintln!("pb: proxy on {a} (http://NAME.localhost:{})", a.port());

@@ -19,6 +19,7 @@ mod exec;
 mod mcp;
 mod output;
 mod shim;
+mod trust;
 mod up;
 mod webhook;
 mod work;
@@ -85,6 +86,10 @@ pub struct ClaimOpts {
     /// '{"urls": {"staging": "https://api.example.dev"}}' for `pb url -e`.
     #[arg(long, value_name = "JSON")]
     metadata: Option<String>,
+    /// Another name the proxy routes to this service, beside the one its
+    /// id gives (`docs` is http://docs.localhost:2080); repeatable.
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
     /// The agent acting (from --agent / PB_AGENT).
     #[arg(skip)]
     agent: Option<String>,
@@ -122,6 +127,7 @@ impl ClaimOpts {
             fallback: self.fallback,
             agent: self.agent.clone(),
             metadata,
+            names: self.names.clone(),
             ..Default::default()
         })
     }
@@ -178,22 +184,31 @@ enum Command {
         /// The service id.
         id: String,
     },
-    /// Print a service's URL.
+    /// Print a service's URL: its named URL through the proxy
+    /// (http://api.myapp.localhost:2080) when the proxy runs, else
+    /// http://localhost:PORT.
     Url {
         /// The service id.
         id: String,
         /// Which of the service's URLs (Port Daddy's `-e`): `local` is
-        /// http://localhost:PORT; the others are the ones its claim
-        /// recorded in metadata `urls` ({"urls": {"staging": "https://..."}}).
+        /// http://localhost:PORT, `named` the proxy's; the others are the
+        /// ones its claim recorded in metadata `urls`
+        /// ({"urls": {"staging": "https://..."}}).
         #[arg(
             short = 'e',
             long = "env",
             value_name = "NAME",
-            default_value = "local",
-            value_parser = ["local", "tunnel", "dev", "staging", "prod"]
+            value_parser = ["local", "named", "tunnel", "dev", "staging", "prod"]
         )]
-        env: String,
+        env: Option<String>,
+        /// The named URL over HTTPS (the proxy's local CA: `pb trust`).
+        #[arg(long, conflicts_with = "env")]
+        https: bool,
     },
+    /// Trust the proxy's local CA: in the system's store
+    /// (update-ca-certificates) and in NSS databases (certutil: Chromium's
+    /// and Firefox's); --remove undoes it.
+    Trust(trust::TrustCmd),
     /// Print services as shell export lines.
     Env {
         /// Only ids matching this pattern (myapp:*).
@@ -587,10 +602,44 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Url { id, env } => {
+        Command::Url { id, env, https } => {
             let lease = get(&paths, id)?;
+            let no_name = |why: &str| -> anyhow::Error {
+                pb_proto::WireError::new(
+                    pb_proto::ErrorCode::NotFound,
+                    format!("{} has no named URL: {why}", lease.id),
+                )
+                .into()
+            };
+            let named = |https: bool| -> Result<String> {
+                let host = lease
+                    .names
+                    .first()
+                    .ok_or_else(|| no_name("no name is free for it (see pb find)"))?;
+                if !https {
+                    if let Some(u) = &lease.url {
+                        return Ok(u.clone());
+                    }
+                }
+                let (s, _): (StatusReply, _) = connect::connect(&paths)?.call_as(Op::Status)?;
+                let proxy = s.proxy.ok_or_else(|| {
+                    no_name(&format!(
+                        "the proxy is off ({})",
+                        s.proxy_off.as_deref().unwrap_or("PB_PROXY_ADDR")
+                    ))
+                })?;
+                Ok(proxy.url(host, https))
+            };
+            let env = match (&env, https) {
+                (_, true) => "https".to_string(),
+                (Some(e), _) => e.clone(),
+                (None, _) if lease.url.is_some() => "named".into(),
+                (None, _) => "local".into(),
+            };
             let url = if env == "local" {
                 output::url(lease.port)
+            } else if env == "named" || env == "https" {
+                named(env == "https")?
             } else {
                 let recorded = lease
                     .metadata
@@ -729,6 +778,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Trust(t) => trust::run(&paths, t, fmt),
         Command::ShimPath => {
             let path = shim::path(&paths)?;
             match fmt {
@@ -758,6 +808,16 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                         (Some(url), _) => outln!("  http:        {url}"),
                         (None, Some(why)) => outln!("  http:        off: {why}"),
                         (None, None) => outln!("  http:        off"),
+                    }
+                    match (&s.proxy, &s.proxy_off) {
+                        (Some(p), _) => outln!(
+                            "  proxy:       {} (https on {}; CA {})",
+                            p.url("NAME.localhost", false),
+                            p.https_port,
+                            p.ca
+                        ),
+                        (None, Some(why)) => outln!("  proxy:       off: {why}"),
+                        (None, None) => outln!("  proxy:       off"),
                     }
                 }
                 (Err(e), _) => return Err(e),

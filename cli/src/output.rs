@@ -137,12 +137,23 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
         Some(w) => format!("{:<w$}  ", s.unwrap_or("-")),
         None => String::new(),
     };
+    // A NAME column (the proxy's first name for each) when some lease has one.
+    let names = leases
+        .iter()
+        .filter_map(|l| l.names.first().map(|n| n.len()))
+        .max()
+        .map(|w| w.max(4));
+    let name_cell = |n: Option<&String>| match names {
+        Some(w) => format!("{:<w$}  ", n.map_or("-", |n| n.as_str())),
+        None => String::new(),
+    };
     outln!(
-        "{:<width$}  {:>5}  {:<14}  {:<6}  {}{:>7}  {:>7}  {:>5}  COMMAND",
+        "{:<width$}  {:>5}  {:<14}  {:<6}  {}{}{:>7}  {:>7}  {:>5}  COMMAND",
         "ID",
         "PORT",
         "STATE",
         "SERVED",
+        name_cell(Some(&"NAME".to_string())),
         stack_cell(Some("STACK")),
         "PID",
         "EXPIRES",
@@ -166,9 +177,10 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
             None => "?",
         };
         outln!(
-            "{:<width$}  {:>5}  {state:<14}  {served:<6}  {}{:>7}  {:>7}  {:>5}  {}",
+            "{:<width$}  {:>5}  {state:<14}  {served:<6}  {}{}{:>7}  {:>7}  {:>5}  {}",
             l.id,
             l.port,
+            name_cell(l.names.first()),
             stack_cell(l.stack.as_deref()),
             pid,
             expires,

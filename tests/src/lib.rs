@@ -242,7 +242,8 @@ impl Broker {
 
     /// Starts a broker on `block`: its last port serves the HTTP API
     /// (PB_HTTP_ADDR, on 127.0.0.1 and ::1, unless `env` sets it, to `off`
-    /// say), the rest is PB_RANGE. No test broker ever binds the default
+    /// say), the one before it the proxy (PB_PROXY_ADDR), the rest is
+    /// PB_RANGE. No test broker ever binds the default
     /// HTTP port 9876.
     /// Starts a broker running as another user (root only: setpriv), its
     /// PB_HOME that user's; the test's own processes are then another user
@@ -265,7 +266,8 @@ impl Broker {
             .tempdir()
             .expect("temp dir");
         let http = block.range.1;
-        let range = (block.range.0, block.range.1 - 1);
+        let proxy = block.range.1 - 1;
+        let range = (block.range.0, block.range.1 - 2);
         let mut all: Vec<(String, String)> = vec![
             ("PB_HOME".into(), home.path().display().to_string()),
             ("PB_RANGE".into(), format!("{}-{}", range.0, range.1)),
@@ -273,6 +275,10 @@ impl Broker {
             (
                 "PB_HTTP_ADDR".into(),
                 format!("127.0.0.1:{http},[::1]:{http}"),
+            ),
+            (
+                "PB_PROXY_ADDR".into(),
+                format!("127.0.0.1:{proxy},[::1]:{proxy}"),
             ),
         ];
         for (k, v) in env {
@@ -340,6 +346,13 @@ impl Broker {
     /// The HTTP API's port (on 127.0.0.1 and ::1), unless it is off.
     pub fn http_port(&self) -> Option<u16> {
         let addrs = &self.env.iter().find(|(k, _)| k == "PB_HTTP_ADDR")?.1;
+        let first: SocketAddr = addrs.split(',').next()?.trim().parse().ok()?;
+        Some(first.port())
+    }
+
+    /// The named-URL proxy's port (on 127.0.0.1 and ::1), unless it is off.
+    pub fn proxy_port(&self) -> Option<u16> {
+        let addrs = &self.env.iter().find(|(k, _)| k == "PB_PROXY_ADDR")?.1;
         let first: SocketAddr = addrs.split(',').next()?.trim().parse().ok()?;
         Some(first.port())
     }

@@ -238,6 +238,7 @@ fn inverted_or_malformed_ranges() {
         .env("PB_HOME", home.path())
         .env("PB_RANGE", "9000-3000")
         .env("PB_HTTP_ADDR", "off")
+        .env("PB_PROXY_ADDR", "off")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -175,8 +175,14 @@ fn release_by_id_pattern_and_port() {
 fn url_env_lookup_and_export_output() {
     let broker = Broker::start();
     let p = broker.claim("myapp:api", &[]);
+    // With the proxy on (as by default), the URL is the named one.
+    let proxy = broker.proxy_port().unwrap();
     assert_eq!(
         broker.pb_ok(&["url", "myapp:api"]).trim(),
+        format!("http://api.myapp.localhost:{proxy}")
+    );
+    assert_eq!(
+        broker.pb_ok(&["url", "myapp:api", "-e", "local"]).trim(),
         format!("http://localhost:{p}")
     );
     assert_eq!(broker.pb_ok(&["lookup", "myapp:api"]).trim(), p.to_string());

@@ -206,6 +206,7 @@ fn autostart_env(home: &std::path::Path) -> Vec<(&'static str, String)> {
     vec![
         ("PB_HOME", home.display().to_string()),
         ("PB_HTTP_ADDR", "off".into()),
+        ("PB_PROXY_ADDR", "off".into()),
     ]
 }
 
@@ -491,9 +492,14 @@ fn url_takes_port_daddys_environments() {
             r#"{"urls": {"staging": "https://api.staging.example"}}"#,
         ],
     );
+    let proxy = broker.proxy_port().unwrap();
     assert_eq!(
         broker.pb_ok(&["url", "app:api"]).trim(),
-        format!("http://localhost:{port}")
+        format!("http://api.app.localhost:{proxy}")
+    );
+    assert_eq!(
+        broker.pb_ok(&["url", "app:api", "--https"]).trim(),
+        format!("https://api.app.localhost:{proxy}")
     );
     assert_eq!(
         broker.pb_ok(&["url", "app:api", "-e", "local"]).trim(),

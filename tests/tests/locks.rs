@@ -507,6 +507,7 @@ fn lock_dash_dash_cmd_leaves_the_broker_it_started_running() {
             .env("PB_HOME", home.path())
             .env("PB_RANGE", format!("{}-{}", block.range.0, block.range.1))
             .env("PB_HTTP_ADDR", "off")
+            .env("PB_PROXY_ADDR", "off")
             .env_remove("PB_NO_AUTOSTART")
             .env_remove("PB_LOCK_TOKEN")
             .env("PB", pb_bin())

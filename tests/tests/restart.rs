@@ -92,6 +92,7 @@ fn clients_start_a_broker_when_none_runs_and_only_one_wins() {
             .env("PB_HOME", home.path())
             .env("PB_RANGE", format!("{}-{}", range.0, range.1))
             .env("PB_HTTP_ADDR", "off")
+            .env("PB_PROXY_ADDR", "off")
             .env_remove("PB_NO_AUTOSTART")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -73,6 +73,8 @@ pub struct Service {
     pub stop_signal: i32,
     pub stop_grace: Duration,
     pub watch: Vec<String>,
+    /// The proxy's extra names for it (`names = ["docs"]`).
+    pub names: Vec<String>,
 }
 
 /// Which port a service wants.
@@ -197,6 +199,7 @@ struct RawService {
     stop_signal: Option<String>,
     stop_grace: Option<String>,
     watch: Vec<String>,
+    names: Vec<String>,
     /// Port Daddy's `stack`: the id's middle segment instead of the name.
     stack: Option<String>,
 }
@@ -238,6 +241,8 @@ struct TomlService {
     stop_grace: Option<String>,
     #[serde(default)]
     watch: Vec<String>,
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -288,6 +293,7 @@ fn native(text: &str) -> Result<RawStack> {
                 stop_signal: s.stop_signal,
                 stop_grace: s.stop_grace,
                 watch: s.watch,
+                names: s.names,
                 stack: None,
             },
         ));
@@ -661,6 +667,7 @@ fn check(raw: RawStack, file: &Path, root: &Path, context: Option<String>) -> Re
             stop_grace: duration("stop_grace", s.stop_grace.as_deref(), DEFAULT_STOP_GRACE)
                 .map_err(ctx)?,
             watch: s.watch.clone(),
+            names: s.names.clone(),
         });
         super::watch::compile(&s.watch).map_err(ctx)?;
     }

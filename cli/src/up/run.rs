@@ -211,6 +211,7 @@ fn claim_all(
                 // The leases end with this supervisor, whatever ends it.
                 session: true,
                 owner: Owner::Caller,
+                names: s.names.clone(),
                 ..ClaimArgs::default()
             }
         })

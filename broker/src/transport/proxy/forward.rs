@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::page::Refusal;
-use super::{ProxyState, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use super::{ProxyState, CONNECT_TIMEOUT};
 use crate::core::jobs::Route;
 use crate::hostnames;
 
@@ -84,32 +84,33 @@ async fn forward(
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let out = backend_request(req, &authority, client, upgrade);
     let (key, mut sender) = client.backend(&route).await?;
-    let mut resp = match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(out)).await {
-        Err(_) => {
-            return Err(Refusal::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "backend_timeout",
-                format!(
-                    "{} (port {}) did not begin to answer within {} s",
-                    who(&route),
-                    route.port,
-                    RESPONSE_TIMEOUT.as_secs()
-                ),
-            ))
-        }
-        Ok(Err(e)) => {
-            return Err(Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                "backend_closed",
-                format!(
-                    "{} (port {}) closed the connection without an answer: {e}",
-                    who(&route),
-                    route.port
-                ),
-            ))
-        }
-        Ok(Ok(r)) => r,
-    };
+    let mut resp =
+        match tokio::time::timeout(state.response_timeout, sender.send_request(out)).await {
+            Err(_) => {
+                return Err(Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "backend_timeout",
+                    format!(
+                        "{} (port {}) did not begin to answer within {:?} (PB_PROXY_TIMEOUT)",
+                        who(&route),
+                        route.port,
+                        state.response_timeout
+                    ),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "backend_closed",
+                    format!(
+                        "{} (port {}) closed the connection without an answer: {e}",
+                        who(&route),
+                        route.port
+                    ),
+                ))
+            }
+            Ok(Ok(r)) => r,
+        };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = client_side else {
             return Err(Refusal::new(

@@ -39,11 +39,6 @@ pub const MAX_STREAMS: u32 = 128;
 /// How long connecting to a backend may take (it is on loopback: a
 /// listener that does not answer in this time has a full backlog).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a backend may take to begin its answer once it has the
-/// request: a dev server's first compile can be slow. Bodies have no
-/// timeout of their own (an event stream may be quiet for hours); a client
-/// that hangs up ends the exchange.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every proxied connection shares.
 pub struct ProxyState {
@@ -51,13 +46,23 @@ pub struct ProxyState {
     /// TLS with the local CA's leaves; `None` serves plain HTTP only.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// How long a backend may take to begin its answer once it has the
+    /// request (PB_PROXY_TIMEOUT). Bodies have no timeout of their own (an
+    /// event stream may be quiet for hours); a client that hangs up ends
+    /// the exchange.
+    pub response_timeout: Duration,
 }
 
 impl ProxyState {
-    pub fn new(core: SharedCore, tls: Option<tokio_rustls::TlsAcceptor>) -> Arc<ProxyState> {
+    pub fn new(
+        core: SharedCore,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        response_timeout: Duration,
+    ) -> Arc<ProxyState> {
         Arc::new(ProxyState {
             core,
             tls,
+            response_timeout,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         })
     }
