@@ -826,3 +826,71 @@ os.execv(sys.argv[1], [sys.argv[1], "daemon"])
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_for(Duration::from_secs(10)).is_some());
 }
+
+#[test]
+#[cfg_attr(
+    not(pb_browser),
+    ignore = "needs chromium and playwright-core (tests/build.rs)"
+)]
+fn vite_is_hot_reloaded_through_its_named_url_in_chromium() {
+    let broker = Broker::start();
+    let proxy = broker.proxy_port().unwrap();
+    let apps = tests_dir().join("realapps");
+    // A copy of vite-app to edit; node_modules linked.
+    let project = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        apps.join("package.json"),
+        project.path().join("package.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        apps.join("node_modules"),
+        project.path().join("node_modules"),
+    )
+    .unwrap();
+    let app = project.path().join("vite-app");
+    std::fs::create_dir(&app).unwrap();
+    for f in ["index.html", "main.js", "message.js"] {
+        std::fs::copy(apps.join("vite-app").join(f), app.join(f)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        apps.join("node_modules/.bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut vite = Proc(
+        broker
+            .cmd()
+            .args(["exec", "--shim", "vite:web", "--", "npm", "run", "dev"])
+            .current_dir(project.path())
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://web.vite.localhost:{proxy}/");
+    let up = wait_until(Duration::from_secs(60), || {
+        let (code, body, _) = curl(&[&url]);
+        (code == 200 && body.contains("vite-ok")).then_some(())
+    });
+    assert!(up.is_some(), "vite through {url}; log:\n{}", broker.log());
+    let out = Command::new("node")
+        .arg(tests_dir().join("browser/vite_hmr.mjs"))
+        .arg(&url)
+        .arg(app.join("message.js"))
+        .current_dir(tests_dir().join("browser"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(v["kept"], 42, "{v}");
+    vite.signal(libc::SIGTERM);
+    assert!(vite.wait_for(Duration::from_secs(15)).is_some());
+}
