@@ -27,6 +27,9 @@ export function services(list, { release }) {
       h("tr", { dataset: { service: s.id } },
         h("th", { scope: "row" }, h("span", { class: "id" }, s.id)),
         h("td", { class: "num" }, h("a", { href: `http://localhost:${s.port}/`, target: "_blank", rel: "noopener noreferrer" }, s.port)),
+        h("td", {}, s.urls && s.urls.named
+          ? h("a", { class: "named", href: `${s.urls.named}/`, title: s.urls.named, target: "_blank", rel: "noopener noreferrer" }, s.urls.named.replace(/^https?:\/\//, ""))
+          : h("span", { class: "muted" }, "-")),
         h("td", {}, s.pid || s.cmd ? proc(s.pid, s.cmd) : h("span", { class: "muted" }, "no process yet")),
         h("td", {}, s.status === "running"
           ? h("span", { class: "tag ok" }, "serving")
@@ -34,7 +37,7 @@ export function services(list, { release }) {
         h("td", {}, ago(s.createdAt)),
         h("td", { class: "actions" },
           h("button", { type: "button", class: "danger", "aria-label": `Release ${s.id}`, onclick: () => release(s) }, "Release"))));
-  fill($("services-body"), rows.length ? rows : [emptyRow(6,
+  fill($("services-body"), rows.length ? rows : [emptyRow(7,
     "No services yet: try ", cmd("pb exec web -- python3 -m http.server"), " or ", cmd("pb claim myapp:web"), ".")]);
 }
 

@@ -107,6 +107,11 @@ const scenarios = {
     await r.waitFor();
     assert.match(await r.innerText(), new RegExp(`\\b${port}\\b`), "the row shows the port the CLI got");
     assert.match(await r.innerText(), /reserved/, "claimed, not yet served");
+    // Its named URL through the proxy, as a link.
+    const proxy = JSON.parse(pb("-j", "status")).proxy.http_port;
+    const named = r.locator("a.named");
+    assert.equal(await named.getAttribute("href"), `http://web.shop.localhost:${proxy}/`);
+    assert.equal(await named.innerText(), `web.shop.localhost:${proxy}`);
     assert.deepEqual(navigations, [], "no reload");
   },
 
@@ -326,7 +331,14 @@ const scenarios = {
       await page.setViewportSize({ width, height: 800 });
       await page.waitForTimeout(200);
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-      assert.ok(overflow <= 0, `no sideways scrolling at ${width}px (overflow ${overflow}px)`);
+      // What sticks out, outermost first, to say where when it fails.
+      const wide = overflow <= 0 ? [] : await page.evaluate(() =>
+        [...document.querySelectorAll("body *")]
+          .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+          .filter((e) => !e.parentElement || e.parentElement.getBoundingClientRect().right <= window.innerWidth + 1)
+          .slice(0, 5)
+          .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}.${e.className}`));
+      assert.ok(overflow <= 0, `no sideways scrolling at ${width}px (overflow ${overflow}px: ${wide.join(", ")})`);
       await page.getByRole("button", { name: "Release shop:web" }).waitFor({ state: "visible" });
     }
   },

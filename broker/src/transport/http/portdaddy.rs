@@ -125,6 +125,9 @@ pub struct ClaimBody {
     fallback: Option<bool>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// pb's: extra names for the proxy (`docs`, `docs.myapp.localhost`).
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -221,6 +224,7 @@ async fn do_claim(
             owner,
             metadata: body.metadata,
             agent: super::agent_header(headers)?,
+            names: body.names,
             ..Default::default()
         }),
     )
@@ -357,8 +361,11 @@ pub struct Service {
     cmd: Option<String>,
     created_at: u64,
     expires_at: Option<u64>,
-    /// `{"local": "http://localhost:PORT"}`.
+    /// `{"local": "http://localhost:PORT"}`, and `named` (the proxy's
+    /// URL, `http://api.myapp.localhost:2080`) when the proxy runs.
     urls: BTreeMap<String, String>,
+    /// The host names the proxy routes to it.
+    names: Vec<String>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
     /// The user who claimed it.
@@ -373,7 +380,11 @@ impl From<LeaseInfo> for Service {
     fn from(l: LeaseInfo) -> Service {
         Service {
             status: status_of(&l).into(),
-            urls: BTreeMap::from([("local".to_string(), format!("http://localhost:{}", l.port))]),
+            urls: [("local".to_string(), format!("http://localhost:{}", l.port))]
+                .into_iter()
+                .chain(l.url.map(|u| ("named".to_string(), u)))
+                .collect(),
+            names: l.names,
             id: l.id,
             port: l.port,
             pid: l.pid,
