@@ -866,3 +866,39 @@ fn a_stack_whose_home_is_removed_stops_and_leaves_nothing() {
     assert!(gone.is_some(), "{running:?} still run");
     assert!(broker.leases().is_empty(), "{:?}", broker.leases());
 }
+
+#[test]
+fn a_stacks_names_route_through_the_proxy_and_a_bad_name_starts_nothing() {
+    let broker = Broker::start();
+    let proxy = broker.proxy_port().unwrap();
+    let dir = up_detached(
+        &broker,
+        "names = [\"store\"]\nready = { http = \"/health\" }\n",
+    );
+    for host in ["api.shop.localhost", "store.localhost"] {
+        let url = format!("http://{host}:{proxy}/health");
+        let ok = wait_until(Duration::from_secs(20), || {
+            let out = Command::new("curl")
+                .args(["-sf", "--max-time", "5", &url])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        });
+        assert!(ok.is_some(), "{url}; log:\n{}", broker.log());
+    }
+    let (ok, _, err) = pb_in(&broker, dir.path(), &["down"]);
+    assert!(ok, "{err}");
+    // A name the broker refuses: the stack's claim fails, naming the
+    // service, and nothing is left claimed or started.
+    let bad = stack_dir(
+        "pb.toml",
+        "project = \"shop\"\n\n[services.api]\ncmd = \"python3 api.py\"\nnames = [\"bad_name\"]\n",
+    );
+    let (ok, _, err) = pb_in(&broker, bad.path(), &["up", "-d"]);
+    assert!(!ok);
+    assert!(err.contains("api") && err.contains("bad_name"), "{err}");
+    let left = wait_until(Duration::from_secs(5), || {
+        broker.leases().is_empty().then_some(())
+    });
+    assert!(left.is_some(), "{:?}", broker.leases());
+}

@@ -183,17 +183,9 @@ impl HttpState {
     }
 }
 
-/// Binds every address of PB_HTTP_ADDR. Failing to bind one is an error:
-/// a broker that silently lacks its API would surprise its clients.
+/// Binds every address of PB_HTTP_ADDR.
 pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
-    let mut out = Vec::new();
-    for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding the HTTP API on {a}: {e}"))?;
-        out.push(l);
-    }
-    Ok(out)
+    super::bind_all("the HTTP API", addrs).await
 }
 
 /// Every route: both seeds' APIs and the OpenAPI document, with JSON
@@ -254,17 +246,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    // The exact lookup costs microseconds; its /proc fallback a table scan,
-    // which goes to a blocking thread.
-    let found = match pb_platform::sockets::tcp_peer_exact(local, peer) {
-        Ok(found) => Ok(found),
-        Err(_) => tokio::task::spawn_blocking(move || {
-            pb_platform::sockets::tcp_peer_from_proc(local, peer)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-    };
-    let who = match found {
+    let who = match super::tcp_peer(local, peer).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             let e = WireError::new(

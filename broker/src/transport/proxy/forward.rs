@@ -359,15 +359,7 @@ async fn check_user(stream: &TcpStream, route: &Route) -> Result<(), Refusal> {
             format!("{} closed the connection at once", who(route)),
         ));
     };
-    let found = match pb_platform::sockets::tcp_peer_exact(ours, theirs) {
-        Ok(found) => Ok(found),
-        Err(_) => tokio::task::spawn_blocking(move || {
-            pb_platform::sockets::tcp_peer_from_proc(ours, theirs)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-    };
-    match found {
+    match crate::transport::tcp_peer(ours, theirs).await {
         Ok(Some(p)) if p.uid == route.uid => Ok(()),
         Ok(Some(p)) => Err(Refusal::new(
             StatusCode::BAD_GATEWAY,

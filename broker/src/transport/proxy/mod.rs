@@ -153,12 +153,5 @@ where
 
 /// Binds every address of PB_PROXY_ADDR.
 pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
-    let mut out = Vec::new();
-    for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding the proxy on {a}: {e}"))?;
-        out.push(l);
-    }
-    Ok(out)
+    super::bind_all("the proxy", addrs).await
 }
