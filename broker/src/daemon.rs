@@ -63,7 +63,12 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
     crate::home::prepare(&cfg.paths)?;
     let _lock = take_lock(&cfg.paths.lock_file())?;
     let nofile = pb_platform::raise_open_file_limit().context("raising the open-file limit")?;
-    let needed = 2 * cfg.max_leases + cfg.max_connections + cfg.http_max_connections + 64;
+    let needed = 2 * cfg.max_leases
+        + cfg.max_connections
+        + cfg.http_max_connections
+        + crate::transport::proxy::MAX_CONNECTIONS
+        + crate::transport::proxy::MAX_BACKENDS
+        + 64;
     if (nofile as usize) < needed {
         eprintln!("pb: warning: open-file limit {nofile} is below the {needed} the configured limits may need");
     }

@@ -5,7 +5,7 @@
 //!
 //! The CA may sign only names under `localhost`: its certificate carries a
 //! critical name constraint (RFC 5280 §4.2.1.10) permitting that subtree
-//! alone, so trusting it (`pb trust`) lets nobody who steals the key
+//! alone and excluding every IP address, so trusting it (`pb trust`) lets nobody who steals the key
 //! impersonate any other site to clients that check constraints (rustls,
 //! NSS, OpenSSL, Chromium's verifier all do).
 //!
@@ -85,11 +85,10 @@ impl LocalCa {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = KeyPair::generate()?;
-                // The certificate first: a key without its certificate is
-                // made whole on the next start; the reverse would not be.
-                let params = ca_params(&key);
-                let cert = params.self_signed(&key)?;
-                write_private(&cert_path, cert.pem().as_bytes())?;
+                // The key first: a key without its certificate is made
+                // whole below (and on the next start); a certificate without
+                // its key could never be used again.
+                let _ = fs::remove_file(&cert_path);
                 write_private(&key_path, key.serialize_pem().as_bytes())?;
                 key
             }
@@ -158,9 +157,14 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // DNS names under localhost only; and no IP address at all (a DNS
+    // constraint alone says nothing of IP names).
     params.name_constraints = Some(NameConstraints {
         permitted_subtrees: vec![GeneralSubtree::DnsName("localhost".into())],
-        excluded_subtrees: Vec::new(),
+        excluded_subtrees: vec![
+            GeneralSubtree::IpAddress(rcgen::CidrSubnet::from_v4_prefix([0; 4], 0)),
+            GeneralSubtree::IpAddress(rcgen::CidrSubnet::from_v6_prefix([0; 16], 0)),
+        ],
     });
     // Dates are the certificate's, not the issuer's: they matter only when
     // the certificate is made.

@@ -4,7 +4,7 @@
 //! `LISTEN_FDNAMES`. Read once, at start-up; the variables are then removed
 //! so that no child mistakes them for its own.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::supervise::LISTEN_FDS_START;
 
@@ -50,12 +50,38 @@ pub fn take_listen_fds() -> Vec<Passed> {
                 return None;
             }
             unsafe { libc::fcntl(raw, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+            // SAFETY: the descriptor is open and, by the protocol, ours
+            // alone from here on.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // Only a listening stream socket is of use; anything else is
+            // closed here, never accepted on.
+            if !listening_stream(&fd) {
+                return None;
+            }
             Some(Passed {
                 name: names.get(i).cloned().unwrap_or_else(|| "unknown".into()),
-                // SAFETY: the descriptor is open and, by the protocol, ours
-                // alone from here on.
-                fd: unsafe { OwnedFd::from_raw_fd(raw) },
+                fd,
             })
         })
         .collect()
+}
+
+/// Whether `fd` is a stream socket that listens (SO_TYPE, SO_ACCEPTCONN).
+fn listening_stream(fd: &OwnedFd) -> bool {
+    let int_opt = |opt: libc::c_int| -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: v and len are valid for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    };
+    int_opt(libc::SO_TYPE) == Some(libc::SOCK_STREAM) && int_opt(libc::SO_ACCEPTCONN) == Some(1)
 }

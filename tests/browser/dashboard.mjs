@@ -335,9 +335,17 @@ const scenarios = {
       const wide = overflow <= 0 ? [] : await page.evaluate(() =>
         [...document.querySelectorAll("body *")]
           .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
-          .filter((e) => !e.parentElement || e.parentElement.getBoundingClientRect().right <= window.innerWidth + 1)
-          .slice(0, 5)
-          .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}.${e.className}`));
+          // Not inside something that scrolls or clips it (an absolutely
+          // positioned element escapes one that is not its containing block).
+          .filter((e) => {
+            if (["absolute", "fixed"].includes(getComputedStyle(e).position)) return true;
+            for (let a = e.parentElement; a; a = a.parentElement) {
+              if (["auto", "scroll", "hidden", "clip"].includes(getComputedStyle(a).overflowX)) return false;
+            }
+            return true;
+          })
+          .slice(0, 6)
+          .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}.${e.className} (${Math.round(e.getBoundingClientRect().right)}px)`));
       assert.ok(overflow <= 0, `no sideways scrolling at ${width}px (overflow ${overflow}px: ${wide.join(", ")})`);
       await page.getByRole("button", { name: "Release shop:web" }).waitFor({ state: "visible" });
     }

@@ -557,6 +557,13 @@ fn requests_the_proxy_refuses_get_a_status_and_a_code_and_others_are_still_serve
         b"GET / HTTP/1.1\r\nHost: bad host!\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status_of(&r), 400, "{r}");
+    // Two Hosts: which one would the backend believe?
+    let r = raw(
+        proxy,
+        b"GET / HTTP/1.1\r\nHost: api.bad.localhost\r\nHost: other.localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 400, "{r}");
+    assert!(r.contains("more than one Host"), "{r}");
     // An unknown name: 404 and the list of names, as a page for browsers.
     let (code, body, _) = curl(&[
         "-H",
@@ -714,6 +721,21 @@ fn pb_trust_adds_the_ca_to_a_throwaway_system_store_and_nss_db_and_removes_it() 
     assert!(
         listed.contains("pb-local-ca-") && listed.contains("C,,"),
         "{listed}"
+    );
+    // The CA may sign names under localhost only, and no IP address.
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", &ca(&broker)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let constraints = text
+        .split("Name Constraints: critical")
+        .nth(1)
+        .expect("critical constraints");
+    assert!(constraints.contains("DNS:localhost"), "{text}");
+    assert!(
+        constraints.contains("Excluded:") && constraints.contains("IP:0.0.0.0"),
+        "{text}"
     );
     // The human report says what was done.
     let human = broker.pb_ok(&["trust", "--root", &root_s, "--nss-db", &nss_s]);

@@ -25,8 +25,9 @@ use crate::hostnames;
 const KEPT_BACKENDS: usize = 4;
 
 /// Which lease a kept backend connection was made for: a later lease of
-/// the same id and port is another key, so it never inherits one.
-type Key = (String, u64, u16);
+/// the same id and port (even of another user, in the same millisecond) is
+/// another key, so it never inherits one.
+type Key = (String, u64, u16, u32);
 
 /// One client connection.
 pub struct Client {
@@ -83,34 +84,22 @@ async fn forward(
     let upgrade = upgrade_of(&req);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let out = backend_request(req, &authority, client, upgrade);
-    let (key, mut sender) = client.backend(&route).await?;
-    let mut resp =
-        match tokio::time::timeout(state.response_timeout, sender.send_request(out)).await {
-            Err(_) => {
-                return Err(Refusal::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "backend_timeout",
-                    format!(
-                        "{} (port {}) did not begin to answer within {:?} (PB_PROXY_TIMEOUT)",
-                        who(&route),
-                        route.port,
-                        state.response_timeout
-                    ),
-                ))
-            }
-            Ok(Err(e)) => {
-                return Err(Refusal::new(
-                    StatusCode::BAD_GATEWAY,
-                    "backend_closed",
-                    format!(
-                        "{} (port {}) closed the connection without an answer: {e}",
-                        who(&route),
-                        route.port
-                    ),
-                ))
-            }
-            Ok(Ok(r)) => r,
-        };
+    let send = send(state, client, &route, out);
+    let (key, sender, mut resp) = match tokio::time::timeout(state.response_timeout, send).await {
+        Err(_) => {
+            return Err(Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "backend_timeout",
+                format!(
+                "{} (port {}) did not answer within {:?} of the request's start (PB_PROXY_TIMEOUT)",
+                who(&route),
+                route.port,
+                state.response_timeout
+            ),
+            ))
+        }
+        Ok(sent) => sent?,
+    };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = client_side else {
             return Err(Refusal::new(
@@ -143,11 +132,18 @@ fn authority(req: &Request<Incoming>) -> Result<String, Refusal> {
         ),
         None => None,
     };
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err(bad("more than one Host header".into()));
+    }
     if req.version() >= Version::HTTP_2 {
-        return req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
+        let authority = req.uri().authority().map(|a| a.as_str().to_string());
+        // The name routed on is the name the backend is told.
+        if let (Some(a), Some(h)) = (&authority, &host_header) {
+            if hostnames::request_host(a) != hostnames::request_host(h) {
+                return Err(bad(format!("Host {h} is not the request's :authority {a}")));
+            }
+        }
+        return authority
             .or(host_header)
             .ok_or_else(|| bad("the request names no host (:authority)".into()));
     }
@@ -236,10 +232,9 @@ fn backend_request(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, up);
     }
-    if !h.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            h.insert(header::HOST, v);
-        }
+    // The name it was routed by (HTTP/2's :authority, or the one Host).
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        h.insert(header::HOST, v);
     }
     // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one.
     if from_h2 && h.get_all(header::COOKIE).iter().count() > 1 {
@@ -268,21 +263,73 @@ fn backend_request(
     Request::from_parts(parts, body)
 }
 
+/// Sends `req` to `route`'s backend: on a connection this client kept for
+/// the lease, and when that one turns out closed before the request went
+/// out (a backend's keep-alive timeout), once more on a new one.
+async fn send(
+    state: &ProxyState,
+    client: &Client,
+    route: &Route,
+    req: Request<Incoming>,
+) -> Result<(Key, SendRequest<Incoming>, Response<Incoming>), Refusal> {
+    let key: Key = (route.id.clone(), route.created_ms, route.port, route.uid);
+    let closed = |e: hyper::Error| {
+        Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "backend_closed",
+            format!(
+                "{} (port {}) closed the connection without an answer: {e}",
+                who(route),
+                route.port
+            ),
+        )
+    };
+    let req = match client.kept(&key) {
+        Some(mut sender) => match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((key, sender, resp)),
+            Err(mut e) => match e.take_message() {
+                Some(req) => req,
+                None => return Err(closed(e.into_error())),
+            },
+        },
+        None => req,
+    };
+    let mut sender = client.backend(state, route).await?;
+    let resp = sender.send_request(req).await.map_err(closed)?;
+    Ok((key, sender, resp))
+}
+
 impl Client {
-    /// A connection to `route`'s port: one kept from an earlier request of
-    /// this client to the same lease, or a new one whose other end the
-    /// kernel says is the lease's user's.
-    async fn backend(&self, route: &Route) -> Result<(Key, SendRequest<Incoming>), Refusal> {
-        let key: Key = (route.id.clone(), route.created_ms, route.port);
-        {
-            let mut kept = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-            while let Some(i) = kept.iter().position(|(k, _)| *k == key) {
-                let (_, sender) = kept.swap_remove(i);
-                if sender.is_ready() {
-                    return Ok((key, sender));
-                }
+    /// A connection this client kept for the lease `key`, ready for a
+    /// request.
+    fn kept(&self, key: &Key) -> Option<SendRequest<Incoming>> {
+        let mut kept = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(i) = kept.iter().position(|(k, _)| k == key) {
+            let (_, sender) = kept.swap_remove(i);
+            if sender.is_ready() {
+                return Some(sender);
             }
         }
+        None
+    }
+
+    /// A new connection to `route`'s port, whose other end the kernel says
+    /// is the lease's user's.
+    async fn backend(
+        &self,
+        state: &ProxyState,
+        route: &Route,
+    ) -> Result<SendRequest<Incoming>, Refusal> {
+        let Ok(slot) = state.backend_slots.clone().try_acquire_owned() else {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "limit",
+                format!(
+                    "pb's proxy has {} backend connections open; try again",
+                    super::MAX_BACKENDS
+                ),
+            ));
+        };
         let stream = connect(route).await?;
         check_user(&stream, route).await?;
         let _ = stream.set_nodelay(true);
@@ -297,9 +344,10 @@ impl Client {
                 )
             })?;
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = conn.with_upgrades().await;
         });
-        Ok((key, sender))
+        Ok(sender)
     }
 
     fn keep(&self, key: Key, sender: SendRequest<Incoming>) {

@@ -34,6 +34,9 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// Largest request head a client may send (HTTP/1.1 headers, HTTP/2's
 /// header list); bigger gets 431.
 pub const MAX_HEADERS: usize = 64 * 1024;
+/// Most connections to backends at once, over all clients (an HTTP/2
+/// client's streams may each need one).
+pub const MAX_BACKENDS: usize = 1024;
 /// Most HTTP/2 streams at once on one connection.
 pub const MAX_STREAMS: u32 = 128;
 /// How long connecting to a backend may take (it is on loopback: a
@@ -46,6 +49,7 @@ pub struct ProxyState {
     /// TLS with the local CA's leaves; `None` serves plain HTTP only.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub slots: Arc<tokio::sync::Semaphore>,
+    pub backend_slots: Arc<tokio::sync::Semaphore>,
     /// How long a backend may take to begin its answer once it has the
     /// request (PB_PROXY_TIMEOUT). Bodies have no timeout of their own (an
     /// event stream may be quiet for hours); a client that hangs up ends
@@ -64,6 +68,7 @@ impl ProxyState {
             tls,
             response_timeout,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            backend_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKENDS)),
         })
     }
 }
