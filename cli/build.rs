@@ -35,6 +35,45 @@ fn main() {
     // A content hash names the extracted file, so two pb builds never
     // overwrite each other's shim while an app loads it.
     println!("cargo:rustc-env=PB_SHIM_HASH={:016x}", fnv1a(&bytes));
+    println!("cargo:rustc-env=PB_GIT_REV={}", git_revision(root));
+}
+
+/// The commit this pb is built from, for `pb --version`: `git rev-parse`
+/// when git and the repository are there (with `-dirty` for uncommitted
+/// changes), else `unknown` (a source tarball). Rebuilt when HEAD moves.
+fn git_revision(root: &Path) -> String {
+    let git = root.join(".git");
+    println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+    if let Ok(head) = std::fs::read_to_string(git.join("HEAD")) {
+        if let Some(r) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed={}", git.join(r).display());
+        }
+    }
+    println!("cargo:rerun-if-env-changed=PB_GIT_REV");
+    if let Ok(v) = std::env::var("PB_GIT_REV") {
+        return v;
+    }
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(rev) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{rev}-dirty")
+            } else {
+                rev
+            }
+        }
+        None => "unknown".into(),
+    }
 }
 
 fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {

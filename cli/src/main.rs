@@ -15,6 +15,7 @@ macro_rules! outln {
 
 mod connect;
 mod coord;
+mod doctor;
 mod exec;
 mod mcp;
 mod output;
@@ -40,7 +41,7 @@ use pb_proto::{
 #[derive(Parser)]
 #[command(
     name = "pb",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PB_GIT_REV"), ")"),
     about = "A kernel-aware port broker: race-free ports for dev servers, tests and agents"
 )]
 struct Cli {
@@ -209,6 +210,15 @@ enum Command {
     /// (update-ca-certificates) and in NSS databases (certutil: Chromium's
     /// and Firefox's); --remove undoes it.
     Trust(trust::TrustCmd),
+    /// Check what pb needs and say how to fix what is wrong: the broker,
+    /// its socket and store, IPv6 on loopback, *.localhost resolution, the
+    /// unprivileged port start, the HTTP and proxy ports, the shim.
+    Doctor,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell): `source <(pb completions bash)`.
+    Completions { shell: clap_complete::Shell },
+    /// Print pb's man page (roff): `pb man | man -l -`.
+    Man,
     /// Print services as shell export lines.
     Env {
         /// Only ids matching this pattern (myapp:*).
@@ -445,7 +455,14 @@ fn main() -> ExitCode {
     } else {
         Format::Human
     };
-    match run(cli.command, fmt, cli.agent) {
+    // Port Daddy's clients name their agent in PORT_DADDY_AGENT; pb's own
+    // flag and variable win.
+    let agent = cli.agent.or_else(|| {
+        std::env::var("PORT_DADDY_AGENT")
+            .ok()
+            .filter(|a| !a.trim().is_empty())
+    });
+    match run(cli.command, fmt, agent) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             let code = exit_code(&e);
@@ -779,6 +796,17 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             Ok(0)
         }
         Command::Trust(t) => trust::run(&paths, t, fmt),
+        Command::Doctor => doctor::run(&paths, fmt),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "pb", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(0)
+        }
         Command::ShimPath => {
             let path = shim::path(&paths)?;
             match fmt {

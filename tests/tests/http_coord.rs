@@ -1091,3 +1091,74 @@ fn work_sessions_over_http_claim_files_hand_over_and_refuse_bad_input() {
     let (st, bad) = get("/sessions?state=sideways");
     assert_eq!((st, bad["code"].as_str()), (400, Some("invalid_request")));
 }
+
+/// Port Daddy's SDK sends fields pb has no field of its own for: its
+/// agent registration's `identity` and `purpose`, its release's
+/// `expiredOnly`; and its CLI names the agent in PORT_DADDY_AGENT.
+#[test]
+fn port_daddy_sdk_fields_and_its_agent_variable_are_accepted() {
+    let broker = Broker::start();
+    let json_post = |method: &str, path: &str, body: Value| {
+        curl(&[
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+            &url(&broker, path),
+        ])
+    };
+    let (code, v) = json_post(
+        "POST",
+        "/agents",
+        json!({"id": "sdk-1", "identity": "claude-code@host", "purpose": "split the auth module"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["agent"]["name"], "claude-code@host");
+    assert_eq!(v["agent"]["metadata"]["purpose"], "split the auth module");
+    // Beside metadata of its own, purpose joins it; other metadata is refused.
+    let (code, v) = json_post(
+        "POST",
+        "/agents",
+        json!({"id": "sdk-2", "name": "two", "identity": "x", "purpose": "p", "metadata": {"k": 1}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["agent"]["name"], "two", "name wins over identity");
+    assert_eq!(v["agent"]["metadata"], json!({"k": 1, "purpose": "p"}));
+    let r = json_post(
+        "POST",
+        "/agents",
+        json!({"id": "sdk-3", "purpose": "p", "metadata": [1]}),
+    );
+    assert_error(&r, 400, "invalid_metadata");
+
+    // expiredOnly: pb ends leases at their expiry, so there is never one.
+    broker.claim("sdk:api", &["--keep"]);
+    let (code, v) = json_post(
+        "DELETE",
+        "/release",
+        json!({"id": "sdk:api", "expiredOnly": true}),
+    );
+    assert_eq!((code, &v["released"]), (200, &json!(0)), "{v}");
+    assert!(
+        broker.leases().iter().any(|(id, _)| id == "sdk:api"),
+        "nothing released"
+    );
+
+    // PORT_DADDY_AGENT names the agent for pb's CLI when PB_AGENT does not.
+    let out = broker
+        .cmd()
+        .args(["-j", "claim", "sdk:web"])
+        .env_remove("PB_AGENT")
+        .env("PORT_DADDY_AGENT", "sdk-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["lease"]["agent"], "sdk-1", "{v}");
+}

@@ -58,6 +58,12 @@ pub struct RegisterBody {
     pid: Option<i64>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// Port Daddy's SDK: who the agent is (`claude-code@host`). The agent's
+    /// name when `name` is absent.
+    identity: Option<String>,
+    /// Port Daddy's SDK: what the agent is doing. Kept in its metadata as
+    /// `purpose`.
+    purpose: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -122,6 +128,28 @@ pub async fn register(
     do_register(&state, &caller, id, body, &headers).await
 }
 
+/// The metadata with Port Daddy's `purpose` in it (the core checks the
+/// result like any metadata).
+fn with_purpose(
+    metadata: Option<Value>,
+    purpose: Option<String>,
+) -> Result<Option<Value>, ApiError> {
+    let Some(purpose) = purpose else {
+        return Ok(metadata);
+    };
+    match metadata {
+        None => Ok(Some(serde_json::json!({ "purpose": purpose }))),
+        Some(Value::Object(mut m)) => {
+            m.insert("purpose".into(), Value::String(purpose));
+            Ok(Some(Value::Object(m)))
+        }
+        Some(_) => Err(ApiError::new(
+            ErrorCode::InvalidMetadata,
+            "metadata must be a JSON object",
+        )),
+    }
+}
+
 async fn do_register(
     state: &HttpState,
     caller: &Caller,
@@ -137,12 +165,12 @@ async fn do_register(
         caller,
         Op::AgentRegister(AgentArgs {
             id,
-            name: body.name,
+            name: body.name.or(body.identity),
             kind: body.kind,
             max_services: body.max_services,
             max_locks: body.max_locks,
             owner,
-            metadata: body.metadata,
+            metadata: with_purpose(body.metadata, body.purpose)?,
         }),
     )
     .await?;

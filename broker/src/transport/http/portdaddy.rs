@@ -270,10 +270,14 @@ fn status_of(l: &LeaseInfo) -> &'static str {
 }
 
 #[derive(Deserialize, ToSchema, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReleaseBody {
     /// An id, a pattern (`myapp:*`) or a port number.
     id: Option<String>,
+    /// Port Daddy's SDK: release only leases past their expiry. pb ends a
+    /// lease at its expiry itself, so with `true` there is never one to
+    /// release: the answer is `released: 0` and nothing changes.
+    expired_only: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -313,6 +317,15 @@ pub async fn release(
     body: Bytes,
 ) -> Result<Json<ReleaseResponse>, ApiError> {
     let body: ReleaseBody = json_body(&body)?;
+    if body.expired_only == Some(true) {
+        return Ok(Json(ReleaseResponse {
+            success: true,
+            released: 0,
+            released_ports: Vec::new(),
+            port: None,
+            message: "pb ends leases at their expiry; none is past it".into(),
+        }));
+    }
     let id = body
         .id
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "missing \"id\""))?;
