@@ -305,7 +305,7 @@ impl Config {
                 let (a, b) = pb_proto::parse_range_text(&text)?;
                 rules::check_range(a, b)?
             }
-            _ => DEFAULT_RANGE,
+            _ => port_daddy_range()?.unwrap_or(DEFAULT_RANGE),
         };
         let reserved = match std::env::var("PB_RESERVED") {
             Ok(text) => text
@@ -316,7 +316,13 @@ impl Config {
                 .collect::<Result<Vec<u16>, _>>()?,
             Err(_) => DEFAULT_RESERVED.to_vec(),
         };
-        let http_addrs = parse_http_addrs(std::env::var("PB_HTTP_ADDR").ok().as_deref())?;
+        let http_addrs = match std::env::var("PB_HTTP_ADDR") {
+            Ok(text) if !text.trim().is_empty() => parse_http_addrs(Some(&text))?,
+            _ => match port_daddy_var("PORT_DADDY_PORT")? {
+                Some(port) => parse_addrs("PORT_DADDY_PORT", None, port)?,
+                None => parse_http_addrs(None)?,
+            },
+        };
         let proxy_addrs = parse_addrs(
             "PB_PROXY_ADDR",
             std::env::var("PB_PROXY_ADDR").ok().as_deref(),
@@ -369,6 +375,49 @@ impl Config {
             mcp_all_tools: mcp_all_tools()?,
         })
     }
+}
+
+/// A port from one of Port Daddy's variables (PORT_DADDY_PORT,
+/// PORT_DADDY_RANGE_START, PORT_DADDY_RANGE_END), read only where pb's own
+/// variable is unset: `None` when unset or empty; a value that is not a
+/// port pb can use stops the broker, naming the variable.
+fn port_daddy_var(name: &str) -> Result<Option<u16>, WireError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            let n = v.trim().parse::<i64>().map_err(|_| {
+                WireError::new(
+                    ErrorCode::InvalidPort,
+                    format!("{name}={v:?} is not a port number"),
+                )
+            })?;
+            rules::check_port(n)
+                .map(Some)
+                .map_err(|e| WireError::new(e.code, format!("{name}: {}", e.message)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Port Daddy's allocation range, where PB_RANGE is unset: either bound
+/// alone keeps pb's default for the other.
+fn port_daddy_range() -> Result<Option<(u16, u16)>, WireError> {
+    let start = port_daddy_var("PORT_DADDY_RANGE_START")?;
+    let end = port_daddy_var("PORT_DADDY_RANGE_END")?;
+    if start.is_none() && end.is_none() {
+        return Ok(None);
+    }
+    let (a, b) = (
+        start.unwrap_or(DEFAULT_RANGE.0),
+        end.unwrap_or(DEFAULT_RANGE.1),
+    );
+    rules::check_range(i64::from(a), i64::from(b))
+        .map(Some)
+        .map_err(|e| {
+            WireError::new(
+                e.code,
+                format!("PORT_DADDY_RANGE_START/END ({a}-{b}): {}", e.message),
+            )
+        })
 }
 
 /// PB_HTTP_ADDR: unset or empty for the defaults, `off` for no HTTP, or a

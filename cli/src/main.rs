@@ -225,7 +225,7 @@ enum Command {
         pattern: Option<String>,
     },
     /// Claim a port and run a command on it; release when it ends.
-    #[command(visible_alias = "run")]
+    #[command(visible_aliases = ["run", "launch"])]
     Exec {
         /// The service id: project[:stack[:context]].
         id: String,

@@ -184,9 +184,29 @@ fn portless_bin() -> PathBuf {
     bin
 }
 
+/// A portless proxy, stopped however the bench ends: portless runs it as
+/// a daemon of its own, which outlives the command that started it.
+struct PortlessProxy(PathBuf);
+
+impl Drop for PortlessProxy {
+    fn drop(&mut self) {
+        let _ = Command::new(portless_bin())
+            .args(["proxy", "stop"])
+            .env("PORTLESS_STATE_DIR", &self.0)
+            .output();
+        // And by its pid file, should `stop` not find it.
+        if let Some(pid) = std::fs::read_to_string(self.0.join("proxy.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
 /// A portless proxy on `port` (`--no-tls`, or TLS with `cert`), in its own
 /// state directory.
-fn portless_proxy(state: &Path, port: u16, cert: Option<(&Path, &Path)>) {
+fn portless_proxy(state: &Path, port: u16, cert: Option<(&Path, &Path)>) -> PortlessProxy {
     let mut c = Command::new(portless_bin());
     c.args(["proxy", "start", "-p", &port.to_string()]);
     match cert {
@@ -204,6 +224,7 @@ fn portless_proxy(state: &Path, port: u16, cert: Option<(&Path, &Path)>) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    PortlessProxy(state.to_path_buf())
 }
 
 fn main() {
@@ -249,8 +270,10 @@ fn main() {
     assert!(made.status.success());
     let http_state = state.path().join("http");
     let tls_state = state.path().join("tls");
-    portless_proxy(&http_state, pl_http, None);
-    portless_proxy(&tls_state, pl_tls, Some((&cert, &key)));
+    let _pl_proxies = [
+        portless_proxy(&http_state, pl_http, None),
+        portless_proxy(&tls_state, pl_tls, Some((&cert, &key))),
+    ];
     // One app per portless proxy (each keeps its own routes), the same
     // server as pb's.
     let start_app = |st: &Path, port: u16, tls: bool, log: PathBuf| {
@@ -365,10 +388,4 @@ fn main() {
         rps[1] / rps[4],
         rps[2] / rps[5]
     );
-    for st in [&http_state, &tls_state] {
-        let _ = Command::new(portless_bin())
-            .args(["proxy", "stop"])
-            .env("PORTLESS_STATE_DIR", st)
-            .output();
-    }
 }

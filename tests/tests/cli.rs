@@ -518,3 +518,97 @@ fn url_takes_port_daddys_environments() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(broker.leases().iter().all(|(id, _)| id != "bad:meta"));
 }
+
+/// Port Daddy's configuration (its README): PORT_DADDY_PORT moves the HTTP
+/// API, PORT_DADDY_RANGE_START/END the range, where pb's own variables are
+/// unset; pb's own win; malformed values stop the broker, naming them.
+#[test]
+fn port_daddys_variables_move_a_fresh_broker_and_pbs_own_win() {
+    let block = PortBlock::take(200);
+    let http = block.range.1;
+    let (start, end) = (block.range.0, block.range.0 + 49);
+    let home = tempfile::tempdir().unwrap();
+    let pb = |args: &[&str], env: &[(&str, String)]| {
+        Command::new(pb_bin())
+            .args(args)
+            .env("PB_HOME", home.path())
+            .env("PB_PROXY_ADDR", "off")
+            .env_remove("PB_HTTP_ADDR")
+            .env_remove("PB_RANGE")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    };
+    // However the test ends, the broker it started stops.
+    struct Stop<'a>(&'a dyn Fn());
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _stop = Stop(&|| {
+        let _ = pb(&["stop"], &[]);
+    });
+    let daddy = [
+        ("PORT_DADDY_PORT", http.to_string()),
+        ("PORT_DADDY_RANGE_START", start.to_string()),
+        ("PORT_DADDY_RANGE_END", end.to_string()),
+    ];
+    let started = pb(&["start"], &daddy);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let status: Value = serde_json::from_slice(&pb(&["-j", "status"], &[]).stdout).unwrap();
+    assert_eq!(
+        status["http"],
+        format!("http://localhost:{http}"),
+        "{status}"
+    );
+    assert_eq!(status["range"], serde_json::json!([start, end]));
+    let port: u16 = String::from_utf8_lossy(&pb(&["claim", "pd:web", "-q"], &[]).stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((start..=end).contains(&port), "{port}");
+    // `pb launch`, Port Daddy's announced word for exec.
+    let out = pb(
+        &["launch", "pd:launched", "--", "sh", "-c", "echo $PORT"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let launched: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!((start..=end).contains(&launched), "{launched}");
+    assert!(pb(&["stop"], &[]).status.success());
+
+    // pb's own variable wins over Port Daddy's.
+    let mut both = daddy.to_vec();
+    both.push(("PB_RANGE", format!("{}-{}", start + 50, end + 50)));
+    assert!(pb(&["start"], &both).status.success());
+    let status: Value = serde_json::from_slice(&pb(&["-j", "status"], &[]).stdout).unwrap();
+    assert_eq!(
+        status["range"],
+        serde_json::json!([start + 50, end + 50]),
+        "{status}"
+    );
+    assert_eq!(status["http"], format!("http://localhost:{http}"));
+    assert!(pb(&["stop"], &[]).status.success());
+
+    // Malformed: the broker does not start, and says which variable.
+    for (var, value) in [
+        ("PORT_DADDY_PORT", "nine"),
+        ("PORT_DADDY_PORT", "80"),
+        ("PORT_DADDY_RANGE_START", "70000"),
+        ("PORT_DADDY_RANGE_END", "x"),
+    ] {
+        let out = pb(&["start"], &[(var, value.to_string())]);
+        assert!(!out.status.success(), "{var}={value} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var), "{var}={value}: {err}");
+    }
+}
