@@ -212,8 +212,6 @@ struct Lease {
     /// The proxy's names for it: its derived host (unless a lease that
     /// came first has it), then its aliases.
     hosts: Vec<String>,
-    /// Its named URL through the proxy, while the proxy runs.
-    url: Option<String>,
 }
 
 impl Lease {
@@ -234,7 +232,6 @@ impl Lease {
             orphaned_ms: None,
             claimant: None,
             hosts: Vec::new(),
-            url: None,
         }
     }
 
@@ -265,7 +262,8 @@ impl Lease {
         }
     }
 
-    fn info(&self) -> LeaseInfo {
+    /// The lease as clients see it; its named URL when the proxy runs.
+    fn info(&self, proxy: Option<&pb_proto::ProxyStatus>) -> LeaseInfo {
         let r = &self.record;
         LeaseInfo {
             id: r.id.clone(),
@@ -285,7 +283,7 @@ impl Lease {
             claimant: self.claimant.map(|p| p.pid),
             stack: None,
             names: self.hosts.clone(),
-            url: self.url.clone(),
+            url: proxy.and_then(|p| self.hosts.first().map(|h| p.url(h, false))),
         }
     }
 }
@@ -406,7 +404,7 @@ impl Core {
                 .and_then(|f| f.command.clone());
             let id = record.id.clone();
             let mut lease = Lease::new(record, sockets, None, command);
-            (lease.hosts, lease.url) = core.hosts_for(&id, &lease.record.aliases);
+            lease.hosts = core.hosts_for(&id, &lease.record.aliases);
             core.leases.insert(id.clone(), lease);
             core.enter_routes(&id);
         }
@@ -434,11 +432,8 @@ impl Core {
         self.http_base = Some(base);
     }
 
-    /// The proxy listens: every named lease gets its URL.
+    /// The proxy listens: every named lease has a URL from now on.
     pub fn set_proxy(&mut self, proxy: pb_proto::ProxyStatus) {
-        for lease in self.leases.values_mut() {
-            lease.url = lease.hosts.first().map(|h| proxy.url(h, false));
-        }
         self.proxy = Some(proxy);
     }
 
@@ -476,8 +471,8 @@ impl Core {
 
     /// The names `id` would answer to now: its derived host (unless an
     /// earlier lease has it), then its aliases (checked free when it was
-    /// claimed); and its URL through the proxy.
-    fn hosts_for(&self, id: &str, aliases: &[String]) -> (Vec<String>, Option<String>) {
+    /// claimed).
+    fn hosts_for(&self, id: &str, aliases: &[String]) -> Vec<String> {
         let mut hosts: Vec<String> = Vec::new();
         for h in crate::hostnames::derived(id)
             .into_iter()
@@ -488,11 +483,7 @@ impl Core {
                 hosts.push(h);
             }
         }
-        let url = self
-            .proxy
-            .as_ref()
-            .and_then(|p| hosts.first().map(|h| p.url(h, false)));
-        (hosts, url)
+        hosts
     }
 
     /// Enters a lease's names in the proxy's table, once it is live.
@@ -648,7 +639,9 @@ impl Core {
     }
 
     pub fn lease_on_port(&self, port: u16) -> Option<LeaseInfo> {
-        self.by_port.get(&port).map(|id| self.leases[id].info())
+        self.by_port
+            .get(&port)
+            .map(|id| self.leases[id].info(self.proxy.as_ref()))
     }
 
     /// The leases `p`'s exit concerns: those it owns, and the unadopted
@@ -854,7 +847,7 @@ impl Core {
             Op::Find { pattern } => self.find(pattern.as_deref()),
             Op::Get { id } => {
                 ids::check_id(&id)?;
-                Ok(Outcome::of(self.lease(&id)?.info()))
+                Ok(Outcome::of(self.lease(&id)?.info(self.proxy.as_ref())))
             }
             Op::Heartbeat { id, port, ttl_ms } => {
                 let id = self.named_lease(id, port)?;
@@ -1202,6 +1195,7 @@ impl Core {
                 (a.fds, a.family),
                 &mut self.pool,
                 &mut self.facts,
+                self.proxy.as_ref(),
             );
         }
 
@@ -1245,13 +1239,14 @@ impl Core {
         let command = owner.and_then(|o| self.command_of(caller, o));
         let mut lease = Lease::new(record.clone(), Some(sockets), session, command);
         lease.claimant = claimant;
-        (lease.hosts, lease.url) = self.hosts_for(&a.id, &record.aliases);
+        lease.hosts = self.hosts_for(&a.id, &record.aliases);
         let outcome = claim_outcome(
             &mut lease,
             false,
             (a.fds, a.family),
             &mut self.pool,
             &mut self.facts,
+            self.proxy.as_ref(),
         )?;
         // Persist, then acknowledge: if the disk refuses, the sockets (and
         // any relay) close on drop and nothing changed.
@@ -1490,7 +1485,7 @@ impl Core {
                 for h in &lease.hosts {
                     self.by_host.remove(h);
                 }
-                infos.push(lease.info());
+                infos.push(lease.info(self.proxy.as_ref()));
             }
         }
         infos.sort_by_key(|l| l.port);
@@ -1508,7 +1503,7 @@ impl Core {
                     .stacks
                     .of_lease(l.record.uid, &l.record.id)
                     .map(str::to_string),
-                ..l.info()
+                ..l.info(self.proxy.as_ref())
             })
             .collect();
         services.sort_by_key(|l| l.port);
@@ -1536,7 +1531,7 @@ impl Core {
         let lease = self.leases.get_mut(id).expect("checked above");
         lease.record.expires_ms = Some(expires);
         lease.record.ttl_ms = Some(ttl);
-        let info = lease.info();
+        let info = lease.info(self.proxy.as_ref());
         self.emit_by(
             EventKind::ServiceRenew,
             id,
@@ -1642,6 +1637,7 @@ fn claim_outcome(
     (fds, family): (bool, Option<IpFamily>),
     pool: &mut SocketPool,
     facts: &mut Facts,
+    proxy: Option<&pb_proto::ProxyStatus>,
 ) -> Result<Outcome, WireError> {
     let (sockets, addrs) = if fds {
         hand_over(lease, family, pool, facts)?
@@ -1649,7 +1645,7 @@ fn claim_outcome(
         (None, Vec::new())
     };
     let reply = ClaimReply {
-        lease: lease.info(),
+        lease: lease.info(proxy),
         existing,
         fds: addrs,
     };
