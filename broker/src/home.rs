@@ -68,27 +68,43 @@ fn ours(path: &Path, meta: &fs::Metadata) -> Result<(), HomeError> {
 pub fn prepare(paths: &Paths) -> Result<(), HomeError> {
     // Everything made from here on is ours only.
     pb_platform::os::set_umask(0o077);
+    walk(paths, true)
+}
+
+/// The same checks as [`prepare`], changing nothing (`pb doctor`): what is
+/// missing, or what `prepare` would tighten, passes; what it would refuse
+/// is the same error.
+pub fn check(paths: &Paths) -> Result<(), HomeError> {
+    walk(paths, false)
+}
+
+/// Every directory and file of the home; `write`: make and tighten them.
+fn walk(paths: &Paths, write: bool) -> Result<(), HomeError> {
     let mut dirs = vec![paths.runtime_dir.clone()];
     if paths.state_dir != paths.runtime_dir {
         dirs.push(paths.state_dir.clone());
     }
     for dir in &dirs {
-        private_dir(dir, paths.own)?;
+        private_dir(dir, paths.own, write)?;
     }
     let file = "regular file";
     for db in [paths.database(), paths.activity_database()] {
         for f in [wal_of(&db, "-wal"), wal_of(&db, "-shm"), db] {
-            private_file(&f, file, true)?;
+            private_file(&f, file, write)?;
         }
     }
-    private_file(&crate::fingerprint::path_of(&paths.database()), file, true)?;
-    private_file(&paths.lock_file(), file, true)?;
-    private_file(&paths.log_file(), file, true)?;
-    private_file(&paths.socket(), "socket", true)?;
+    private_file(&crate::fingerprint::path_of(&paths.database()), file, write)?;
+    private_file(&paths.lock_file(), file, write)?;
+    private_file(&paths.log_file(), file, write)?;
+    private_file(&paths.socket(), "socket", write)?;
     // A token file others could read is refused by its loader (the token
     // may have leaked), not quietly tightened here.
     let token = crate::token::path(&paths.state_dir);
     private_file(&token, file, false)?;
+    // The proxy's CA likewise (its loader refuses a key others can read).
+    for ca in [crate::localca::CA_KEY_FILE, crate::localca::CA_CERT_FILE] {
+        private_file(&paths.state_dir.join(ca), file, false)?;
+    }
     Ok(())
 }
 
@@ -98,9 +114,11 @@ fn wal_of(db: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Creates `dir` (0700) if it does not exist, or checks the one that does.
-fn private_dir(dir: &Path, own: bool) -> Result<(), HomeError> {
+/// Creates `dir` (0700) if it does not exist (with `write`), or checks the
+/// one that does.
+fn private_dir(dir: &Path, own: bool, write: bool) -> Result<(), HomeError> {
     match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !write => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return fs::DirBuilder::new()
                 .recursive(true)
@@ -124,7 +142,7 @@ fn private_dir(dir: &Path, own: bool) -> Result<(), HomeError> {
     let mode = meta.permissions().mode() & 0o7777;
     if own {
         // pb's own subdirectory: private, whatever it was.
-        if mode & 0o777 != 0o700 {
+        if write && mode & 0o777 != 0o700 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
         }
         return Ok(());

@@ -5,7 +5,6 @@
 //! while no broker holds it, under the broker's own instance lock).
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
 
 use anyhow::Result;
 use pb_proto::paths::Paths;
@@ -119,60 +118,28 @@ fn broker(status: Option<&StatusReply>) -> Check {
     }
 }
 
+/// The broker's home, by the broker's own rules (`home::check`: no
+/// directory others can write, no link, nothing of another user's), and
+/// whether the socket is there when a broker runs.
 fn socket(paths: &Paths, running: bool) -> Check {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let sock = paths.socket();
-    let dir = sock.parent().unwrap_or(Path::new("/"));
-    let me = pb_platform::os::effective_uid();
-    let meta = |p: &Path| std::fs::symlink_metadata(p).ok();
-    let Some(d) = meta(dir) else {
-        return check(
-            "socket",
-            "info",
-            format!("{} does not exist yet", dir.display()),
-        );
-    };
-    // The broker's own rule (home.rs): no directory others may write to.
-    if d.uid() != me || d.permissions().mode() & 0o022 != 0 {
-        return check(
-            "socket",
-            "fail",
-            format!(
-                "{} is mode {:o}, owner uid {}: others could replace the socket",
-                dir.display(),
-                d.permissions().mode() & 0o7777,
-                d.uid()
-            ),
-        )
-        .fix(format!(
-            "remove {} (the broker makes it 0700) or set PB_HOME",
-            dir.display()
-        ));
+    if let Err(e) = pb_broker::home::check(paths) {
+        return check("socket", "fail", e.to_string())
+            .fix("as the message says; the broker refuses this home until then");
     }
-    match meta(&sock) {
-        None if running => {
+    match (sock.exists(), running) {
+        (false, true) => {
             check("socket", "fail", format!("{} is gone", sock.display())).fix("pb restart")
         }
-        None => check(
+        (false, false) => check(
             "socket",
             "ok",
-            format!("{} (0700); no socket without a broker", dir.display()),
+            format!("{}: no socket without a broker", sock.display()),
         ),
-        Some(s) if s.permissions().mode() & 0o077 != 0 || s.uid() != me => check(
-            "socket",
-            "fail",
-            format!(
-                "{} is mode {:o}, owner uid {}",
-                sock.display(),
-                s.permissions().mode() & 0o7777,
-                s.uid()
-            ),
-        )
-        .fix("pb restart (the broker makes it 0600)"),
-        Some(_) => check(
+        (true, _) => check(
             "socket",
             "ok",
-            format!("{} (0600, in a 0700 directory)", sock.display()),
+            format!("{} (in a directory only you can write)", sock.display()),
         ),
     }
 }
@@ -214,15 +181,11 @@ fn store(paths: &Paths, running: bool) -> Check {
 }
 
 fn ipv6() -> Check {
-    let off = std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
-        .is_ok_and(|v| v.trim() == "1");
-    let fix = "sysctl -w net.ipv6.conf.lo.disable_ipv6=0 (pb holds every port on 127.0.0.1 and ::1; `localhost` reaches ::1 first in many clients)";
-    if off {
-        return check("ipv6", "fail", "IPv6 is off on loopback").fix(fix);
-    }
-    match std::net::TcpListener::bind("[::1]:0") {
-        Ok(_) => check("ipv6", "ok", "::1 is usable"),
-        Err(e) => check("ipv6", "fail", format!("cannot bind [::1]: {e}")).fix(fix),
+    match pb_platform::net::loopback_ipv6() {
+        Ok(()) => check("ipv6", "ok", "::1 is usable"),
+        Err(why) => check("ipv6", "fail", why).fix(
+            "sysctl -w net.ipv6.conf.lo.disable_ipv6=0 (pb holds every port on 127.0.0.1 and ::1; `localhost` reaches ::1 first in many clients)",
+        ),
     }
 }
 
@@ -247,10 +210,7 @@ fn localhost_names() -> Check {
 }
 
 fn privileged_ports() -> Check {
-    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok());
-    match start {
+    match pb_platform::net::unprivileged_port_start() {
         Some(n) if n <= 80 => check(
             "ports 80/443",
             "info",

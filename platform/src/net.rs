@@ -252,3 +252,21 @@ fn classify(addr: SocketAddr, e: nix::Error) -> BindError {
         }
     }
 }
+
+/// Whether this machine's loopback serves IPv6, which pb holds every port
+/// on: `Err` says why not (turned off on the interface, or `[::1]` cannot
+/// be bound).
+pub fn loopback_ipv6() -> Result<(), String> {
+    if crate::sys::loopback_ipv6_disabled() {
+        return Err("IPv6 is off on loopback".into());
+    }
+    std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+        .map(drop)
+        .map_err(|e| format!("cannot bind [::1]: {e}"))
+}
+
+/// The lowest port a process without privileges may bind
+/// (`net.ipv4.ip_unprivileged_port_start`), when the kernel says.
+pub fn unprivileged_port_start() -> Option<u32> {
+    crate::sys::unprivileged_port_start()
+}

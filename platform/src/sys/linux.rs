@@ -646,6 +646,19 @@ pub fn own_executable() -> std::io::Result<std::fs::File> {
     std::fs::File::open("/proc/self/exe")
 }
 
+/// Whether loopback's IPv6 is turned off (net.ipv6.conf.lo.disable_ipv6).
+pub fn loopback_ipv6_disabled() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+        .is_ok_and(|v| v.trim() == "1")
+}
+
+/// net.ipv4.ip_unprivileged_port_start, where it can be read.
+pub fn unprivileged_port_start() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;
