@@ -248,26 +248,17 @@ fn main() {
     let (pl_http, pl_tls) = (block.range.0, block.range.0 + 1);
     let state = tempfile::tempdir().unwrap();
     let (cert, key) = (state.path().join("cert.pem"), state.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-subj", "/CN=benchapp.localhost", "-days", "1"])
-        .args(["-addext", "subjectAltName=DNS:benchapp.localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    pb_tests::self_signed_cert(
+        "/CN=benchapp.localhost",
+        &cert,
+        &key,
+        &[
+            "-addext",
+            "subjectAltName=DNS:benchapp.localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
     let http_state = state.path().join("http");
     let tls_state = state.path().join("tls");
     let _pl_proxies = [

@@ -786,6 +786,34 @@ pub fn node_json(script: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("one JSON summary")
 }
 
+/// A self-signed ECDSA P-256 certificate for `subject` (`/CN=...`), valid
+/// a day, made by openssl into `cert` and `key`; `extra` adds options
+/// (`-addext ...`).
+pub fn self_signed_cert(subject: &str, cert: &Path, key: &Path, extra: &[&str]) {
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", subject])
+        .args(extra)
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 /// `program` run as this process's user, or (root only) as `user` (uid,
 /// gid), through setpriv, which execs it: the child is the program itself.
 pub fn command_as(user: Option<(u32, u32)>, program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -666,27 +666,11 @@ fn pb_trust_adds_the_ca_to_a_throwaway_system_store_and_nss_db_and_removes_it() 
     // bundle is only rewritten around what remains).
     let local = root.path().join("usr/local/share/ca-certificates");
     std::fs::create_dir_all(&local).unwrap();
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-subj", "/CN=another CA", "-days", "1"])
-        .arg("-keyout")
-        .arg(root.path().join("other.key"))
-        .arg("-out")
-        .arg(local.join("another.crt"))
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    self_signed_cert(
+        "/CN=another CA",
+        &local.join("another.crt"),
+        &root.path().join("other.key"),
+        &[],
     );
     let root_s = root.path().display().to_string();
     let nss_s = nss.path().display().to_string();
