@@ -1,9 +1,11 @@
-//! Starting and stopping the broker: private directories, the single-instance
-//! lock, the store, the socket, the expiry timer, the webhook delivery
-//! worker and signal handling.
+//! Starting and stopping the broker: the log, private directories, the
+//! single-instance lock, the store, the sockets (its own, or those socket
+//! activation passed), the expiry timer, the webhook delivery worker and
+//! signal handling.
 
 use pb_platform::os::{self, FileLock};
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use crate::tasks::reaper;
 use crate::transport::http;
 use crate::transport::ipc;
 use pb_platform::startup::Notifier;
+use pb_proto::StartedBy;
 
 /// The longest the expiry timer sleeps, so a lease claimed with an earlier
 /// expiry than any other is still ended within this much of its time.
@@ -49,17 +52,27 @@ pub struct AlreadyRunning(pub String);
 /// Runs the broker in the foreground until SIGTERM, SIGINT or a shutdown
 /// request.
 pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
+    crate::log::init(os::stderr_is_journal())?;
     // A panic anywhere may leave a change half-applied in memory: the
     // broker aborts at once instead of serving it, and its next start
     // reloads what was stored (every acknowledged change is; issue 14).
     std::panic::set_hook(Box::new(|info| {
-        eprintln!(
-            "pb: the broker panicked: {info}; aborting rather than serve a half-applied change (the next start reloads the store)"
+        tracing::error!(
+            "the broker panicked: {info}; aborting rather than serve a half-applied change (the next start reloads the store)"
         );
         std::process::abort();
     }));
     // Before any thread exists: it changes the environment.
-    let passed = pb_platform::activation::take_listen_fds();
+    let mut passed = Activated::sort(pb_platform::activation::take_listen_fds());
+    let started_by = if passed.any() {
+        StartedBy::SocketActivation
+    } else if std::env::var_os("INVOCATION_ID").is_some() {
+        StartedBy::ServiceManager
+    } else if ready.has_waiter() {
+        StartedBy::Client
+    } else {
+        StartedBy::Foreground
+    };
     crate::home::prepare(&cfg.paths)?;
     let _lock = take_lock(&cfg.paths.lock_file())?;
     let nofile = pb_platform::raise_open_file_limit().context("raising the open-file limit")?;
@@ -70,7 +83,9 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         + crate::transport::proxy::MAX_BACKENDS
         + 64;
     if (nofile as usize) < needed {
-        eprintln!("pb: warning: open-file limit {nofile} is below the {needed} the configured limits may need");
+        tracing::warn!(
+            "open-file limit {nofile} is below the {needed} the configured limits may need"
+        );
     }
     let tls = deliver::tls_config(cfg.webhooks.extra_ca.as_deref())
         .map_err(|e| anyhow::anyhow!("PB_WEBHOOK_CA: {e}"))?;
@@ -85,10 +100,12 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
     let mut core = Core::open(cfg, store)?;
     let (reaper_tx, reaper_rx) = tokio::sync::mpsc::channel(reaper::QUEUE);
     core.set_reaper(reaper_tx);
-    eprintln!(
-        "pb: broker {} up with {} leases",
+    core.set_started_by(started_by);
+    tracing::info!(
+        "broker {} up with {} leases, started by {}",
         std::process::id(),
-        core.lease_count()
+        core.lease_count(),
+        started_by.describe()
     );
     let core: SharedCore = Shared::new(core);
 
@@ -96,14 +113,31 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        // We hold the lock, so a socket file left here belongs to a broker
-        // that died; replace it. The umask keeps it private from birth.
-        let _ = fs::remove_file(&socket_path);
-        let listener = os::with_umask(0o177, || UnixListener::bind(&socket_path));
-        let listener = listener.with_context(|| format!("binding {}", socket_path.display()))?;
+        let (listener, socket_ours) = match passed.ipc_listener(&socket_path) {
+            // The service manager made the socket file and keeps it (and
+            // its listening socket) across our restarts.
+            Some(l) => (l, false),
+            None => {
+                // We hold the lock, so a socket file left here belongs to a
+                // broker that died; replace it. The umask keeps it private
+                // from birth.
+                let _ = fs::remove_file(&socket_path);
+                let l = os::with_umask(0o177, || UnixListener::bind(&socket_path));
+                (
+                    l.with_context(|| format!("binding {}", socket_path.display()))?,
+                    true,
+                )
+            }
+        };
 
-        start_http(&http_cfg, core.clone(), token).await;
-        start_proxy(&proxy_cfg, core.clone(), passed).await;
+        start_http(
+            &http_cfg,
+            core.clone(),
+            token,
+            std::mem::take(&mut passed.http),
+        )
+        .await;
+        start_proxy(&proxy_cfg, core.clone(), passed.proxy).await;
 
         let shutdown = Arc::new(Notify::new());
         let stop_accepting = Arc::new(Notify::new());
@@ -127,31 +161,112 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
             _ = int.recv() => {}
             _ = shutdown.notified() => {}
         }
+        ready.stopping();
         stop_accepting.notify_one();
         let _ = server.await;
         lock(&core).daemon_stopping();
-        let _ = fs::remove_file(&socket_path);
-        eprintln!("pb: broker {} stopped", std::process::id());
+        if socket_ours {
+            let _ = fs::remove_file(&socket_path);
+        }
+        tracing::info!("broker {} stopped", std::process::id());
         Ok(())
     })
+}
+
+/// The sockets socket activation passed, by the name each was given
+/// (`FileDescriptorName=` in the units `pb install` writes): `ipc` for the
+/// Unix socket, `http` for the HTTP API, `proxy-http` and `proxy-https`
+/// for the proxy. A socket with another name is closed, with a warning.
+#[derive(Default)]
+struct Activated {
+    ipc: Vec<OwnedFd>,
+    http: Vec<OwnedFd>,
+    proxy: Vec<(bool, OwnedFd)>,
+}
+
+impl Activated {
+    fn sort(passed: Vec<pb_platform::activation::Passed>) -> Activated {
+        let mut out = Activated::default();
+        for p in passed {
+            match p.name.as_str() {
+                "ipc" => out.ipc.push(p.fd),
+                "http" => out.http.push(p.fd),
+                "proxy-http" => out.proxy.push((false, p.fd)),
+                "proxy-https" => out.proxy.push((true, p.fd)),
+                other => tracing::warn!("ignoring a passed socket named {other:?}"),
+            }
+        }
+        out
+    }
+
+    fn any(&self) -> bool {
+        !(self.ipc.is_empty() && self.http.is_empty() && self.proxy.is_empty())
+    }
+
+    /// The passed Unix socket, if one was passed and it is bound where
+    /// every client looks for it (`path`); else the broker binds its own.
+    fn ipc_listener(&mut self, path: &Path) -> Option<UnixListener> {
+        if self.ipc.len() > 1 {
+            tracing::warn!(
+                "{} sockets named ipc were passed; using the first",
+                self.ipc.len()
+            );
+        }
+        let fd = self.ipc.drain(..).next()?;
+        let std = std::os::unix::net::UnixListener::from(fd);
+        let at = std
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+        if at.as_deref() != Some(path) {
+            tracing::warn!(
+                "the passed ipc socket is bound at {:?}, not {}, where clients look; binding that instead",
+                at,
+                path.display()
+            );
+            return None;
+        }
+        let listener = std
+            .set_nonblocking(true)
+            .and_then(|()| UnixListener::from_std(std));
+        match listener {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(
+                    "the passed ipc socket: {e}; binding {} instead",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
 }
 
 /// Starts the HTTP API on PB_HTTP_ADDR. A port that cannot be bound costs
 /// only the HTTP API, never the broker: the Unix socket serves regardless,
 /// and `status` says why HTTP is off and which process holds its port.
-async fn start_http(cfg: &Config, core: SharedCore, token: crate::token::Token) {
-    if cfg.http_addrs.is_empty() {
-        eprintln!("pb: HTTP API off (PB_HTTP_ADDR=off)");
+async fn start_http(
+    cfg: &Config,
+    core: SharedCore,
+    token: crate::token::Token,
+    passed: Vec<OwnedFd>,
+) {
+    let passed = passed_listeners("http", passed);
+    let listeners = if !passed.is_empty() {
+        passed
+    } else if cfg.http_addrs.is_empty() {
+        tracing::info!("HTTP API off (PB_HTTP_ADDR=off)");
         lock(&core).set_http_off("turned off (PB_HTTP_ADDR=off)".into());
         return;
-    }
-    let listeners = match http::bind(&cfg.http_addrs).await {
-        Ok(l) => l,
-        Err(e) => {
-            let why = unbound(e, &cfg.http_addrs).await;
-            eprintln!("pb: warning: {why}; running without the HTTP API");
-            lock(&core).set_http_off(why);
-            return;
+    } else {
+        match http::bind(&cfg.http_addrs).await {
+            Ok(l) => l,
+            Err(e) => {
+                let why = unbound(e, &cfg.http_addrs).await;
+                tracing::warn!("{why}; running without the HTTP API");
+                lock(&core).set_http_off(why);
+                return;
+            }
         }
     };
     let bound: Vec<std::net::SocketAddr> = listeners
@@ -177,7 +292,7 @@ async fn start_http(cfg: &Config, core: SharedCore, token: crate::token::Token) 
     let router = http::router(state.clone());
     for l in listeners {
         if let Ok(a) = l.local_addr() {
-            eprintln!("pb: HTTP API on http://{a}");
+            tracing::info!("HTTP API on http://{a}");
         }
         tokio::spawn(http::serve(l, state.clone(), router.clone()));
     }
@@ -206,34 +321,16 @@ async fn unbound(e: anyhow::Error, addrs: &[std::net::SocketAddr]) -> String {
 /// (`proxy-http`, `proxy-https`: ports 80 and 443 without root), else on
 /// PB_PROXY_ADDR. Like the HTTP API, a port that cannot be bound costs only
 /// the proxy, and `status` says why.
-async fn start_proxy(cfg: &Config, core: SharedCore, passed: Vec<pb_platform::activation::Passed>) {
-    let mut listeners = Vec::new();
-    let (mut http_port, mut https_port) = (None, None);
-    for p in passed {
-        let is_https = match p.name.as_str() {
-            "proxy-http" => false,
-            "proxy-https" => true,
-            other => {
-                eprintln!("pb: warning: ignoring a passed socket named {other:?}");
-                continue;
-            }
-        };
-        match passed_listener(p.fd) {
-            Ok((l, port)) => {
-                let slot = if is_https {
-                    &mut https_port
-                } else {
-                    &mut http_port
-                };
-                slot.get_or_insert(port);
-                listeners.push(l);
-            }
-            Err(e) => eprintln!("pb: warning: the passed socket {:?}: {e}", p.name),
-        }
-    }
+async fn start_proxy(cfg: &Config, core: SharedCore, passed: Vec<(bool, OwnedFd)>) {
+    let (https, http): (Vec<_>, Vec<_>) = passed.into_iter().partition(|(tls, _)| *tls);
+    let mut listeners = passed_listeners("proxy-http", http.into_iter().map(|p| p.1).collect());
+    let mut http_port = first_port(&listeners);
+    let passed_https = passed_listeners("proxy-https", https.into_iter().map(|p| p.1).collect());
+    let https_port = first_port(&passed_https);
+    listeners.extend(passed_https);
     if listeners.is_empty() {
         if cfg.proxy_addrs.is_empty() {
-            eprintln!("pb: proxy off (PB_PROXY_ADDR=off)");
+            tracing::info!("proxy off (PB_PROXY_ADDR=off)");
             lock(&core).set_proxy_off("turned off (PB_PROXY_ADDR=off)".into());
             return;
         }
@@ -244,7 +341,7 @@ async fn start_proxy(cfg: &Config, core: SharedCore, passed: Vec<pb_platform::ac
             }
             Err(e) => {
                 let why = unbound(e, &cfg.proxy_addrs).await;
-                eprintln!("pb: warning: {why}; running without the proxy");
+                tracing::warn!("{why}; running without the proxy");
                 lock(&core).set_proxy_off(why);
                 return;
             }
@@ -253,7 +350,7 @@ async fn start_proxy(cfg: &Config, core: SharedCore, passed: Vec<pb_platform::ac
     let ca = match crate::localca::LocalCa::load_or_create(&cfg.paths.state_dir) {
         Ok(ca) => ca,
         Err(e) => {
-            eprintln!("pb: warning: {e}; running without the proxy");
+            tracing::warn!("{e}; running without the proxy");
             lock(&core).set_proxy_off(e.to_string());
             return;
         }
@@ -262,7 +359,7 @@ async fn start_proxy(cfg: &Config, core: SharedCore, passed: Vec<pb_platform::ac
     let tls = match crate::transport::proxy::tls::acceptor(ca) {
         Ok(t) => Some(t),
         Err(e) => {
-            eprintln!("pb: warning: the proxy serves no HTTPS: {e}");
+            tracing::warn!("the proxy serves no HTTPS: {e}");
             None
         }
     };
@@ -278,21 +375,38 @@ async fn start_proxy(cfg: &Config, core: SharedCore, passed: Vec<pb_platform::ac
     let state = crate::transport::proxy::ProxyState::new(core, tls, cfg.proxy_timeout);
     for l in listeners {
         if let Ok(a) = l.local_addr() {
-            eprintln!("pb: proxy on {a} (http://NAME.localhost:{})", a.port());
+            tracing::info!("proxy on {a} (http://NAME.localhost:{})", a.port());
         }
         tokio::spawn(crate::transport::proxy::serve(l, state.clone()));
     }
 }
 
-/// A listening TCP socket passed by socket activation, on loopback only.
-fn passed_listener(fd: std::os::fd::OwnedFd) -> Result<(tokio::net::TcpListener, u16)> {
-    let std = std::net::TcpListener::from(fd);
-    let addr = std.local_addr().context("not a TCP socket")?;
-    if !addr.ip().is_loopback() {
-        anyhow::bail!("{addr} is not a loopback address; pb listens on loopback only");
-    }
-    std.set_nonblocking(true)?;
-    Ok((tokio::net::TcpListener::from_std(std)?, addr.port()))
+/// The listening TCP sockets passed by socket activation for `what`, on
+/// loopback only; any other is closed, with a warning.
+fn passed_listeners(what: &str, fds: Vec<OwnedFd>) -> Vec<tokio::net::TcpListener> {
+    let adopt = |fd: OwnedFd| -> Result<tokio::net::TcpListener> {
+        let std = std::net::TcpListener::from(fd);
+        let addr = std.local_addr().context("not a TCP socket")?;
+        if !addr.ip().is_loopback() {
+            anyhow::bail!("{addr} is not a loopback address; pb listens on loopback only");
+        }
+        std.set_nonblocking(true)?;
+        Ok(tokio::net::TcpListener::from_std(std)?)
+    };
+    fds.into_iter()
+        .filter_map(|fd| {
+            adopt(fd)
+                .map_err(|e| tracing::warn!("the passed socket {what:?}: {e:#}"))
+                .ok()
+        })
+        .collect()
+}
+
+fn first_port(listeners: &[tokio::net::TcpListener]) -> Option<u16> {
+    listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
 }
 
 async fn expiry_timer(core: SharedCore) {
@@ -305,7 +419,7 @@ async fn expiry_timer(core: SharedCore) {
         tokio::time::sleep(wait).await;
         let ended = lock(&core).expire_due(now_ms());
         for l in ended {
-            eprintln!("pb: lease {} on port {} expired", l.id, l.port);
+            tracing::info!("lease {} on port {} expired", l.id, l.port);
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod home;
 pub mod hostnames;
 pub mod ids;
 pub mod localca;
+pub mod log;
 pub mod logins;
 pub mod names;
 pub mod relay;

@@ -78,7 +78,7 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, mut stop: onesho
                 });
             }
             Err(e) => {
-                eprintln!("pb: relay to {target}: accept failed: {e}");
+                tracing::warn!("relay to {target}: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }

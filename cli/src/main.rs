@@ -17,6 +17,7 @@ mod connect;
 mod coord;
 mod doctor;
 mod exec;
+mod install;
 mod mcp;
 mod output;
 mod shim;
@@ -214,6 +215,12 @@ enum Command {
     /// its socket and store, IPv6 on loopback, *.localhost resolution, the
     /// unprivileged port start, the HTTP and proxy ports, the shim.
     Doctor,
+    /// Install pb as a login service: systemd user units with socket
+    /// activation on Linux (pb.socket, pb-http.socket, pb-proxy.socket,
+    /// pb.service), a launchd agent on macOS. --dry-run prints them.
+    Install(install::InstallCmd),
+    /// Remove exactly the files `pb install` wrote, stopping them first.
+    Uninstall(install::UninstallCmd),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell): `source <(pb completions bash)`.
     Completions { shell: clap_complete::Shell },
@@ -797,6 +804,8 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         }
         Command::Trust(t) => trust::run(&paths, t, fmt),
         Command::Doctor => doctor::run(&paths, fmt),
+        Command::Install(c) => install::install(&paths, c, fmt),
+        Command::Uninstall(c) => install::uninstall(c, fmt),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "pb", &mut std::io::stdout());
@@ -827,6 +836,9 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                         s.pid,
                         output::human_ms(s.uptime_ms)
                     );
+                    if let Some(how) = s.started_by {
+                        outln!("  started by:  {}", how.describe());
+                    }
                     outln!("  leases:      {}", s.leases);
                     outln!("  connections: {}", s.connections);
                     outln!("  range:       {}-{}", s.range.0, s.range.1);

@@ -9,6 +9,7 @@
 /// Descriptor passing lives in its own crate (pb-fdpass) for the shim's sake.
 pub use pb_fdpass as fdpass;
 pub mod activation;
+pub mod login_service;
 pub mod net;
 pub mod os;
 pub mod process;

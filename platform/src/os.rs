@@ -1,11 +1,11 @@
 //! Small questions and settings of the process itself: who it runs as, its
-//! umask, an exclusive lock on a file, a socket's write side, and random
+//! umask, whether stderr is the journal, an exclusive lock on a file, a socket's write side, and random
 //! bytes. Here so that the broker and the CLI make none of these calls
 //! themselves.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 /// The user this process acts as.
 pub fn effective_uid() -> u32 {
@@ -25,6 +25,26 @@ pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     let out = f();
     set_umask(old);
     out
+}
+
+/// Whether stderr is the journal's stream: systemd names it in
+/// JOURNAL_STREAM as `device:inode` (systemd.exec(5)), and a process whose
+/// stderr was since redirected elsewhere must not believe it.
+pub fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let v = v.to_string_lossy();
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // st_dev and st_ino are not u64 on every platform.
+    #[allow(clippy::unnecessary_cast)]
+    nix::sys::stat::fstat(std::io::stderr().as_fd().as_raw_fd())
+        .is_ok_and(|st| st.st_dev as u64 == dev && st.st_ino as u64 == ino)
 }
 
 /// An exclusive lock on a file, held until this value is dropped (or the

@@ -132,9 +132,17 @@ impl Notifier {
         Notifier(Mutex::new(file))
     }
 
-    /// The daemon serves.
+    /// Whether a starter waits to hear (the daemon was started by a
+    /// client, not by hand or by a service manager).
+    pub fn has_waiter(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The daemon serves. A service manager that asked to hear it
+    /// (systemd's `Type=notify`: NOTIFY_SOCKET) hears it too.
     pub fn ready(&self) {
         self.say(b"ok\n");
+        notify_service_manager("READY=1");
     }
 
     /// Another daemon is starting or running for the same home.
@@ -149,10 +157,40 @@ impl Notifier {
         self.say(&text);
     }
 
+    /// The daemon stops: a service manager that waits to hear learns it.
+    pub fn stopping(&self) {
+        notify_service_manager("STOPPING=1");
+    }
+
     fn say(&self, what: &[u8]) {
         let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut f) = taken {
             let _ = f.write_all(what);
         }
+    }
+}
+
+/// Tells the service manager `state` (sd_notify(3)): one datagram to the
+/// socket NOTIFY_SOCKET names, a leading `@` meaning the abstract
+/// namespace. Unset, or unreachable, it says nothing: a broker not started
+/// by systemd has no one to tell, and a lost word must not stop it.
+fn notify_service_manager(state: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let addr = {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name)
+            }
+            None => SocketAddr::from_pathname(std::path::Path::new(&path)),
+        }
+    };
+    if let (Ok(sock), Ok(addr)) = (UnixDatagram::unbound(), addr) {
+        let _ = sock.send_to_addr(state.as_bytes(), &addr);
     }
 }

@@ -560,6 +560,37 @@ pub struct StatusReply {
     /// Why the proxy is not running, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_off: Option<String>,
+    /// How the broker was started (absent from brokers before it was
+    /// reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartedBy>,
+}
+
+/// How a broker was started, for `status`: whether anything supervises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartedBy {
+    /// systemd, on a connection to the sockets it holds (`pb install`).
+    SocketActivation,
+    /// systemd (or another service manager that sets INVOCATION_ID),
+    /// without sockets of its own.
+    ServiceManager,
+    /// A client, on first use (it starts itself in the background).
+    Client,
+    /// `pb daemon` run by hand, in the foreground.
+    Foreground,
+}
+
+impl StartedBy {
+    /// Words for `pb status`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StartedBy::SocketActivation => "systemd, socket-activated (pb install)",
+            StartedBy::ServiceManager => "a service manager",
+            StartedBy::Client => "a client, on first use",
+            StartedBy::Foreground => "pb daemon, in the foreground",
+        }
+    }
 }
 
 /// Where the proxy listens.

@@ -70,8 +70,8 @@ impl ActivityLog {
             Err(TrySendError::Full(Job::Append(b)))
             | Err(TrySendError::Disconnected(Job::Append(b))) => {
                 self.dropped += b.len() as u64;
-                eprintln!(
-                    "pb: the activity log cannot keep up; {} entries dropped so far",
+                tracing::warn!(
+                    "the activity log cannot keep up; {} entries dropped so far",
                     self.dropped
                 );
             }
@@ -118,13 +118,13 @@ fn writer(mut db: ActivityDb, rx: Receiver<Job>) {
             }
         }
         if let Err(e) = db.append_activity(&rows) {
-            eprintln!("pb: cannot write the activity log: {e}");
+            tracing::error!("cannot write the activity log: {e}");
         }
         for (keep, before_ms) in trims {
             match db.trim_activity(keep, before_ms) {
                 Ok(0) => {}
-                Ok(n) => eprintln!("pb: activity log retention removed {n} entries"),
-                Err(e) => eprintln!("pb: cannot trim the activity log: {e}"),
+                Ok(n) => tracing::info!("activity log retention removed {n} entries"),
+                Err(e) => tracing::error!("cannot trim the activity log: {e}"),
             }
         }
         for j in done {

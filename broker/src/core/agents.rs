@@ -309,7 +309,7 @@ impl Core {
             return;
         }
         if let Err(e) = self.store.delete_agent(id) {
-            eprintln!("pb: cannot forget agent {id}: {e}");
+            tracing::error!("cannot forget agent {id}: {e}");
         }
         self.sessions_agent_gone(id);
         let why = format!("agent_{reason}");
@@ -318,10 +318,7 @@ impl Core {
         let services = match self.end_leases(&ids) {
             Ok(ended) => ended,
             Err(e) => {
-                eprintln!(
-                    "pb: cannot release the services of agent {id}: {}",
-                    e.message
-                );
+                tracing::error!("cannot release the services of agent {id}: {}", e.message);
                 Vec::new()
             }
         };
@@ -334,8 +331,8 @@ impl Core {
             );
         }
         let services: Vec<String> = services.into_iter().map(|l| l.id).collect();
-        eprintln!(
-            "pb: agent {id} is gone ({reason}); released services {services:?} and locks {locks:?}"
+        tracing::info!(
+            "agent {id} is gone ({reason}); released services {services:?} and locks {locks:?}"
         );
         self.emit(
             kind,

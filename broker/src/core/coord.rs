@@ -68,7 +68,7 @@ impl Core {
             }
             self.expire_sessions(now);
             if let Err(e) = self.store.trim_locks(KEEP_FREE_LOCK_ROWS) {
-                eprintln!("pb: cannot trim lock rows: {e}");
+                tracing::error!("cannot trim lock rows: {e}");
             }
         }
         self.bus.flush();

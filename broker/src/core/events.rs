@@ -211,7 +211,7 @@ impl EventBus {
             let ceiling = self.next_id + ID_BLOCK;
             match store.set_event_id_ceiling(ceiling) {
                 Ok(()) => self.ceiling = ceiling,
-                Err(e) => eprintln!("pb: cannot reserve event ids: {e}"),
+                Err(e) => tracing::error!("cannot reserve event ids: {e}"),
             }
         }
         let id = self.next_id;

@@ -632,7 +632,7 @@ impl Core {
         if let Err(e) = self.store.free_lock(name) {
             // Memory and disk now disagree until the next holding rewrites
             // the row; a restart would bring back a holding that ended.
-            eprintln!("pb: cannot record the release of lock {name}: {e}");
+            tracing::error!("cannot record the release of lock {name}: {e}");
         }
         self.locks.held -= 1;
         self.emit(

@@ -324,6 +324,8 @@ pub struct Core {
     /// The HTTP API's base URL once it listens (for login URLs).
     http_base: Option<String>,
     http_off: Option<String>,
+    /// How the daemon was started, once it says.
+    started_by: Option<pb_proto::StartedBy>,
     logins: Logins,
     pub(crate) webhooks: crate::core::webhooks::Webhooks,
     /// What the machine said for the request being applied
@@ -359,6 +361,7 @@ impl Core {
             work: Default::default(),
             http_base: None,
             http_off: None,
+            started_by: None,
             logins: Logins::default(),
             webhooks: Default::default(),
             facts: Facts::direct(),
@@ -389,9 +392,10 @@ impl Core {
             let sockets = match bind_wanted(record.port, false, &mut core.pool, &mut core.facts) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    eprintln!(
-                        "pb: lease {} keeps port {} but cannot hold it: {e}",
-                        record.id, record.port
+                    tracing::error!(
+                        "lease {} keeps port {} but cannot hold it: {e}",
+                        record.id,
+                        record.port
                     );
                     None
                 }
@@ -435,6 +439,11 @@ impl Core {
     /// The proxy listens: every named lease has a URL from now on.
     pub fn set_proxy(&mut self, proxy: pb_proto::ProxyStatus) {
         self.proxy = Some(proxy);
+    }
+
+    /// How the broker was started, for `status`.
+    pub fn set_started_by(&mut self, how: pb_proto::StartedBy) {
+        self.started_by = Some(how);
     }
 
     /// Why the proxy is not running, for `status`.
@@ -583,7 +592,7 @@ impl Core {
         }) {
             // No reaper to ask: end them here, as before it existed.
             if let Err(e) = self.end_leases(&ids) {
-                eprintln!("pb: cannot end session leases: {}", e.message);
+                tracing::error!("cannot end session leases: {}", e.message);
             }
         }
     }
@@ -706,7 +715,7 @@ impl Core {
         }
         let grace_ms = self.cfg.reload_grace.as_millis() as u64;
         if let Err(e) = self.store.set_owner(id, None, None) {
-            eprintln!("pb: cannot record that {id} lost its owner: {e}");
+            tracing::error!("cannot record that {id} lost its owner: {e}");
             return;
         }
         let lease = self.leases.get_mut(id).expect("checked by the caller");
@@ -716,8 +725,8 @@ impl Core {
         lease.owner_command = None;
         lease.orphaned_ms = Some(now_ms());
         let port = lease.record.port;
-        eprintln!(
-            "pb: {id}: its app {} stopped listening; port {port} stays reserved {grace_ms} ms for its next run",
+        tracing::info!(
+            "{id}: its app {} stopped listening; port {port} stays reserved {grace_ms} ms for its next run",
             was.map_or("(none)".to_string(), |p| format!("pid {}", p.pid)),
         );
         self.emit(
@@ -752,7 +761,7 @@ impl Core {
         };
         let lease = self.leases.get_mut(id).expect("checked above");
         lease.sockets = Some(Arc::new(sockets));
-        eprintln!("pb: lease {id}: port {port} is free again; the broker holds it");
+        tracing::info!("lease {id}: port {port} is free again; the broker holds it");
         self.emit(
             EventKind::ServiceHeld,
             id,
@@ -778,7 +787,7 @@ impl Core {
     fn reclaim(&mut self, id: &str, owner: Option<ProcessId>, reason: &str, why: &str) {
         match self.end_leases(&[id.to_string()]) {
             Ok(ended) => {
-                eprintln!("pb: reclaimed {id}: {why}");
+                tracing::info!("reclaimed {id}: {why}");
                 self.emit(
                     EventKind::ServiceReclaim,
                     id,
@@ -790,7 +799,7 @@ impl Core {
                     }),
                 );
             }
-            Err(e) => eprintln!("pb: cannot reclaim {id}: {}", e.message),
+            Err(e) => tracing::error!("cannot reclaim {id}: {}", e.message),
         }
     }
 
@@ -813,7 +822,7 @@ impl Core {
     fn set_owner(&mut self, id: &str, facts: ProcessFacts, adopted: bool, how: &str) {
         let p = facts.id;
         if let Err(e) = self.store.set_owner(id, Some(p.pid), Some(p.start_time)) {
-            eprintln!("pb: cannot record the new owner of {id}: {e}");
+            tracing::error!("cannot record the new owner of {id}: {e}");
             return;
         }
         let lease = self.leases.get_mut(id).expect("checked by the callers");
@@ -822,8 +831,8 @@ impl Core {
         lease.record.owner_start = Some(p.start_time);
         lease.adopted = adopted;
         lease.owner_command = facts.command;
-        eprintln!(
-            "pb: {id} {how} pid {} ({})",
+        tracing::info!(
+            "{id} {how} pid {} ({})",
             p.pid,
             lease.owner_command.as_deref().unwrap_or("?")
         );
@@ -969,6 +978,7 @@ impl Core {
             http_off: self.http_off.clone(),
             proxy: self.proxy.clone(),
             proxy_off: self.proxy_off.clone(),
+            started_by: self.started_by,
         }
     }
 
@@ -1393,7 +1403,7 @@ impl Core {
                     }
                 }
             }
-            Err(e) => eprintln!("pb: cannot trim sticky ports: {e}"),
+            Err(e) => tracing::error!("cannot trim sticky ports: {e}"),
         }
     }
 
@@ -1573,12 +1583,12 @@ impl Core {
                 }
             }
             Err(e) => {
-                eprintln!("pb: cannot take back {id}: {}", e.message);
+                tracing::error!("cannot take back {id}: {}", e.message);
                 return;
             }
         }
         if let Err(e) = self.store.restore_sticky(&id, sticky_before) {
-            eprintln!("pb: cannot restore the sticky port of {id}: {e}");
+            tracing::error!("cannot restore the sticky port of {id}: {e}");
             return;
         }
         if let Some(p) = self.sticky.remove(&id) {
@@ -1615,7 +1625,7 @@ impl Core {
             .map(|l| l.record.id.clone())
             .collect();
         let ended = self.end_leases(&due).unwrap_or_else(|e| {
-            eprintln!("pb: cannot expire leases: {}", e.message);
+            tracing::error!("cannot expire leases: {}", e.message);
             Vec::new()
         });
         for l in &ended {

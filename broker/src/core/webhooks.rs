@@ -284,7 +284,7 @@ impl Core {
         let counts: BTreeMap<String, u64> = self.store.pending_counts()?.into_iter().collect();
         for rec in self.store.load_webhooks()? {
             let Ok(target) = ssrf::parse_url(&rec.url) else {
-                eprintln!("pb: webhook {} has an unusable URL; skipped", rec.id);
+                tracing::warn!("webhook {} has an unusable URL; skipped", rec.id);
                 continue;
             };
             let kinds = check_events(&rec.events).map(|(_, k)| k).unwrap_or(None);
@@ -481,17 +481,16 @@ impl Core {
                 continue;
             }
             if hook.queued >= max_queue {
-                eprintln!(
-                    "pb: webhook {} has {} deliveries waiting; event {} dropped for it",
-                    hook.rec.id, hook.queued, ev.id
+                tracing::warn!(
+                    "webhook {} has {} deliveries waiting; event {} dropped for it",
+                    hook.rec.id,
+                    hook.queued,
+                    ev.id
                 );
                 continue;
             }
             let Ok(id) = uuid() else {
-                eprintln!(
-                    "pb: no randomness for a delivery id; event {} dropped",
-                    ev.id
-                );
+                tracing::warn!("no randomness for a delivery id; event {} dropped", ev.id);
                 continue;
             };
             let body = body
@@ -532,7 +531,7 @@ impl Core {
                 self.webhooks.unwritten.clear();
                 self.webhooks.notify.notify_one();
             }
-            Err(e) => eprintln!("pb: cannot queue webhook deliveries: {e}"),
+            Err(e) => tracing::error!("cannot queue webhook deliveries: {e}"),
         }
     }
 
@@ -552,7 +551,7 @@ impl Core {
                 Ok(Some(d)) => d,
                 Ok(None) => continue,
                 Err(e) => {
-                    eprintln!("pb: cannot read the webhook queue: {e}");
+                    tracing::error!("cannot read the webhook queue: {e}");
                     continue;
                 }
             };
@@ -615,9 +614,9 @@ impl Core {
                     d.id
                 ));
                 if let Err(e) = self.store.put_webhook(&hook.rec) {
-                    eprintln!("pb: cannot disable webhook {hook_id}: {e}");
+                    tracing::error!("cannot disable webhook {hook_id}: {e}");
                 }
-                eprintln!("pb: webhook {hook_id} disabled: its receiver answered 410 Gone");
+                tracing::info!("webhook {hook_id} disabled: its receiver answered 410 Gone");
                 Some("failed")
             }
             AttemptResult::Refused(_) => Some("failed"),
@@ -640,14 +639,14 @@ impl Core {
             }
         }
         if let Err(e) = self.store.update_delivery(&d) {
-            eprintln!("pb: cannot record delivery {}: {e}", d.id);
+            tracing::error!("cannot record delivery {}: {e}", d.id);
         }
         if finished.is_some() {
             hook.untrimmed += 1;
             if hook.untrimmed >= TRIM_EVERY {
                 hook.untrimmed = 0;
                 if let Err(e) = self.store.trim_deliveries(&hook_id, c.log_retain) {
-                    eprintln!("pb: cannot trim the delivery log of {hook_id}: {e}");
+                    tracing::error!("cannot trim the delivery log of {hook_id}: {e}");
                 }
             }
         }

@@ -829,7 +829,7 @@ impl Core {
         rec.state = "abandoned".into();
         rec.abandoned_ms = Some(now_ms());
         if let Err(e) = self.commit_session(rec, None, FilesChange::Keep) {
-            eprintln!("pb: cannot mark session {id} abandoned: {}", e.message);
+            tracing::error!("cannot mark session {id} abandoned: {}", e.message);
             return;
         }
         let files: Vec<String> = self.work.map[id].files.keys().cloned().collect();
@@ -889,7 +889,7 @@ impl Core {
             rec.state = "ended".into();
             rec.ended_ms = Some(now);
             if let Err(e) = self.commit_session(rec, None, FilesChange::RemoveAll) {
-                eprintln!("pb: cannot end abandoned session {id}: {}", e.message);
+                tracing::error!("cannot end abandoned session {id}: {}", e.message);
                 continue;
             }
             let released: Vec<String> =
@@ -924,7 +924,7 @@ impl Core {
             .map(|(_, _, id)| id.clone())
             .collect();
         if let Err(e) = self.store.delete_sessions(&drop) {
-            eprintln!("pb: cannot forget ended sessions: {e}");
+            tracing::error!("cannot forget ended sessions: {e}");
             return;
         }
         for id in drop {

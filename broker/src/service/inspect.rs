@@ -96,7 +96,7 @@ impl ListenerFeed {
         loop {
             match all_listeners(&core).await {
                 Ok(listeners) => self.publish(listeners),
-                Err(e) => eprintln!("pb: reading the listeners for followers: {}", e.message),
+                Err(e) => tracing::warn!("reading the listeners for followers: {}", e.message),
             }
             tokio::time::sleep(MIN_GAP).await;
             let next_scan = tokio::time::sleep(interval.saturating_sub(MIN_GAP));

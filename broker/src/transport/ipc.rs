@@ -44,7 +44,7 @@ pub async fn serve(
             }
             Err(e) => {
                 // Out of descriptors, most likely: back off instead of spinning.
-                eprintln!("pb: accept failed: {e}");
+                tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -231,7 +231,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, router: Router)
             }
             Err(e) => {
                 // Out of descriptors, most likely: back off instead of spinning.
-                eprintln!("pb: HTTP accept failed: {e}");
+                tracing::warn!("HTTP accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

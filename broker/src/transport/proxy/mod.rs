@@ -81,7 +81,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
                 tokio::spawn(connection(stream, peer, state.clone()));
             }
             Err(e) => {
-                eprintln!("pb: proxy accept failed: {e}");
+                tracing::warn!("proxy accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -45,7 +45,7 @@ impl ResolvesServerCert for Leaves {
         let leaf = match self.ca.leaf(&host) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("pb: proxy: no certificate for {host}: {e}");
+                tracing::info!("proxy: no certificate for {host}: {e}");
                 return None;
             }
         };
