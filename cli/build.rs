@@ -84,7 +84,11 @@ fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {
         .arg("--target-dir")
         .arg(target_dir)
         .args(["--config", "profile.release.debug=0"])
-        .args(["--config", "profile.release.strip=true"]);
+        .args(["--config", "profile.release.strip=true"])
+        // The shim catches its own panics so that one never takes the app
+        // down with it (preload-shim/src/lib.rs): it unwinds, whatever
+        // pb's own profile says.
+        .args(["--config", "profile.release.panic=\"unwind\""]);
     // The outer build's settings for this package (clippy's wrapper, its
     // flags, the target dir) must not leak into the nested one.
     for var in [

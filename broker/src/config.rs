@@ -274,6 +274,54 @@ fn env_duration_ms(name: &str, default: u64, min_ms: u64, max_ms: u64) -> Result
     }
 }
 
+/// Every variable the broker's settings are read from (here, in
+/// `home`'s paths and in `log`), so that `pb install` can carry the ones
+/// set at install into the service it writes, and nothing else of the
+/// caller's environment (a client's PB_LOCK_TOKEN, say). Test seams
+/// (PB_TEST_*) are left out on purpose.
+pub const SETTINGS: &[&str] = &[
+    "PB_HOME",
+    "XDG_STATE_HOME",
+    "PB_LOG",
+    "PB_RANGE",
+    "PB_RESERVED",
+    "PB_MAX_LEASES",
+    "PB_MAX_CONNECTIONS",
+    "PB_MAX_STICKY",
+    "PB_SCAN_INTERVAL",
+    "PB_RELOAD_GRACE",
+    "PB_HTTP_ADDR",
+    "PB_HTTP_MAX_CONNECTIONS",
+    "PB_HTTP_MAX_CONNECTIONS_PER_CLIENT",
+    "PB_HTTP_RATE",
+    "PB_PROXY_ADDR",
+    "PB_PROXY_TIMEOUT",
+    "PB_MCP_TOOLS",
+    "PB_LOCK_TTL",
+    "PB_MAX_LOCKS",
+    "PB_MAX_MESSAGE",
+    "PB_MSG_RETAIN",
+    "PB_MSG_MAX_AGE",
+    "PB_MAX_CHANNELS",
+    "PB_MAX_SUBSCRIBERS",
+    "PB_SUB_QUEUE",
+    "PB_AGENT_STALE",
+    "PB_MAX_AGENTS",
+    "PB_ACTIVITY_RETAIN",
+    "PB_ACTIVITY_MAX_AGE",
+    "PB_MAX_WEBHOOKS",
+    "PB_WEBHOOK_MAX_ATTEMPTS",
+    "PB_WEBHOOK_MAX_DELAY",
+    "PB_WEBHOOK_CONCURRENCY",
+    "PB_WEBHOOK_QUEUE",
+    "PB_WEBHOOK_ALLOW_PRIVATE",
+    "PB_WEBHOOK_ALLOW_LOOPBACK",
+    "PB_WEBHOOK_CA",
+    "PORT_DADDY_PORT",
+    "PORT_DADDY_RANGE_START",
+    "PORT_DADDY_RANGE_END",
+];
+
 /// The HTTP API's default addresses: loopback, both families, port 9876.
 pub const DEFAULT_HTTP_PORT: u16 = 9876;
 /// Largest HTTP request body; bigger ones get 413 before they are read.
@@ -522,6 +570,29 @@ fn env_duration(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_name_every_variable_this_file_reads() {
+        // Each quoted PB_/PORT_DADDY_ name in this file (test seams
+        // aside) is one `pb install` must carry.
+        let src = include_str!("config.rs");
+        let src = &src[..src.find("#[cfg(test)]").unwrap()];
+        for prefix in ["\"PB_", "\"PORT_DADDY_"] {
+            for (i, _) in src.match_indices(prefix) {
+                let name: String = src[i + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                if !name.starts_with("PB_TEST_") {
+                    assert!(
+                        SETTINGS.contains(&name.as_str()),
+                        "{name} is read but not in SETTINGS"
+                    );
+                }
+            }
+        }
+        assert!(SETTINGS.contains(&crate::log::ENV));
+    }
 
     #[test]
     fn http_addrs() {

@@ -69,6 +69,10 @@ pub struct LeaseRecord {
     pub agent: Option<String>,
     /// The proxy's extra names for it (full hosts, `docs.localhost`).
     pub aliases: Vec<String>,
+    /// The number is reserved, and the broker holds no socket on it, so
+    /// that its owner can bind it without SO_REUSEADDR (a portserver
+    /// client's lease).
+    pub number_only: bool,
 }
 
 /// A lock row: its last token, and the holding when `held`.
@@ -254,6 +258,9 @@ const MIGRATIONS: &[&str] = &[
     // 5: the proxy's extra names of a lease (a JSON array of hosts), kept
     // with the row so that a restart routes them again.
     "ALTER TABLE services ADD COLUMN names TEXT;",
+    // 6: a lease whose number alone is reserved (portpicker's portserver):
+    // a restart must not bind a placeholder its owner's bind would hit.
+    "ALTER TABLE services ADD COLUMN number_only INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A webhook as stored (the secret too: it signs every delivery).
@@ -412,7 +419,7 @@ impl Store {
 
     pub fn load_leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata, agent, names
+            "SELECT id, port, uid, owner_pid, owner_start, created_ms, expires_ms, ttl_ms, metadata, agent, names, number_only
              FROM services WHERE active = 1",
         )?;
         let rows = st.query_map([], |r| {
@@ -432,6 +439,7 @@ impl Store {
                     .get::<_, Option<String>>(10)?
                     .and_then(|n| serde_json::from_str(&n).ok())
                     .unwrap_or_default(),
+                number_only: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -455,14 +463,15 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO services (id, port, active, uid, owner_pid, owner_start, created_ms,
-                                       expires_ms, ttl_ms, metadata, port_since_ms, agent, names)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?6, ?10, ?11)
+                                       expires_ms, ttl_ms, metadata, port_since_ms, agent, names,
+                                       number_only)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?6, ?10, ?11, ?12)
                  ON CONFLICT(id) DO UPDATE SET
                     port = excluded.port, active = 1, uid = excluded.uid,
                     owner_pid = excluded.owner_pid, owner_start = excluded.owner_start,
                     created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
                     ttl_ms = excluded.ttl_ms, metadata = excluded.metadata, agent = excluded.agent,
-                    names = excluded.names,
+                    names = excluded.names, number_only = excluded.number_only,
                     port_since_ms = CASE WHEN services.port = excluded.port
                                          THEN services.port_since_ms ELSE excluded.port_since_ms END",
             )?
@@ -478,6 +487,7 @@ impl Store {
                 l.metadata.as_ref().map(|m| m.to_string()),
                 l.agent,
                 (!l.aliases.is_empty()).then(|| serde_json::json!(l.aliases).to_string()),
+                l.number_only,
             ])?;
         self.live = next;
         Ok(())
@@ -1238,6 +1248,7 @@ mod tests {
             metadata: Some(serde_json::json!({"k": "v"})),
             agent: None,
             aliases: vec![format!("{id}-docs.localhost")],
+            number_only: port % 2 == 1,
         }
     }
 

@@ -89,8 +89,8 @@ struct UnitFile {
 /// What the broker needs to be started the way a client would start it.
 struct Spec {
     exe: PathBuf,
-    /// The settings in force at install: every PB_* and PORT_DADDY_*
-    /// variable, so the installed broker is the one the user configured.
+    /// The broker's settings in force at install (`Config::SETTINGS`), so
+    /// that the installed broker is the one the user configured.
     env: Vec<(String, String)>,
     socket: PathBuf,
     http: Vec<SocketAddr>,
@@ -102,13 +102,10 @@ impl Spec {
     fn from_env(paths: &Paths) -> Result<Spec> {
         let cfg = pb_broker::Config::from_env().map_err(anyhow::Error::from)?;
         let exe = std::env::current_exe().context("locating the pb binary")?;
-        let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| {
-                (k.starts_with("PB_") || k.starts_with("PORT_DADDY_"))
-                    && k != pb_platform::startup::ENV
-            })
+        let env: Vec<(String, String)> = pb_broker::config::SETTINGS
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
             .collect();
-        env.sort();
         if let Some((k, _)) = env.iter().find(|(_, v)| v.contains(['\n', '\r'])) {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,

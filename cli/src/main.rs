@@ -20,6 +20,7 @@ mod exec;
 mod install;
 mod mcp;
 mod output;
+mod portserver;
 mod shim;
 mod trust;
 mod up;
@@ -221,6 +222,9 @@ enum Command {
     Install(install::InstallCmd),
     /// Remove exactly the files `pb install` wrote, stopping them first.
     Uninstall(install::UninstallCmd),
+    /// Serve portpicker's portserver protocol (PORTSERVER_ADDRESS): each
+    /// request's pid gets a port of its own, free again when it exits.
+    Portserver(portserver::PortserverCmd),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell): `source <(pb completions bash)`.
     Completions { shell: clap_complete::Shell },
@@ -806,6 +810,7 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         Command::Doctor => doctor::run(&paths, fmt),
         Command::Install(c) => install::install(&paths, c, fmt),
         Command::Uninstall(c) => install::uninstall(c, fmt),
+        Command::Portserver(c) => portserver::run(&paths, c, fmt),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "pb", &mut std::io::stdout());

@@ -400,6 +400,12 @@ pub struct ClaimArgs {
     /// it by then, so that a claim nobody used is not reserved forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimant: Option<u32>,
+    /// Reserve the number only: the broker checks that the port is free in
+    /// both families, then holds no socket on it, so that its owner can
+    /// bind it without SO_REUSEADDR (portpicker's portserver). Needs an
+    /// owner; excludes `fds`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub number_only: bool,
     /// Extra names the proxy routes to this lease, beside the one derived
     /// from its id (`docs` or `docs.myapp.localhost`; at most 8).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -155,6 +155,21 @@ fn the_dry_run_units_pass_systemd_analyze_verify() {
         s.home.path().display()
     )));
 
+    // The broker's settings are carried; a client's context is not.
+    let (_, v) = s.json(
+        &["-j", "install", "--dry-run"],
+        &[
+            ("PB_LOG", "debug"),
+            ("PB_LOCK_TOKEN", "secret"),
+            ("PB_PROJECT", "x"),
+        ],
+    );
+    let service = v["files"][0]["text"].as_str().unwrap();
+    assert!(service.contains("Environment=PB_LOG=debug\n"), "{service}");
+    for absent in ["PB_LOCK_TOKEN", "PB_PROJECT", "PB_NO_AUTOSTART"] {
+        assert!(!service.contains(absent), "{absent}: {service}");
+    }
+
     // systemd's own parser, offline: the units as written load cleanly.
     let dir = tempfile::tempdir().unwrap();
     let runtime = dir.path().join("run");

@@ -37,8 +37,11 @@ pub struct LeaseView {
     /// Whose exit ends the lease while no app has adopted it.
     pub claimant: Option<ProcessId>,
     /// The broker holds sockets on the port (false only for a lease reloaded
-    /// after a restart whose port someone else held).
+    /// after a restart whose port someone else held, and for a number-only
+    /// reservation).
     pub held: bool,
+    /// Only the number is reserved: the broker never holds the port.
+    pub number_only: bool,
 }
 
 /// Where the proxy sends a request for one of a lease's names, copied out

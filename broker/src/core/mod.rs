@@ -259,6 +259,7 @@ impl Lease {
             orphaned_ms: self.orphaned_ms,
             claimant: self.claimant,
             held: self.sockets.is_some(),
+            number_only: self.record.number_only,
         }
     }
 
@@ -388,17 +389,21 @@ impl Core {
                 continue;
             }
             // Rebind as a placeholder: a client may still hold the
-            // listener we handed it, in which case it holds the port.
-            let sockets = match bind_wanted(record.port, false, &mut core.pool, &mut core.facts) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(
-                        "lease {} keeps port {} but cannot hold it: {e}",
-                        record.id,
-                        record.port
-                    );
-                    None
-                }
+            // listener we handed it, in which case it holds the port. A
+            // number-only reservation stays unbound: its owner binds it.
+            let sockets = match record.number_only {
+                true => None,
+                false => match bind_wanted(record.port, false, &mut core.pool, &mut core.facts) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::error!(
+                            "lease {} keeps port {} but cannot hold it: {e}",
+                            record.id,
+                            record.port
+                        );
+                        None
+                    }
+                },
             };
             core.by_port.insert(record.port, record.id.clone());
             // Asked on the spot: nothing else runs while the core opens.
@@ -750,7 +755,8 @@ impl Core {
         let Some(lease) = self.leases.get(id) else {
             return;
         };
-        if lease.sockets.is_some() {
+        // A number-only reservation is its owner's to bind.
+        if lease.sockets.is_some() || lease.record.number_only {
             return;
         }
         let port = lease.record.port;
@@ -1157,6 +1163,18 @@ impl Core {
             Some(pid) if owner.is_none() => self.resolve_owner(caller, Owner::Pid(pid))?,
             _ => None,
         };
+        if a.number_only && a.fds {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "a \"number_only\" claim holds no socket to hand over, so it cannot take \"fds\"",
+            ));
+        }
+        if a.number_only && owner.is_none() {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "a \"number_only\" claim needs an owner (\"owner\": {\"pid\": N}), whose exit ends it",
+            ));
+        }
         if a.family.is_some() && !a.fds {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -1241,13 +1259,18 @@ impl Core {
             metadata,
             agent: a.agent.clone(),
             aliases,
+            number_only: a.number_only,
         };
         let session = if a.session { caller.session } else { None };
+        // The exclusive bind proved the port free in both families (as a
+        // portserver's check would); a number-only lease lets go of it at
+        // once, for its owner to bind without SO_REUSEADDR.
+        let sockets = (!a.number_only).then_some(sockets);
         // The reply is made before anything is stored: handing the sockets
         // over can still fail (a relay's duplicate descriptor, EMFILE), and
         // a claim that fails must change nothing.
         let command = owner.and_then(|o| self.command_of(caller, o));
-        let mut lease = Lease::new(record.clone(), Some(sockets), session, command);
+        let mut lease = Lease::new(record.clone(), sockets, session, command);
         lease.claimant = claimant;
         lease.hosts = self.hosts_for(&a.id, &record.aliases);
         let outcome = claim_outcome(

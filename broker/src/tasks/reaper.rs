@@ -180,7 +180,7 @@ fn scan(core: &SharedCore, interval: Duration) {
     let mut unheld = Vec::new();
     let now = now_ms();
     for v in &views {
-        if !v.held {
+        if !v.held && !v.number_only {
             unheld.push((v.id.clone(), pb_platform::net::time_wait_on(v.port)));
         }
         let foreign: Vec<u64> = foreign_listeners(&listening, v).collect();
