@@ -31,8 +31,13 @@ pub struct Config {
     /// the core, so a test can watch the broker abort and recover.
     pub test_panic_on_claim: Option<String>,
     /// Where the HTTP API listens (PB_HTTP_ADDR: comma-separated
-    /// `host:port`, loopback only, or `off`). Empty: no HTTP.
+    /// `host:port`, loopback only, or `off`; else PORT_DADDY_PORT or
+    /// PORT_DADDY_URL). Empty: no HTTP.
     pub http_addrs: Vec<SocketAddr>,
+    /// A file the broker writes the HTTP API's port to once it listens,
+    /// for Port Daddy's clients (PORT_DADDY_PORT_FILE), and removes when
+    /// it stops.
+    pub port_file: Option<std::path::PathBuf>,
     /// Where the named-URL proxy listens (PB_PROXY_ADDR, the same form;
     /// `localhost:2080` by default). Empty: no proxy, unless sockets were
     /// passed by socket activation.
@@ -318,6 +323,8 @@ pub const SETTINGS: &[&str] = &[
     "PB_WEBHOOK_ALLOW_LOOPBACK",
     "PB_WEBHOOK_CA",
     "PORT_DADDY_PORT",
+    "PORT_DADDY_URL",
+    "PORT_DADDY_PORT_FILE",
     "PORT_DADDY_RANGE_START",
     "PORT_DADDY_RANGE_END",
 ];
@@ -366,9 +373,20 @@ impl Config {
         };
         let http_addrs = match std::env::var("PB_HTTP_ADDR") {
             Ok(text) if !text.trim().is_empty() => parse_http_addrs(Some(&text))?,
-            _ => match port_daddy_var("PORT_DADDY_PORT")? {
-                Some(port) => parse_addrs("PORT_DADDY_PORT", None, port)?,
-                None => parse_http_addrs(None)?,
+            _ => match (port_daddy_var("PORT_DADDY_PORT")?, port_daddy_url()?) {
+                (Some(port), Some((_, url_port))) if port != url_port => {
+                    return Err(WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "PORT_DADDY_PORT={port} and PORT_DADDY_URL (port {url_port}) disagree; set one, or PB_HTTP_ADDR"
+                        ),
+                    ))
+                }
+                (Some(port), _) => parse_addrs("PORT_DADDY_PORT", None, port)?,
+                (None, Some((host_port, _))) => {
+                    parse_addrs("PORT_DADDY_URL", Some(&host_port), DEFAULT_HTTP_PORT)?
+                }
+                (None, None) => parse_http_addrs(None)?,
             },
         };
         let proxy_addrs = parse_addrs(
@@ -379,6 +397,9 @@ impl Config {
         Ok(Config {
             paths: Paths::from_env(),
             http_addrs,
+            port_file: std::env::var_os("PORT_DADDY_PORT_FILE")
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from),
             proxy_addrs,
             proxy_timeout: env_duration(
                 "PB_PROXY_TIMEOUT",
@@ -444,6 +465,51 @@ fn port_daddy_var(name: &str) -> Result<Option<u16>, WireError> {
         }
         _ => Ok(None),
     }
+}
+
+/// PORT_DADDY_URL, where Port Daddy's clients find it (`localhost:9876`,
+/// `http://127.0.0.1:9876`): the `host:port` the HTTP API is to listen on,
+/// and its port, read only where PB_HTTP_ADDR is unset. It must be plain
+/// http on a loopback host with a port pb can use, and no path.
+fn port_daddy_url() -> Result<Option<(String, u16)>, WireError> {
+    let var = "PORT_DADDY_URL";
+    let Ok(text) = std::env::var(var) else {
+        return Ok(None);
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bad =
+        |why: &str| WireError::new(ErrorCode::InvalidRequest, format!("{var}={text:?} {why}"));
+    let full = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    let url = url::Url::parse(&full).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    if url.scheme() != "http" {
+        return Err(bad(
+            "is not http:// (the HTTP API speaks plain HTTP on loopback)",
+        ));
+    }
+    if !(url.path().is_empty() || url.path() == "/") || url.query().is_some() {
+        return Err(bad("has a path; give only scheme, host and port"));
+    }
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| bad("has no port"))?;
+    let port = rules::check_port(i64::from(port))
+        .map_err(|e| WireError::new(e.code, format!("{var}: {}", e.message)))?;
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+            "localhost".to_string()
+        }
+        Some(url::Host::Ipv4(ip)) if ip.is_loopback() => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) if ip.is_loopback() => format!("[{ip}]"),
+        _ => return Err(bad("is not on loopback (localhost, 127.0.0.1 or [::1])")),
+    };
+    Ok(Some((format!("{host}:{port}"), port)))
 }
 
 /// Port Daddy's allocation range, where PB_RANGE is unset: either bound

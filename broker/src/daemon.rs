@@ -94,6 +94,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
     let socket_path = cfg.paths.socket();
     let scan_interval = cfg.scan_interval;
     let http_cfg = cfg.clone();
+    let port_file = cfg.port_file.clone();
     let proxy_cfg = cfg.clone();
     // Made even when HTTP is off, so `pb token` always has one to print.
     let token = crate::token::Token::load_or_create(&crate::token::path(&cfg.paths.state_dir))?;
@@ -165,12 +166,41 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         stop_accepting.notify_one();
         let _ = server.await;
         lock(&core).daemon_stopping();
+        if let Some(file) = &port_file {
+            PortFile::remove(file, lock(&core).http_port());
+        }
         if socket_ours {
             let _ = fs::remove_file(&socket_path);
         }
         tracing::info!("broker {} stopped", std::process::id());
         Ok(())
     })
+}
+
+/// PORT_DADDY_PORT_FILE: the HTTP API's port, for Port Daddy's clients to
+/// find, written aside and renamed (never through a link someone planted)
+/// once the API listens, and removed at a clean stop if it still says
+/// what the broker wrote.
+struct PortFile;
+
+impl PortFile {
+    fn write(path: &Path, port: u16) -> std::io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".pb-{}.tmp", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        fs::write(&tmp, format!("{port}\n"))?;
+        fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    fn remove(path: &Path, port: Option<u16>) {
+        let ours =
+            port.is_some_and(|p| fs::read_to_string(path).is_ok_and(|t| t.trim() == p.to_string()));
+        if ours {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 /// The sockets socket activation passed, by the name each was given
@@ -287,6 +317,12 @@ async fn start_http(
             first.to_string()
         };
         lock(&core).set_http_base(format!("http://{host}"));
+        if let Some(file) = &cfg.port_file {
+            match PortFile::write(file, first.port()) {
+                Ok(()) => tracing::info!("wrote port {} to {}", first.port(), file.display()),
+                Err(e) => tracing::warn!("PORT_DADDY_PORT_FILE: writing {}: {e}", file.display()),
+            }
+        }
     }
     let state = http::HttpState::new(cfg, core, token);
     let router = http::router(state.clone());

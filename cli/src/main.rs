@@ -13,6 +13,7 @@ macro_rules! outln {
     };
 }
 
+mod color;
 mod connect;
 mod coord;
 mod doctor;
@@ -57,6 +58,10 @@ struct Cli {
     /// ends when it goes stale.
     #[arg(long, global = true, env = "PB_AGENT", value_name = "ID")]
     agent: Option<String>,
+    /// Colour: `auto` (on a terminal, unless NO_COLOR is set), `always`,
+    /// `never`.
+    #[arg(long, global = true, value_enum, default_value_t, value_name = "WHEN")]
+    color: color::ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -459,6 +464,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    color::set(cli.color);
     let fmt = if cli.json {
         Format::Json
     } else if cli.quiet {
@@ -480,7 +486,8 @@ fn main() -> ExitCode {
             if fmt == Format::Json {
                 output::print_json(&json_error(&e));
             } else {
-                eprintln!("pb: {e:#}");
+                let pb = color::paint(color::stderr(), color::RED, "pb:");
+                eprintln!("{pb} {e:#}");
             }
             ExitCode::from(code as u8)
         }

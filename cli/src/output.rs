@@ -147,7 +147,8 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
         Some(w) => format!("{:<w$}  ", n.map_or("-", |n| n.as_str())),
         None => String::new(),
     };
-    outln!(
+    let colour = crate::color::stdout();
+    let header = format!(
         "{:<width$}  {:>5}  {:<14}  {:<6}  {}{}{:>7}  {:>7}  {:>5}  COMMAND",
         "ID",
         "PORT",
@@ -159,6 +160,10 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
         "EXPIRES",
         "AGE"
     );
+    outln!(
+        "{}",
+        crate::color::paint(colour, crate::color::BOLD, &header)
+    );
     let now = now_ms();
     for l in leases {
         let pid = l.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
@@ -166,18 +171,22 @@ pub fn lease_table(leases: &[LeaseInfo], fmt: Format) {
             .expires_ms
             .map(|e| human_ms(e.saturating_sub(now)))
             .unwrap_or_else(|| "-".into());
-        let state = match (l.held, l.listening) {
-            (true, true) => "listening",
-            (true, false) => "reserved",
-            (false, _) => "held-elsewhere",
+        use crate::color::{paint, CYAN, GREEN, RED, YELLOW};
+        let (state, hue) = match (l.held, l.listening, l.number_only) {
+            (_, _, true) => ("number-only", CYAN),
+            (true, true, _) => ("listening", GREEN),
+            (true, false, _) => ("reserved", YELLOW),
+            (false, _, _) => ("held-elsewhere", RED),
         };
+        // Padded first: the escapes take no columns.
+        let state = paint(colour, hue, &format!("{state:<14}"));
         let served = match l.served {
             Some(true) => "yes",
             Some(false) => "no",
             None => "?",
         };
         outln!(
-            "{:<width$}  {:>5}  {state:<14}  {served:<6}  {}{}{:>7}  {:>7}  {:>5}  {}",
+            "{:<width$}  {:>5}  {state}  {served:<6}  {}{}{:>7}  {:>7}  {:>5}  {}",
             l.id,
             l.port,
             name_cell(l.names.first()),

@@ -435,6 +435,10 @@ pub struct LeaseInfo {
     pub ttl_ms: Option<u64>,
     /// The broker holds sockets on the port (placeholders or listeners).
     pub held: bool,
+    /// Only the number is reserved (a `number_only` claim): the broker
+    /// holds no socket on the port, its owner binds it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub number_only: bool,
     /// The broker's sockets listen (they were handed to a client).
     pub listening: bool,
     /// The lease ends when the connection that claimed it closes.

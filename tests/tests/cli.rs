@@ -611,4 +611,62 @@ fn port_daddys_variables_move_a_fresh_broker_and_pbs_own_win() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(var), "{var}={value}: {err}");
     }
+
+    // PORT_DADDY_URL, where Port Daddy's clients look, moves the API too;
+    // PORT_DADDY_PORT_FILE gets the port, and goes at a clean stop.
+    let file = home.path().join("port-daddy.port");
+    let url_env = [
+        ("PORT_DADDY_URL", format!("http://127.0.0.1:{http}")),
+        ("PORT_DADDY_PORT_FILE", file.display().to_string()),
+    ];
+    let started = pb(&["start"], &url_env);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let status: Value = serde_json::from_slice(&pb(&["-j", "status"], &[]).stdout).unwrap();
+    assert_eq!(
+        status["http"],
+        format!("http://127.0.0.1:{http}"),
+        "{status}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{http}\n"));
+    assert!(pb(&["stop"], &[]).status.success());
+    assert!(!file.exists(), "the port file goes with the broker");
+    // The bare form Port Daddy defaults to, `localhost:PORT`.
+    let bare = [("PORT_DADDY_URL", format!("localhost:{http}"))];
+    assert!(pb(&["start"], &bare).status.success());
+    let status: Value = serde_json::from_slice(&pb(&["-j", "status"], &[]).stdout).unwrap();
+    assert_eq!(
+        status["http"],
+        format!("http://localhost:{http}"),
+        "{status}"
+    );
+    assert!(pb(&["stop"], &[]).status.success());
+    for (value, why) in [
+        ("https://localhost:9876".to_string(), "is not http://"),
+        ("http://example.com:9876".to_string(), "is not on loopback"),
+        ("http://localhost:9876/api".to_string(), "has a path"),
+        ("http://localhost:80".to_string(), "PORT_DADDY_URL"),
+        ("http://[::1".to_string(), "is not a URL"),
+    ] {
+        let out = pb(&["start"], &[("PORT_DADDY_URL", value.clone())]);
+        assert!(!out.status.success(), "{value} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("PORT_DADDY_URL") && err.contains(why),
+            "{value}: {err}"
+        );
+    }
+    // Two of Port Daddy's variables that disagree are refused.
+    let out = pb(
+        &["start"],
+        &[
+            ("PORT_DADDY_PORT", http.to_string()),
+            ("PORT_DADDY_URL", format!("localhost:{}", http - 1)),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disagree"));
 }

@@ -2,7 +2,8 @@
 //! healthy setup and on broken ones, each naming the fix (the HTTP port
 //! held by a foreign process, with and without a broker; IPv6 off on
 //! loopback, in a network namespace of the test's own; a damaged store);
-//! completion scripts that bash loads, and a man page that renders.
+//! completion scripts that bash loads, and a man page that renders; colour
+//! on terminals, NO_COLOR and `--color`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -206,4 +207,74 @@ fn the_version_names_the_git_revision_it_was_built_from() {
     } else {
         assert!(version.contains("(unknown)"), "{version}");
     }
+}
+
+/// Runs `pb ARGS` on a terminal of its own (util-linux's `script` gives it
+/// a pty), in `broker`'s environment plus `env`: what the terminal showed.
+fn on_a_terminal(broker: &Broker, args: &str, env: &[(&str, &str)]) -> String {
+    let line = format!("{} {args}", pb_bin().display());
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(broker.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(env.iter().copied())
+        .output()
+        .expect("script (util-linux)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn colour_follows_the_terminal_no_color_and_the_flag() {
+    let broker = Broker::start();
+    broker.claim("paint:web", &[]);
+    const ESC: char = '\x1b';
+    // On a terminal: a bold header and a coloured state.
+    let tty = on_a_terminal(&broker, "find", &[]);
+    assert!(tty.contains("\x1b[1mID"), "{tty:?}");
+    assert!(tty.contains("\x1b[33mreserved"), "{tty:?}");
+    // NO_COLOR (any non-empty value) and --color=never turn it off there.
+    let plain = on_a_terminal(&broker, "find", &[("NO_COLOR", "1")]);
+    assert!(
+        !plain.contains(ESC) && plain.contains("reserved"),
+        "{plain:?}"
+    );
+    let never = on_a_terminal(&broker, "--color=never find", &[]);
+    assert!(!never.contains(ESC), "{never:?}");
+    // An empty NO_COLOR is as if unset.
+    assert!(on_a_terminal(&broker, "find", &[("NO_COLOR", "")]).contains(ESC));
+    // A pipe is plain, unless --color=always, which wins over NO_COLOR.
+    let piped = broker.pb(&["find"]);
+    assert!(!String::from_utf8_lossy(&piped.stdout).contains(ESC));
+    let forced = broker
+        .cmd()
+        .args(["--color=always", "find"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let forced = String::from_utf8_lossy(&forced.stdout);
+    assert!(forced.contains("\x1b[1mID"), "{forced:?}");
+    // The column stays aligned: the escapes take no width.
+    let strip = |s: &str| {
+        s.replace("\x1b[1m", "")
+            .replace("\x1b[33m", "")
+            .replace("\x1b[0m", "")
+    };
+    assert_eq!(strip(&forced), String::from_utf8_lossy(&piped.stdout));
+    // Errors: the `pb:` prefix in red on a terminal, plain in a pipe.
+    let err = on_a_terminal(&broker, "release nope:nope", &[]);
+    assert!(err.contains("\x1b[31mpb:\x1b[0m"), "{err:?}");
+    let err = broker.pb(&["release", "nope:nope"]);
+    assert!(String::from_utf8_lossy(&err.stderr).starts_with("pb: "));
+    // JSON is never coloured.
+    let json = broker
+        .cmd()
+        .args(["--color=always", "-j", "find"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&json.stdout).contains(ESC));
+    serde_json::from_slice::<Value>(&json.stdout).unwrap();
+    // A bad choice is a usage error.
+    assert_eq!(
+        broker.pb(&["--color=sometimes", "find"]).status.code(),
+        Some(2)
+    );
 }

@@ -157,12 +157,11 @@ fn portmanager_curl_recipes_work_unchanged() {
         json!({"service_name": "my-api", "ttl_seconds": 600}),
     );
     assert_eq!(hb.body["ttl_seconds"], 600, "{hb:?}");
+    // PortManager's answer: an empty 200.
     let rel = post_json(p, "POST", "/release", json!({"port": port}));
     assert_eq!(rel.status, 200, "{rel:?}");
-    assert_eq!(
-        rel.body,
-        json!({"released": true, "port": port, "service_name": "my-api"})
-    );
+    assert_eq!(rel.body, Value::Null, "{rel:?}");
+    assert!(rel.headers.contains("content-length: 0"), "{rel:?}");
     assert!(can_bind(v4(port)));
     assert_error(&get(p, "/lookup?service=my-api"), 404, "not_found");
     assert_error(
@@ -176,6 +175,78 @@ fn portmanager_curl_recipes_work_unchanged() {
         "not_found",
     );
     assert!(broker.leases().is_empty());
+}
+
+#[test]
+fn portmanager_on_3030_allocs_a_second_instance_and_looks_both_up() {
+    // PortManager's portctl hard-codes localhost:3030: pb listens there
+    // when asked (PB_HTTP_ADDR), and its README's recipes run as written.
+    let broker = Broker::start_with(&[("PB_HTTP_ADDR", "localhost:3030")]);
+    let alloc = || {
+        curl(&[
+            "-X",
+            "POST",
+            "http://localhost:3030/alloc",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"service_name": "my-api", "ttl_seconds": 300}"#,
+        ])
+    };
+    let (s1, a1) = alloc();
+    let (s2, a2) = alloc();
+    assert_eq!((s1, s2), (200, 200), "{a1} {a2}");
+    let (p1, p2) = (a1["port"].as_u64().unwrap(), a2["port"].as_u64().unwrap());
+    assert_ne!(p1, p2, "a second alloc is a second instance");
+    assert_eq!(a2["lease"]["service_name"], "my-api");
+    assert_eq!(a2["lease"]["id"], "my-api.2");
+    let lookup = || curl(&["http://localhost:3030/lookup?service=my-api"]);
+    let (status, found) = lookup();
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["service_name"], "my-api");
+    assert_eq!(found["port"], p1);
+    assert_eq!(found["all_ports"], json!([p1, p2]));
+    // Both are PortManager's leases of one name, and pb's leases of two ids.
+    let list = get(3030, "/list");
+    let mut seen: Vec<(String, String)> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["service_name"].as_str().unwrap().to_string(),
+                l["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("my-api", "my-api"), ("my-api", "my-api.2")].map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    // A lease a pb client called my-api.3 is not an instance of my-api.
+    broker.claim("my-api.3", &[]);
+    assert_eq!(lookup().1["all_ports"], json!([p1, p2]));
+    // Releasing one instance by port leaves the other.
+    let rel = post_json(3030, "POST", "/release", json!({"port": p1}));
+    assert_eq!((rel.status, &rel.body), (200, &Value::Null), "{rel:?}");
+    let (_, found) = lookup();
+    assert_eq!(found["port"], p2);
+    assert_eq!(found["all_ports"], json!([p2]));
+    // By name: every instance goes, and only them.
+    let (s3, _) = alloc();
+    assert_eq!(s3, 200);
+    let rel = post_json(3030, "POST", "/release", json!({"service_name": "my-api"}));
+    assert_eq!(rel.status, 200, "{rel:?}");
+    assert_error(&get(3030, "/lookup?service=my-api"), 404, "not_found");
+    assert_eq!(broker.leases().len(), 1, "my-api.3 stays");
+    assert_error(
+        &post_json(3030, "POST", "/release", json!({"service_name": "my-api"})),
+        404,
+        "not_found",
+    );
+    assert_error(&get(3030, "/lookup?service=bad%20name"), 400, "invalid_id");
 }
 
 #[test]
@@ -303,11 +374,18 @@ fn port_daddy_service_routes() {
     assert_eq!(status, 200);
     assert_eq!(rel["releasedPorts"], json!([want]));
     assert!(broker.leases().is_empty());
-    assert_error(
-        &request(p, "DELETE", "/release/myapp:api", &[], b""),
-        404,
-        "not_found",
+    // Releasing what is not there: Port Daddy's 200 with `released: 0`,
+    // and nothing changes.
+    let (status, rel) = curl(&["-X", "DELETE", &format!("{base}/release/myapp:api")]);
+    assert_eq!(status, 200, "{rel}");
+    assert_eq!(rel["success"], true);
+    assert_eq!(rel["released"], 0);
+    assert_eq!(rel["releasedPorts"], json!([]));
+    assert!(
+        rel["message"].as_str().unwrap().contains("myapp:api"),
+        "{rel}"
     );
+    assert!(broker.leases().is_empty());
 }
 
 #[test]

@@ -902,3 +902,21 @@ fn a_stacks_names_route_through_the_proxy_and_a_bad_name_starts_nothing() {
     });
     assert!(left.is_some(), "{:?}", broker.leases());
 }
+
+#[test]
+fn up_prefixes_are_coloured_as_color_says() {
+    let broker = Broker::start();
+    let dir = stack_dir(
+        "pb.toml",
+        "project = \"hue\"\n\n[services.talker]\ncmd = \"sh -c 'echo hello-from-talker; sleep 30'\"\n",
+    );
+    // Forced on a file; plain without the flag (a file is no terminal).
+    for (args, coloured) in [(&["--color=always"][..], true), (&[][..], false)] {
+        let mut up = up_in(&broker, dir.path(), args);
+        let line = up.line("hello-from-talker", Duration::from_secs(20));
+        assert_eq!(line.contains("\x1b["), coloured, "{line:?}");
+        assert!(line.contains("talker |"), "{line:?}");
+        up.proc.signal(libc::SIGINT);
+        assert!(up.proc.wait_for(Duration::from_secs(20)).is_some());
+    }
+}

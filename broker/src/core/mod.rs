@@ -275,6 +275,7 @@ impl Lease {
             expires_ms: r.expires_ms,
             ttl_ms: r.ttl_ms,
             held: self.sockets.is_some(),
+            number_only: r.number_only,
             listening: self.sockets.as_ref().is_some_and(|s| s.is_listening()),
             session: self.session.is_some(),
             metadata: r.metadata.clone(),
@@ -439,6 +440,12 @@ impl Core {
 
     pub fn set_http_base(&mut self, base: String) {
         self.http_base = Some(base);
+    }
+
+    /// The HTTP API's port, once it listens.
+    pub fn http_port(&self) -> Option<u16> {
+        let base = self.http_base.as_deref()?;
+        base.rsplit(':').next()?.parse().ok()
     }
 
     /// The proxy listens: every named lease has a URL from now on.

@@ -1,6 +1,6 @@
 //! A stack's output: each service's lines go to the terminal with an
-//! aligned, coloured `name |` prefix (colour only on a terminal, never with
-//! NO_COLOR), and to a file of its own under PB_HOME, bounded: past
+//! aligned, coloured `name |` prefix (as `--color` and NO_COLOR say:
+//! crate::color), and to a file of its own under PB_HOME, bounded: past
 //! [`LOG_MAX`] bytes the file becomes `NAME.log.1` (replacing the one
 //! before) and a new one starts. Each stored line begins with its time in
 //! ms since the epoch, so `pb logs` can interleave services as they ran.
@@ -36,8 +36,7 @@ pub struct Printer {
 
 impl Printer {
     pub fn new(names: &[&str], quiet: bool) -> Printer {
-        let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-            && std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let colour = crate::color::stdout();
         Printer {
             width: names.iter().map(|n| n.len()).max().unwrap_or(0),
             colour,

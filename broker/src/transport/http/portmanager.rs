@@ -4,8 +4,14 @@
 //! and `GET /lookup?service=NAME`. PortManager's leases live for a TTL
 //! renewed by heartbeats; here they are pb leases claimed with that TTL,
 //! so the core's expiry timer ends them the same way, and the port is
-//! held in the kernel meanwhile. A service name is a pb id, so it holds one
-//! port (`all_ports` has one entry).
+//! held in the kernel meanwhile.
+//!
+//! PortManager gives a second `/alloc` of a name a second instance, and
+//! `/lookup` lists every instance's port (`all_ports`). Here the first
+//! instance is the lease whose id is the name; the n-th is `NAME.n`, marked
+//! as an instance of NAME in its metadata (`{"instance_of": NAME}`), so
+//! that a lease a pb client happened to call `NAME.2` is never taken for
+//! one. Everywhere else (pb's own routes, the CLI) an id is one lease.
 
 use std::sync::Arc;
 
@@ -27,6 +33,29 @@ use crate::core::Caller;
 
 /// PortManager's TTL when `/alloc` names none: five minutes.
 pub const DEFAULT_TTL_SECONDS: i64 = 300;
+/// Most instances of one name.
+pub const MAX_INSTANCES: u32 = 64;
+/// The metadata key that marks an instance and names its service.
+const INSTANCE_OF: &str = "instance_of";
+
+/// The id of instance `n` (from 1) of service `name`.
+fn instance_id(name: &str, n: u32) -> String {
+    if n == 1 {
+        name.to_string()
+    } else {
+        format!("{name}.{n}")
+    }
+}
+
+/// The service `l` is an instance of, if it is one of `name`'s (the
+/// first instance, or a later one marked as such).
+fn instance_of(l: &LeaseInfo) -> &str {
+    l.metadata
+        .as_ref()
+        .and_then(|m| m.get(INSTANCE_OF))
+        .and_then(Value::as_str)
+        .unwrap_or(&l.id)
+}
 
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
@@ -42,6 +71,8 @@ pub fn routes() -> Router<Arc<HttpState>> {
 pub struct Lease {
     port: u16,
     service_name: String,
+    /// The pb id of this instance (`NAME`, `NAME.2`, ...), pb's addition.
+    id: String,
     /// RFC 3339, UTC.
     allocated_at: String,
     /// RFC 3339, UTC: when the lease was last claimed or renewed.
@@ -74,7 +105,8 @@ impl From<LeaseInfo> for Lease {
             .unwrap_or_default();
         Lease {
             port: l.port,
-            service_name: l.id,
+            service_name: instance_of(&l).to_string(),
+            id: l.id.clone(),
             allocated_at: rfc3339(l.created_ms),
             last_heartbeat: rfc3339(renewed),
             ttl_seconds: l.ttl_ms.map(|t| t / 1000),
@@ -123,25 +155,82 @@ pub async fn alloc(
         ));
     }
     let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
-    let metadata = req.tags.map(|t| serde_json::json!({ "tags": t }));
-    let reply: ClaimReply = call(
-        &state,
-        &caller,
-        Op::Claim(ClaimArgs {
-            id: req.service_name,
-            port: req.port,
-            // An overflowing TTL is passed on as one the core refuses.
-            expires_ms: Some(ttl.checked_mul(1000).unwrap_or(i64::MAX)),
-            metadata,
-            agent: super::agent_header(&headers)?,
-            ..Default::default()
-        }),
+    let agent = super::agent_header(&headers)?;
+    let name = req.service_name;
+    // A new instance each time: an id already leased (to the caller, or to
+    // another user) moves on to the next.
+    for n in 1..=MAX_INSTANCES {
+        let mut metadata = serde_json::Map::new();
+        if let Some(t) = &req.tags {
+            metadata.insert("tags".into(), serde_json::json!(t));
+        }
+        if n > 1 {
+            metadata.insert(INSTANCE_OF.into(), Value::String(name.clone()));
+        }
+        let claimed: Result<ClaimReply, ApiError> = call(
+            &state,
+            &caller,
+            Op::Claim(ClaimArgs {
+                id: instance_id(&name, n),
+                port: req.port,
+                // An overflowing TTL is passed on as one the core refuses.
+                expires_ms: Some(ttl.checked_mul(1000).unwrap_or(i64::MAX)),
+                metadata: (!metadata.is_empty()).then_some(Value::Object(metadata)),
+                agent: agent.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        match claimed {
+            Ok(reply) if !reply.existing => {
+                return Ok(Json(AllocResponse {
+                    port: reply.lease.port,
+                    lease: reply.lease.into(),
+                }))
+            }
+            Ok(_) => continue,
+            Err(ApiError(e)) if n > 1 && e.code == ErrorCode::Forbidden => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Limit,
+        format!("{name:?} has {MAX_INSTANCES} instances already (the limit)"),
+    ))
+}
+
+/// Every live instance of service `name`, oldest instance first.
+async fn instances(
+    state: &HttpState,
+    caller: &Caller,
+    name: &str,
+) -> Result<Vec<LeaseInfo>, ApiError> {
+    // Checked as an id first: a bad name is the claim's error, not an
+    // empty answer.
+    crate::ids::check_id(name)?;
+    let reply: FindReply = call(
+        state,
+        caller,
+        Op::Find {
+            pattern: Some(format!("{name}*")),
+        },
     )
     .await?;
-    Ok(Json(AllocResponse {
-        port: reply.lease.port,
-        lease: reply.lease.into(),
-    }))
+    let mut found: Vec<(u32, LeaseInfo)> = reply
+        .services
+        .into_iter()
+        .filter(|l| instance_of(l) == name)
+        .filter_map(|l| {
+            let n = if l.id == name {
+                1
+            } else {
+                l.id.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?
+            };
+            Some((n, l))
+        })
+        .collect();
+    found.sort_by_key(|(n, _)| *n);
+    Ok(found.into_iter().map(|(_, l)| l).collect())
 }
 
 /// Names a lease: by `port` or by `service_name`.
@@ -154,23 +243,17 @@ pub struct LeaseRef {
     ttl_seconds: Option<i64>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct ReleaseResponse {
-    released: bool,
-    port: u16,
-    service_name: String,
-}
-
-/// Release a lease by port or service name.
+/// Release a lease by port, or every instance of a service by name.
+/// PortManager answers an empty 200.
 #[utoipa::path(post, path = "/release", tag = "portmanager",
     request_body(content = LeaseRef, content_type = "application/json"),
-    responses((status = 200, body = ReleaseResponse),
+    responses((status = 200, description = "released (an empty body, as PortManager answers)"),
               (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn release(
     State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     body: Bytes,
-) -> Result<Json<ReleaseResponse>, ApiError> {
+) -> Result<(), ApiError> {
     let r: LeaseRef = json_body(&body)?;
     if r.ttl_seconds.is_some() {
         return Err(ApiError::new(
@@ -178,11 +261,20 @@ pub async fn release(
             "release takes no ttl_seconds",
         ));
     }
-    let target = match (r.port, r.service_name) {
-        (Some(p), None) => ReleaseTarget::Port(p),
-        // A name with a `*` would be a pattern: PortManager names one
-        // lease. A name of digits is a name, not a port.
-        (None, Some(name)) if !name.contains('*') => ReleaseTarget::Name(name),
+    let mut targets = match (r.port, r.service_name) {
+        (Some(p), None) => vec![ReleaseTarget::Port(p)],
+        // A name with a `*` would be a pattern: PortManager names a
+        // service. A name of digits is a name, not a port.
+        (None, Some(name)) if !name.contains('*') => {
+            let all = instances(&state, &caller, &name).await?;
+            if all.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no service {name:?}"),
+                ));
+            }
+            all.into_iter().map(|l| ReleaseTarget::Name(l.id)).collect()
+        }
         _ => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -190,25 +282,20 @@ pub async fn release(
             ))
         }
     };
+    let target = targets.remove(0);
     let reply: ReleaseReply = call(
         &state,
         &caller,
         Op::Release {
             target,
-            more: Vec::new(),
+            more: targets,
         },
     )
     .await?;
-    let l = reply
-        .released
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such lease"))?;
-    Ok(Json(ReleaseResponse {
-        released: true,
-        port: l.port,
-        service_name: l.id,
-    }))
+    if reply.released.is_empty() {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such lease"));
+    }
+    Ok(())
 }
 
 /// Renew a lease's TTL, by port or service name.
@@ -273,12 +360,18 @@ pub async fn lookup(
     uri: Uri,
 ) -> Result<Json<LookupResponse>, ApiError> {
     let q: LookupQuery = query(&uri)?;
-    let lease: LeaseInfo = call(&state, &caller, Op::Get { id: q.service }).await?;
+    let all = instances(&state, &caller, &q.service).await?;
+    let Some(first) = all.first().cloned() else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no service {:?}", q.service),
+        ));
+    };
     Ok(Json(LookupResponse {
-        service_name: lease.id.clone(),
-        port: lease.port,
-        all_ports: vec![lease.port],
-        lease: lease.into(),
+        service_name: q.service,
+        port: first.port,
+        all_ports: all.iter().map(|l| l.port).collect(),
+        lease: first.into(),
     }))
 }
 
