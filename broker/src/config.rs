@@ -38,6 +38,9 @@ pub struct Config {
     /// for Port Daddy's clients (PORT_DADDY_PORT_FILE), and removes when
     /// it stops.
     pub port_file: Option<std::path::PathBuf>,
+    /// A Unix socket the HTTP API is also served on, for Port Daddy's
+    /// clients, which prefer it (PORT_DADDY_SOCK; off when unset).
+    pub http_socket: Option<std::path::PathBuf>,
     /// Where the named-URL proxy listens (PB_PROXY_ADDR, the same form;
     /// `localhost:2080` by default). Empty: no proxy, unless sockets were
     /// passed by socket activation.
@@ -325,6 +328,7 @@ pub const SETTINGS: &[&str] = &[
     "PORT_DADDY_PORT",
     "PORT_DADDY_URL",
     "PORT_DADDY_PORT_FILE",
+    "PORT_DADDY_SOCK",
     "PORT_DADDY_RANGE_START",
     "PORT_DADDY_RANGE_END",
 ];
@@ -398,6 +402,9 @@ impl Config {
             paths: Paths::from_env(),
             http_addrs,
             port_file: std::env::var_os("PORT_DADDY_PORT_FILE")
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from),
+            http_socket: std::env::var_os("PORT_DADDY_SOCK")
                 .filter(|v| !v.is_empty())
                 .map(std::path::PathBuf::from),
             proxy_addrs,

@@ -95,6 +95,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
     let scan_interval = cfg.scan_interval;
     let http_cfg = cfg.clone();
     let port_file = cfg.port_file.clone();
+    let http_socket = cfg.http_socket.clone();
     let proxy_cfg = cfg.clone();
     // Made even when HTTP is off, so `pb token` always has one to print.
     let token = crate::token::Token::load_or_create(&crate::token::path(&cfg.paths.state_dir))?;
@@ -169,12 +170,53 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         if let Some(file) = &port_file {
             PortFile::remove(file, lock(&core).http_port());
         }
+        if let Some(path) = &http_socket {
+            HttpSocket::remove(path, lock(&core).http_socket_served());
+        }
         if socket_ours {
             let _ = fs::remove_file(&socket_path);
         }
         tracing::info!("broker {} stopped", std::process::id());
         Ok(())
     })
+}
+
+/// PORT_DADDY_SOCK: the HTTP API on a Unix socket, as Port Daddy's clients
+/// prefer it. Made private (0600) from birth. A path that exists is taken
+/// over only when it is a socket of the broker's own user that nobody
+/// listens on any more (a broker that died); anything else there (a file,
+/// a live socket, another user's) is refused, and left as it is.
+struct HttpSocket;
+
+impl HttpSocket {
+    fn bind(path: &Path) -> Result<UnixListener, String> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(
+                    "it exists and is not a socket; remove it or choose another path".into(),
+                );
+            }
+            if meta.uid() != os::effective_uid() {
+                return Err(format!(
+                    "it is a socket of uid {}, not this broker's user",
+                    meta.uid()
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err("another server listens on it (Port Daddy?)".into());
+            }
+            fs::remove_file(path).map_err(|e| format!("removing the stale socket: {e}"))?;
+        }
+        os::with_umask(0o177, || UnixListener::bind(path)).map_err(|e| e.to_string())
+    }
+
+    /// Removes the socket at a clean stop, if it is still the one bound.
+    fn remove(path: &Path, served: bool) {
+        if served {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 /// PORT_DADDY_PORT_FILE: the HTTP API's port, for Port Daddy's clients to
@@ -281,6 +323,24 @@ async fn start_http(
     token: crate::token::Token,
     passed: Vec<OwnedFd>,
 ) {
+    let state = http::HttpState::new(cfg, core.clone(), token);
+    let router = http::router(state.clone());
+    // On its own: the TCP listeners below may be off or fail.
+    if let Some(path) = &cfg.http_socket {
+        let shown = path.display().to_string();
+        match HttpSocket::bind(path) {
+            Ok(l) => {
+                tracing::info!("HTTP API on the Unix socket {shown} (PORT_DADDY_SOCK)");
+                lock(&core).set_http_socket(Ok(shown));
+                tokio::spawn(http::serve_unix(l, state.clone(), router.clone()));
+            }
+            Err(why) => {
+                let why = format!("PORT_DADDY_SOCK={shown}: {why}");
+                tracing::warn!("{why}; the HTTP API is not served there");
+                lock(&core).set_http_socket(Err(why));
+            }
+        }
+    }
     let passed = passed_listeners("http", passed);
     let listeners = if !passed.is_empty() {
         passed
@@ -324,8 +384,6 @@ async fn start_http(
             }
         }
     }
-    let state = http::HttpState::new(cfg, core, token);
-    let router = http::router(state.clone());
     for l in listeners {
         if let Ok(a) = l.local_addr() {
             tracing::info!("HTTP API on http://{a}");

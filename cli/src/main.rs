@@ -861,6 +861,11 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                         (None, Some(why)) => outln!("  http:        off: {why}"),
                         (None, None) => outln!("  http:        off"),
                     }
+                    match (&s.http_socket, &s.http_socket_off) {
+                        (Some(path), _) => outln!("  http socket: {path}"),
+                        (None, Some(why)) => outln!("  http socket: off: {why}"),
+                        (None, None) => {}
+                    }
                     match (&s.proxy, &s.proxy_off) {
                         (Some(p), _) => outln!(
                             "  proxy:       {} (https on {}; CA {})",

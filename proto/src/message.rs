@@ -570,6 +570,12 @@ pub struct StatusReply {
     /// Why the proxy is not running, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_off: Option<String>,
+    /// The Unix socket the HTTP API is also served on (PORT_DADDY_SOCK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_socket: Option<String>,
+    /// Why the API is not served on PORT_DADDY_SOCK, when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_socket_off: Option<String>,
     /// How the broker was started (absent from brokers before it was
     /// reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]

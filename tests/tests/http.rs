@@ -1174,3 +1174,131 @@ fn doubled_deciding_headers_and_huge_header_lines_are_refused() {
     // The broker still serves.
     assert_eq!(get(p, "/services").status, 200);
 }
+
+/// A request over a Unix socket, as Port Daddy's clients make it when
+/// PORT_DADDY_SOCK exists: (status, JSON body).
+fn unix_request(sock: &std::path::Path, method: &str, path: &str, body: &str) -> Resp {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to PORT_DADDY_SOCK");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if !body.is_empty() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse(&raw)
+}
+
+#[test]
+fn port_daddy_sock_serves_the_api_on_a_unix_socket_with_the_same_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("port-daddy.sock");
+    let sock_s = sock.display().to_string();
+    let broker = Broker::start_with(&[("PORT_DADDY_SOCK", &sock_s)]);
+    let status = broker.pb_json(&["status"]);
+    assert_eq!(status["http_socket"], sock_s.as_str(), "{status}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "private from birth");
+    // Claims and reads over it, as over TCP.
+    let r = unix_request(&sock, "POST", "/claim/sock:api", "{}");
+    assert_eq!(r.status, 200, "{r:?}");
+    let port = r.body["port"].as_u64().unwrap() as u16;
+    assert_eq!(broker.leases(), vec![("sock:api".to_string(), port)]);
+    // The caller is the kernel's (SO_PEERCRED), whatever it says.
+    let me = unsafe { libc::geteuid() };
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(
+        b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nX-PID: 1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let who = parse(&raw);
+    assert_eq!(who.body["uid"], me, "{who:?}");
+    assert_eq!(who.body["pid"], std::process::id(), "{who:?}");
+    // curl and node, the way Port Daddy's CLI and SDK reach it.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--unix-socket",
+            &sock_s,
+            "http://localhost/services/sock:api",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["service"]["port"], port, "{v}");
+    let node = format!(
+        "require('http').get({{socketPath: {sock_s:?}, path: '/whoami'}}, r => {{ let b = ''; \
+         r.on('data', d => b += d); r.on('end', () => console.log(b)); }})"
+    );
+    let out = Command::new("node").args(["-e", &node]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(v["command"].as_str().unwrap().starts_with("node"), "{v}");
+    // The same checks: a bad body is the same error.
+    let r = unix_request(&sock, "POST", "/claim/sock:bad", "{\"port\": 70000}");
+    assert_error(&r, 400, "invalid_port");
+    // A clean stop removes the socket.
+    let mut broker = broker;
+    broker.pb_ok(&["stop"]);
+    assert!(broker.exited(Duration::from_secs(10)).is_some());
+    assert!(!sock.exists());
+}
+
+#[test]
+fn a_port_daddy_sock_that_is_not_ours_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file, a socket another server listens on, another user's
+    // socket: each refused with its reason, and left as it was.
+    let file = dir.path().join("file.sock");
+    std::fs::write(&file, "not a socket").unwrap();
+    let live = dir.path().join("live.sock");
+    let _listening = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let theirs = dir.path().join("theirs.sock");
+    drop(std::os::unix::net::UnixListener::bind(&theirs).unwrap());
+    let (uid, gid) = other_user();
+    std::os::unix::fs::chown(&theirs, Some(uid), Some(gid)).unwrap();
+    for (path, why) in [
+        (&file, "is not a socket"),
+        (&live, "another server listens on it"),
+        (&theirs, "not this broker's user"),
+    ] {
+        let shown = path.display().to_string();
+        let before = std::fs::symlink_metadata(path).unwrap();
+        let broker = Broker::start_with(&[("PORT_DADDY_SOCK", &shown)]);
+        let status = broker.pb_json(&["status"]);
+        let off = status["http_socket_off"].as_str().unwrap_or_default();
+        assert!(
+            off.contains("PORT_DADDY_SOCK") && off.contains(why),
+            "{status}"
+        );
+        assert!(status["http_socket"].is_null());
+        // The broker serves everything else.
+        assert!(broker.http_port().is_some());
+        broker.claim("still:works", &[]);
+        drop(broker);
+        let after = std::fs::symlink_metadata(path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (before.ino(), before.uid()),
+            (after.ino(), after.uid()),
+            "{shown}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a socket");
+    // A socket of ours nobody listens on (a broker that died) is taken over.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let shown = stale.display().to_string();
+    let broker = Broker::start_with(&[("PORT_DADDY_SOCK", &shown)]);
+    assert_eq!(broker.pb_json(&["status"])["http_socket"], shown.as_str());
+    assert_eq!(unix_request(&stale, "GET", "/services", "").status, 200);
+}

@@ -328,6 +328,9 @@ pub struct Core {
     http_off: Option<String>,
     /// How the daemon was started, once it says.
     started_by: Option<pb_proto::StartedBy>,
+    /// PORT_DADDY_SOCK: where the HTTP API is also served, or why not.
+    http_socket: Option<String>,
+    http_socket_off: Option<String>,
     logins: Logins,
     pub(crate) webhooks: crate::core::webhooks::Webhooks,
     /// What the machine said for the request being applied
@@ -364,6 +367,8 @@ impl Core {
             http_base: None,
             http_off: None,
             started_by: None,
+            http_socket: None,
+            http_socket_off: None,
             logins: Logins::default(),
             webhooks: Default::default(),
             facts: Facts::direct(),
@@ -451,6 +456,18 @@ impl Core {
     /// The proxy listens: every named lease has a URL from now on.
     pub fn set_proxy(&mut self, proxy: pb_proto::ProxyStatus) {
         self.proxy = Some(proxy);
+    }
+
+    /// The HTTP API is also served on this Unix socket, or (`Err`) why not.
+    pub fn set_http_socket(&mut self, served: Result<String, String>) {
+        match served {
+            Ok(path) => self.http_socket = Some(path),
+            Err(why) => self.http_socket_off = Some(why),
+        }
+    }
+
+    pub fn http_socket_served(&self) -> bool {
+        self.http_socket.is_some()
     }
 
     /// How the broker was started, for `status`.
@@ -992,6 +1009,8 @@ impl Core {
             proxy: self.proxy.clone(),
             proxy_off: self.proxy_off.clone(),
             started_by: self.started_by,
+            http_socket: self.http_socket.clone(),
+            http_socket_off: self.http_socket_off.clone(),
         }
     }
 

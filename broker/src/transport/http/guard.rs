@@ -27,10 +27,13 @@ pub async fn admit(
     conn: &std::sync::Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Request<Body>, ApiError> {
-    let port = conn.local.port();
     check_single(req.headers())?;
-    check_host(req.headers(), req.uri(), port)?;
-    check_origin(req.headers(), port)?;
+    // Over the Unix socket no browser can be the client: there is no Host
+    // or Origin to hold to a port.
+    if let Some(port) = conn.host_port() {
+        check_host(req.headers(), req.uri(), port)?;
+        check_origin(req.headers(), port)?;
+    }
     // Before identification, so that refused requests count too (token or
     // login-code guessing is held to the same rate).
     state.rate.take(conn.peer_uid, Instant::now())?;
@@ -221,7 +224,8 @@ pub fn session_cookie(headers: &HeaderMap, port: u16) -> Option<&str> {
 
 /// Whether the request carries a live session of its connection's uid.
 pub fn has_session(state: &HttpState, conn: &Conn, headers: &HeaderMap) -> bool {
-    session_cookie(headers, conn.local.port())
+    conn.host_port()
+        .and_then(|port| session_cookie(headers, port))
         .is_some_and(|s| crate::core::lock(&state.core).session_valid(s, conn.peer_uid))
 }
 

@@ -2,7 +2,8 @@
 //! connection's task, so that a client whose request headers never finish
 //! (a slow-loris) still gets a 408 `{error, code}` after hyper gives up on
 //! it. An idle keep-alive connection, which started no request, is closed
-//! without a word, as HTTP/1.1 servers do.
+//! without a word, as HTTP/1.1 servers do. The same for a TCP connection
+//! and for one on the API's Unix socket.
 
 use std::io;
 use std::pin::Pin;
@@ -11,23 +12,65 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+
+/// What the HTTP API is served over: a loopback TCP connection, or a Unix
+/// socket's (PORT_DADDY_SOCK). The calls tokio gives both, by one name.
+pub trait Socket: std::os::fd::AsFd + std::fmt::Debug + Send + Sync + 'static {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
+}
+
+macro_rules! socket_of {
+    ($t:ty) => {
+        impl Socket for $t {
+            fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_read_ready(self, cx)
+            }
+            fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_write_ready(self, cx)
+            }
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$t>::try_read(self, buf)
+            }
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$t>::try_write(self, buf)
+            }
+            fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                <$t>::try_write_vectored(self, bufs)
+            }
+        }
+    };
+}
+socket_of!(TcpStream);
+socket_of!(UnixStream);
 
 /// The socket, and whether bytes of a request arrived since the last
 /// response went out.
-#[derive(Clone)]
-pub struct SharedStream {
-    inner: Arc<TcpStream>,
+pub struct SharedStream<S> {
+    inner: Arc<S>,
     started: Arc<AtomicBool>,
 }
 
-impl SharedStream {
+impl<S> Clone for SharedStream<S> {
+    fn clone(&self) -> Self {
+        SharedStream {
+            inner: self.inner.clone(),
+            started: self.started.clone(),
+        }
+    }
+}
+
+impl<S: Socket> SharedStream<S> {
     /// The socket itself, for looking at without reading.
-    pub fn socket(&self) -> Arc<TcpStream> {
+    pub fn socket(&self) -> Arc<S> {
         self.inner.clone()
     }
 
-    pub fn new(stream: TcpStream) -> SharedStream {
+    pub fn new(stream: S) -> SharedStream<S> {
         SharedStream {
             inner: Arc::new(stream),
             started: Arc::new(AtomicBool::new(false)),
@@ -47,7 +90,7 @@ impl SharedStream {
     }
 }
 
-impl AsyncRead for SharedStream {
+impl<S: Socket> AsyncRead for SharedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -71,7 +114,7 @@ impl AsyncRead for SharedStream {
     }
 }
 
-impl AsyncWrite for SharedStream {
+impl<S: Socket> AsyncWrite for SharedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

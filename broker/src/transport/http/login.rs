@@ -66,7 +66,7 @@ pub async fn login(
     // top-level GETs, which change nothing here.
     let cookie = format!(
         "{}={}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}",
-        session_cookie_name(conn.local.port()),
+        session_cookie_name(conn.host_port().unwrap_or(0)),
         reply.session
     );
     let mut resp = if browser {

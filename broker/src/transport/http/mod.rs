@@ -45,7 +45,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pb_proto::{ErrorCode, WireError};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tower::ServiceExt;
 
 use crate::config::{Config, HTTP_RATE_BURST_SECONDS, HTTP_RATE_MAX_CLIENTS, HTTP_READ_TIMEOUT};
@@ -75,20 +75,47 @@ pub struct HttpState {
 /// One accepted connection, as the kernel describes it.
 #[derive(Debug)]
 pub struct Conn {
-    /// Our address (its port is the one Host must name).
-    pub local: SocketAddr,
-    pub peer: SocketAddr,
+    /// Where the connection came in.
+    pub origin: Origin,
     /// The uid that made the peer's socket.
     pub peer_uid: u32,
-    /// The peer socket's inode, to find its process when that is needed.
-    pub peer_inode: u64,
     /// The process holding the peer's socket and its command line, looked
     /// up at most once.
     process: tokio::sync::OnceCell<(Option<pb_platform::ProcessId>, Option<String>)>,
     /// The connection's socket (shared with hyper, not duplicated: every
     /// connection costs one descriptor), to see whether the client hung up
     /// while a call waits ([`Conn::hung_up`]).
-    socket: Arc<TcpStream>,
+    socket: Arc<dyn io::Socket>,
+}
+
+/// A connection's two ends, as the kernel names them.
+#[derive(Debug)]
+pub enum Origin {
+    /// Loopback TCP: our address (its port is the one Host must name), the
+    /// peer's, and the peer socket's inode, to find its process when that
+    /// is needed.
+    Tcp {
+        local: SocketAddr,
+        peer: SocketAddr,
+        inode: u64,
+    },
+    /// The API's Unix socket (PORT_DADDY_SOCK): the peer's process from
+    /// SO_PEERCRED (pid and start time).
+    Unix {
+        process: Option<pb_platform::ProcessId>,
+    },
+}
+
+impl Conn {
+    /// The port a browser's Host and Origin must name: a TCP connection's
+    /// own. A Unix socket has none, and no browser reaches it, so DNS
+    /// rebinding and cross-site requests cannot arrive there.
+    pub fn host_port(&self) -> Option<u16> {
+        match self.origin {
+            Origin::Tcp { local, .. } => Some(local.port()),
+            Origin::Unix { .. } => None,
+        }
+    }
 }
 
 /// How often a waiting call looks whether its client hung up.
@@ -105,11 +132,11 @@ impl Conn {
     /// Whether the client has closed the connection, as of now. A client
     /// that only shut down its sending side (rare for HTTP) counts too.
     pub fn has_hung_up(&self) -> bool {
-        pb_platform::os::peer_closed(&*self.socket)
+        pb_platform::os::peer_closed(&self.socket.as_fd())
     }
 
     pub async fn hung_up(&self) {
-        while !pb_platform::os::peer_closed(&*self.socket) {
+        while !pb_platform::os::peer_closed(&self.socket.as_fd()) {
             tokio::time::sleep(HANGUP_CHECK).await;
         }
     }
@@ -126,9 +153,16 @@ impl Conn {
                 let Ok(_permit) = state.pid_lookups.acquire().await else {
                     return (None, None);
                 };
-                let (uid, inode) = (self.peer_uid, self.peer_inode);
+                let (uid, origin) = match self.origin {
+                    Origin::Tcp { inode, .. } => (self.peer_uid, Ok(inode)),
+                    Origin::Unix { process } => (self.peer_uid, Err(process)),
+                };
                 tokio::task::spawn_blocking(move || {
-                    let p = pb_platform::sockets::holder_of(uid, inode);
+                    let p = match origin {
+                        Ok(inode) => pb_platform::sockets::holder_of(uid, inode),
+                        // SO_PEERCRED named it when it connected.
+                        Err(process) => process,
+                    };
                     (p, p.and_then(|p| pb_platform::process::command_of(p.pid)))
                 })
                 .await
@@ -238,10 +272,15 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, router: Router)
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, router: Router) {
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<HttpState>,
+    router: Router,
+) {
     let mut slot = match state.connections.enter() {
         Ok(s) => s,
-        Err(e) => return refuse(stream, &e).await,
+        Err(e) => return refuse(&mut stream, &e).await,
     };
     let Ok(local) = stream.local_addr() else {
         return;
@@ -253,25 +292,96 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
                 ErrorCode::Forbidden,
                 format!("the kernel lists no socket for {peer}; only local processes are served"),
             );
-            return refuse(stream, &e).await;
+            return refuse(&mut stream, &e).await;
         }
         Err(e) => {
             let e = WireError::new(ErrorCode::Internal, format!("cannot identify {peer}: {e}"));
-            return refuse(stream, &e).await;
+            return refuse(&mut stream, &e).await;
         }
     };
     if let Err(e) = state.connections.assign(&mut slot, who.uid) {
-        return refuse(stream, &e).await;
+        return refuse(&mut stream, &e).await;
     }
     let _ = stream.set_nodelay(true);
-    let shared = io::SharedStream::new(stream);
-    let conn = Arc::new(Conn {
+    let origin = Origin::Tcp {
         local,
         peer,
-        peer_uid: who.uid,
-        peer_inode: who.inode,
+        inode: who.inode,
+    };
+    serve_connection(
+        io::SharedStream::new(stream),
+        origin,
+        who.uid,
+        state,
+        router,
+    )
+    .await;
+    drop(slot);
+}
+
+/// Accepts connections on the API's Unix socket (PORT_DADDY_SOCK) for the
+/// life of the runtime: the same routes and checks as over TCP, the caller
+/// named by SO_PEERCRED.
+pub async fn serve_unix(listener: UnixListener, state: Arc<HttpState>, router: Router) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(unix_connection(stream, state.clone(), router.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("HTTP accept on the Unix socket failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn unix_connection(mut stream: UnixStream, state: Arc<HttpState>, router: Router) {
+    let mut slot = match state.connections.enter() {
+        Ok(s) => s,
+        Err(e) => return refuse(&mut stream, &e).await,
+    };
+    let who = match pb_platform::PeerIdentity::of_unix_peer(&stream) {
+        Ok(w) => w,
+        Err(e) => {
+            let e = WireError::new(
+                ErrorCode::Internal,
+                format!("cannot identify the peer: {e}"),
+            );
+            return refuse(&mut stream, &e).await;
+        }
+    };
+    if let Err(e) = state.connections.assign(&mut slot, who.uid) {
+        return refuse(&mut stream, &e).await;
+    }
+    let origin = Origin::Unix {
+        process: who.process,
+    };
+    serve_connection(
+        io::SharedStream::new(stream),
+        origin,
+        who.uid,
+        state,
+        router,
+    )
+    .await;
+    drop(slot);
+}
+
+/// Serves HTTP/1.1 on one admitted connection until it closes.
+async fn serve_connection<S: io::Socket>(
+    shared: io::SharedStream<S>,
+    origin: Origin,
+    peer_uid: u32,
+    state: Arc<HttpState>,
+    router: Router,
+) {
+    let socket: Arc<dyn io::Socket> = shared.socket();
+    let conn = Arc::new(Conn {
+        origin,
+        peer_uid,
         process: tokio::sync::OnceCell::new(),
-        socket: shared.socket(),
+        socket,
     });
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let state = state.clone();
@@ -295,7 +405,6 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, 
             shared.last_words(&error::raw_refusal(&e));
         }
     }
-    drop(slot);
 }
 
 async fn handle(
@@ -314,7 +423,7 @@ async fn handle(
 }
 
 /// Answers a connection that will not be served, and closes it.
-async fn refuse(mut stream: TcpStream, e: &WireError) {
+async fn refuse(mut stream: impl tokio::io::AsyncWrite + Unpin, e: &WireError) {
     let bytes = error::raw_refusal(e);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
     let _ = stream.shutdown().await;
