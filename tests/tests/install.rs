@@ -356,6 +356,52 @@ fn the_launchd_agent_is_a_plist_that_runs_the_broker_at_login() {
     assert!(!path.exists());
 }
 
+/// A broker started as systemd starts it, with the NOTIFY_SOCKET it tells
+/// and the journal stream it logs to (files of the test's own).
+struct Activated {
+    daemon: Proc,
+    notify: UnixDatagram,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Activated {
+    /// Started with its Unix socket bound at `socket` and the HTTP API on
+    /// `http`; waits for its READY=1.
+    fn start(home: &Path, http: u16, socket: &Path) -> Activated {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let log = dir.path().join("journal");
+        let daemon = start_activated(home, http, socket, &notify_path, &log);
+        let a = Activated {
+            daemon,
+            notify,
+            log,
+            _dir: dir,
+        };
+        // Type=notify: the broker says READY=1 once it serves.
+        assert_eq!(a.next_notice(), "READY=1");
+        a
+    }
+
+    fn next_notice(&self) -> String {
+        let mut buf = [0u8; 256];
+        let n = self
+            .notify
+            .recv(&mut buf)
+            .expect("a notice on NOTIFY_SOCKET");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn journal(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 /// Starts pb daemon the way systemd starts a socket-activated unit: the
 /// sockets bound already, at fd 3 on, LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES
 /// set for the process that execs pb, stderr the journal's stream
@@ -401,19 +447,7 @@ fn a_broker_started_the_way_systemd_starts_it_serves_on_the_passed_sockets() {
     let http = block.range.1;
     let home = tempfile::tempdir().unwrap();
     let socket = home.path().join("pb.sock");
-    let notify_dir = tempfile::tempdir().unwrap();
-    let notify_path = notify_dir.path().join("notify");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let log = notify_dir.path().join("journal");
-    let mut daemon = start_activated(home.path(), http, &socket, &notify_path, &log);
-
-    // Type=notify: the broker says READY=1 once it serves.
-    let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("READY=1 on NOTIFY_SOCKET");
-    assert_eq!(&buf[..n], b"READY=1");
+    let mut a = Activated::start(home.path(), http, &socket);
 
     let pb = |args: &[&str]| {
         Command::new(pb_bin())
@@ -424,14 +458,10 @@ fn a_broker_started_the_way_systemd_starts_it_serves_on_the_passed_sockets() {
             .unwrap()
     };
     let out = pb(&["-j", "status"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    assert!(out.status.success(), "{}", a.journal());
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["started_by"], "socket_activation", "{status}");
-    assert_eq!(status["pid"], daemon.pid());
+    assert_eq!(status["pid"], a.daemon.pid());
     assert_eq!(status["http"], format!("http://127.0.0.1:{http}"));
     let human = String::from_utf8_lossy(&pb(&["status"]).stdout).into_owned();
     assert!(
@@ -459,16 +489,15 @@ fn a_broker_started_the_way_systemd_starts_it_serves_on_the_passed_sockets() {
     // Stopped, it leaves the socket file to systemd, which keeps it.
     let out = pb(&["stop"]);
     assert!(out.status.success());
-    assert!(daemon.wait_for(Duration::from_secs(10)).is_some());
+    assert!(a.daemon.wait_for(Duration::from_secs(10)).is_some());
     assert!(
         std::fs::symlink_metadata(&socket).is_ok(),
         "the activated socket's file is systemd's to remove"
     );
-    let n = notify.recv(&mut buf).expect("STOPPING=1 on NOTIFY_SOCKET");
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(a.next_notice(), "STOPPING=1");
 
     // The journal gets each line with its syslog level, no timestamp.
-    let journal = std::fs::read_to_string(&log).unwrap();
+    let journal = a.journal();
     let lines: Vec<&str> = journal.lines().collect();
     assert!(
         lines
@@ -488,16 +517,7 @@ fn a_passed_socket_bound_elsewhere_is_not_taken_for_the_broker_s() {
     let dir = tempfile::tempdir().unwrap();
     // systemd's unit names a path the clients do not use.
     let elsewhere = dir.path().join("elsewhere.sock");
-    let notify_path = dir.path().join("notify");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let log = dir.path().join("journal");
-    let mut daemon = start_activated(home.path(), http, &elsewhere, &notify_path, &log);
-    let mut buf = [0u8; 64];
-    let n = notify.recv(&mut buf).expect("READY=1");
-    assert_eq!(&buf[..n], b"READY=1");
+    let mut a = Activated::start(home.path(), http, &elsewhere);
     // The broker bound its own socket where clients look, and said why.
     let out = Command::new(pb_bin())
         .args(["-j", "status"])
@@ -506,13 +526,13 @@ fn a_passed_socket_bound_elsewhere_is_not_taken_for_the_broker_s() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let journal = std::fs::read_to_string(&log).unwrap();
+    let journal = a.journal();
     assert!(
         journal.contains("<4>the passed ipc socket is bound at"),
         "{journal}"
     );
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait_for(Duration::from_secs(10)).is_some());
+    a.daemon.signal(libc::SIGTERM);
+    assert!(a.daemon.wait_for(Duration::from_secs(10)).is_some());
     // Its own socket it removes when it stops.
     assert!(!home.path().join("pb.sock").exists());
 }

@@ -272,51 +272,32 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, router: Router)
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    state: Arc<HttpState>,
-    router: Router,
-) {
-    let mut slot = match state.connections.enter() {
-        Ok(s) => s,
-        Err(e) => return refuse(&mut stream, &e).await,
-    };
-    let Ok(local) = stream.local_addr() else {
-        return;
-    };
-    let who = match super::tcp_peer(local, peer).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            let e = WireError::new(
+async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<HttpState>, router: Router) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr();
+    admitted(stream, state, router, async move {
+        let local = local
+            .map_err(|e| WireError::new(ErrorCode::Internal, format!("no local address: {e}")))?;
+        match super::tcp_peer(local, peer).await {
+            Ok(Some(who)) => Ok((
+                Origin::Tcp {
+                    local,
+                    peer,
+                    inode: who.inode,
+                },
+                who.uid,
+            )),
+            Ok(None) => Err(WireError::new(
                 ErrorCode::Forbidden,
                 format!("the kernel lists no socket for {peer}; only local processes are served"),
-            );
-            return refuse(&mut stream, &e).await;
+            )),
+            Err(e) => Err(WireError::new(
+                ErrorCode::Internal,
+                format!("cannot identify {peer}: {e}"),
+            )),
         }
-        Err(e) => {
-            let e = WireError::new(ErrorCode::Internal, format!("cannot identify {peer}: {e}"));
-            return refuse(&mut stream, &e).await;
-        }
-    };
-    if let Err(e) = state.connections.assign(&mut slot, who.uid) {
-        return refuse(&mut stream, &e).await;
-    }
-    let _ = stream.set_nodelay(true);
-    let origin = Origin::Tcp {
-        local,
-        peer,
-        inode: who.inode,
-    };
-    serve_connection(
-        io::SharedStream::new(stream),
-        origin,
-        who.uid,
-        state,
-        router,
-    )
-    .await;
-    drop(slot);
+    })
+    .await
 }
 
 /// Accepts connections on the API's Unix socket (PORT_DADDY_SOCK) for the
@@ -336,35 +317,46 @@ pub async fn serve_unix(listener: UnixListener, state: Arc<HttpState>, router: R
     }
 }
 
-async fn unix_connection(mut stream: UnixStream, state: Arc<HttpState>, router: Router) {
+async fn unix_connection(stream: UnixStream, state: Arc<HttpState>, router: Router) {
+    let who = pb_platform::PeerIdentity::of_unix_peer(&stream);
+    admitted(stream, state, router, async move {
+        let who = who.map_err(|e| {
+            WireError::new(
+                ErrorCode::Internal,
+                format!("cannot identify the peer: {e}"),
+            )
+        })?;
+        Ok((
+            Origin::Unix {
+                process: who.process,
+            },
+            who.uid,
+        ))
+    })
+    .await
+}
+
+/// Takes a connection slot, then who is calling (`identify`), then that
+/// user's share of the slots, and serves the connection; each refusal is
+/// answered with its error. One path for TCP and the Unix socket.
+async fn admitted<S: io::Socket + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    state: Arc<HttpState>,
+    router: Router,
+    identify: impl std::future::Future<Output = Result<(Origin, u32), WireError>>,
+) {
     let mut slot = match state.connections.enter() {
         Ok(s) => s,
         Err(e) => return refuse(&mut stream, &e).await,
     };
-    let who = match pb_platform::PeerIdentity::of_unix_peer(&stream) {
-        Ok(w) => w,
-        Err(e) => {
-            let e = WireError::new(
-                ErrorCode::Internal,
-                format!("cannot identify the peer: {e}"),
-            );
-            return refuse(&mut stream, &e).await;
-        }
+    let (origin, uid) = match identify.await {
+        Ok(who) => who,
+        Err(e) => return refuse(&mut stream, &e).await,
     };
-    if let Err(e) = state.connections.assign(&mut slot, who.uid) {
+    if let Err(e) = state.connections.assign(&mut slot, uid) {
         return refuse(&mut stream, &e).await;
     }
-    let origin = Origin::Unix {
-        process: who.process,
-    };
-    serve_connection(
-        io::SharedStream::new(stream),
-        origin,
-        who.uid,
-        state,
-        router,
-    )
-    .await;
+    serve_connection(io::SharedStream::new(stream), origin, uid, state, router).await;
     drop(slot);
 }
 
