@@ -66,10 +66,12 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
     let mut passed = Activated::sort(pb_platform::activation::take_listen_fds());
     let started_by = if passed.any() {
         StartedBy::SocketActivation
+    } else if ready.has_waiter() {
+        // Before INVOCATION_ID: a client inside some systemd service
+        // inherits that variable, and it is still a client's start.
+        StartedBy::Client
     } else if std::env::var_os("INVOCATION_ID").is_some() {
         StartedBy::ServiceManager
-    } else if ready.has_waiter() {
-        StartedBy::Client
     } else {
         StartedBy::Foreground
     };
@@ -167,11 +169,16 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         stop_accepting.notify_one();
         let _ = server.await;
         lock(&core).daemon_stopping();
-        if let Some(file) = &port_file {
+        // Under socket activation systemd keeps the port served while
+        // the broker is down: the file stays true, and stays.
+        if let Some(file) = port_file
+            .as_ref()
+            .filter(|_| started_by != StartedBy::SocketActivation)
+        {
             PortFile::remove(file, lock(&core).http_port());
         }
         if let Some(path) = &http_socket {
-            HttpSocket::remove(path, lock(&core).http_socket_served());
+            HttpSocket::remove(path, lock(&core).http_socket_inode());
         }
         if socket_ours {
             let _ = fs::remove_file(&socket_path);
@@ -211,9 +218,16 @@ impl HttpSocket {
         os::with_umask(0o177, || UnixListener::bind(path)).map_err(|e| e.to_string())
     }
 
-    /// Removes the socket at a clean stop, if it is still the one bound.
-    fn remove(path: &Path, served: bool) {
-        if served {
+    /// The inode of the socket file at `path`, to know it for ours later.
+    fn inode(path: &Path) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(path).ok().map(|m| m.ino())
+    }
+
+    /// Removes the socket at a clean stop, if it is still the one bound
+    /// (the same inode: not a file someone put there since).
+    fn remove(path: &Path, bound: Option<u64>) {
+        if bound.is_some() && HttpSocket::inode(path) == bound {
             let _ = fs::remove_file(path);
         }
     }
@@ -230,7 +244,19 @@ impl PortFile {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".pb-{}.tmp", std::process::id()));
         let tmp = std::path::PathBuf::from(tmp);
-        fs::write(&tmp, format!("{port}\n"))?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // A new file of our own: never through a link planted at the
+            // temporary name.
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(format!("{port}\n").as_bytes())?;
+        }
         fs::rename(&tmp, path).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })
@@ -331,7 +357,7 @@ async fn start_http(
         match HttpSocket::bind(path) {
             Ok(l) => {
                 tracing::info!("HTTP API on the Unix socket {shown} (PORT_DADDY_SOCK)");
-                lock(&core).set_http_socket(Ok(shown));
+                lock(&core).set_http_socket(Ok((shown, HttpSocket::inode(path))));
                 tokio::spawn(http::serve_unix(l, state.clone(), router.clone()));
             }
             Err(why) => {

@@ -113,6 +113,25 @@ impl Spec {
             )
             .into());
         }
+        // systemd runs a unit from the home directory, and a relative
+        // ListenStream= is refused: every path must be absolute.
+        for (k, v) in &env {
+            let pathlike = matches!(
+                k.as_str(),
+                "PB_HOME"
+                    | "XDG_STATE_HOME"
+                    | "PB_WEBHOOK_CA"
+                    | "PORT_DADDY_SOCK"
+                    | "PORT_DADDY_PORT_FILE"
+            );
+            if pathlike && !std::path::Path::new(v).is_absolute() {
+                return Err(WireError::new(
+                    ErrorCode::InvalidPath,
+                    format!("{k}={v:?} is a relative path; a service needs an absolute one"),
+                )
+                .into());
+            }
+        }
         Ok(Spec {
             exe,
             env,
@@ -186,36 +205,49 @@ pub fn install(paths: &Paths, cmd: InstallCmd, fmt: Format) -> Result<i32> {
             .into());
         }
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // A reinstall with HTTP (or the proxy) now off leaves no stale socket
-    // unit of pb's behind.
-    let stale: Vec<PathBuf> = names(manager)
-        .iter()
-        .map(|n| dir.join(n))
-        .filter(|p| !files.iter().any(|f| &f.path == p) && is_ours(p))
-        .collect();
-    for f in &files {
-        write_aside(&f.path, &f.text)?;
-    }
-    for p in &stale {
-        std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
-    }
     let mut steps = Vec::new();
     if !cmd.no_start {
         // systemd cannot bind what a running broker holds: that broker
-        // stops first (its leases are kept, and reloaded by the next).
+        // stops before anything is written (its leases are kept, and
+        // reloaded by the next).
         if let Some(pid) = stop_unsupervised(paths)? {
             steps.push(format!(
                 "stopped the running broker (pid {pid}) so that {} holds its sockets",
                 manager.name()
             ));
         }
-        let start: Vec<String> = files
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A reinstall with HTTP (or the proxy) now off leaves no stale socket
+    // unit of pb's behind: stopped and disabled first, where a manager
+    // runs, so that no listener or enable link outlives its file.
+    let stale: Vec<PathBuf> = names(manager)
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| !files.iter().any(|f| &f.path == p) && is_ours(p))
+        .collect();
+    let written =
+        |e: anyhow::Error| e.context("some files are written; `pb uninstall` removes them");
+    for f in &files {
+        write_aside(&f.path, &f.text).map_err(written)?;
+    }
+    if !cmd.no_start && !stale.is_empty() {
+        let (done, failed) = manager.stop(&file_names(&stale));
+        steps.extend(done);
+        steps.extend(failed.into_iter().map(|f| format!("failed: {f}")));
+    }
+    for p in &stale {
+        std::fs::remove_file(p)
+            .with_context(|| format!("removing {}", p.display()))
+            .map_err(written)?;
+    }
+    if !cmd.no_start {
+        let units: Vec<PathBuf> = files
             .iter()
             .filter(|f| f.start)
-            .filter_map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .map(|f| f.path.clone())
             .collect();
-        let done = manager.start(&start).map_err(|why| {
+        let done = manager.start(&file_names(&units)).map_err(|why| {
             anyhow::anyhow!("the files are written, but starting them failed: {why}; `pb uninstall` removes them")
         })?;
         steps.extend(done);
@@ -267,11 +299,7 @@ pub fn uninstall(cmd: UninstallCmd, fmt: Format) -> Result<i32> {
         // Stopped before their files go; a manager that is absent has
         // nothing loaded to stop.
         if manager.available().is_ok() {
-            let units: Vec<String> = ours
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect();
-            let (done, failed) = manager.stop(&units);
+            let (done, failed) = manager.stop(&file_names(&ours));
             steps.extend(done);
             warnings.extend(failed);
         }
@@ -308,6 +336,14 @@ pub fn uninstall(cmd: UninstallCmd, fmt: Format) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The file names of `paths`, as the service manager names units.
+fn file_names(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect()
 }
 
 /// Stops a broker that runs outside the service manager, returning its

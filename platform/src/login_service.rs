@@ -83,7 +83,14 @@ impl Manager {
             Manager::Systemd => {
                 run("systemctl", &["--user", "daemon-reload"])?;
                 done.push("systemctl --user daemon-reload".to_string());
-                let mut args = vec!["--user", "enable", "--now"];
+                let mut args = vec!["--user", "enable"];
+                args.extend(units.iter().map(String::as_str));
+                run("systemctl", &args)?;
+                done.push(format!("systemctl {}", args.join(" ")));
+                // A reinstall's new settings take effect: the service (if
+                // it runs) stops, and the sockets are bound anew.
+                let _ = run("systemctl", &["--user", "stop", "pb.service"]);
+                let mut args = vec!["--user", "restart"];
                 args.extend(units.iter().map(String::as_str));
                 run("systemctl", &args)?;
                 done.push(format!("systemctl {}", args.join(" ")));
@@ -92,6 +99,13 @@ impl Manager {
                 let dir = self.unit_dir()?;
                 for u in units {
                     let path = dir.join(u).display().to_string();
+                    // A reinstall replaces the loaded agent: unloaded
+                    // first (an error there only means it was not loaded).
+                    let label = u.trim_end_matches(".plist");
+                    let _ = run(
+                        "launchctl",
+                        &["bootout", &format!("{}/{label}", gui_domain())],
+                    );
                     run("launchctl", &["bootstrap", &gui_domain(), &path])?;
                     done.push(format!("launchctl bootstrap {} {path}", gui_domain()));
                 }

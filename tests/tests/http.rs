@@ -225,6 +225,17 @@ fn portmanager_on_3030_allocs_a_second_instance_and_looks_both_up() {
         seen,
         [("my-api", "my-api"), ("my-api", "my-api.2")].map(|(a, b)| (a.to_string(), b.to_string()))
     );
+    // A heartbeat by name renews every instance.
+    let hb = post_json(
+        3030,
+        "POST",
+        "/heartbeat",
+        json!({"service_name": "my-api", "ttl_seconds": 600}),
+    );
+    assert_eq!(hb.status, 200, "{hb:?}");
+    for l in broker.pb_json(&["find"])["services"].as_array().unwrap() {
+        assert_eq!(l["ttl_ms"], 600_000, "{l}");
+    }
     // A lease a pb client called my-api.3 is not an instance of my-api.
     broker.claim("my-api.3", &[]);
     assert_eq!(lookup().1["all_ports"], json!([p1, p2]));

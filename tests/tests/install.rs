@@ -289,6 +289,16 @@ fn install_refuses_to_overwrite_a_file_that_is_not_its_own() {
 }
 
 #[test]
+fn a_relative_path_setting_is_refused_before_anything_is_written() {
+    let s = Setup::new();
+    let out = s.pb(&["install", "--no-start"], &[("PB_HOME", "relative/home")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PB_HOME=\"relative/home\" is a relative path"), "{err}");
+    assert!(!s.config.path().join("systemd").exists());
+}
+
+#[test]
 fn install_where_systemd_is_absent_says_so_and_writes_nothing() {
     let s = Setup::new();
     // No systemctl on PATH: no service manager to start anything.

@@ -330,6 +330,7 @@ pub struct Core {
     started_by: Option<pb_proto::StartedBy>,
     /// PORT_DADDY_SOCK: where the HTTP API is also served, or why not.
     http_socket: Option<String>,
+    http_socket_inode: Option<u64>,
     http_socket_off: Option<String>,
     logins: Logins,
     pub(crate) webhooks: crate::core::webhooks::Webhooks,
@@ -368,6 +369,7 @@ impl Core {
             http_off: None,
             started_by: None,
             http_socket: None,
+            http_socket_inode: None,
             http_socket_off: None,
             logins: Logins::default(),
             webhooks: Default::default(),
@@ -458,16 +460,21 @@ impl Core {
         self.proxy = Some(proxy);
     }
 
-    /// The HTTP API is also served on this Unix socket, or (`Err`) why not.
-    pub fn set_http_socket(&mut self, served: Result<String, String>) {
+    /// The HTTP API is also served on this Unix socket (its path and the
+    /// inode it was bound with), or (`Err`) why not.
+    pub fn set_http_socket(&mut self, served: Result<(String, Option<u64>), String>) {
         match served {
-            Ok(path) => self.http_socket = Some(path),
+            Ok((path, inode)) => {
+                self.http_socket = Some(path);
+                self.http_socket_inode = inode;
+            }
             Err(why) => self.http_socket_off = Some(why),
         }
     }
 
-    pub fn http_socket_served(&self) -> bool {
-        self.http_socket.is_some()
+    /// The inode of the Unix socket the HTTP API was bound with.
+    pub fn http_socket_inode(&self) -> Option<u64> {
+        self.http_socket_inode
     }
 
     /// How the broker was started, for `status`.

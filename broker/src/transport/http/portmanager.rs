@@ -208,14 +208,9 @@ async fn instances(
     // Checked as an id first: a bad name is the claim's error, not an
     // empty answer.
     crate::ids::check_id(name)?;
-    let reply: FindReply = call(
-        state,
-        caller,
-        Op::Find {
-            pattern: Some(format!("{name}*")),
-        },
-    )
-    .await?;
+    // Every lease, filtered here: a pattern `NAME*` would be longer than
+    // the longest name the id grammar allows.
+    let reply: FindReply = call(state, caller, Op::Find { pattern: None }).await?;
     let mut found: Vec<(u32, LeaseInfo)> = reply
         .services
         .into_iter()
@@ -309,19 +304,30 @@ pub async fn heartbeat(
     body: Bytes,
 ) -> Result<Json<Lease>, ApiError> {
     let r: LeaseRef = json_body(&body)?;
-    let lease: LeaseInfo = call(
-        &state,
-        &caller,
-        Op::Heartbeat {
-            id: r.service_name,
-            port: r.port,
-            ttl_ms: r
-                .ttl_seconds
-                .map(|t| t.checked_mul(1000).unwrap_or(i64::MAX)),
-        },
-    )
-    .await?;
-    Ok(Json(lease.into()))
+    let ttl_ms = r
+        .ttl_seconds
+        .map(|t| t.checked_mul(1000).unwrap_or(i64::MAX));
+    let beat = |id: Option<String>, port: Option<i64>| Op::Heartbeat { id, port, ttl_ms };
+    // By name: every instance of it is renewed (the first is returned),
+    // as release and lookup by name reach every instance.
+    let ids = match (&r.service_name, r.port) {
+        (Some(name), None) => instances(&state, &caller, name)
+            .await?
+            .into_iter()
+            .map(|l| l.id)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if ids.is_empty() {
+        let lease: LeaseInfo = call(&state, &caller, beat(r.service_name, r.port)).await?;
+        return Ok(Json(lease.into()));
+    }
+    let mut first = None;
+    for id in ids {
+        let lease: LeaseInfo = call(&state, &caller, beat(Some(id), None)).await?;
+        first.get_or_insert(lease);
+    }
+    Ok(Json(first.expect("at least one instance").into()))
 }
 
 /// Every lease.
