@@ -294,7 +294,10 @@ fn a_relative_path_setting_is_refused_before_anything_is_written() {
     let out = s.pb(&["install", "--no-start"], &[("PB_HOME", "relative/home")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("PB_HOME=\"relative/home\" is a relative path"), "{err}");
+    assert!(
+        err.contains("PB_HOME=\"relative/home\" is a relative path"),
+        "{err}"
+    );
     assert!(!s.config.path().join("systemd").exists());
 }
 
