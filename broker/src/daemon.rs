@@ -197,25 +197,13 @@ struct HttpSocket;
 
 impl HttpSocket {
     fn bind(path: &Path) -> Result<UnixListener, String> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        if let Ok(meta) = fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(
-                    "it exists and is not a socket; remove it or choose another path".into(),
-                );
-            }
-            if meta.uid() != os::effective_uid() {
-                return Err(format!(
-                    "it is a socket of uid {}, not this broker's user",
-                    meta.uid()
-                ));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err("another server listens on it (Port Daddy?)".into());
-            }
-            fs::remove_file(path).map_err(|e| format!("removing the stale socket: {e}"))?;
-        }
-        os::with_umask(0o177, || UnixListener::bind(path)).map_err(|e| e.to_string())
+        use os::StaleSocketError::Live;
+        let std = os::bind_unix_replacing_stale(path).map_err(|e| match e {
+            Live => format!("{e} (Port Daddy?)"),
+            e => e.to_string(),
+        })?;
+        std.set_nonblocking(true).map_err(|e| e.to_string())?;
+        UnixListener::from_std(std).map_err(|e| e.to_string())
     }
 
     /// The inode of the socket file at `path`, to know it for ours later.
@@ -241,25 +229,7 @@ struct PortFile;
 
 impl PortFile {
     fn write(path: &Path, port: u16) -> std::io::Result<()> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".pb-{}.tmp", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            // A new file of our own: never through a link planted at the
-            // temporary name.
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            f.write_all(format!("{port}\n").as_bytes())?;
-        }
-        fs::rename(&tmp, path).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+        os::write_aside(path, format!("{port}\n").as_bytes(), 0o600)
     }
 
     fn remove(path: &Path, port: Option<u16>) {

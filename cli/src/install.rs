@@ -229,7 +229,9 @@ pub fn install(paths: &Paths, cmd: InstallCmd, fmt: Format) -> Result<i32> {
     let written =
         |e: anyhow::Error| e.context("some files are written; `pb uninstall` removes them");
     for f in &files {
-        write_aside(&f.path, &f.text).map_err(written)?;
+        pb_platform::os::write_aside(&f.path, f.text.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", f.path.display()))
+            .map_err(written)?;
     }
     if !cmd.no_start && !stale.is_empty() {
         let (done, failed) = manager.stop(&file_names(&stale));
@@ -377,18 +379,6 @@ fn is_ours(path: &Path) -> bool {
     };
     meta.is_file()
         && std::fs::read_to_string(path).is_ok_and(|t| t.lines().take(3).any(|l| l.contains(MARK)))
-}
-
-/// Writes `text` beside `path` and renames it into place.
-fn write_aside(path: &Path, text: &str) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".pb-{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("writing {}", path.display())
-    })
 }
 
 /// systemd's quoting for one word of a unit setting: specifiers (`%`)

@@ -135,17 +135,9 @@ fn listen(address: &str) -> Result<UnixListener> {
         return UnixListener::bind_addr(&addr)
             .with_context(|| format!("listening on {address} (another portserver?)"));
     }
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(address) {
-        let stale = meta.file_type().is_socket() && UnixStream::connect(address).is_err();
-        anyhow::ensure!(
-            stale,
-            "{address} exists and is not a portserver's socket nobody uses; choose another --address"
-        );
-        std::fs::remove_file(address).with_context(|| format!("removing the stale {address}"))?;
-    }
-    pb_platform::os::with_umask(0o177, || UnixListener::bind(address))
-        .with_context(|| format!("listening on {address}"))
+    pb_platform::os::bind_unix_replacing_stale(std::path::Path::new(address)).with_context(|| {
+        format!("listening on {address} (only a dead portserver socket of this user is replaced; choose another --address)")
+    })
 }
 
 /// Reads one request and claims its port: `(pid, port)`.

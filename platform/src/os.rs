@@ -1,11 +1,13 @@
 //! Small questions and settings of the process itself: who it runs as, its
-//! umask, whether stderr is the journal, an exclusive lock on a file, a socket's write side, and random
-//! bytes. Here so that the broker and the CLI make none of these calls
+//! umask, whether stderr is the journal, an exclusive lock on a file, a
+//! socket's write side, random bytes, a file written aside and renamed, and
+//! a Unix socket bound where only a dead one of ours may be replaced. Here so that the broker and the CLI make none of these calls
 //! themselves.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 
 /// The user this process acts as.
 pub fn effective_uid() -> u32 {
@@ -98,6 +100,65 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     getrandom::fill(buf).map_err(|e| io::Error::other(e.to_string()))
 }
 
+/// Writes `bytes` to a new file beside `path` (mode `mode`, never through a
+/// link planted at the temporary name) and renames it over `path`, so a
+/// reader sees the old file or the new one, never half of one.
+pub fn write_aside(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".pb-{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes));
+    written
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Why [`bind_unix_replacing_stale`] left a file alone.
+#[derive(Debug, thiserror::Error)]
+pub enum StaleSocketError {
+    #[error("it exists and is not a socket; remove it or choose another path")]
+    NotASocket,
+    #[error("it is a socket of uid {0}, not this process's user")]
+    OtherUser(u32),
+    #[error("another server listens on it")]
+    Live,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Binds a Unix socket at `path` (mode 0600). A file already there is
+/// replaced only if it is a socket of this user that nobody listens on
+/// (the leftover of a process that died); anything else is left alone.
+pub fn bind_unix_replacing_stale(
+    path: &Path,
+) -> Result<std::os::unix::net::UnixListener, StaleSocketError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(StaleSocketError::NotASocket);
+        }
+        if meta.uid() != effective_uid() {
+            return Err(StaleSocketError::OtherUser(meta.uid()));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(StaleSocketError::Live);
+        }
+        std::fs::remove_file(path)?;
+    }
+    Ok(with_umask(0o177, || UnixListener::bind(path))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +185,40 @@ mod tests {
         let before = set_umask(0o022);
         assert_eq!(with_umask(0o177, || set_umask(0o177)), 0o177);
         assert_eq!(set_umask(before), 0o022);
+    }
+
+    #[test]
+    fn write_aside_replaces_whole_and_leaves_no_temporary() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let path = dir.join("f");
+        write_aside(&path, b"one", 0o644).unwrap();
+        write_aside(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_dead_socket_of_ours_is_replaced() {
+        let dir = tempfile_dir();
+        let path = dir.join("s");
+        std::fs::write(&path, b"x").unwrap();
+        assert!(matches!(
+            bind_unix_replacing_stale(&path),
+            Err(StaleSocketError::NotASocket)
+        ));
+        std::fs::remove_file(&path).unwrap();
+        let live = bind_unix_replacing_stale(&path).unwrap();
+        assert!(matches!(
+            bind_unix_replacing_stale(&path),
+            Err(StaleSocketError::Live)
+        ));
+        drop(live);
+        assert!(bind_unix_replacing_stale(&path).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn tempfile_dir() -> std::path::PathBuf {

@@ -1285,7 +1285,7 @@ fn a_port_daddy_sock_that_is_not_ours_is_left_alone() {
     for (path, why) in [
         (&file, "is not a socket"),
         (&live, "another server listens on it"),
-        (&theirs, "not this broker's user"),
+        (&theirs, "not this process's user"),
     ] {
         let shown = path.display().to_string();
         let before = std::fs::symlink_metadata(path).unwrap();
