@@ -122,6 +122,19 @@ impl PortBlock {
         }
         panic!("no free block of {size} test ports");
     }
+
+    /// A range outside the test blocks, locked by nobody: for a bench,
+    /// which runs alone, that needs more ports than the blocks hold.
+    pub fn outside_tests(start: u16, size: u16) -> PortBlock {
+        assert!(
+            start >= BLOCKS_START + BLOCKS * BLOCK,
+            "inside the test blocks"
+        );
+        PortBlock {
+            range: (start, start + size - 1),
+            _locks: Vec::new(),
+        }
+    }
 }
 
 /// Whether an outside process could bind `addr` right now with a plain
