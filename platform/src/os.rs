@@ -1,8 +1,8 @@
 //! Small questions and settings of the process itself: who it runs as, its
 //! umask, whether stderr is the journal, an exclusive lock on a file, a
 //! socket's write side, random bytes, a file written aside and renamed, and
-//! a Unix socket bound where only a dead one of ours may be replaced. Here so that the broker and the CLI make none of these calls
-//! themselves.
+//! a Unix socket bound where only a dead one of ours may be replaced. Here
+//! so that the broker and the CLI make none of these calls themselves.
 
 use std::fs::File;
 use std::io;

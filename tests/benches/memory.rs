@@ -8,8 +8,9 @@
 //! mapped, shared with the page cache).
 //!
 //! With PB_MEMORY_MAX_IDLE_KB set, only the idle broker is measured and the
-//! run fails if its VmRSS is above that many KiB: the CI regression check
-//! (.ci/run), a generous bound, not the target.
+//! run fails if its VmRSS is above that many KiB: for a CI regression
+//! check with a generous bound, not the target. (.ci/run does not run it
+//! yet: today's idle figure is above issue 20's 8 MB bound; BENCHMARKS.md.)
 
 use std::time::Duration;
 
@@ -110,10 +111,10 @@ fn main() {
 
     let idle = settled(&Broker::start());
     print("idle", idle);
-    if let Some(max) = std::env::var("PB_MEMORY_MAX_IDLE_KB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Ok(max) = std::env::var("PB_MEMORY_MAX_IDLE_KB") {
+        let max: u64 = max
+            .parse()
+            .unwrap_or_else(|_| panic!("PB_MEMORY_MAX_IDLE_KB={max:?} is not a number of KiB"));
         if idle.total > max {
             eprintln!("idle broker VmRSS {} KiB is over {max} KiB", idle.total);
             std::process::exit(1);
