@@ -24,6 +24,7 @@ pub mod ids;
 pub mod localca;
 pub mod log;
 pub mod logins;
+pub mod metrics;
 pub mod names;
 pub mod relay;
 pub mod rules;

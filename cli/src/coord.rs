@@ -348,7 +348,7 @@ fn iso_time(ms: u64) -> String {
 
 fn print_message(m: &MessageInfo, fmt: Format) {
     match fmt {
-        Format::Json => outln!("{}", serde_json::to_string(m).expect("serializable")),
+        Format::Json => outln!("{}", m.line()),
         Format::Quiet => outln!("{}", m.data),
         Format::Human => outln!("[{}] {} {}", iso_time(m.time_ms), m.channel, m.data),
     }
@@ -398,11 +398,7 @@ pub fn history(
         since_id: since,
         limit,
     })?;
-    if fmt == Format::Json {
-        output::print_json(&reply);
-    } else {
-        reply.messages.iter().for_each(|m| print_message(m, fmt));
-    }
+    reply.messages.iter().for_each(|m| print_message(m, fmt));
     Ok(0)
 }
 

@@ -37,8 +37,8 @@ use clap::{Args, Parser, Subcommand};
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
 use pb_proto::{
-    ClaimArgs, ClaimReply, FindReply, LeaseInfo, ListenersReply, Op, Owner, ReleaseReply,
-    StatusReply, WhoReply,
+    ClaimArgs, ClaimReply, FindReply, LeaseInfo, ListenersReply, MetricsReply, Op, Owner,
+    ReleaseReply, StatusReply, WhoReply,
 };
 
 #[derive(Parser)]
@@ -310,6 +310,9 @@ enum Command {
     ShimPath,
     /// Show whether the broker is running.
     Status,
+    /// Print the running broker's Prometheus metrics, the OpenMetrics text
+    /// that GET /metrics serves (`-j`: `{"text": ...}`).
+    Metrics,
     /// Start the broker in the background.
     Start,
     /// Stop the broker.
@@ -878,6 +881,14 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                     }
                 }
                 (Err(e), _) => return Err(e),
+            }
+            Ok(0)
+        }
+        Command::Metrics => {
+            let (m, _): (MetricsReply, _) = connect::existing(&paths)?.call_as(Op::Metrics)?;
+            match fmt {
+                Format::Json => output::print_json(&m),
+                _ => outln!("{}", m.text.trim_end()),
             }
             Ok(0)
         }

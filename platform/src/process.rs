@@ -84,13 +84,19 @@ impl PeerIdentity {
     }
 }
 
-/// The uid owning process `pid`, if it exists.
 /// The file this process runs, opened for reading: the running binary even
 /// when an upgrade has since replaced the file at its path.
 pub fn own_executable() -> std::io::Result<std::fs::File> {
     crate::sys::own_executable()
 }
 
+/// This process's resident memory in bytes, where the kernel says
+/// (`pb metrics`' `pb_resident_memory_bytes`).
+pub fn own_resident_bytes() -> Option<u64> {
+    crate::sys::own_resident_bytes()
+}
+
+/// The uid owning process `pid`, if it exists.
 pub fn uid_of(pid: u32) -> Option<u32> {
     crate::sys::process_uid(pid)
 }

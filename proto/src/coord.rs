@@ -111,6 +111,39 @@ pub struct MessageInfo {
     pub from: Option<Actor>,
 }
 
+/// The top-level key of a message line (`MessageInfo::line`) that holds
+/// pb's own fields. A message whose payload is an object with this key is
+/// refused at publish, so it can never collide with a payload field.
+pub const MESSAGE_META_KEY: &str = "_pb";
+
+impl MessageInfo {
+    /// The message as one line of `pb sub --json` and `pb history --json`:
+    /// an object payload's own fields at the top, where Port Daddy's
+    /// recipe (`jq 'select(.status=="complete")'`) looks for them, and
+    /// pb's (`id`, `channel`, `time_ms`, `from`) under `_pb`. A payload
+    /// that is not an object (or, retained from before the key was
+    /// reserved, holds `_pb`) is `_pb.data`, and the line has no other key.
+    pub fn line(&self) -> Value {
+        let mut meta = serde_json::json!({
+            "id": self.id,
+            "channel": self.channel,
+            "time_ms": self.time_ms,
+            "from": self.from,
+        });
+        match &self.data {
+            Value::Object(fields) if !fields.contains_key(MESSAGE_META_KEY) => {
+                let mut line = fields.clone();
+                line.insert(MESSAGE_META_KEY.to_string(), meta);
+                Value::Object(line)
+            }
+            other => {
+                meta["data"] = other.clone();
+                serde_json::json!({ MESSAGE_META_KEY: meta })
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublishReply {
     pub id: u64,

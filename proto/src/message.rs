@@ -17,6 +17,8 @@ use crate::PROTOCOL_VERSION;
 pub enum Op {
     /// The broker's own state: version, pid, counts, paths.
     Status,
+    /// The broker's Prometheus metrics, as the text `GET /metrics` serves.
+    Metrics,
     Claim(ClaimArgs),
     /// Claims every one of `claims`, or (if one fails) none: a stack's
     /// ports in one step (`pb up`). No descriptors travel with the reply;
@@ -543,6 +545,13 @@ pub struct ListenersReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShutdownReply {
     pub stopping: bool,
+}
+
+/// A scrape: the metrics in the OpenMetrics text format (docs/HTTP.md,
+/// "Metrics"), ending in `# EOF`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReply {
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -426,6 +426,17 @@ impl Broker {
         serde_json::from_str(&self.pb_ok(&a)).expect("pb -j prints JSON")
     }
 
+    /// `pb -j ARGS` for a command that prints one JSON object a line
+    /// (`history`, `log`).
+    pub fn pb_json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let mut a = vec!["-j"];
+        a.extend_from_slice(args);
+        self.pb_ok(&a)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("pb -j prints a JSON object a line"))
+            .collect()
+    }
+
     /// Starts tests/clients/holder.py with `args` (what to take and hold
     /// until killed) and returns it with the JSON line it printed once it
     /// held everything.

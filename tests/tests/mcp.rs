@@ -603,8 +603,8 @@ fn the_typescript_sdk_over_http_claims_locks_talks_and_is_refused_like_any_http_
     );
     let got = b.call("get_messages", json!({ "channel": "build:*" }));
     assert_eq!(got["messages"][0]["data"]["status"], "complete", "{got}");
-    let seen = broker.pb_json(&["history", "build:web"]);
-    assert_eq!(seen["messages"][0]["data"]["status"], "complete", "{seen}");
+    let seen = broker.pb_json_lines(&["history", "build:web"]);
+    assert_eq!(seen[0]["status"], "complete", "{seen:?}");
     // Nothing serves web:api's port: the wait ends in pb's timeout.
     let waited = b.answer(
         "wait_for_service",

@@ -245,18 +245,21 @@ fn broker_events_arrive_on_pb_channels_and_the_cli_streams_json_lines() {
         line.clear();
         out.read_line(&mut line).unwrap();
         m = serde_json::from_str(&line).unwrap();
-        if m["data"] != "first" {
+        if m["_pb"]["data"] != "first" {
             break;
         }
     }
-    assert_eq!(m["data"], json!({"hello": 1}));
+    // The payload's own fields on top, pb's under `_pb`.
+    assert_eq!(m["hello"], 1, "{m}");
+    assert_eq!(m["_pb"]["channel"], "news", "{m}");
+    assert!(m["_pb"]["id"].as_u64().is_some(), "{m}");
     let port = broker.claim("evt:api", &[]);
     line.clear();
     out.read_line(&mut line).unwrap();
     let m: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(m["channel"], "pb:service.claim");
-    assert_eq!(m["data"]["target"], "evt:api");
-    assert_eq!(m["data"]["details"]["port"], port);
+    assert_eq!(m["_pb"]["channel"], "pb:service.claim");
+    assert_eq!(m["target"], "evt:api");
+    assert_eq!(m["details"]["port"], port);
     drop(sub);
     let v = broker.pb_json(&["channels"]);
     let names: Vec<&str> = v["channels"]
@@ -267,8 +270,7 @@ fn broker_events_arrive_on_pb_channels_and_the_cli_streams_json_lines() {
         .collect();
     assert!(names.contains(&"news") && names.contains(&"pb:service.claim"));
     broker.pb_ok(&["channels", "--clear", "news"]);
-    let h = broker.pb_json(&["history", "news"]);
-    assert!(h["messages"].as_array().unwrap().is_empty());
+    assert!(broker.pb_json_lines(&["history", "news"]).is_empty());
 }
 
 #[test]
@@ -295,6 +297,12 @@ fn bad_pubsub_requests_get_clear_errors_and_change_nothing() {
         );
     }
     assert_eq!(publish_err("pb:fake", json!(1)), ErrorCode::Forbidden);
+    // `_pb` is pb's key on `pb sub --json` lines; a payload may not take it
+    // (below the top level it is the payload's).
+    assert_eq!(
+        publish_err("keep", json!({"_pb": 1, "status": "x"})),
+        ErrorCode::InvalidRequest
+    );
     assert_eq!(
         publish_err("big", json!("x".repeat(2000))),
         ErrorCode::TooLarge

@@ -60,6 +60,7 @@ pub trait ReplyType: Sized {
 
 answers! {
     Status(StatusReply),
+    Metrics(MetricsReply),
     Lease(LeaseInfo),
     Claim(ClaimReply),
     ClaimMany(ClaimManyReply),

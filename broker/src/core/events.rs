@@ -287,6 +287,7 @@ impl Core {
         details: Value,
     ) -> u64 {
         let id = self.bus.allocate(&mut self.store);
+        self.metrics.event(kind.name());
         let ev = Arc::new(Event {
             id,
             time_ms: now_ms(),

@@ -127,6 +127,15 @@ pub struct Locks {
 }
 
 impl Locks {
+    pub fn held_count(&self) -> usize {
+        self.held
+    }
+
+    /// Requests queued behind a holder, over every lock.
+    pub fn waiter_count(&self) -> usize {
+        self.map.values().map(|q| q.waiters.len()).sum()
+    }
+
     /// Held locks by this agent.
     pub fn held_by_agent(&self, agent: &str) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pb_platform::{BindError, BindMode, ExitWatch, LoopbackSockets, ProcessId, SocketPool};
 use pb_proto::{
@@ -57,6 +57,7 @@ use crate::core::pubsub::PubSub;
 use crate::core::stream::Stream;
 use crate::ids::{self, Pattern};
 use crate::logins::Logins;
+use crate::metrics::{Gauges, Metrics};
 use crate::relay::Relay;
 use crate::rules;
 use crate::store::{LeaseRecord, Store, StoreError};
@@ -334,6 +335,8 @@ pub struct Core {
     http_socket_off: Option<String>,
     logins: Logins,
     pub(crate) webhooks: crate::core::webhooks::Webhooks,
+    /// What `/metrics` counts; transports and the reaper share it.
+    pub(crate) metrics: Metrics,
     /// What the machine said for the request being applied
     /// (`facts.rs`): asked on the spot only until the core is shared.
     pub(crate) facts: Facts,
@@ -344,6 +347,7 @@ impl Core {
     /// owner has died, or that expired while the broker was down, ends here.
     pub fn open(cfg: Config, store: Store) -> Result<Core, StoreError> {
         let bus = EventBus::open(&store, &cfg.paths.activity_database())?;
+        let metrics = Metrics::new();
         let mut core = Core {
             cfg,
             store,
@@ -361,7 +365,7 @@ impl Core {
             reaper: None,
             bus,
             locks: Locks::default(),
-            pubsub: PubSub::default(),
+            pubsub: PubSub::counting_drops(metrics.subscribers_dropped.clone()),
             agents: Agents::default(),
             stacks: Default::default(),
             work: Default::default(),
@@ -373,6 +377,7 @@ impl Core {
             http_socket_off: None,
             logins: Logins::default(),
             webhooks: Default::default(),
+            metrics,
             facts: Facts::direct(),
         };
         // Before anything is emitted, so that webhooks see every event.
@@ -599,6 +604,7 @@ impl Core {
             ));
         }
         self.connections += 1;
+        self.metrics.ipc_connections.inc();
         let id = SessionId(self.next_session);
         self.next_session += 1;
         Ok(id)
@@ -707,13 +713,19 @@ impl Core {
 
     /// Applies the reaper's verdict on a lease whose owner was `expected`
     /// when it looked: ownership moves to `holder`, or the lease ends. A
-    /// lease that changed meanwhile is left alone.
-    pub fn settle(&mut self, id: &str, expected: Option<ProcessId>, holder: Option<ProcessFacts>) {
+    /// lease that changed meanwhile is left alone. Whether the lease ended
+    /// (its port is free).
+    pub fn settle(
+        &mut self,
+        id: &str,
+        expected: Option<ProcessId>,
+        holder: Option<ProcessFacts>,
+    ) -> bool {
         let Some(lease) = self.leases.get(id) else {
-            return;
+            return false;
         };
         if lease.owner() != expected || lease.session.is_some() {
-            return;
+            return false;
         }
         match holder {
             Some(p) => {
@@ -738,6 +750,7 @@ impl Core {
                 self.reclaim(id, expected, reason, &why);
             }
         }
+        !self.leases.contains_key(id)
     }
 
     /// The app that adopted number-only lease `id` is gone: the lease
@@ -902,12 +915,14 @@ impl Core {
             // Asked of the machine, or of the activity log's own database,
             // without the core's mutex: `service::dispatch` answers these and
             // never hands them here.
-            Op::Who { .. } | Op::Listeners { .. } | Op::Activity(_) | Op::Wait { .. } => {
-                Err(WireError::new(
-                    ErrorCode::Internal,
-                    "this operation is answered by service::dispatch, not the core",
-                ))
-            }
+            Op::Who { .. }
+            | Op::Listeners { .. }
+            | Op::Activity(_)
+            | Op::Wait { .. }
+            | Op::Metrics => Err(WireError::new(
+                ErrorCode::Internal,
+                "this operation is answered by service::dispatch, not the core",
+            )),
             Op::LoginCode => {
                 let base = self.http_base.clone().ok_or_else(|| {
                     WireError::new(ErrorCode::InvalidRequest, "the HTTP API is not running")
@@ -1019,6 +1034,43 @@ impl Core {
             http_socket: self.http_socket.clone(),
             http_socket_off: self.http_socket_off.clone(),
         }
+    }
+
+    /// The metrics' handles, for the transports and the reaper to move.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// The state a scrape reports: counts only, from memory.
+    pub fn gauges(&self) -> Gauges {
+        let mut leases = [
+            ("handed_over", 0),
+            ("held", 0),
+            ("number_only", 0),
+            ("unheld", 0),
+        ];
+        for l in self.leases.values() {
+            let state = match &l.sockets {
+                Some(s) if s.is_listening() => 0,
+                Some(_) => 1,
+                None if l.record.number_only => 2,
+                None => 3,
+            };
+            leases[state].1 += 1;
+        }
+        Gauges {
+            leases,
+            locks_held: self.locks.held_count(),
+            lock_waiters: self.locks.waiter_count(),
+            subscribers: self.pubsub.subscriber_count(),
+            webhook_queue: self.webhooks.queued(),
+            ipc_open: self.connections,
+        }
+    }
+
+    /// Since the core opened.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     fn lease(&self, id: &str) -> Result<&Lease, WireError> {

@@ -20,8 +20,9 @@ use std::sync::{Arc, OnceLock};
 
 use pb_proto::{
     Actor, ChannelInfo, ChannelsReply, ClearReply, ErrorCode, HistoryReply, MessageInfo,
-    PublishReply, SubscribeReply, WireError,
+    PublishReply, SubscribeReply, WireError, MESSAGE_META_KEY,
 };
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -111,9 +112,27 @@ impl Subscriber {
 pub struct PubSub {
     channels: HashMap<String, VecDeque<Arc<Message>>>,
     subscribers: Vec<Subscriber>,
+    /// Subscribers dropped for lagging (`pb_subscribers_dropped_total`).
+    dropped: Counter,
 }
 
 impl PubSub {
+    pub fn counting_drops(dropped: Counter) -> PubSub {
+        PubSub {
+            dropped,
+            ..PubSub::default()
+        }
+    }
+
+    /// Live subscriptions, for a scrape (`live_subscribers` also forgets
+    /// the closed ones, which needs `&mut`).
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers
+            .iter()
+            .filter(|s| !s.tx.is_closed())
+            .count()
+    }
+
     /// Queues `msg` for every subscriber that wants it and keeps it in its
     /// channel. Returns how many subscribers it was queued for.
     fn deliver(&mut self, msg: Arc<Message>, cfg: &CoordConfig) -> usize {
@@ -132,6 +151,7 @@ impl PubSub {
                     // Dropping the sender ends its stream after what it
                     // already has, with a notice.
                     s.dropped.store(true, Ordering::Release);
+                    self.dropped.inc();
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -289,6 +309,18 @@ impl Core {
             return Err(WireError::new(
                 ErrorCode::Forbidden,
                 "channels under pb: carry the broker's own events",
+            ));
+        }
+        if data
+            .as_object()
+            .is_some_and(|o| o.contains_key(MESSAGE_META_KEY))
+        {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "a message's top-level key {MESSAGE_META_KEY} is reserved for pb's own \
+                     fields on `pb sub --json` lines (docs/PROTOCOL.md)"
+                ),
             ));
         }
         let size = serde_json::to_vec(&data).map(|b| b.len()).unwrap_or(0);

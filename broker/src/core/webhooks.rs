@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use crate::core::events::{Event, EventKind};
 use crate::core::{now_ms, Core, Outcome};
 use crate::ids::Pattern;
+use crate::metrics::OutcomeLabel;
 use crate::ssrf::{self, Host, Target};
 use crate::store::{DeliveryRecord, StoreError, WebhookRecord};
 
@@ -154,6 +155,13 @@ pub struct Webhooks {
     in_flight: HashSet<String>,
     /// Wakes the delivery worker.
     notify: Arc<Notify>,
+}
+
+impl Webhooks {
+    /// Deliveries pending over every webhook.
+    pub fn queued(&self) -> usize {
+        self.hooks.values().map(|h| h.queued as usize).sum()
+    }
 }
 
 /// One attempt for the worker to make: everything it needs, so that it
@@ -627,6 +635,12 @@ impl Core {
             AttemptResult::Failed(_) => None,
         };
         let finished = finished.or((d.attempts >= c.max_attempts).then_some("failed"));
+        self.metrics
+            .webhook_attempts
+            .get_or_create(&OutcomeLabel {
+                outcome: finished.unwrap_or("retrying"),
+            })
+            .inc();
         match finished {
             Some(state) => {
                 d.state = state.into();

@@ -6,12 +6,13 @@
 //! in a lock's queue is awaited here, with the mutex released. A stream
 //! (`subscribe`, `activity` with `follow`) comes back in `Outcome::stream`
 //! for the transport to send on. The webhook deliveries a request caused
-//! are stored before it is answered.
+//! are stored before it is answered. `metrics` reads the core's counts
+//! under the mutex and the process's memory after it.
 
 pub mod inspect;
 pub mod readiness;
 
-use pb_proto::{Op, WireError};
+use pb_proto::{MetricsReply, Op, WireError};
 
 use crate::core::activity;
 use crate::core::facts::{unanswered, Facts, MAX_ROUNDS};
@@ -28,6 +29,7 @@ pub async fn dispatch(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outc
             timeout_ms,
             http_path,
         } => readiness::wait(core, ids, timeout_ms, http_path).await,
+        Op::Metrics => Ok(metrics(core)),
         op => {
             let mut out = apply(core, caller, op).await?;
             match out.pending.take() {
@@ -36,6 +38,19 @@ pub async fn dispatch(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outc
             }
         }
     }
+}
+
+/// A scrape: the core's counts under its mutex, the process's RSS from the
+/// kernel after it is let go.
+fn metrics(core: &SharedCore) -> Outcome {
+    let (metrics, gauges, uptime) = {
+        let core = lock(core);
+        (core.metrics(), core.gauges(), core.uptime())
+    };
+    let rss = pb_platform::process::own_resident_bytes();
+    Outcome::of(MetricsReply {
+        text: metrics.encode(&gauges, rss, uptime),
+    })
 }
 
 /// Applies `op` under the core's mutex; what the core finds it must know

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pb_platform::sockets::{self, SocketEntry};
 use pb_platform::{ExitWatch, ProcessId};
@@ -45,7 +45,7 @@ pub async fn run(core: SharedCore, mut jobs: mpsc::Receiver<ReaperJob>, interval
                     }
                 }
                 Some(ReaperJob::Reclaim { ids, gone }) => {
-                    tokio::spawn(reclaim(core.clone(), ids, gone));
+                    tokio::spawn(reclaim(core.clone(), ids, gone, None));
                 }
             },
             _ = tick.tick() => {
@@ -92,6 +92,9 @@ async fn watch(
             }
         }
     }
+    // The kernel has just said the owner is gone: death-to-free counts
+    // from here.
+    let died = Instant::now();
     watching
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -102,11 +105,18 @@ async fn watch(
         c.process_exited(p);
         c.leases_owned_by(p)
     };
-    reclaim(core, ids, Some(p)).await;
+    reclaim(core, ids, Some(p), Some(died)).await;
 }
 
 /// Decides, off the core's thread, who (if anyone) holds each lease now.
-async fn reclaim(core: SharedCore, ids: Vec<String>, gone: Option<ProcessId>) {
+/// With `died`, when the owner's death was seen, each lease that ends is
+/// one death-to-free observation.
+async fn reclaim(
+    core: SharedCore,
+    ids: Vec<String>,
+    gone: Option<ProcessId>,
+    died: Option<Instant>,
+) {
     if ids.is_empty() {
         return;
     }
@@ -125,7 +135,13 @@ async fn reclaim(core: SharedCore, ids: Vec<String>, gone: Option<ProcessId>) {
     if let Ok(decided) = decided {
         let mut core = lock(&core);
         for (id, owner, holder) in decided {
-            core.settle(&id, owner, holder);
+            if core.settle(&id, owner, holder) {
+                if let Some(died) = died {
+                    core.metrics
+                        .death_to_free
+                        .observe(died.elapsed().as_secs_f64());
+                }
+            }
         }
     }
 }

@@ -646,6 +646,12 @@ pub fn own_executable() -> std::io::Result<std::fs::File> {
     std::fs::File::open("/proc/self/exe")
 }
 
+/// This process's resident set, in bytes (/proc/self/statm).
+pub fn own_resident_bytes() -> Option<u64> {
+    let statm = procfs::process::Process::myself().ok()?.statm().ok()?;
+    Some(statm.resident * procfs::page_size())
+}
+
 /// Whether loopback's IPv6 is turned off (net.ipv6.conf.lo.disable_ipv6).
 pub fn loopback_ipv6_disabled() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")

@@ -24,6 +24,7 @@ pub mod locks;
 pub mod login;
 pub mod mcp;
 pub mod messages;
+pub mod metrics;
 pub mod openapi;
 pub mod portdaddy;
 pub mod portmanager;
@@ -70,6 +71,8 @@ pub struct HttpState {
     pub pid_lookups: tokio::sync::Semaphore,
     /// `/mcp` lists every tool (PB_MCP_TOOLS=all).
     pub mcp_all_tools: bool,
+    /// The broker's metrics: each request is counted here.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// One accepted connection, as the kernel describes it.
@@ -175,8 +178,8 @@ impl Conn {
 
 impl HttpState {
     pub fn new(cfg: &Config, core: SharedCore, token: Token) -> Arc<HttpState> {
+        let metrics = crate::core::lock(&core).metrics();
         Arc::new(HttpState {
-            core,
             token,
             // SAFETY: geteuid cannot fail.
             broker_uid: pb_platform::os::effective_uid(),
@@ -192,6 +195,8 @@ impl HttpState {
             code_hash: tokio::sync::OnceCell::new(),
             pid_lookups: tokio::sync::Semaphore::new(PID_LOOKUPS),
             mcp_all_tools: cfg.mcp_all_tools,
+            metrics,
+            core,
         })
     }
 
@@ -239,6 +244,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(stacks::routes())
         .merge(sessions::routes())
         .merge(dashboard::routes())
+        .merge(metrics::routes())
         .route(
             mcp::PATH,
             mcp::route(state.core.clone(), state.mcp_all_tools),
@@ -253,6 +259,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(axum::middleware::from_fn(metrics::mark_route))
         .with_state(state)
 }
 
@@ -405,13 +412,27 @@ async fn handle(
     router: Router,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
-    match guard::admit(state, &conn, req).await {
+    let began = std::time::Instant::now();
+    let method = req.method().clone();
+    let (resp, refused) = match guard::admit(state, &conn, req).await {
         Ok(req) => match router.oneshot(req).await {
-            Ok(resp) => resp,
+            Ok(resp) => (resp, false),
             Err(never) => match never {},
         },
-        Err(e) => e.into_response(),
-    }
+        Err(e) => (e.into_response(), true),
+    };
+    let route = match resp.extensions().get::<axum::extract::MatchedPath>() {
+        Some(r) => r.as_str(),
+        None if refused => "refused",
+        None => "unmatched",
+    };
+    state.metrics.http_request(
+        method.as_str(),
+        route,
+        resp.status().as_u16(),
+        began.elapsed(),
+    );
+    resp
 }
 
 /// Answers a connection that will not be served, and closes it.

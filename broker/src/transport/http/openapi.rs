@@ -5,8 +5,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::{
-    activity, agents, error, listeners, locks, login, messages, portdaddy, portmanager, sessions,
-    stacks, webhooks, whoami,
+    activity, agents, error, listeners, locks, login, messages, metrics, portdaddy, portmanager,
+    sessions, stacks, webhooks, whoami,
 };
 
 #[derive(OpenApi)]
@@ -78,6 +78,7 @@ use super::{
         webhooks::delete_one,
         webhooks::test,
         webhooks::deliveries,
+        metrics::metrics,
         document,
     ),
     components(schemas(error::ErrorBody))
