@@ -350,7 +350,8 @@ fn print_message(m: &MessageInfo, fmt: Format) {
     match fmt {
         Format::Json => outln!("{}", m.line()),
         Format::Quiet => outln!("{}", m.data),
-        Format::Human => outln!("[{}] {} {}", iso_time(m.time_ms), m.channel, m.data),
+        // Port Daddy's shape; the channel is `-j`'s `_pb.channel`.
+        Format::Human => outln!("[{}] {}", iso_time(m.time_ms), m.data),
     }
 }
 

@@ -152,7 +152,10 @@ pub fn run(paths: &Paths, o: ExecOpts) -> Result<i32> {
     let fd_name = o.id.replace(':', ".");
     let spec = ChildSpec {
         program: o.command[0].clone(),
-        args: o.command[1..].to_vec(),
+        args: o.command[1..]
+            .iter()
+            .map(|a| with_port(a, &o.env_name, port))
+            .collect(),
         fd_names: vec![fd_name; fds.len()],
         listen_fds: fds,
         env,
@@ -346,5 +349,52 @@ fn heartbeat_loop(paths: &Paths, client: &Mutex<Client>, done: &AtomicBool, id: 
         if let Err(e) = connect::call_surviving(paths, &mut c, beat) {
             eprintln!("pb: heartbeat for {id} failed: {e:#}");
         }
+    }
+}
+
+/// `arg` with `$NAME` and `${NAME}` (NAME: `--env-name`, PORT by default)
+/// replaced by the port, as PortManager's `run` does: a recipe quotes the
+/// variable (`docker run -p \$PORT:5432 postgres`) so that the shell
+/// leaves it for the tool, which alone knows the port. A longer name that
+/// only begins with NAME (`$PORTS`) is left alone; an argument that is not
+/// UTF-8 passes unchanged.
+fn with_port(arg: &OsString, name: &str, port: u16) -> OsString {
+    let Some(text) = arg.to_str() else {
+        return arg.clone();
+    };
+    let port = port.to_string();
+    let braced = format!("${{{name}}}");
+    let bare = format!("${name}");
+    let text = text.replace(&braced, &port);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(&bare) {
+        let after = &rest[at + bare.len()..];
+        let continues = after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        out.push_str(&rest[..at]);
+        out.push_str(if continues { &bare } else { &port });
+        rest = after;
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_port;
+
+    #[test]
+    fn the_port_variable_is_replaced_in_arguments_and_nothing_else_is() {
+        let w = |a: &str, name: &str| with_port(&a.into(), name, 3100).into_string().unwrap();
+        assert_eq!(w("$PORT:5432", "PORT"), "3100:5432");
+        assert_eq!(w("--port=${PORT}", "PORT"), "--port=3100");
+        assert_eq!(w("$PORT/$PORT", "PORT"), "3100/3100");
+        assert_eq!(w("$PORTS $PORT_X", "PORT"), "$PORTS $PORT_X");
+        assert_eq!(w("$DB_PORT", "DB_PORT"), "3100");
+        assert_eq!(w("$PORT", "DB_PORT"), "$PORT");
+        assert_eq!(w("plain", "PORT"), "plain");
     }
 }

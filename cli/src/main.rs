@@ -174,7 +174,7 @@ enum Command {
         targets: Vec<String>,
     },
     /// List services, optionally matching a pattern.
-    #[command(visible_aliases = ["ps", "list"])]
+    #[command(visible_aliases = ["ps"])]
     Find {
         /// Only ids matching this pattern (myapp:*).
         pattern: Option<String>,
@@ -186,6 +186,12 @@ enum Command {
     Who {
         /// A TCP port number.
         port: i64,
+    },
+    /// PortManager's list: a line per service, `Port: N, Service: ID, TTL:
+    /// Ns` (`TTL: none` for a lease without one).
+    List {
+        /// Only ids matching this pattern (myapp:*).
+        pattern: Option<String>,
     },
     /// Print a service's port (PortManager's lookup).
     Lookup {
@@ -590,6 +596,8 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
         Command::Claim(c) => claim(&paths, c, agent, fmt, false),
         Command::Alloc(c) => claim(&paths, c, agent, fmt, true),
         Command::Release { mut targets } => {
+            // PortManager's form, `release 8001`, gets its answer.
+            let by_port = targets.len() == 1 && targets[0].bytes().all(|b| b.is_ascii_digit());
             // As typed: digits are a port, anything else an id or a pattern.
             let target = targets.remove(0).into();
             let more = targets.into_iter().map(Into::into).collect();
@@ -601,7 +609,11 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
                 Format::Human if reply.released.is_empty() => eprintln!("nothing to release"),
                 Format::Human => {
                     for l in &reply.released {
-                        outln!("released {} (port {})", l.id, l.port);
+                        if by_port {
+                            outln!("Released port: {}", l.port);
+                        } else {
+                            outln!("released {} (port {})", l.id, l.port);
+                        }
                     }
                 }
             }
@@ -629,6 +641,22 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             match fmt {
                 Format::Json => output::print_json(&reply),
                 _ => output::lease_table(&reply.services, fmt),
+            }
+            Ok(0)
+        }
+        Command::List { pattern } => {
+            let reply = find(&paths, pattern)?;
+            match fmt {
+                Format::Json => output::print_json(&reply),
+                Format::Quiet => reply.services.iter().for_each(|l| outln!("{}", l.id)),
+                Format::Human => {
+                    for l in &reply.services {
+                        let ttl = l
+                            .ttl_ms
+                            .map_or("none".to_string(), |ms| format!("{}s", ms / 1000));
+                        outln!("Port: {}, Service: {}, TTL: {ttl}", l.port, l.id);
+                    }
+                }
             }
             Ok(0)
         }

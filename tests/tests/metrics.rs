@@ -10,7 +10,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pb_tests::{command_as, other_user, tests_dir, wait_until, Broker, Proc};
+use pb_tests::{
+    command_as, other_user, tests_dir, wait_until, Broker, PortBlock, Proc, WebhookReceiver,
+};
 use serde_json::Value;
 
 /// `text` through tests/clients/metrics.py: `{family: {type, samples}}`.
@@ -256,4 +258,36 @@ fn another_user_needs_the_token_for_metrics() {
         &[("method", "GET"), ("route", "refused"), ("status", "401")],
     );
     assert_eq!(refused, 1.0, "{m}");
+}
+
+#[test]
+fn webhook_attempts_are_counted_by_outcome() {
+    let broker = Broker::start();
+    let ports = PortBlock::take(1);
+    let r = WebhookReceiver::start(broker.home.path(), ports.range.0, "r", &["--fail", "1"]);
+    broker.pb_ok(&["webhook", "add", &r.url(), "-e", "lock.acquire"]);
+    broker.pb_ok(&["lock", "met-deploy", "--owner", "ci"]);
+    // One failed attempt (500, retried after about a second), then one
+    // delivered; nothing left queued.
+    let attempts = |m: &Value, outcome: &str| {
+        value(
+            m,
+            "pb_webhook_attempts",
+            "pb_webhook_attempts_total",
+            &[("outcome", outcome)],
+        )
+    };
+    let m = wait_until(Duration::from_secs(20), || {
+        let m = parse(&broker.pb_ok(&["metrics"]));
+        (attempts(&m, "delivered") == 1.0).then_some(m)
+    })
+    .expect("the delivery is counted");
+    assert_eq!(attempts(&m, "retrying"), 1.0, "{m}");
+    assert_eq!(attempts(&m, "failed"), 0.0, "{m}");
+    assert_eq!(
+        value(&m, "pb_webhook_queue", "pb_webhook_queue", &[]),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(r.records().len(), 2);
 }

@@ -782,7 +782,14 @@ impl Core {
             return Ok(Some(self.bus.actor(caller, agent.as_deref())));
         }
         let req = self.lock_request(caller, owner, agent, 1)?;
-        if req.owner != h_owner {
+        // The holding process itself is the holder whatever owner it names:
+        // a shell that runs `pb unlock` as its last command execs into it
+        // (`bash -c 'pb lock x; work; pb unlock x'`), so the shell's default
+        // owner, its parent, would be the shell's own parent there.
+        let is_holder = caller
+            .process
+            .is_some_and(|p| h_owner == LockOwner::Process(p));
+        if req.owner != h_owner && !is_holder {
             let q = &self.locks.map[name];
             let h = q.holding.as_ref().expect("checked above");
             let mut e = held_error(name, h, q.waiters.len());
