@@ -321,6 +321,33 @@ fn port_daddy_quick_start_claim_ps_release() {
 }
 
 #[test]
+fn port_daddy_quick_start_install_as_a_system_service() {
+    // `port-daddy install`, with a home of the test's own: where a systemd
+    // user manager answers, the units land there (tests/install.rs checks
+    // them); where none does (CI), pb says so and writes nothing.
+    let d = Desk::new();
+    let home = tempfile::tempdir().unwrap();
+    let out = d
+        .bash(
+            &d.port_daddy("# Install as system service (auto-starts on login)\nport-daddy install"),
+        )
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join(".config"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let written = home.path().join(".config/systemd/user/pb.service").exists();
+    match out.status.code() {
+        Some(0) => assert!(written, "{err}"),
+        Some(4) => {
+            assert!(err.contains("systemd is absent"), "{err}");
+            assert!(std::fs::read_dir(home.path()).unwrap().next().is_none());
+        }
+        other => panic!("exit {other:?}: {err}"),
+    }
+}
+
+#[test]
 fn port_daddy_semantic_identities_find_and_release_by_pattern() {
     let d = Desk::new();
     for id in [
@@ -800,6 +827,159 @@ fn port_daddy_examples_file_coordination() {
             .all(|l| l["name"] != "files:src-auth"),
         "{left}"
     );
+}
+
+/// Port Daddy's "Configuration" section (the recipe's three variables,
+/// with ports of this test's block for its example numbers): PORT_DADDY_PORT moves the HTTP
+/// API, PORT_DADDY_RANGE_START/END the range, where pb's own variables are
+/// unset; pb's own win; malformed values stop the broker, naming them.
+#[test]
+fn port_daddy_configuration_override_via_environment() {
+    let block = PortBlock::take(200);
+    let http = block.range.1;
+    let (start, end) = (block.range.0, block.range.0 + 49);
+    let home = tempfile::tempdir().unwrap();
+    let pb = |args: &[&str], env: &[(&str, String)]| {
+        Command::new(pb_bin())
+            .args(args)
+            .env("PB_HOME", home.path())
+            .env("PB_PROXY_ADDR", "off")
+            .env_remove("PB_HTTP_ADDR")
+            .env_remove("PB_RANGE")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    };
+    // However the test ends, the broker it started stops.
+    struct Stop<'a>(&'a dyn Fn());
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _stop = Stop(&|| {
+        let _ = pb(&["stop"], &[]);
+    });
+    let daddy = [
+        ("PORT_DADDY_PORT", http.to_string()),
+        ("PORT_DADDY_RANGE_START", start.to_string()),
+        ("PORT_DADDY_RANGE_END", end.to_string()),
+    ];
+    let started = pb(&["start"], &daddy);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let status: Value = serde_json::from_slice(&pb(&["-j", "status"], &[]).stdout).unwrap();
+    assert_eq!(
+        status["http"],
+        format!("http://localhost:{http}"),
+        "{status}"
+    );
+    assert_eq!(status["range"], serde_json::json!([start, end]));
+    let port: u16 = String::from_utf8_lossy(&pb(&["claim", "pd:web", "-q"], &[]).stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((start..=end).contains(&port), "{port}");
+    // `pb launch`, Port Daddy's announced word for exec.
+    let out = pb(
+        &["launch", "pd:launched", "--", "sh", "-c", "echo $PORT"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let launched: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!((start..=end).contains(&launched), "{launched}");
+    assert!(pb(&["stop"], &[]).status.success());
+
+    // pb's own variable wins over Port Daddy's.
+    let mut both = daddy.to_vec();
+    both.push(("PB_RANGE", format!("{}-{}", start + 50, end + 50)));
+    assert!(pb(&["start"], &both).status.success());
+    let status: Value = serde_json::from_slice(&pb(&["-j", "status"], &[]).stdout).unwrap();
+    assert_eq!(
+        status["range"],
+        serde_json::json!([start + 50, end + 50]),
+        "{status}"
+    );
+    assert_eq!(status["http"], format!("http://localhost:{http}"));
+    assert!(pb(&["stop"], &[]).status.success());
+
+    // Malformed: the broker does not start, and says which variable.
+    for (var, value) in [
+        ("PORT_DADDY_PORT", "nine"),
+        ("PORT_DADDY_PORT", "80"),
+        ("PORT_DADDY_RANGE_START", "70000"),
+        ("PORT_DADDY_RANGE_END", "x"),
+    ] {
+        let out = pb(&["start"], &[(var, value.to_string())]);
+        assert!(!out.status.success(), "{var}={value} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var), "{var}={value}: {err}");
+    }
+
+    // PORT_DADDY_URL, where Port Daddy's clients look, moves the API too;
+    // PORT_DADDY_PORT_FILE gets the port, and goes at a clean stop.
+    let file = home.path().join("port-daddy.port");
+    let url_env = [
+        ("PORT_DADDY_URL", format!("http://127.0.0.1:{http}")),
+        ("PORT_DADDY_PORT_FILE", file.display().to_string()),
+    ];
+    let started = pb(&["start"], &url_env);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let status: Value = serde_json::from_slice(&pb(&["-j", "status"], &[]).stdout).unwrap();
+    assert_eq!(
+        status["http"],
+        format!("http://127.0.0.1:{http}"),
+        "{status}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{http}\n"));
+    assert!(pb(&["stop"], &[]).status.success());
+    assert!(!file.exists(), "the port file goes with the broker");
+    // The bare form Port Daddy defaults to, `localhost:PORT`.
+    let bare = [("PORT_DADDY_URL", format!("localhost:{http}"))];
+    assert!(pb(&["start"], &bare).status.success());
+    let status: Value = serde_json::from_slice(&pb(&["-j", "status"], &[]).stdout).unwrap();
+    assert_eq!(
+        status["http"],
+        format!("http://localhost:{http}"),
+        "{status}"
+    );
+    assert!(pb(&["stop"], &[]).status.success());
+    for (value, why) in [
+        ("https://localhost:9876".to_string(), "is not http://"),
+        ("http://example.com:9876".to_string(), "is not on loopback"),
+        ("http://localhost:9876/api".to_string(), "has a path"),
+        ("http://localhost:80".to_string(), "PORT_DADDY_URL"),
+        ("http://[::1".to_string(), "is not a URL"),
+    ] {
+        let out = pb(&["start"], &[("PORT_DADDY_URL", value.clone())]);
+        assert!(!out.status.success(), "{value} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("PORT_DADDY_URL") && err.contains(why),
+            "{value}: {err}"
+        );
+    }
+    // Two of Port Daddy's variables that disagree are refused.
+    let out = pb(
+        &["start"],
+        &[
+            ("PORT_DADDY_PORT", http.to_string()),
+            ("PORT_DADDY_URL", format!("localhost:{}", http - 1)),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disagree"));
 }
 
 // ---- PortManager ---------------------------------------------------------
