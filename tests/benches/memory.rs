@@ -62,8 +62,9 @@ fn settled(broker: &Broker) -> Rss {
 /// `n` leases, each held in the kernel by the broker (two sockets: IPv4
 /// and IPv6).
 fn with_leases(n: usize) -> Rss {
-    // A range of its own beyond the test blocks: benches run alone.
-    let block = PortBlock::outside_tests(33_000, n as u16 + 300);
+    // A range of its own below the test blocks (benches run alone) and
+    // far from the ephemeral ports.
+    let block = PortBlock::outside_tests(1_100, n as u16 + 300);
     let max = n.max(8_000).to_string();
     let broker = Broker::start_in(block, &[("PB_MAX_LEASES", max.as_str())]);
     let mut c = broker.client();

@@ -124,11 +124,22 @@ impl PortBlock {
     }
 
     /// A range outside the test blocks, locked by nobody: for a bench,
-    /// which runs alone, that needs more ports than the blocks hold.
+    /// which runs alone, that needs more ports than the blocks hold. It
+    /// must also stay below the kernel's ephemeral ports, which a bench
+    /// run just before may have left in TIME_WAIT.
     pub fn outside_tests(start: u16, size: u16) -> PortBlock {
+        let end = u32::from(start) + u32::from(size) - 1;
         assert!(
-            start >= BLOCKS_START + BLOCKS * BLOCK,
+            end < u32::from(BLOCKS_START) || start >= BLOCKS_START + BLOCKS * BLOCK,
             "inside the test blocks"
+        );
+        let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        assert!(
+            end < ephemeral,
+            "{start}-{end} reaches the ephemeral ports ({ephemeral}-)"
         );
         PortBlock {
             range: (start, start + size - 1),
