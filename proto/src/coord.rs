@@ -325,3 +325,45 @@ pub struct ReadyInfo {
 pub struct WaitReply {
     pub services: Vec<ReadyInfo>,
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{Actor, MessageInfo};
+
+    fn message(data: serde_json::Value) -> MessageInfo {
+        MessageInfo {
+            id: 7,
+            channel: "build:api".into(),
+            time_ms: 1_700_000_000_000,
+            data,
+            from: Some(Actor {
+                agent: Some("a".into()),
+                pid: Some(42),
+                uid: Some(1000),
+                command: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_line_puts_an_object_payloads_fields_on_top_and_pbs_under_its_key() {
+        let line = message(json!({"status": "complete", "port": 3100})).line();
+        assert_eq!(
+            line.to_string(),
+            r#"{"status":"complete","port":3100,"_pb":{"id":7,"channel":"build:api","time_ms":1700000000000,"from":{"agent":"a","pid":42,"uid":1000,"command":null}}}"#
+        );
+    }
+
+    #[test]
+    fn a_payload_that_is_not_an_object_or_holds_the_key_is_pbs_data() {
+        for data in [json!("text"), json!(3), json!([1, 2]), json!({"_pb": 1, "x": 2})] {
+            let line = message(data.clone()).line();
+            let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["_pb"], "{line}");
+            assert_eq!(line["_pb"]["data"], data, "{line}");
+            assert_eq!(line["_pb"]["id"], 7);
+        }
+    }
+}
