@@ -358,7 +358,12 @@ mod tests {
 
     #[test]
     fn a_payload_that_is_not_an_object_or_holds_the_key_is_pbs_data() {
-        for data in [json!("text"), json!(3), json!([1, 2]), json!({"_pb": 1, "x": 2})] {
+        for data in [
+            json!("text"),
+            json!(3),
+            json!([1, 2]),
+            json!({"_pb": 1, "x": 2}),
+        ] {
             let line = message(data.clone()).line();
             let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
             assert_eq!(keys, ["_pb"], "{line}");
