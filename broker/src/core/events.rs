@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use pb_proto::{ActivityEntry, Actor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -148,10 +149,19 @@ pub struct Event {
     pub kind: EventKind,
     pub target: String,
     pub actor: Option<Actor>,
-    pub details: Value,
+    /// As serialized text: an event outlives its request as a retained
+    /// message on `pb:<kind>` (the last PB_MSG_RETAIN of each), where a
+    /// `Value` tree of the same details costs several times its bytes
+    /// (BENCHMARKS.md, issue 20); the activity log stores this text as is.
+    pub details: Box<RawValue>,
 }
 
 impl Event {
+    /// `details` as a `Value`, for the consumers that build JSON around it.
+    pub fn details_value(&self) -> Value {
+        serde_json::from_str(self.details.get()).unwrap_or(Value::Null)
+    }
+
     pub fn entry(&self) -> ActivityEntry {
         ActivityEntry {
             id: self.id,
@@ -159,7 +169,7 @@ impl Event {
             action: self.kind.name().to_string(),
             target: self.target.clone(),
             actor: self.actor.clone(),
-            details: self.details.clone(),
+            details: self.details_value(),
         }
     }
 
@@ -175,7 +185,7 @@ impl Event {
             uid: a.uid,
             command: a.command,
             no_actor: self.actor.is_none(),
-            details: self.details.to_string(),
+            details: self.details.get().to_string(),
         }
     }
 }
@@ -272,7 +282,7 @@ pub fn as_message_data(ev: &Event) -> Value {
         "event": ev.kind.name(),
         "target": ev.target,
         "actor": ev.actor,
-        "details": ev.details,
+        "details": ev.details_value(),
     })
 }
 
@@ -294,7 +304,8 @@ impl Core {
             kind,
             target: target.to_string(),
             actor,
-            details,
+            details: serde_json::value::to_raw_value(&details)
+                .expect("a Value always serializes"),
         });
         if kind != EventKind::MessagePublish {
             self.pubsub.republish(&ev, &self.cfg.coord);

@@ -507,7 +507,7 @@ impl Core {
                         "id": ev.id,
                         "target": ev.target,
                         "actor": ev.actor,
-                        "details": ev.details,
+                        "details": ev.details_value(),
                     });
                     payload(ev.kind.name(), ev.time_ms, data)
                 })
