@@ -304,8 +304,7 @@ impl Core {
             kind,
             target: target.to_string(),
             actor,
-            details: serde_json::value::to_raw_value(&details)
-                .expect("a Value always serializes"),
+            details: serde_json::value::to_raw_value(&details).expect("a Value always serializes"),
         });
         if kind != EventKind::MessagePublish {
             self.pubsub.republish(&ev, &self.cfg.coord);
