@@ -174,17 +174,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one event of `kind` (its name on the bus), and the lease
-    /// counters it stands for.
+    /// Counts one event of `kind` (its name on the bus).
     pub fn event(&self, kind: &'static str) {
         self.events.get_or_create(&KindLabel { kind }).inc();
-        match kind {
-            "service.claim" => self.claims.inc(),
-            "service.release" => self.releases.inc(),
-            "service.reclaim" => self.reclaims.inc(),
-            "service.expire" => self.expiries.inc(),
-            _ => 0,
-        };
     }
 
     /// One HTTP request answered.

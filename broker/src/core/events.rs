@@ -298,6 +298,17 @@ impl Core {
     ) -> u64 {
         let id = self.bus.allocate(&mut self.store);
         self.metrics.event(kind.name());
+        // The lease counters, from the event that announces each change.
+        let lease_counter = match kind {
+            EventKind::ServiceClaim => Some(&self.metrics.claims),
+            EventKind::ServiceRelease => Some(&self.metrics.releases),
+            EventKind::ServiceReclaim => Some(&self.metrics.reclaims),
+            EventKind::ServiceExpire => Some(&self.metrics.expiries),
+            _ => None,
+        };
+        if let Some(c) = lease_counter {
+            c.inc();
+        }
         let ev = Arc::new(Event {
             id,
             time_ms: now_ms(),
