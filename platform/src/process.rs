@@ -96,6 +96,12 @@ pub fn own_resident_bytes() -> Option<u64> {
     crate::sys::own_resident_bytes()
 }
 
+/// Every live process below `root` in the process tree, parents before
+/// their children.
+pub fn descendants(root: u32) -> Vec<u32> {
+    crate::sys::descendants(root)
+}
+
 /// The uid owning process `pid`, if it exists.
 pub fn uid_of(pid: u32) -> Option<u32> {
     crate::sys::process_uid(pid)

@@ -473,12 +473,9 @@ impl Broker {
 
     /// `pb -j log ARGS...`: the activity log's entries, one per line.
     pub fn activity(&self, args: &[&str]) -> Vec<Value> {
-        let mut a = vec!["-j", "log"];
+        let mut a = vec!["log"];
         a.extend_from_slice(args);
-        self.pb_ok(&a)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("pb -j log prints JSON lines"))
-            .collect()
+        self.pb_json_lines(&a)
     }
 
     /// `pb claim ID -q ...`, as a port.
@@ -796,12 +793,16 @@ pub fn claimant(
 /// Splits curl's output under `-w '\n%{http_code}'` into the HTTP status
 /// and the JSON body (`Null` when the body is not JSON).
 pub fn curl_status_json(stdout: &[u8]) -> (u16, Value) {
+    let (status, body) = curl_status_text(stdout);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// The HTTP status and the body, from the stdout of curl run with
+/// `-w "\n%{http_code}"`.
+pub fn curl_status_text(stdout: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(stdout);
     let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// Runs `node SCRIPT ARGS...` (a client under tests/clients/), asserts it

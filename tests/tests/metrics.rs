@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pb_tests::{
-    command_as, other_user, tests_dir, wait_until, Broker, PortBlock, Proc, WebhookReceiver,
+    command_as, curl_status_text, other_user, tests_dir, wait_until, Broker, PortBlock, Proc,
+    WebhookReceiver,
 };
 use serde_json::Value;
 
@@ -55,10 +56,7 @@ fn curl_metrics(broker: &Broker, user: Option<(u32, u32)>, headers: &[&str]) -> 
     for h in headers {
         cmd.args(["-H", h]);
     }
-    let out = cmd.arg(&url).output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, status) = text.rsplit_once('\n').expect("curl's status line");
-    (status.parse().unwrap(), body.to_string())
+    curl_status_text(&cmd.arg(&url).output().expect("curl").stdout)
 }
 
 fn scrape(broker: &Broker) -> Value {

@@ -680,7 +680,7 @@ fn port_daddy_sub_json_jq_select_receives_the_published_message() {
     });
     assert!(sent.is_some());
     std::thread::sleep(Duration::from_millis(200));
-    let sub = descendants(pipeline.pid())
+    let sub = pb_platform::process::descendants(pipeline.pid())
         .into_iter()
         .find(|p| {
             std::fs::read(format!("/proc/{p}/cmdline"))
@@ -699,38 +699,6 @@ fn port_daddy_sub_json_jq_select_receives_the_published_message() {
     assert_eq!(got[0]["status"], "complete", "{text}");
     assert_eq!(got[0]["port"], 3100, "{text}");
     assert_eq!(got[0]["_pb"]["channel"], "build:api", "{text}");
-}
-
-/// The processes below `root`, found by their parent pids in /proc (at
-/// most 8 generations down).
-fn descendants(root: u32) -> Vec<u32> {
-    let parent_of = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    let mut found = vec![root];
-    for _ in 0..8 {
-        let more: Vec<u32> = pids
-            .iter()
-            .copied()
-            .filter(|p| !found.contains(p) && parent_of(*p).is_some_and(|pp| found.contains(&pp)))
-            .collect();
-        if more.is_empty() {
-            break;
-        }
-        found.extend(more);
-    }
-    found.retain(|p| *p != root);
-    found
 }
 
 #[test]
