@@ -1019,7 +1019,7 @@ impl Core {
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: self.uptime().as_millis() as u64,
             leases: self.leases.len(),
             connections: self.connections,
             socket: self.cfg.paths.socket().display().to_string(),
