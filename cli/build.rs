@@ -36,6 +36,48 @@ fn main() {
     // overwrite each other's shim while an app loads it.
     println!("cargo:rustc-env=PB_SHIM_HASH={:016x}", fnv1a(&bytes));
     println!("cargo:rustc-env=PB_GIT_REV={}", git_revision(root));
+    function_order(&cli);
+}
+
+/// Release links lay pb's functions out in the order of
+/// `symbol-order.txt` (tools/orderfile/make.sh writes it): the code an idle
+/// broker and the common commands run sits together, so the 64 KiB the
+/// kernel maps around each page they touch holds more of what they use
+/// (BENCHMARKS.md, "Function order"). A name the file lists that a build no
+/// longer has is skipped; a function it does not list goes after. Debug
+/// builds keep the linker's own order.
+/// Relative relocations packed (DT_RELR) too: about 18 000 of them, which
+/// the dynamic loader reads at every start, in a table of 430 KB that shrinks
+/// to a few. Only where this machine's glibc (2.36 on) applies them: an
+/// older loader would ignore the table and run with pointers unrelocated.
+///
+/// PB_LINK_MAP=FILE writes the link's map there (every function's name and
+/// address, which the stripped binary no longer has): make.sh traces the
+/// release binary itself, because a build with other settings (symbols
+/// kept, say) gives its functions other names.
+fn function_order(cli: &Path) {
+    let order = cli.join("symbol-order.txt");
+    println!("cargo:rerun-if-changed={}", order.display());
+    println!("cargo:rerun-if-env-changed=PB_LINK_MAP");
+    let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
+    let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
+    if !(release && linux) {
+        return;
+    }
+    if order.exists() {
+        println!(
+            "cargo:rustc-link-arg-bin=pb=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        println!("cargo:rustc-link-arg-bin=pb=-Wl,--no-warn-symbol-ordering");
+    }
+    if relr_loader() {
+        println!("cargo:rustc-link-arg-bin=pb=-Wl,-z,pack-relative-relocs");
+    }
+    if let Ok(map) = std::env::var("PB_LINK_MAP") {
+        println!("cargo:rustc-link-arg-bin=pb=-Wl,-Map={map}");
+        println!("cargo:rustc-link-arg-bin=pb=-Wl,--no-demangle");
+    }
 }
 
 /// The commit this pb is built from, for `pb --version`: `git rev-parse`
@@ -105,6 +147,23 @@ fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {
     let status = cmd.status().expect("running cargo for the preload shim");
     assert!(status.success(), "building the preload shim failed");
     target_dir.join("release/libpb_shim.so")
+}
+
+/// Whether the glibc this builds against (the host's: a cross build says
+/// no) applies packed relative relocations, from 2.36 on.
+fn relr_loader() -> bool {
+    if std::env::var("HOST").ok() != std::env::var("TARGET").ok() {
+        return false;
+    }
+    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
+        return false;
+    };
+    // "glibc 2.36"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut version = text.trim().trim_start_matches("glibc ").split('.');
+    let major: u32 = version.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let minor: u32 = version.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    (major, minor) >= (2, 36)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -8,9 +8,8 @@
 //! mapped, shared with the page cache).
 //!
 //! With PB_MEMORY_MAX_IDLE_KB set, only the idle broker is measured and the
-//! run fails if its VmRSS is above that many KiB: for a CI regression
-//! check with a generous bound, not the target. (.ci/run does not run it
-//! yet: today's idle figure is above issue 20's 8 MB bound; BENCHMARKS.md.)
+//! run fails if its VmRSS is above that many KiB: .ci/run's regression
+//! check, with a generous bound (8 MB), not the target.
 
 use std::time::Duration;
 
