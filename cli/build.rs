@@ -43,7 +43,7 @@ fn main() {
 /// `symbol-order.txt` (tools/orderfile/make.sh writes it): the code an idle
 /// broker and the common commands run sits together, so the 64 KiB the
 /// kernel maps around each page they touch holds more of what they use
-/// (BENCHMARKS.md, "Function order"). A name the file lists that a build no
+/// (BENCHMARKS.md, `memory`). A name the file lists that a build no
 /// longer has is skipped; a function it does not list goes after. Debug
 /// builds keep the linker's own order.
 /// Relative relocations packed (DT_RELR) too: about 18 000 of them, which

@@ -6,7 +6,7 @@
 # commands run. The kernel maps a binary's code 64 KiB around each page a
 # process first runs, so code run together, kept together, is what keeps
 # an idle broker's resident code (and a CLI's start-up faults) small.
-# BENCHMARKS.md, "Function order", has the figures.
+# BENCHMARKS.md (`memory`, and "Changes") has the figures.
 #
 # Run from the checkout, on Linux x86_64, with gcc, curl and python3:
 #   bash tools/orderfile/make.sh
