@@ -16,6 +16,7 @@ macro_rules! outln {
 mod color;
 mod connect;
 mod coord;
+mod deferred;
 mod doctor;
 mod exec;
 mod install;
@@ -34,6 +35,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use deferred::Deferred;
 use pb_proto::client::ClientError;
 use pb_proto::paths::Paths;
 use pb_proto::{
@@ -163,9 +165,9 @@ struct ClaimCmd {
 #[derive(Subcommand)]
 enum Command {
     /// Claim a port for a service id (project[:stack[:context]]).
-    Claim(ClaimCmd),
+    Claim(Deferred<ClaimCmd>),
     /// PortManager's word for claim; prints `Allocated port: N`.
-    Alloc(ClaimCmd),
+    Alloc(Deferred<ClaimCmd>),
     /// Release services by id, pattern (myapp:*, bulk*) or port number;
     /// several at once, all or (if one is bad) none.
     Release {
@@ -222,7 +224,7 @@ enum Command {
     /// Trust the proxy's local CA: in the system's store
     /// (update-ca-certificates) and in NSS databases (certutil: Chromium's
     /// and Firefox's); --remove undoes it.
-    Trust(trust::TrustCmd),
+    Trust(Deferred<trust::TrustCmd>),
     /// Check what pb needs and say how to fix what is wrong: the broker,
     /// its socket and store, IPv6 on loopback, *.localhost resolution, the
     /// unprivileged port start, the HTTP and proxy ports, the shim.
@@ -230,12 +232,12 @@ enum Command {
     /// Install pb as a login service: systemd user units with socket
     /// activation on Linux (pb.socket, pb-http.socket, pb-proxy.socket,
     /// pb.service), a launchd agent on macOS. --dry-run prints them.
-    Install(install::InstallCmd),
+    Install(Deferred<install::InstallCmd>),
     /// Remove exactly the files `pb install` wrote, stopping them first.
-    Uninstall(install::UninstallCmd),
+    Uninstall(Deferred<install::UninstallCmd>),
     /// Serve portpicker's portserver protocol (PORTSERVER_ADDRESS): each
     /// request's pid gets a port of its own, free again when it exits.
-    Portserver(portserver::PortserverCmd),
+    Portserver(Deferred<portserver::PortserverCmd>),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell): `source <(pb completions bash)`.
     Completions { shell: clap_complete::Shell },
@@ -339,7 +341,7 @@ enum Command {
     /// Run the broker in the foreground.
     Daemon,
     /// Take a lock (and with `-- CMD`, hold it while CMD runs).
-    Lock(coord::LockCmd),
+    Lock(Deferred<coord::LockCmd>),
     /// Release a lock.
     Unlock {
         /// The lock's name.
@@ -392,17 +394,17 @@ enum Command {
     },
     /// Register agents, send heartbeats, list them.
     #[command(subcommand)]
-    Agent(coord::AgentCmd),
+    Agent(Deferred<coord::AgentCmd>),
     /// Work sessions: an agent's unit of work, with notes and file
     /// claims, handed over when its owner is gone.
     #[command(subcommand)]
-    Session(work::SessionCmd),
+    Session(Deferred<work::SessionCmd>),
     /// A session's notes: added, never changed.
     #[command(subcommand)]
-    Note(work::NoteCmd),
+    Note(Deferred<work::NoteCmd>),
     /// Advisory claims on files for a session: claim, release, who.
     #[command(subcommand)]
-    Files(work::FilesCmd),
+    Files(Deferred<work::FilesCmd>),
     /// Wait until services accept connections.
     Wait {
         /// The service ids to wait for.
@@ -417,10 +419,10 @@ enum Command {
         http: Option<String>,
     },
     /// The activity log.
-    Log(coord::LogCmd),
+    Log(Deferred<coord::LogCmd>),
     /// Webhooks: signed HTTP deliveries of the broker's events.
     #[command(subcommand)]
-    Webhook(webhook::WebhookCmd),
+    Webhook(Deferred<webhook::WebhookCmd>),
     /// Run a whole stack from pb.toml, .portdaddyrc or a Procfile: every
     /// port claimed and bound first, each service started on its socket
     /// when what it needs is ready. Ctrl-C stops it all.
@@ -556,7 +558,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
     let paths = Paths::from_env();
     match command {
-        Command::Lock(c) => coord::lock(&paths, c, agent, fmt),
+        Command::Lock(Deferred(c)) => coord::lock(&paths, c, agent, fmt),
         Command::Unlock {
             name,
             force,
@@ -572,13 +574,13 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             limit,
         } => coord::history(&paths, pattern, since, limit, fmt),
         Command::Channels { clear } => coord::channels(&paths, clear, fmt),
-        Command::Agent(c) => coord::agent(&paths, c, fmt),
-        Command::Session(c) => work::session(&paths, c, fmt, agent),
-        Command::Note(c) => work::note(&paths, c, fmt, agent),
-        Command::Files(c) => work::files(&paths, c, fmt),
+        Command::Agent(Deferred(c)) => coord::agent(&paths, c, fmt),
+        Command::Session(Deferred(c)) => work::session(&paths, c, fmt, agent),
+        Command::Note(Deferred(c)) => work::note(&paths, c, fmt, agent),
+        Command::Files(Deferred(c)) => work::files(&paths, c, fmt),
         Command::Wait { ids, timeout, http } => coord::wait(&paths, ids, &timeout, http, fmt),
-        Command::Log(c) => coord::log(&paths, c, fmt),
-        Command::Webhook(c) => webhook::webhook(&paths, c, fmt),
+        Command::Log(Deferred(c)) => coord::log(&paths, c, fmt),
+        Command::Webhook(Deferred(c)) => webhook::webhook(&paths, c, fmt),
         Command::Daemon => {
             // Whoever started us waits to hear whether we came up.
             let ready = pb_platform::startup::Notifier::from_env();
@@ -593,8 +595,8 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             result?;
             Ok(0)
         }
-        Command::Claim(c) => claim(&paths, c, agent, fmt, false),
-        Command::Alloc(c) => claim(&paths, c, agent, fmt, true),
+        Command::Claim(Deferred(c)) => claim(&paths, c, agent, fmt, false),
+        Command::Alloc(Deferred(c)) => claim(&paths, c, agent, fmt, true),
         Command::Release { mut targets } => {
             // PortManager's form, `release 8001`, gets its answer.
             let by_port = targets.len() == 1 && targets[0].bytes().all(|b| b.is_ascii_digit());
@@ -844,19 +846,18 @@ fn run(command: Command, fmt: Format, agent: Option<String>) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Trust(t) => trust::run(&paths, t, fmt),
+        Command::Trust(Deferred(t)) => trust::run(&paths, t, fmt),
         Command::Doctor => doctor::run(&paths, fmt),
-        Command::Install(c) => install::install(&paths, c, fmt),
-        Command::Uninstall(c) => install::uninstall(c, fmt),
-        Command::Portserver(c) => portserver::run(&paths, c, fmt),
+        Command::Install(Deferred(c)) => install::install(&paths, c, fmt),
+        Command::Uninstall(Deferred(c)) => install::uninstall(c, fmt),
+        Command::Portserver(Deferred(c)) => portserver::run(&paths, c, fmt),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "pb", &mut std::io::stdout());
+            let mut cmd = deferred::full_tree::<Cli>();
+            clap_complete::generate(shell, &mut cmd, "pb", &mut std::io::stdout());
             Ok(0)
         }
         Command::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            clap_mangen::Man::new(deferred::full_tree::<Cli>()).render(&mut std::io::stdout())?;
             Ok(0)
         }
         Command::ShimPath => {
@@ -1130,6 +1131,6 @@ mod tests {
     /// a user.
     #[test]
     fn the_command_line_is_well_formed() {
-        <super::Cli as clap::CommandFactory>::command().debug_assert();
+        super::deferred::full_tree::<super::Cli>().debug_assert();
     }
 }
