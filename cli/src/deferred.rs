@@ -4,7 +4,7 @@
 //! daemon`), and building every subcommand's arguments first was a part of
 //! each start (BENCHMARKS.md, `pb claim -q`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 
 use clap::{ArgMatches, Args, Command, CommandFactory, FromArgMatches, Subcommand};
 
@@ -65,17 +65,21 @@ impl<T: Subcommand> Subcommand for Deferred<T> {
     }
 }
 
-/// Set by `full_tree`: every part is built at once.
-static EAGER: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Set while `full_tree` builds: every part is built at once.
+    static EAGER: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The whole tree, nothing deferred, for what describes all of it
 /// (completions, the man page, clap's own checks): exactly the tree
 /// without `Deferred`, which clap's generators walk as they always did.
 pub fn full_tree<C: CommandFactory>() -> Command {
-    EAGER.store(true, Ordering::Relaxed);
-    C::command()
+    EAGER.with(|e| e.set(true));
+    let cmd = C::command();
+    EAGER.with(|e| e.set(false));
+    cmd
 }
 
 fn eager() -> bool {
-    EAGER.load(Ordering::Relaxed)
+    EAGER.with(Cell::get)
 }

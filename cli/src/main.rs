@@ -1133,4 +1133,36 @@ mod tests {
     fn the_command_line_is_well_formed() {
         super::deferred::full_tree::<super::Cli>().debug_assert();
     }
+
+    /// Every subcommand, two levels down, parses into the same help with
+    /// its arguments deferred as with the whole tree built at once: a
+    /// deferred part that lost a global option or a subcommand shows here.
+    #[test]
+    fn deferred_subcommands_answer_as_the_whole_tree_does() {
+        use clap::CommandFactory;
+        let full = super::deferred::full_tree::<super::Cli>();
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        for sub in full.get_subcommands() {
+            let name = sub.get_name().to_string();
+            paths.push(vec![name.clone()]);
+            for nested in sub.get_subcommands() {
+                paths.push(vec![name.clone(), nested.get_name().to_string()]);
+            }
+        }
+        assert!(paths.len() > 60, "{} subcommands", paths.len());
+        let help = |cmd: clap::Command, path: &[String]| {
+            let args = std::iter::once("pb")
+                .chain(path.iter().map(String::as_str))
+                .chain(["--help"]);
+            match cmd.try_get_matches_from(args) {
+                Err(e) => e.render().to_string(),
+                Ok(_) => panic!("{path:?} --help parsed"),
+            }
+        };
+        for path in &paths {
+            let deferred = help(super::Cli::command(), path);
+            let whole = help(full.clone(), path);
+            assert_eq!(deferred, whole, "pb {} --help", path.join(" "));
+        }
+    }
 }
