@@ -45,11 +45,15 @@ fn main() {
 /// kernel maps around each page they touch holds more of what they use
 /// (BENCHMARKS.md, `memory`). A name the file lists that a build no
 /// longer has is skipped; a function it does not list goes after. Debug
-/// builds keep the linker's own order.
+/// builds keep the linker's own order, and so does a link by anything but
+/// rust-lld (the options are lld's), which `links_with_lld` tells.
+///
 /// Relative relocations packed (DT_RELR) too: about 18 000 of them, which
-/// the dynamic loader reads at every start, in a table of 430 KB that shrinks
-/// to a few. Only where this machine's glibc (2.36 on) applies them: an
-/// older loader would ignore the table and run with pointers unrelocated.
+/// the dynamic loader reads at every start, in a table of 430 KB that
+/// shrinks to 5 KB. The binary then needs glibc 2.36 or newer (lld marks
+/// it GLIBC_ABI_DT_RELR; an older loader refuses to start it), so this is
+/// done only where the building machine's glibc is that new, and
+/// PB_RELR=0 turns it off for a binary meant for older machines.
 ///
 /// PB_LINK_MAP=FILE writes the link's map there (every function's name and
 /// address, which the stripped binary no longer has): make.sh traces the
@@ -59,9 +63,9 @@ fn function_order(cli: &Path) {
     let order = cli.join("symbol-order.txt");
     println!("cargo:rerun-if-changed={}", order.display());
     println!("cargo:rerun-if-env-changed=PB_LINK_MAP");
+    println!("cargo:rerun-if-env-changed=PB_RELR");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
-    let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
-    if !(release && linux) {
+    if !(release && links_with_lld()) {
         return;
     }
     if order.exists() {
@@ -71,13 +75,60 @@ fn function_order(cli: &Path) {
         );
         println!("cargo:rustc-link-arg-bin=pb=-Wl,--no-warn-symbol-ordering");
     }
-    if relr_loader() {
+    if std::env::var("PB_RELR").as_deref() != Ok("0") && glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bin=pb=-Wl,-z,pack-relative-relocs");
     }
     if let Ok(map) = std::env::var("PB_LINK_MAP") {
         println!("cargo:rustc-link-arg-bin=pb=-Wl,-Map={map}");
         println!("cargo:rustc-link-arg-bin=pb=-Wl,--no-demangle");
     }
+}
+
+/// Whether this link is rust-lld's: the default for x86_64-unknown-linux-gnu
+/// from Rust 1.90 on, unless a linker of one's own is configured.
+fn links_with_lld() -> bool {
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if target != "x86_64-unknown-linux-gnu" {
+        return false;
+    }
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let own_linker = std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some()
+        || flags.contains("linker")
+        || flags.contains("fuse-ld");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    // "rustc 1.95.0 (59807616e 2026-04-14)"
+    let minor = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.split_whitespace()
+                .nth(1)?
+                .split('.')
+                .nth(1)?
+                .parse::<u32>()
+                .ok()
+        })
+        .unwrap_or(0);
+    !own_linker && minor >= 90
+}
+
+/// Whether the glibc this builds against (the host's: a cross build says
+/// no) is at least `major.minor`.
+fn glibc_at_least(major: u32, minor: u32) -> bool {
+    if std::env::var("HOST").ok() != std::env::var("TARGET").ok() {
+        return false;
+    }
+    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
+        return false;
+    };
+    // "glibc 2.36"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut version = text.trim().trim_start_matches("glibc ").split('.');
+    let got_major: u32 = version.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let got_minor: u32 = version.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    (got_major, got_minor) >= (major, minor)
 }
 
 /// The commit this pb is built from, for `pb --version`: `git rev-parse`
@@ -147,23 +198,6 @@ fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {
     let status = cmd.status().expect("running cargo for the preload shim");
     assert!(status.success(), "building the preload shim failed");
     target_dir.join("release/libpb_shim.so")
-}
-
-/// Whether the glibc this builds against (the host's: a cross build says
-/// no) applies packed relative relocations, from 2.36 on.
-fn relr_loader() -> bool {
-    if std::env::var("HOST").ok() != std::env::var("TARGET").ok() {
-        return false;
-    }
-    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
-        return false;
-    };
-    // "glibc 2.36"
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut version = text.trim().trim_start_matches("glibc ").split('.');
-    let major: u32 = version.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let minor: u32 = version.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    (major, minor) >= (2, 36)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -24,9 +24,10 @@ trap '[ -z "$broker" ] || kill "$broker" 2>/dev/null || true; [ -n "${PB_ORDER_K
 # The release binary itself: any other settings (symbols kept, say) give
 # its functions other names. Its link map (cli/build.rs, PB_LINK_MAP) has
 # every function's name and address.
-map=$(pwd)/target/release/pb.map
+target=$(realpath "${CARGO_TARGET_DIR:-target}")
+map=$target/release/pb.map
 PB_LINK_MAP="$map" cargo build --release -p pb
-bin=$(realpath target/release/pb)
+bin=$target/release/pb
 gcc -O2 -shared -fPIC -o "$work/trace.so" tools/orderfile/trace.c
 
 # Every function in a section of its own (Rust's, and C compiled with
@@ -61,12 +62,13 @@ proxy=$(free_port)
 # too, since the memory bench measures a first start.
 export PB_HOME="$work/home" PB_RANGE=41000-41999 \
     PB_HTTP_ADDR="127.0.0.1:$port,[::1]:$port" PB_PROXY_ADDR="127.0.0.1:$proxy,[::1]:$proxy"
+tracer=(LD_PRELOAD="$work/trace.so" PB_TRACE_EXE="$bin" PB_TRACE_FUNCS="$work/funcs")
 traced() { # DIR CMD...: CMD with the tracer writing into DIR
     local dir=$1; shift
-    LD_PRELOAD="$work/trace.so" PB_TRACE_EXE="$bin" PB_TRACE_FUNCS="$work/funcs" \
-        PB_TRACE_OUT="$work/$dir" "$@"
+    env "${tracer[@]}" PB_TRACE_OUT="$work/$dir" "$@"
 }
-traced broker "$bin" daemon 2>"$work/broker.log" &
+# env execs pb: $! is the broker itself, which the trap can stop.
+env "${tracer[@]}" PB_TRACE_OUT="$work/broker" "$bin" daemon 2>"$work/broker.log" &
 broker=$!
 for _ in $(seq 100); do "$bin" status >/dev/null 2>&1 && break; sleep 0.1; done
 "$bin" status >/dev/null || { cat "$work/broker.log" >&2; exit 1; }
@@ -85,7 +87,8 @@ done
 curl -sf "$api/metrics" >/dev/null || true
 
 # The CLI's side: the commands people and scripts run most. (Not `pb
-# exec`: its command's process dies under the tracer's breakpoints.)
+# exec`: a process that blocks SIGTRAP dies at its first breakpoint, and
+# its command's does.)
 traced cli "$bin" claim -q order:cli >/dev/null
 traced cli "$bin" release order:cli >/dev/null
 traced cli "$bin" status >/dev/null
@@ -104,7 +107,7 @@ for line in open(os.path.join(work, "symbols")):
     names[int(off, 16)].append(name)
 seen = set()
 for part in ("broker", "cli"):
-    for path in sorted(glob.glob(os.path.join(work, part, "*"))):
+    for path in sorted(glob.glob(os.path.join(work, part, "*")), key=os.path.getmtime):
         for line in open(path):
             off = int(line, 16)
             if off in seen:

@@ -1,6 +1,7 @@
 /* The first-call tracer behind symbol-order.txt (see make.sh): preloaded
- * into a pb built with symbols, it puts a breakpoint (int3) on the entry of
- * every function the list in PB_TRACE_FUNCS names, and on each function's
+ * into the release pb, it puts a breakpoint (int3) on the entry of every
+ * function whose address the list in PB_TRACE_FUNCS gives (from the link's
+ * map), and on each function's
  * first call restores the byte and appends the function's offset to
  * PB_TRACE_OUT/<pid>. Only for generating the order file on a developer's
  * machine; nothing of it is in pb. Processes other than PB_TRACE_EXE are
@@ -56,14 +57,16 @@ static void on_trap(int sig, siginfo_t *info, void *ctx) {
 }
 
 static int main_object(struct dl_phdr_info *info, size_t size, void *data) {
-    (void)size; (void)data;
+    (void)size;
+    int *writable = data;
     base = info->dlpi_addr;
     for (int i = 0; i < info->dlpi_phnum; i++) {
         const ElfW(Phdr) *p = &info->dlpi_phdr[i];
         if (p->p_type == PT_LOAD && (p->p_flags & PF_X)) {
             uintptr_t start = (base + p->p_vaddr) & ~(uintptr_t)4095;
             uintptr_t end = base + p->p_vaddr + p->p_memsz;
-            mprotect((void *)start, end - start, PROT_READ | PROT_WRITE | PROT_EXEC);
+            if (mprotect((void *)start, end - start, PROT_READ | PROT_WRITE | PROT_EXEC) != 0)
+                *writable = 0;
         }
     }
     return 1; /* the first object is the executable */
@@ -91,7 +94,12 @@ __attribute__((constructor)) static void start(void) {
     snprintf(path, sizeof path, "%s/%d", dir, getpid());
     out = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (out < 0) return;
-    dl_iterate_phdr(main_object, NULL);
+    int writable = 1;
+    dl_iterate_phdr(main_object, &writable);
+    if (!writable) {
+        fprintf(stderr, "pbtrace: the code cannot be made writable; not tracing\n");
+        return;
+    }
     original = malloc(count);
     seen = calloc(count, 1);
     for (size_t i = 0; i < count; i++) {

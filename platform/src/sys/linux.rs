@@ -337,6 +337,36 @@ pub fn time_wait_on(port: u16) -> bool {
     }
 }
 
+pub fn listeners() -> std::io::Result<Vec<SocketEntry>> {
+    const TCP_LISTEN: u32 = 10;
+    let mut out = Vec::new();
+    let dumped = [libc::AF_INET, libc::AF_INET6]
+        .into_iter()
+        .try_for_each(|family| {
+            diag_dump(family as u8, 1 << TCP_LISTEN, |m| {
+                let ip = if m.family == libc::AF_INET as u8 {
+                    let [a, b, c, d, ..] = m.id.src;
+                    std::net::IpAddr::from([a, b, c, d])
+                } else {
+                    std::net::IpAddr::from(m.id.src)
+                };
+                out.push(SocketEntry {
+                    local: std::net::SocketAddr::new(ip, u16::from_be(m.id.sport)),
+                    state: SocketState::Listen,
+                    inode: u64::from(m.inode),
+                    uid: m.uid,
+                });
+            })
+        });
+    match dumped {
+        Ok(()) => Ok(out),
+        Err(_) => Ok(tcp_sockets()?
+            .into_iter()
+            .filter(|s| s.state == SocketState::Listen)
+            .collect()),
+    }
+}
+
 /// Sends one sock_diag request (`flags`: NLM_F_REQUEST, and NLM_F_DUMP for
 /// a dump) on a netlink socket of its own, which it returns for the
 /// caller to read the answer from.
