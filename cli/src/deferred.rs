@@ -23,19 +23,11 @@ impl<T: FromArgMatches> FromArgMatches for Deferred<T> {
 
 impl<T: Args> Args for Deferred<T> {
     fn augment_args(cmd: Command) -> Command {
-        if eager() {
-            T::augment_args(cmd)
-        } else {
-            cmd.defer(T::augment_args)
-        }
+        deferred_unless_whole(cmd, T::augment_args)
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
-        if eager() {
-            T::augment_args_for_update(cmd)
-        } else {
-            cmd.defer(T::augment_args_for_update)
-        }
+        deferred_unless_whole(cmd, T::augment_args_for_update)
     }
 
     fn group_id() -> Option<clap::Id> {
@@ -45,19 +37,11 @@ impl<T: Args> Args for Deferred<T> {
 
 impl<T: Subcommand> Subcommand for Deferred<T> {
     fn augment_subcommands(cmd: Command) -> Command {
-        if eager() {
-            T::augment_subcommands(cmd)
-        } else {
-            cmd.defer(T::augment_subcommands)
-        }
+        deferred_unless_whole(cmd, T::augment_subcommands)
     }
 
     fn augment_subcommands_for_update(cmd: Command) -> Command {
-        if eager() {
-            T::augment_subcommands_for_update(cmd)
-        } else {
-            cmd.defer(T::augment_subcommands_for_update)
-        }
+        deferred_unless_whole(cmd, T::augment_subcommands_for_update)
     }
 
     fn has_subcommand(name: &str) -> bool {
@@ -80,6 +64,12 @@ pub fn full_tree<C: CommandFactory>() -> Command {
     cmd
 }
 
-fn eager() -> bool {
-    EAGER.with(Cell::get)
+/// `add` run on `cmd` when its subcommand is built (or now, in
+/// `full_tree`).
+fn deferred_unless_whole(cmd: Command, add: fn(Command) -> Command) -> Command {
+    if EAGER.with(Cell::get) {
+        add(cmd)
+    } else {
+        cmd.defer(add)
+    }
 }
