@@ -130,10 +130,16 @@ pub struct LoopbackSockets {
     pub v4: OwnedFd,
     pub v6: Option<OwnedFd>,
     listening: std::sync::atomic::AtomicBool,
-    /// The sockets' inodes, read (fstat) once, when first asked: the
-    /// reaper's every scan asks, a claim never does.
+    /// Which of them went to a client (`HANDED_V4`, `HANDED_V6`): only
+    /// those can be held by any process but the broker.
+    handed: std::sync::atomic::AtomicU8,
+    /// The sockets' inodes, IPv4 first, read (fstat) once, when first
+    /// asked: the reaper's every scan asks, a claim never does.
     inodes: std::sync::OnceLock<Vec<u64>>,
 }
+
+const HANDED_V4: u8 = 1;
+const HANDED_V6: u8 = 2;
 
 impl LoopbackSockets {
     /// Binds `127.0.0.1:port` and `[::1]:port`. With `listen`, both listen;
@@ -167,6 +173,7 @@ impl LoopbackSockets {
             v4,
             v6,
             listening: std::sync::atomic::AtomicBool::new(false),
+            handed: std::sync::atomic::AtomicU8::new(0),
             inodes: std::sync::OnceLock::new(),
         };
         if listen {
@@ -194,16 +201,34 @@ impl LoopbackSockets {
         self.listening.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The sockets, IPv4 first.
-    /// The inodes the kernel's socket tables list these sockets under.
+    /// The inodes the kernel's socket tables list these sockets under,
+    /// IPv4 first (0 for one whose fstat failed, which no socket has).
     pub fn inodes(&self) -> &[u64] {
         self.inodes.get_or_init(|| {
             self.fds()
-                .filter_map(|fd| crate::sockets::inode_of(fd).ok())
+                .map(|fd| crate::sockets::inode_of(fd).unwrap_or(0))
                 .collect()
         })
     }
 
+    /// Records that a client is being sent the IPv4 and/or IPv6 socket.
+    pub fn mark_handed(&self, v4: bool, v6: bool) {
+        let bits = if v4 { HANDED_V4 } else { 0 } | if v6 { HANDED_V6 } else { 0 };
+        self.handed
+            .fetch_or(bits, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The inodes of the sockets that ever went to a client, IPv4 first.
+    pub fn handed_inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        let bits = self.handed.load(std::sync::atomic::Ordering::Acquire);
+        self.inodes()
+            .iter()
+            .zip([HANDED_V4, HANDED_V6])
+            .filter(move |(i, b)| bits & b != 0 && **i != 0)
+            .map(|(i, _)| *i)
+    }
+
+    /// The sockets, IPv4 first.
     pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         std::iter::once(self.v4.as_fd()).chain(self.v6.as_ref().map(|f| f.as_fd()))
     }

@@ -775,7 +775,7 @@ pub fn claimant(
         .arg(tests_dir().join("clients/claimant.py"))
         .arg(broker.socket())
         .arg(id)
-        .args((!mode.is_empty()).then_some(mode))
+        .args(mode.split_whitespace())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

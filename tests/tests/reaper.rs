@@ -64,6 +64,66 @@ fn ownership_follows_the_socket_into_a_child_and_ends_with_the_last_holder() {
     wait_for("the port to be free", || port_free(port).then_some(()));
 }
 
+/// The reaper learns who else holds a dead owner's sockets from the
+/// kernel's table of listeners after closing its own copies, not from the
+/// processes it has seen before: a process older than the lease that was
+/// sent the sockets (SCM_RIGHTS, as systemd or a process manager passes
+/// them) keeps the lease, as a forked child does.
+#[test]
+fn a_socket_sent_to_an_older_process_keeps_the_lease_with_it() {
+    let broker = broker();
+    let path = broker.socket().with_file_name("receiver.sock");
+    let mut receiver = Command::new("python3")
+        .arg(tests_dir().join("clients/fd_receiver.py"))
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(receiver.stdout.take().unwrap());
+    let receiver = Proc(receiver);
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let (mut owner, mut out, port) =
+        claimant(&broker, "passed", &format!("--send {}", path.display()));
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "sent");
+    line.clear();
+    said.read_line(&mut line).unwrap();
+    let families = if can_bind(v6(0)) { "2" } else { "1" };
+    assert_eq!(line.trim(), families, "the receiver holds the sockets");
+    owner.signal(libc::SIGKILL);
+    owner.wait_for(Duration::from_secs(5));
+    wait_for("ownership to move to the receiver", || {
+        (lease(&broker, "passed")?["pid"] == receiver.pid()).then_some(())
+    });
+    assert!(
+        !can_bind(v4(port)) && !can_bind(v6(port)),
+        "the receiver holds the port"
+    );
+    receiver.signal(libc::SIGKILL);
+    wait_for("the lease to end", || {
+        lease(&broker, "passed").is_none().then_some(())
+    });
+    wait_for("the port to be free", || port_free(port).then_some(()));
+    assert!(broker.log().contains("reclaimed passed"));
+}
+
+/// A claim of one family has the other relayed by the broker, which keeps
+/// that socket to itself: when the owner dies, both families are free.
+#[test]
+fn sigkill_of_a_claimant_with_a_relayed_family_frees_both() {
+    let broker = broker();
+    let (mut c, _out, port) = claimant(&broker, "relayed", "--v4");
+    assert!(!can_bind(v4(port)) && !can_bind(v6(port)));
+    c.signal(libc::SIGKILL);
+    c.wait_for(Duration::from_secs(5));
+    wait_for("the port to be free", || port_free(port).then_some(()));
+    assert!(lease(&broker, "relayed").is_none());
+    assert!(broker.log().contains("reclaimed relayed"));
+}
+
 #[test]
 fn killing_pb_exec_hands_the_lease_to_the_child_that_serves() {
     let broker = broker();

@@ -27,6 +27,9 @@ pub struct LeaseView {
     pub owner: Option<ProcessId>,
     /// Inodes of the broker's own sockets for the lease.
     pub inodes: Vec<u64>,
+    /// Those of them that went to a client: the only ones another process
+    /// can hold.
+    pub handed: Vec<u64>,
     pub adopted: bool,
     /// The broker's sockets listen: they were handed to a client.
     pub listening: bool,

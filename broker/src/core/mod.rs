@@ -144,14 +144,33 @@ pub struct Handover {
 }
 
 impl Handover {
+    /// Shares `sockets` for a reply, and marks the ones that go as handed,
+    /// so the reaper knows which can be held by other processes.
+    fn new(sockets: Arc<LoopbackSockets>, only: Option<IpFamily>) -> Handover {
+        let handover = Handover { sockets, only };
+        let (v4, v6) = handover.families();
+        handover.sockets.mark_handed(v4, v6);
+        handover
+    }
+
+    /// Whether the IPv4 and the IPv6 socket go.
+    fn families(&self) -> (bool, bool) {
+        let has_v6 = self.sockets.v6.is_some();
+        match self.only {
+            Some(IpFamily::V6) if has_v6 => (false, true),
+            Some(_) => (true, false),
+            None => (true, has_v6),
+        }
+    }
+
     /// The descriptors to send, IPv4 first.
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let (v4, v6) = self.families();
         let s = &self.sockets;
-        match (self.only, &s.v6) {
-            (Some(IpFamily::V6), Some(v6)) => vec![v6.as_fd()],
-            (Some(_), _) => vec![s.v4.as_fd()],
-            (None, _) => s.fds().collect(),
-        }
+        v4.then(|| s.v4.as_fd())
+            .into_iter()
+            .chain(s.v6.as_ref().filter(|_| v6).map(|fd| fd.as_fd()))
+            .collect()
     }
 }
 
@@ -252,6 +271,11 @@ impl Lease {
                 .sockets
                 .iter()
                 .flat_map(|s| s.inodes().iter().copied())
+                .collect(),
+            handed: self
+                .sockets
+                .iter()
+                .flat_map(|s| s.handed_inodes())
                 .collect(),
             adopted: self.adopted,
             listening: self.sockets.as_ref().is_some_and(|s| s.is_listening()),
@@ -751,6 +775,31 @@ impl Core {
             }
         }
         !self.leases.contains_key(id)
+    }
+
+    /// Closes the broker's own copies of lease `id`'s sockets, if its owner
+    /// is still `expected`, so that the kernel's table of listening sockets
+    /// answers who else holds them: one that nobody else holds is gone, its
+    /// port free, the moment the broker's copy closes, and one that is
+    /// still listed is held by some other process. That costs one dump of
+    /// the listeners where the other way to know is to read every
+    /// process's descriptors. A relay stays (its copy is of the family the
+    /// broker kept, which never left it) until the lease ends. Only a
+    /// handed-over lease is let go: not a session's, nor an adopted one.
+    /// Whether it was let go; the lease itself is the reaper's to settle.
+    pub fn let_go(&mut self, id: &str, expected: Option<ProcessId>) -> bool {
+        let Some(lease) = self.leases.get_mut(id) else {
+            return false;
+        };
+        if lease.owner() != expected
+            || lease.session.is_some()
+            || lease.adopted
+            || !lease.sockets.as_ref().is_some_and(|s| s.is_listening())
+        {
+            return false;
+        }
+        lease.sockets = None;
+        true
     }
 
     /// The app that adopted number-only lease `id` is gone: the lease
@@ -1819,10 +1868,7 @@ fn hand_over(
             vec![target]
         }
     };
-    let handover = Handover {
-        sockets: sockets.clone(),
-        only: family,
-    };
+    let handover = Handover::new(sockets.clone(), family);
     Ok((
         Some(handover),
         addrs.iter().map(|a| a.to_string()).collect(),

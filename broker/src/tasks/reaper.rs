@@ -120,13 +120,27 @@ async fn reclaim(
     if ids.is_empty() {
         return;
     }
-    let views = lock(&core).views(Some(&ids));
+    // The broker's copies close first (`Core::let_go`): what the kernel
+    // still lists as listening then is what someone else holds, so a
+    // lease nobody holds ends without a walk of every process.
+    let (views, let_go) = {
+        let mut c = lock(&core);
+        let views = c.views(Some(&ids));
+        let let_go: HashSet<String> = views
+            .iter()
+            .filter(|v| c.let_go(&v.id, v.owner))
+            .map(|v| v.id.clone())
+            .collect();
+        (views, let_go)
+    };
     let decided = tokio::task::spawn_blocking(move || {
-        let listening = sockets::listeners().unwrap_or_default();
+        let listening = sockets::listeners().ok();
         views
             .into_iter()
             .map(|v| {
-                let holder = holder(&v, &listening, gone).and_then(ProcessFacts::of);
+                let closed = let_go.contains(&v.id);
+                let holder =
+                    holder(&v, listening.as_deref(), gone, closed).and_then(ProcessFacts::of);
                 (v.id, v.owner, holder)
             })
             .collect::<Vec<_>>()
@@ -162,10 +176,31 @@ fn foreign_listeners<'a>(
 
 /// The live process (not the broker, not `gone`) that holds the lease's
 /// sockets or listens on its port; the oldest, so a pre-forking server's
-/// master is chosen over its workers.
-fn holder(v: &LeaseView, listening: &[SocketEntry], gone: Option<ProcessId>) -> Option<ProcessId> {
-    let mut inodes: HashSet<u64> = v.inodes.iter().copied().collect();
-    inodes.extend(foreign_listeners(listening, v));
+/// master is chosen over its workers. Only sockets that someone else can
+/// hold are looked for: of the broker's own, those that went to a client
+/// (placeholders and relayed sockets never leave the broker), and once
+/// its copies are `closed`, only those the kernel still lists; then any
+/// other listener on the port (`listening`: `None` when the table could
+/// not be read). With nothing to look for, no process is read at all.
+fn holder(
+    v: &LeaseView,
+    listening: Option<&[SocketEntry]>,
+    gone: Option<ProcessId>,
+    closed: bool,
+) -> Option<ProcessId> {
+    let listed = |i: &u64| listening.is_none_or(|l| l.iter().any(|s| s.inode == *i));
+    let mut inodes: HashSet<u64> = v
+        .handed
+        .iter()
+        .filter(|i| !closed || listed(i))
+        .copied()
+        .collect();
+    if let Some(l) = listening {
+        inodes.extend(foreign_listeners(l, v));
+    }
+    if inodes.is_empty() {
+        return None;
+    }
     let me = std::process::id();
     sockets::holders(&inodes)
         .into_values()
@@ -209,7 +244,7 @@ fn scan(core: &SharedCore, interval: Duration) {
             Some(o) if !owner_alive => verdicts.push((
                 v.id.clone(),
                 v.owner,
-                holder(v, &listening, Some(o)).and_then(ProcessFacts::of),
+                holder(v, Some(&listening), Some(o), false).and_then(ProcessFacts::of),
             )),
             Some(_) if v.adopted && foreign.is_empty() && v.created_ms < settled_before => {
                 // Alive but no longer listening: the port is free to go.
@@ -226,7 +261,7 @@ fn scan(core: &SharedCore, interval: Duration) {
                 verdicts.push((
                     v.id.clone(),
                     v.owner,
-                    holder(v, &listening, Some(o)).and_then(ProcessFacts::of),
+                    holder(v, Some(&listening), Some(o), false).and_then(ProcessFacts::of),
                 ))
             }
             None if !foreign.is_empty() => adoptions.push((v.id.clone(), foreign)),
