@@ -182,6 +182,25 @@ impl LoopbackSockets {
         Ok(sockets)
     }
 
+    /// The sockets of `port` again, from copies of listeners the broker had
+    /// made (IPv4 first), `handed` as they were (IPv4, IPv6).
+    pub fn from_listeners(
+        port: u16,
+        v4: OwnedFd,
+        v6: Option<OwnedFd>,
+        handed: (bool, bool),
+    ) -> LoopbackSockets {
+        let handed = if handed.0 { HANDED_V4 } else { 0 } | if handed.1 { HANDED_V6 } else { 0 };
+        LoopbackSockets {
+            port,
+            v4,
+            v6,
+            listening: std::sync::atomic::AtomicBool::new(true),
+            handed: std::sync::atomic::AtomicU8::new(handed),
+            inodes: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Turns placeholders into listeners. Fails with `InUse` when an app has
     /// meanwhile bound over the placeholder and listens itself.
     pub fn listen(&self) -> Result<(), BindError> {

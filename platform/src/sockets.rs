@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::process::ProcessId;
 
@@ -75,6 +75,18 @@ pub fn holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<ProcessId>> {
         return HashMap::new();
     }
     crate::sys::socket_holders(inodes)
+}
+
+/// Copies of the descriptors through which live process `p` holds the
+/// sockets `inodes`, one per inode, each checked to be that socket
+/// (pidfd_getfd, Linux 5.6+). Empty when the kernel refuses: it needs the
+/// rights to ptrace `p` (its own user's, where Yama's ptrace_scope is 0,
+/// or root).
+pub fn copies_from(p: ProcessId, inodes: &HashSet<u64>) -> Vec<(u64, OwnedFd)> {
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    crate::sys::socket_copies(p, inodes)
 }
 
 /// Whether process `pid` holds a descriptor to any of `inodes`: the cheap

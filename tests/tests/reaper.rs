@@ -26,6 +26,16 @@ fn port_free(port: u16) -> bool {
     can_bind(v4(port)) && can_bind(v6(port))
 }
 
+/// Whether the broker may take copies of a holder's sockets (pidfd_getfd,
+/// which needs ptrace rights over it): as root, or where Yama does not
+/// restrict ptrace among a user's processes.
+fn may_take_copies() -> bool {
+    // SAFETY: geteuid cannot fail.
+    (unsafe { libc::geteuid() }) == 0
+        || std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+            .map_or(true, |s| s.trim() == "0")
+}
+
 #[test]
 fn sigkill_of_a_claimant_frees_its_port() {
     let broker = broker();
@@ -95,13 +105,17 @@ fn a_socket_sent_to_an_older_process_keeps_the_lease_with_it() {
     assert_eq!(line.trim(), families, "the receiver holds the sockets");
     owner.signal(libc::SIGKILL);
     owner.wait_for(Duration::from_secs(5));
-    wait_for("ownership to move to the receiver", || {
-        (lease(&broker, "passed")?["pid"] == receiver.pid()).then_some(())
+    let moved = wait_for("ownership to move to the receiver", || {
+        lease(&broker, "passed").filter(|l| l["pid"] == receiver.pid())
     });
     assert!(
         !can_bind(v4(port)) && !can_bind(v6(port)),
         "the receiver holds the port"
     );
+    // The broker takes its copies back from the receiver, else the lease
+    // follows as an adopted one.
+    assert_eq!(moved["held"], may_take_copies(), "{moved}");
+    assert_eq!(moved["listening"], may_take_copies(), "{moved}");
     receiver.signal(libc::SIGKILL);
     wait_for("the lease to end", || {
         lease(&broker, "passed").is_none().then_some(())
@@ -144,12 +158,18 @@ fn killing_pb_exec_hands_the_lease_to_the_child_that_serves() {
     let port = broker.leases()[0].1;
     pb.signal(libc::SIGKILL);
     pb.wait_for(Duration::from_secs(5));
-    let server = wait_for("ownership to move to the server", || {
+    let (server, moved) = wait_for("ownership to move to the server", || {
         let l = lease(&broker, "web")?;
         let pid = l["pid"].as_u64()? as u32;
-        (pid != pb.pid() && l["command"].as_str()?.contains("fd_server.py")).then_some(pid)
+        (pid != pb.pid() && l["command"].as_str()?.contains("fd_server.py")).then_some((pid, l))
     });
     assert!(curl_until("-4", port).is_some(), "still serving");
+    // The broker holds the lease's sockets again (the server's copy and
+    // its relay's own), and the relay still serves IPv6.
+    assert_eq!(moved["held"], may_take_copies(), "{moved} {}", broker.log());
+    if may_take_copies() {
+        assert!(curl_until("-6", port).is_some(), "IPv6 is still relayed");
+    }
     // SAFETY: the server is pb exec's child, which we started.
     unsafe { libc::kill(server as i32, libc::SIGKILL) };
     wait_for("the lease to end", || {

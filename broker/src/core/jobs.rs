@@ -4,9 +4,12 @@
 //! (`Route`). Defined with the core, so that the core needs nothing of the
 //! tasks that use them.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use pb_platform::{ExitWatch, ProcessId};
+
+use crate::core::facts::ProcessFacts;
 
 #[derive(Debug)]
 pub enum ReaperJob {
@@ -45,6 +48,38 @@ pub struct LeaseView {
     pub held: bool,
     /// Only the number is reserved: the broker never holds the port.
     pub number_only: bool,
+}
+
+/// Copies of a lease's listeners, taken back from the process that holds
+/// them once the broker let go of its own (`Core::let_go`).
+#[derive(Debug)]
+pub struct Listeners {
+    pub v4: OwnedFd,
+    pub v6: Option<OwnedFd>,
+    /// Which of them had gone to a client (IPv4, IPv6).
+    pub handed: (bool, bool),
+}
+
+/// The reaper's word on a lease whose owner it looked at.
+#[derive(Debug)]
+pub struct Verdict {
+    /// Who holds it now; `None`: nobody, it ends.
+    pub holder: Option<ProcessFacts>,
+    /// The broker's copies of its sockets, taken back from the holder.
+    pub back: Option<Listeners>,
+    /// From the reclaim that let go of the broker's copies
+    /// (`Core::let_go`): until it settles, no other verdict applies.
+    pub let_go: bool,
+}
+
+impl Verdict {
+    pub fn of(holder: Option<ProcessFacts>) -> Verdict {
+        Verdict {
+            holder,
+            back: None,
+            let_go: false,
+        }
+    }
 }
 
 /// Where the proxy sends a request for one of a lease's names, copied out

@@ -51,7 +51,7 @@ use crate::core::agents::Agents;
 pub use crate::core::answer::Answer;
 use crate::core::events::{EventBus, EventKind};
 use crate::core::facts::{Facts, ProcessFacts};
-use crate::core::jobs::{LeaseView, ReaperJob};
+use crate::core::jobs::{LeaseView, ReaperJob, Verdict};
 use crate::core::locks::{Locks, PendingLock};
 use crate::core::pubsub::PubSub;
 use crate::core::stream::Stream;
@@ -220,6 +220,9 @@ struct Lease {
     /// Connections to the family the client does not serve, relayed to the
     /// one it does; stops when the lease ends.
     relay: Option<Relay>,
+    /// The reaper closed the broker's copies of the sockets and has yet to
+    /// settle the lease (`Core::let_go`).
+    letting_go: bool,
     /// When the app that had adopted this number-only lease stopped
     /// listening (it exited, or a reloader is restarting it): the port
     /// stays reserved for the reload grace (PB_RELOAD_GRACE) for the next
@@ -249,6 +252,7 @@ impl Lease {
             served: None,
             owner_command,
             relay: None,
+            letting_go: false,
             orphaned_ms: None,
             claimant: None,
             hosts: Vec::new(),
@@ -737,24 +741,45 @@ impl Core {
 
     /// Applies the reaper's verdict on a lease whose owner was `expected`
     /// when it looked: ownership moves to `holder`, or the lease ends. A
-    /// lease that changed meanwhile is left alone. Whether the lease ended
-    /// (its port is free).
-    pub fn settle(
-        &mut self,
-        id: &str,
-        expected: Option<ProcessId>,
-        holder: Option<ProcessFacts>,
-    ) -> bool {
-        let Some(lease) = self.leases.get(id) else {
+    /// lease that changed meanwhile is left alone. A lease the broker let
+    /// go of (`let_go`) holds its sockets again through `back`, copies
+    /// taken from the holder; without them it follows as an adopted lease,
+    /// which ends when its holder stops listening. Meanwhile no other
+    /// verdict applies: one made from a look at the lease without its
+    /// copies would not know whose they were. Whether the lease ended (its
+    /// port is free).
+    pub fn settle(&mut self, id: &str, expected: Option<ProcessId>, verdict: Verdict) -> bool {
+        let Some(lease) = self.leases.get_mut(id) else {
             return false;
         };
+        if lease.letting_go && !verdict.let_go {
+            return false;
+        }
+        lease.letting_go = false;
         if lease.owner() != expected || lease.session.is_some() {
             return false;
         }
+        let Verdict { holder, back, .. } = verdict;
         match holder {
             Some(p) => {
-                // An unowned lease that gains an owner was adopted.
-                let adopted = lease.adopted || expected.is_none();
+                match (&lease.sockets, back) {
+                    (None, Some(back)) => {
+                        let port = lease.record.port;
+                        let sockets =
+                            LoopbackSockets::from_listeners(port, back.v4, back.v6, back.handed);
+                        lease.sockets = Some(Arc::new(sockets));
+                    }
+                    // The app's listener is all there is now: a relay
+                    // would hold the other family for nobody.
+                    (None, None) => lease.relay = None,
+                    _ => {}
+                }
+                // An unowned lease that gains an owner was adopted; so is
+                // one whose port the broker does not hold (a number-only
+                // reservation aside): the app's listener is all there is.
+                let adopted = lease.adopted
+                    || expected.is_none()
+                    || (lease.sockets.is_none() && !lease.record.number_only);
                 self.set_owner(id, p, adopted, "follows its socket to");
             }
             None if lease.adopted && !lease.sockets.as_ref().is_some_and(|s| s.is_listening()) => {
@@ -778,20 +803,21 @@ impl Core {
     }
 
     /// Closes the broker's own copies of lease `id`'s sockets, if its owner
-    /// is still `expected`, so that the kernel's table of listening sockets
-    /// answers who else holds them: one that nobody else holds is gone, its
-    /// port free, the moment the broker's copy closes, and one that is
-    /// still listed is held by some other process. That costs one dump of
-    /// the listeners where the other way to know is to read every
-    /// process's descriptors. A relay stays (its copy is of the family the
-    /// broker kept, which never left it) until the lease ends. Only a
-    /// handed-over lease is let go: not a session's, nor an adopted one.
-    /// Whether it was let go; the lease itself is the reaper's to settle.
-    pub fn let_go(&mut self, id: &str, expected: Option<ProcessId>) -> bool {
+    /// is still `dead` (a process the caller knows has ended), so that the
+    /// kernel's table of listening sockets answers who else holds them: one
+    /// that nobody else holds is gone, its port free, the moment the
+    /// broker's copy closes, and one that is still listed is held by some
+    /// other process. That costs one dump of the listeners where the other
+    /// way to know is to read every process's descriptors. A relay keeps
+    /// its own copy of the family it serves, which only the broker holds,
+    /// until the lease ends or follows. Neither a session's lease nor an
+    /// adopted one is let go. Whether it was let go; the reaper settles the
+    /// lease, with copies taken back from the holder it finds.
+    pub fn let_go(&mut self, id: &str, dead: ProcessId) -> bool {
         let Some(lease) = self.leases.get_mut(id) else {
             return false;
         };
-        if lease.owner() != expected
+        if lease.owner() != Some(dead)
             || lease.session.is_some()
             || lease.adopted
             || !lease.sockets.as_ref().is_some_and(|s| s.is_listening())
@@ -799,6 +825,7 @@ impl Core {
             return false;
         }
         lease.sockets = None;
+        lease.letting_go = true;
         true
     }
 

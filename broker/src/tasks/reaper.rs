@@ -24,7 +24,7 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use crate::core::facts::ProcessFacts;
-use crate::core::jobs::{LeaseView, ReaperJob};
+use crate::core::jobs::{LeaseView, Listeners, ReaperJob, Verdict};
 use crate::core::now_ms;
 use crate::core::{lock, SharedCore};
 
@@ -120,18 +120,28 @@ async fn reclaim(
     if ids.is_empty() {
         return;
     }
-    // The broker's copies close first (`Core::let_go`): what the kernel
-    // still lists as listening then is what someone else holds, so a
-    // lease nobody holds ends without a walk of every process.
-    let (views, let_go) = {
+    let views = lock(&core).views(Some(&ids));
+    // Whose owner is known to be dead: the kernel said so (`gone`), or its
+    // process is gone (a session that closed with it), asked here, outside
+    // the core's mutex.
+    let dead: Vec<(String, ProcessId)> = views
+        .iter()
+        .filter_map(|v| {
+            let o = v.owner?;
+            (Some(o) == gone || !o.is_alive()).then(|| (v.id.clone(), o))
+        })
+        .collect();
+    // Their sockets' broker copies close first (`Core::let_go`): what the
+    // kernel still lists as listening then is what someone else holds, so
+    // a lease nobody holds ends without a walk of every process.
+    let let_go: HashSet<String> = if dead.is_empty() {
+        HashSet::new()
+    } else {
         let mut c = lock(&core);
-        let views = c.views(Some(&ids));
-        let let_go: HashSet<String> = views
-            .iter()
-            .filter(|v| c.let_go(&v.id, v.owner))
-            .map(|v| v.id.clone())
-            .collect();
-        (views, let_go)
+        dead.into_iter()
+            .filter(|(id, o)| c.let_go(id, *o))
+            .map(|(id, _)| id)
+            .collect()
     };
     let decided = tokio::task::spawn_blocking(move || {
         let listening = sockets::listeners().ok();
@@ -139,17 +149,23 @@ async fn reclaim(
             .into_iter()
             .map(|v| {
                 let closed = let_go.contains(&v.id);
-                let holder =
-                    holder(&v, listening.as_deref(), gone, closed).and_then(ProcessFacts::of);
-                (v.id, v.owner, holder)
+                let holder = holder(&v, listening.as_deref(), gone, closed);
+                // The copies the broker closed, taken back from the holder.
+                let back = holder.filter(|_| closed).and_then(|p| taken_back(&v, p));
+                let verdict = Verdict {
+                    holder: holder.and_then(ProcessFacts::of),
+                    back,
+                    let_go: closed,
+                };
+                (v.id, v.owner, verdict)
             })
             .collect::<Vec<_>>()
     })
     .await;
     if let Ok(decided) = decided {
         let mut core = lock(&core);
-        for (id, owner, holder) in decided {
-            if core.settle(&id, owner, holder) {
+        for (id, owner, verdict) in decided {
+            if core.settle(&id, owner, verdict) {
                 if let Some(died) = died {
                     core.metrics
                         .death_to_free
@@ -207,6 +223,37 @@ fn holder(
         .flatten()
         .filter(|p| p.pid != me && Some(*p) != gone && p.is_alive())
         .min_by_key(|p| (p.start_time, p.pid))
+}
+
+/// Copies of every socket of `v`, IPv4 first: from `holder`, and those it
+/// lacks from the broker itself (a relay's socket, which never left it);
+/// `None` unless all are found and the kernel lets the broker take them.
+fn taken_back(v: &LeaseView, holder: ProcessId) -> Option<Listeners> {
+    let mut copies = sockets::copies_from(holder, &v.inodes.iter().copied().collect());
+    let missing: HashSet<u64> = v
+        .inodes
+        .iter()
+        .filter(|i| !copies.iter().any(|(c, _)| c == *i))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        copies.extend(sockets::copies_from(
+            ProcessId::of(std::process::id())?,
+            &missing,
+        ));
+    }
+    let mut take = |inode: u64| {
+        let i = copies.iter().position(|(c, _)| *c == inode)?;
+        Some(copies.swap_remove(i).1)
+    };
+    let handed = |i: Option<&u64>| i.is_some_and(|i| v.handed.contains(i));
+    let handed = (handed(v.inodes.first()), handed(v.inodes.get(1)));
+    let v4 = take(*v.inodes.first()?)?;
+    let v6 = match v.inodes.get(1) {
+        Some(i) => Some(take(*i)?),
+        None => None,
+    };
+    Some(Listeners { v4, v6, handed })
 }
 
 /// The periodic pass: dead owners the watches missed, adopted owners that
@@ -306,7 +353,7 @@ fn scan(core: &SharedCore, interval: Duration) {
         core.set_served(&id, s);
     }
     for (id, owner, holder) in verdicts {
-        core.settle(&id, owner, holder);
+        core.settle(&id, owner, Verdict::of(holder));
     }
     for (id, p) in adopters {
         core.adopt(&id, p);

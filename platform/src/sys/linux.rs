@@ -254,6 +254,57 @@ pub fn socket_holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<ProcessId>> {
     found
 }
 
+pub fn socket_copies(p: ProcessId, inodes: &HashSet<u64>) -> Vec<(u64, OwnedFd)> {
+    let Ok(Some(pidfd)) = pidfd_open(p.pid) else {
+        return Vec::new();
+    };
+    // Checked after the pidfd is open: it is then `p`'s, not a reused pid's.
+    if !p.is_alive() {
+        return Vec::new();
+    }
+    let Some(fds) = i32::try_from(p.pid)
+        .ok()
+        .and_then(|pid| Process::new(pid).ok())
+        .and_then(|proc| proc.fd().ok())
+    else {
+        return Vec::new();
+    };
+    let mut copies: Vec<(u64, OwnedFd)> = Vec::new();
+    for fd in fds.flatten() {
+        let FDTarget::Socket(inode) = fd.target else {
+            continue;
+        };
+        if !inodes.contains(&inode) || copies.iter().any(|(i, _)| *i == inode) {
+            continue;
+        }
+        // SAFETY: a plain syscall; on success it returns a new descriptor
+        // (close-on-exec) to the file `p` has at `fd.fd`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                pidfd.as_raw_fd(),
+                fd.fd,
+                0 as libc::c_uint,
+            )
+        };
+        if r < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                // No rights over `p` (ptrace), or no such call: none will do.
+                Some(libc::EPERM) | Some(libc::ENOSYS) => return Vec::new(),
+                // That descriptor closed meanwhile.
+                _ => continue,
+            }
+        }
+        // SAFETY: the kernel just gave us this descriptor.
+        let copy = unsafe { OwnedFd::from_raw_fd(r as i32) };
+        // The number may have been reused between the read and the copy.
+        if crate::sockets::inode_of(std::os::fd::AsFd::as_fd(&copy)).ok() == Some(inode) {
+            copies.push((inode, copy));
+        }
+    }
+    copies
+}
+
 pub fn holds_any(pid: u32, inodes: &HashSet<u64>) -> bool {
     let Some(p) = i32::try_from(pid).ok().and_then(|p| Process::new(p).ok()) else {
         return false;
