@@ -77,11 +77,19 @@ pub fn holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<ProcessId>> {
     crate::sys::socket_holders(inodes)
 }
 
+/// Whether this process may, as far as it can tell, copy other processes'
+/// descriptors ([`copies_from`]): pidfd_getfd needs the rights to ptrace
+/// them, which Yama's ptrace_scope 1 and 2 keep to CAP_SYS_PTRACE (a
+/// user's process may otherwise copy from its own user's). A seccomp
+/// filter, or a holder that is not dumpable, can still refuse.
+pub fn may_copy_descriptors() -> bool {
+    crate::sys::may_copy_descriptors()
+}
+
 /// Copies of the descriptors through which live process `p` holds the
 /// sockets `inodes`, one per inode, each checked to be that socket
-/// (pidfd_getfd, Linux 5.6+). Empty when the kernel refuses: it needs the
-/// rights to ptrace `p` (its own user's, where Yama's ptrace_scope is 0,
-/// or root).
+/// (pidfd_getfd, Linux 5.6+). Empty when the kernel refuses (see
+/// [`may_copy_descriptors`]).
 pub fn copies_from(p: ProcessId, inodes: &HashSet<u64>) -> Vec<(u64, OwnedFd)> {
     if inodes.is_empty() {
         return Vec::new();

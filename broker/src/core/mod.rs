@@ -33,7 +33,7 @@ pub mod work;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -743,43 +743,41 @@ impl Core {
     /// when it looked: ownership moves to `holder`, or the lease ends. A
     /// lease that changed meanwhile is left alone. A lease the broker let
     /// go of (`let_go`) holds its sockets again through `back`, copies
-    /// taken from the holder; without them it follows as an adopted lease,
-    /// which ends when its holder stops listening. Meanwhile no other
-    /// verdict applies: one made from a look at the lease without its
-    /// copies would not know whose they were. Whether the lease ended (its
-    /// port is free).
+    /// taken from the holder; without them (the holder kept one family
+    /// only, or the kernel refused) it follows as an adopted lease.
+    /// Meanwhile no other verdict applies: one made from a look at the
+    /// lease without its copies would not know whose they were; and a
+    /// lease that has sockets again by then (a claim bound the free port)
+    /// is left to the next scan. Whether the lease ended (its port is
+    /// free).
     pub fn settle(&mut self, id: &str, expected: Option<ProcessId>, verdict: Verdict) -> bool {
         let Some(lease) = self.leases.get_mut(id) else {
             return false;
         };
-        if lease.letting_go && !verdict.let_go {
+        if lease.letting_go != verdict.let_go {
             return false;
         }
         lease.letting_go = false;
-        if lease.owner() != expected || lease.session.is_some() {
+        if lease.owner() != expected
+            || lease.session.is_some()
+            || (verdict.let_go && lease.sockets.is_some())
+        {
             return false;
         }
+        let followed_bare = verdict.let_go && verdict.back.is_none();
         let Verdict { holder, back, .. } = verdict;
         match holder {
             Some(p) => {
-                match (&lease.sockets, back) {
-                    (None, Some(back)) => {
-                        let port = lease.record.port;
-                        let sockets =
-                            LoopbackSockets::from_listeners(port, back.v4, back.v6, back.handed);
-                        lease.sockets = Some(Arc::new(sockets));
-                    }
-                    // The app's listener is all there is now: a relay
-                    // would hold the other family for nobody.
-                    (None, None) => lease.relay = None,
-                    _ => {}
+                if let Some(back) = back {
+                    let port = lease.record.port;
+                    let sockets =
+                        LoopbackSockets::from_listeners(port, back.v4, back.v6, back.handed);
+                    lease.sockets = Some(Arc::new(sockets));
                 }
                 // An unowned lease that gains an owner was adopted; so is
-                // one whose port the broker does not hold (a number-only
-                // reservation aside): the app's listener is all there is.
-                let adopted = lease.adopted
-                    || expected.is_none()
-                    || (lease.sockets.is_none() && !lease.record.number_only);
+                // one whose copies could not be taken back: the app's
+                // listener is all there is.
+                let adopted = lease.adopted || expected.is_none() || followed_bare;
                 self.set_owner(id, p, adopted, "follows its socket to");
             }
             None if lease.adopted && !lease.sockets.as_ref().is_some_and(|s| s.is_listening()) => {
@@ -808,11 +806,13 @@ impl Core {
     /// that nobody else holds is gone, its port free, the moment the
     /// broker's copy closes, and one that is still listed is held by some
     /// other process. That costs one dump of the listeners where the other
-    /// way to know is to read every process's descriptors. A relay keeps
-    /// its own copy of the family it serves, which only the broker holds,
-    /// until the lease ends or follows. Neither a session's lease nor an
-    /// adopted one is let go. Whether it was let go; the reaper settles the
-    /// lease, with copies taken back from the holder it finds.
+    /// way to know is to read every process's descriptors. Only a lease
+    /// whose sockets listen and all went to clients is let go: not a
+    /// session's, an adopted one, or one with a relay (the family it
+    /// serves never left the broker, and a claim in the meantime would
+    /// find the relay's copy in its way). Whether it was let go; the
+    /// reaper settles the lease (`settle`), with copies taken back from the
+    /// holder it finds, or gives it up (`keep_after_let_go`).
     pub fn let_go(&mut self, id: &str, dead: ProcessId) -> bool {
         let Some(lease) = self.leases.get_mut(id) else {
             return false;
@@ -820,6 +820,7 @@ impl Core {
         if lease.owner() != Some(dead)
             || lease.session.is_some()
             || lease.adopted
+            || lease.relay.is_some()
             || !lease.sockets.as_ref().is_some_and(|s| s.is_listening())
         {
             return false;
@@ -827,6 +828,17 @@ impl Core {
         lease.sockets = None;
         lease.letting_go = true;
         true
+    }
+
+    /// The reaper could not settle the leases it let go of: they wait, with
+    /// their dead owner, for the scan's verdict (and their port, if free,
+    /// for its `hold_again`).
+    pub fn keep_after_let_go(&mut self, ids: &HashSet<String>) {
+        for id in ids {
+            if let Some(l) = self.leases.get_mut(id) {
+                l.letting_go = false;
+            }
+        }
     }
 
     /// The app that adopted number-only lease `id` is gone: the lease

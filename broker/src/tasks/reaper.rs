@@ -123,9 +123,12 @@ async fn reclaim(
     let views = lock(&core).views(Some(&ids));
     // Whose owner is known to be dead: the kernel said so (`gone`), or its
     // process is gone (a session that closed with it), asked here, outside
-    // the core's mutex.
+    // the core's mutex. Only where the broker may take its copies back from
+    // whoever still holds the sockets; else it keeps them and walks.
+    let may_let_go = sockets::may_copy_descriptors();
     let dead: Vec<(String, ProcessId)> = views
         .iter()
+        .filter(|_| may_let_go)
         .filter_map(|v| {
             let o = v.owner?;
             (Some(o) == gone || !o.is_alive()).then(|| (v.id.clone(), o))
@@ -143,6 +146,7 @@ async fn reclaim(
             .map(|(id, _)| id)
             .collect()
     };
+    let pending = let_go.clone();
     let decided = tokio::task::spawn_blocking(move || {
         let listening = sockets::listeners().ok();
         views
@@ -162,15 +166,17 @@ async fn reclaim(
             .collect::<Vec<_>>()
     })
     .await;
-    if let Ok(decided) = decided {
-        let mut core = lock(&core);
-        for (id, owner, verdict) in decided {
-            if core.settle(&id, owner, verdict) {
-                if let Some(died) = died {
-                    core.metrics
-                        .death_to_free
-                        .observe(died.elapsed().as_secs_f64());
-                }
+    let mut core = lock(&core);
+    let Ok(decided) = decided else {
+        core.keep_after_let_go(&pending);
+        return;
+    };
+    for (id, owner, verdict) in decided {
+        if core.settle(&id, owner, verdict) {
+            if let Some(died) = died {
+                core.metrics
+                    .death_to_free
+                    .observe(died.elapsed().as_secs_f64());
             }
         }
     }
@@ -225,23 +231,10 @@ fn holder(
         .min_by_key(|p| (p.start_time, p.pid))
 }
 
-/// Copies of every socket of `v`, IPv4 first: from `holder`, and those it
-/// lacks from the broker itself (a relay's socket, which never left it);
-/// `None` unless all are found and the kernel lets the broker take them.
+/// Copies of every socket of `v` from `holder`, IPv4 first; `None` unless
+/// it holds them all and the kernel lets the broker take them.
 fn taken_back(v: &LeaseView, holder: ProcessId) -> Option<Listeners> {
     let mut copies = sockets::copies_from(holder, &v.inodes.iter().copied().collect());
-    let missing: HashSet<u64> = v
-        .inodes
-        .iter()
-        .filter(|i| !copies.iter().any(|(c, _)| c == *i))
-        .copied()
-        .collect();
-    if !missing.is_empty() {
-        copies.extend(sockets::copies_from(
-            ProcessId::of(std::process::id())?,
-            &missing,
-        ));
-    }
     let mut take = |inode: u64| {
         let i = copies.iter().position(|(c, _)| *c == inode)?;
         Some(copies.swap_remove(i).1)

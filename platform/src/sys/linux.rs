@@ -254,6 +254,33 @@ pub fn socket_holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<ProcessId>> {
     found
 }
 
+pub fn may_copy_descriptors() -> bool {
+    static MAY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MAY.get_or_init(|| {
+        // CAP_SYS_PTRACE, bit 19 of the effective set.
+        let ptrace_cap = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let hex = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))?
+                    .trim()
+                    .to_string();
+                u64::from_str_radix(&hex, 16).ok()
+            })
+            .is_some_and(|caps| caps & (1 << 19) != 0);
+        match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
+            // No Yama: the classic rule, a user's own (dumpable) processes.
+            Err(_) => true,
+            Ok(s) => match s.trim() {
+                "0" => true,
+                "1" | "2" => ptrace_cap,
+                _ => false,
+            },
+        }
+    })
+}
+
 pub fn socket_copies(p: ProcessId, inodes: &HashSet<u64>) -> Vec<(u64, OwnedFd)> {
     let Ok(Some(pidfd)) = pidfd_open(p.pid) else {
         return Vec::new();
