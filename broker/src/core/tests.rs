@@ -668,3 +668,86 @@ fn sessions_are_bounded_per_user_and_the_longest_ended_are_forgotten_first() {
     let err = begin(&mut core, "agent-a", &[]).unwrap_err();
     assert_eq!(err.code, ErrorCode::Limit, "{}", err.message);
 }
+
+/// A lease claimed with its sockets by a process that then exited (a
+/// `sleep` this test started and reaped), and the claim's port.
+fn lease_of_a_dead_owner(core: &mut Core, id: &str) -> (pb_platform::ProcessId, u16) {
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let owner = pb_platform::ProcessId::of(child.id()).unwrap();
+    let mut caller = me();
+    caller.process = Some(owner);
+    let got: ClaimReply = reply(core.apply(
+        &caller,
+        Op::Claim(ClaimArgs {
+            id: id.into(),
+            fds: true,
+            owner: pb_proto::Owner::Caller,
+            ..Default::default()
+        }),
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (owner, got.lease.port)
+}
+
+fn verdict(holder: Option<super::facts::ProcessFacts>, let_go: bool) -> super::jobs::Verdict {
+    super::jobs::Verdict {
+        holder,
+        back: None,
+        let_go,
+    }
+}
+
+#[test]
+fn a_let_go_lease_frees_its_port_and_takes_only_the_verdict_of_its_let_go() {
+    let mut core = core();
+    let (dead, port) = lease_of_a_dead_owner(&mut core, "gone");
+    assert!(!bindable(port));
+    assert!(core.let_go("gone", dead));
+    // Nobody else held the sockets: they closed with the broker's copies.
+    assert!(bindable(port), "the port is free once the broker lets go");
+    assert!(!core.let_go("gone", dead), "already let go");
+    // A verdict from a look that was not the let-go's does not apply.
+    assert!(!core.settle("gone", Some(dead), verdict(None, false)));
+    assert_eq!(ids(&mut core), ["gone"]);
+    assert!(core.settle("gone", Some(dead), verdict(None, true)));
+    assert!(ids(&mut core).is_empty());
+}
+
+#[test]
+fn a_let_go_lease_that_a_claim_bound_again_is_left_to_the_scan() {
+    let mut core = core();
+    let (dead, port) = lease_of_a_dead_owner(&mut core, "again");
+    assert!(core.let_go("again", dead));
+    let again: ClaimReply = reply(core.apply(
+        &me(),
+        Op::Claim(ClaimArgs {
+            id: "again".into(),
+            fds: true,
+            ..Default::default()
+        }),
+    ));
+    assert_eq!(again.lease.port, port);
+    assert!(again.lease.held && again.lease.listening);
+    // The let-go's verdict (nobody held the old sockets) is not about the
+    // sockets this claim handed out.
+    assert!(!core.settle("again", Some(dead), verdict(None, true)));
+    assert_eq!(ids(&mut core), ["again"]);
+    assert!(!bindable(port));
+    // With the let-go settled, the scan's next verdict applies.
+    assert!(core.settle("again", Some(dead), verdict(None, false)));
+}
+
+#[test]
+fn a_let_go_that_is_given_up_leaves_the_lease_to_the_scan() {
+    let mut core = core();
+    let (dead, _) = lease_of_a_dead_owner(&mut core, "kept");
+    assert!(core.let_go("kept", dead));
+    core.keep_after_let_go(&["kept".to_string()].into());
+    assert!(!core.settle("kept", Some(dead), verdict(None, true)));
+    assert!(core.settle("kept", Some(dead), verdict(None, false)));
+    assert!(ids(&mut core).is_empty());
+}
