@@ -712,6 +712,31 @@ impl Drop for Proc {
     }
 }
 
+/// A process that one of the test's own processes started (`pb exec`'s
+/// child, a claimant's fork), known by pid and start time: SIGKILLed on
+/// drop if it is still that process, so that a failing test leaves
+/// nothing behind that holds a port.
+pub struct Started(pub pb_platform::ProcessId);
+
+impl Started {
+    pub fn of(pid: u32) -> Started {
+        Started(pb_platform::ProcessId::of(pid).expect("the process is alive"))
+    }
+
+    pub fn kill(&self) {
+        if self.0.is_alive() {
+            // SAFETY: a plain syscall, to the process checked just above.
+            unsafe { libc::kill(self.0.pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// GETs `http://localhost:PORT/` with curl over one family ("-4" or "-6").
 pub fn curl(family: &str, port: u16) -> Option<String> {
     let out = Command::new("curl")

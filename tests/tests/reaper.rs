@@ -46,6 +46,7 @@ fn ownership_follows_the_socket_into_a_child_and_ends_with_the_last_holder() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     let child: u32 = line.trim().parse().unwrap();
+    let started = Started::of(child);
     parent
         .wait_for(Duration::from_secs(5))
         .expect("the parent exits");
@@ -56,8 +57,7 @@ fn ownership_follows_the_socket_into_a_child_and_ends_with_the_last_holder() {
     assert!(broker
         .log()
         .contains(&format!("forked follows its socket to pid {child}")));
-    // SAFETY: the child is our claimant's, which we started.
-    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    started.kill();
     wait_for("the lease to end", || {
         lease(&broker, "forked").is_none().then_some(())
     });
@@ -154,13 +154,13 @@ fn killing_pb_exec_hands_the_lease_to_the_child_that_serves() {
         let pid = l["pid"].as_u64()? as u32;
         (pid != pb.pid() && l["command"].as_str()?.contains("fd_server.py")).then_some((pid, l))
     });
+    let server = Started::of(server);
     assert!(curl_until("-4", port).is_some(), "still serving");
     // The broker still holds the lease's sockets, and its relay still
     // serves IPv6.
     assert_eq!(moved["held"], true, "{moved}");
     assert!(curl_until("-6", port).is_some(), "IPv6 is still relayed");
-    // SAFETY: the server is pb exec's child, which we started.
-    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    server.kill();
     wait_for("the lease to end", || {
         lease(&broker, "web").is_none().then_some(())
     });
