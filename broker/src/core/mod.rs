@@ -329,7 +329,10 @@ pub fn now_ms() -> u64 {
 pub struct Core {
     pub(crate) cfg: Config,
     pub(crate) store: Store,
-    leases: HashMap<String, Lease>,
+    /// Boxed: a table that grows by doubling keeps its spare buckets
+    /// small (a pointer each), not a whole `Lease` each (BENCHMARKS.md,
+    /// `memory`).
+    leases: HashMap<String, Box<Lease>>,
     by_port: HashMap<u16, String>,
     /// The proxy's routes: every live lease's names, to its id.
     by_host: HashMap<String, String>,
@@ -455,7 +458,7 @@ impl Core {
             let id = record.id.clone();
             let mut lease = Lease::new(record, sockets, None, command);
             lease.hosts = core.hosts_for(&id, &lease.record.aliases);
-            core.leases.insert(id.clone(), lease);
+            core.leases.insert(id.clone(), Box::new(lease));
             core.enter_routes(&id);
         }
         let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
@@ -670,7 +673,7 @@ impl Core {
     /// Connects the reaper and asks it to watch every owner already known.
     pub fn set_reaper(&mut self, tx: tokio::sync::mpsc::Sender<ReaperJob>) {
         self.reaper = Some(tx);
-        let mut owners: Vec<ProcessId> = self.leases.values().filter_map(Lease::owner).collect();
+        let mut owners: Vec<ProcessId> = self.leases.values().filter_map(|l| l.owner()).collect();
         owners.extend(self.coord_processes());
         for p in owners {
             self.send_to_reaper(ReaperJob::Watch(p, None));
@@ -692,9 +695,9 @@ impl Core {
             Some(ids) => ids
                 .iter()
                 .filter_map(|id| self.leases.get(id))
-                .map(Lease::view)
+                .map(|l| l.view())
                 .collect(),
-            None => self.leases.values().map(Lease::view).collect(),
+            None => self.leases.values().map(|l| l.view()).collect(),
         }
     }
 
@@ -1164,6 +1167,7 @@ impl Core {
     fn lease(&self, id: &str) -> Result<&Lease, WireError> {
         self.leases
             .get(id)
+            .map(|l| &**l)
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no service {id:?}")))
     }
 
@@ -1474,7 +1478,7 @@ impl Core {
             self.send_to_reaper(ReaperJob::Watch(c, None));
         }
         let names = lease.hosts.clone();
-        self.leases.insert(a.id.clone(), lease);
+        self.leases.insert(a.id.clone(), Box::new(lease));
         self.enter_routes(&a.id);
         self.trim_sticky();
         self.emit_by(
