@@ -183,14 +183,10 @@ impl LoopbackSockets {
     }
 
     /// The sockets of `port` again, from copies of listeners the broker had
-    /// made (IPv4 first), `handed` as they were (IPv4, IPv6).
-    pub fn from_listeners(
-        port: u16,
-        v4: OwnedFd,
-        v6: Option<OwnedFd>,
-        handed: (bool, bool),
-    ) -> LoopbackSockets {
-        let handed = if handed.0 { HANDED_V4 } else { 0 } | if handed.1 { HANDED_V6 } else { 0 };
+    /// handed out (IPv4 first), taken back from the process that held
+    /// them: listening, and handed, as they were.
+    pub fn from_listeners(port: u16, v4: OwnedFd, v6: Option<OwnedFd>) -> LoopbackSockets {
+        let handed = HANDED_V4 | if v6.is_some() { HANDED_V6 } else { 0 };
         LoopbackSockets {
             port,
             v4,

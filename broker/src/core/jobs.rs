@@ -56,8 +56,6 @@ pub struct LeaseView {
 pub struct Listeners {
     pub v4: OwnedFd,
     pub v6: Option<OwnedFd>,
-    /// Which of them had gone to a client (IPv4, IPv6).
-    pub handed: (bool, bool),
 }
 
 /// The reaper's word on a lease whose owner it looked at.

@@ -773,8 +773,7 @@ impl Core {
             Some(p) => {
                 if let Some(back) = back {
                     let port = lease.record.port;
-                    let sockets =
-                        LoopbackSockets::from_listeners(port, back.v4, back.v6, back.handed);
+                    let sockets = LoopbackSockets::from_listeners(port, back.v4, back.v6);
                     lease.sockets = Some(Arc::new(sockets));
                 }
                 // An unowned lease that gains an owner was adopted; so is

@@ -239,14 +239,12 @@ fn taken_back(v: &LeaseView, holder: ProcessId) -> Option<Listeners> {
         let i = copies.iter().position(|(c, _)| *c == inode)?;
         Some(copies.swap_remove(i).1)
     };
-    let handed = |i: Option<&u64>| i.is_some_and(|i| v.handed.contains(i));
-    let handed = (handed(v.inodes.first()), handed(v.inodes.get(1)));
     let v4 = take(*v.inodes.first()?)?;
     let v6 = match v.inodes.get(1) {
         Some(i) => Some(take(*i)?),
         None => None,
     };
-    Some(Listeners { v4, v6, handed })
+    Some(Listeners { v4, v6 })
 }
 
 /// The periodic pass: dead owners the watches missed, adopted owners that
