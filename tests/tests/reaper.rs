@@ -26,6 +26,15 @@ fn port_free(port: u16) -> bool {
     can_bind(v4(port)) && can_bind(v6(port))
 }
 
+/// Waits for lease `id` to end, then for its port to be free on both
+/// loopback families.
+fn wait_ended_and_free(broker: &Broker, id: &str, port: u16) {
+    wait_for("the lease to end", || {
+        lease(broker, id).is_none().then_some(())
+    });
+    wait_for("the port to be free", || port_free(port).then_some(()));
+}
+
 #[test]
 fn sigkill_of_a_claimant_frees_its_port() {
     let broker = broker();
@@ -58,10 +67,7 @@ fn ownership_follows_the_socket_into_a_child_and_ends_with_the_last_holder() {
         .log()
         .contains(&format!("forked follows its socket to pid {child}")));
     started.kill();
-    wait_for("the lease to end", || {
-        lease(&broker, "forked").is_none().then_some(())
-    });
-    wait_for("the port to be free", || port_free(port).then_some(()));
+    wait_ended_and_free(&broker, "forked", port);
 }
 
 /// The reaper learns who else holds a dead owner's sockets from the
@@ -108,10 +114,7 @@ fn a_socket_sent_to_an_older_process_keeps_the_lease_with_it() {
     assert_eq!(moved["held"], true, "{moved}");
     assert_eq!(moved["listening"], true, "{moved}");
     receiver.signal(libc::SIGKILL);
-    wait_for("the lease to end", || {
-        lease(&broker, "passed").is_none().then_some(())
-    });
-    wait_for("the port to be free", || port_free(port).then_some(()));
+    wait_ended_and_free(&broker, "passed", port);
     assert!(broker.log().contains("reclaimed passed"));
 }
 
@@ -232,10 +235,7 @@ fn a_number_only_claim_is_adopted_by_the_app_and_freed_after_the_reload_grace() 
         (lease(&broker, "num")?["pid"] == Value::Null).then_some(())
     });
     assert!(!can_bind(v4(port)), "still reserved during the grace");
-    wait_for("the lease to end", || {
-        lease(&broker, "num").is_none().then_some(())
-    });
-    wait_for("the port to be free", || port_free(port).then_some(()));
+    wait_ended_and_free(&broker, "num", port);
     assert!(broker.log().contains("within the reload grace"));
 }
 
@@ -279,10 +279,7 @@ fn an_owner_that_closes_its_sockets_without_exiting_loses_the_lease() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "closed");
-    wait_for("the lease to end", || {
-        lease(&broker, "closer").is_none().then_some(())
-    });
-    wait_for("the port to be free", || port_free(port).then_some(()));
+    wait_ended_and_free(&broker, "closer", port);
     drop(c);
 }
 
@@ -462,8 +459,5 @@ fn with_no_reload_grace_an_adopted_lease_ends_with_its_app() {
     });
     app.signal(libc::SIGKILL);
     app.wait_for(Duration::from_secs(5));
-    wait_for("the lease to end", || {
-        lease(&broker, "num").is_none().then_some(())
-    });
-    wait_for("the port to be free", || port_free(port).then_some(()));
+    wait_ended_and_free(&broker, "num", port);
 }
