@@ -1,6 +1,6 @@
 //! Builds the preload shim and embeds it in `pb`, so that `pb exec --shim`
 //! finds it with no configuration, after `cargo install` too (which installs
-//! binaries only). The shim is a cdylib of this workspace; cargo cannot yet
+//! binaries only). The shim is a shared library of this workspace; cargo cannot yet
 //! depend on another package's cdylib (artifact dependencies are unstable),
 //! so this runs a nested cargo with its own target directory, which keeps
 //! it clear of the outer build's lock.
@@ -75,6 +75,7 @@ fn function_order(cli: &Path) {
         );
         println!("cargo:rustc-link-arg-bin=pb=-Wl,--no-warn-symbol-ordering");
     }
+    println!("cargo:rustc-link-arg-bin=pb=-Wl,--icf=all");
     if std::env::var("PB_RELR").as_deref() != Ok("0") && glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bin=pb=-Wl,-z,pack-relative-relocs");
     }
@@ -171,9 +172,11 @@ fn git_revision(root: &Path) -> String {
 
 fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = std::env::var("TARGET").expect("set by cargo");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--release", "--lib", "-p", "pb-preload-shim"])
+        .args(["rustc", "--release", "--lib", "-p", "pb-preload-shim"])
+        .args(["--crate-type", "cdylib", "--target", &target])
         .arg("--target-dir")
         .arg(target_dir)
         .args(["--config", "profile.release.debug=0"])
@@ -181,7 +184,11 @@ fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {
         // The shim catches its own panics so that one never takes the app
         // down with it (preload-shim/src/lib.rs): it unwinds, whatever
         // pb's own profile says.
-        .args(["--config", "profile.release.panic=\"unwind\""]);
+        .args(["--config", "profile.release.panic=\"unwind\""])
+        // No flags: neither the outer build's nor the workspace's
+        // static link (.cargo/config.toml), which a shared library
+        // cannot have. (Set and empty, this variable wins over both.)
+        .env("CARGO_ENCODED_RUSTFLAGS", "");
     // The outer build's settings for this package (clippy's wrapper, its
     // flags, the target dir) must not leak into the nested one.
     for var in [
@@ -189,7 +196,6 @@ fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {
         "CLIPPY_ARGS",
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET_DIR",
-        "CARGO_ENCODED_RUSTFLAGS",
         "RUSTFLAGS",
         "CARGO_PRIMARY_PACKAGE",
     ] {
@@ -197,7 +203,7 @@ fn build_shim(root: &Path, target_dir: &Path) -> PathBuf {
     }
     let status = cmd.status().expect("running cargo for the preload shim");
     assert!(status.success(), "building the preload shim failed");
-    target_dir.join("release/libpb_shim.so")
+    target_dir.join(target).join("release/libpb_shim.so")
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
