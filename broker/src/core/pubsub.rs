@@ -38,11 +38,14 @@ pub const MAX_PATTERNS: usize = 16;
 pub const MAX_HISTORY: usize = 10_000;
 
 /// A published message, shared by the channel's retention and every
-/// subscriber queue it was put on.
+/// subscriber queue it was put on. Kept small: a channel retains
+/// PB_MSG_RETAIN of them, and every claim and release is one on
+/// `pb:service.*` (BENCHMARKS.md, `memory`).
 #[derive(Debug)]
 pub struct Message {
     pub id: u64,
-    pub channel: String,
+    /// The channel's name, shared with the channel's entry.
+    pub channel: Arc<str>,
     pub time_ms: u64,
     body: Body,
     /// The message as JSON, made once, when first needed.
@@ -51,17 +54,28 @@ pub struct Message {
 
 #[derive(Debug)]
 enum Body {
-    Published {
-        data: Value,
-        from: Option<Actor>,
-    },
+    /// Boxed, so that the events' messages (most of those retained) are
+    /// not the size of a published one.
+    Published(Box<Published>),
     /// A broker event: turned into a message only when someone reads it,
     /// so events nobody subscribes to cost no serialization.
     Event(Arc<Event>),
 }
 
+#[derive(Debug)]
+struct Published {
+    data: Value,
+    from: Option<Actor>,
+}
+
+impl Body {
+    fn published(data: Value, from: Option<Actor>) -> Body {
+        Body::Published(Box::new(Published { data, from }))
+    }
+}
+
 impl Message {
-    fn new(id: u64, channel: String, time_ms: u64, body: Body) -> Arc<Message> {
+    fn new(id: u64, channel: Arc<str>, time_ms: u64, body: Body) -> Arc<Message> {
         Arc::new(Message {
             id,
             channel,
@@ -73,12 +87,12 @@ impl Message {
 
     pub fn info(&self) -> MessageInfo {
         let (data, from) = match &self.body {
-            Body::Published { data, from } => (data.clone(), from.clone()),
+            Body::Published(p) => (p.data.clone(), p.from.clone()),
             Body::Event(ev) => (as_message_data(ev), ev.actor.clone()),
         };
         MessageInfo {
             id: self.id,
-            channel: self.channel.clone(),
+            channel: self.channel.to_string(),
             time_ms: self.time_ms,
             data,
             from,
@@ -110,7 +124,7 @@ impl Subscriber {
 
 #[derive(Default)]
 pub struct PubSub {
-    channels: HashMap<String, VecDeque<Arc<Message>>>,
+    channels: HashMap<Arc<str>, VecDeque<Arc<Message>>>,
     subscribers: Vec<Subscriber>,
     /// Subscribers dropped for lagging (`pb_subscribers_dropped_total`).
     dropped: Counter,
@@ -136,7 +150,7 @@ impl PubSub {
     /// Queues `msg` for every subscriber that wants it and keeps it in its
     /// channel. Returns how many subscribers it was queued for.
     fn deliver(&mut self, msg: Arc<Message>, cfg: &CoordConfig) -> usize {
-        let channel = msg.channel.as_str();
+        let channel = &*msg.channel;
         let mut delivered = 0;
         self.subscribers.retain(|s| {
             if !s.wants(channel) {
@@ -157,7 +171,7 @@ impl PubSub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-        let kept = match self.channels.get_mut(&msg.channel) {
+        let kept = match self.channels.get_mut(channel) {
             Some(k) => k,
             None => self.channels.entry(msg.channel.clone()).or_default(),
         };
@@ -168,12 +182,28 @@ impl PubSub {
         delivered
     }
 
+    /// Whether a message on `channel` may be kept: it exists, or one more
+    /// channel is within PB_MAX_CHANNELS.
+    fn has_room(&self, channel: &str, cfg: &CoordConfig) -> bool {
+        self.channels.contains_key(channel) || self.channels.len() < cfg.max_channels
+    }
+
+    /// The name a new message on `channel` carries: the channel's own, when
+    /// it has retained messages, so that they share it.
+    fn name(&self, channel: &str) -> Arc<str> {
+        match self.channels.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => channel.into(),
+        }
+    }
+
     /// An event from the bus, on channel `pb:<kind>`.
     pub fn republish(&mut self, ev: &Arc<Event>, cfg: &CoordConfig) {
         let channel = format!("pb:{}", ev.kind.name());
-        if !self.channels.contains_key(&channel) && self.channels.len() >= cfg.max_channels {
+        if !self.has_room(&channel, cfg) {
             return;
         }
+        let channel = self.name(&channel);
         let msg = Message::new(ev.id, channel, ev.time_ms, Body::Event(ev.clone()));
         self.deliver(msg, cfg);
     }
@@ -182,10 +212,15 @@ impl PubSub {
     /// (a stack's output): retained and delivered like any, without an
     /// event of its own.
     pub fn post(&mut self, id: u64, channel: String, time_ms: u64, data: Value, cfg: &CoordConfig) {
-        if !self.channels.contains_key(&channel) && self.channels.len() >= cfg.max_channels {
+        if !self.has_room(&channel, cfg) {
             return;
         }
-        let msg = Message::new(id, channel, time_ms, Body::Published { data, from: None });
+        let msg = Message::new(
+            id,
+            self.name(&channel),
+            time_ms,
+            Body::published(data, None),
+        );
         self.deliver(msg, cfg);
     }
 
@@ -332,9 +367,7 @@ impl Core {
             ));
         }
         self.check_agent(caller, agent.as_deref())?;
-        if !self.pubsub.channels.contains_key(&channel)
-            && self.pubsub.channels.len() >= self.cfg.coord.max_channels
-        {
+        if !self.pubsub.has_room(&channel, &self.cfg.coord) {
             return Err(WireError::new(
                 ErrorCode::Limit,
                 format!("too many channels (limit {})", self.cfg.coord.max_channels),
@@ -354,12 +387,9 @@ impl Core {
         );
         let msg = Message::new(
             id,
-            channel.clone(),
+            self.pubsub.name(&channel),
             now_ms(),
-            Body::Published {
-                data,
-                from: Some(actor),
-            },
+            Body::published(data, Some(actor)),
         );
         let delivered = self.pubsub.deliver(msg, &self.cfg.coord);
         Ok(Outcome::of(PublishReply {
@@ -444,7 +474,7 @@ impl Core {
             .channels
             .iter()
             .map(|(name, msgs)| ChannelInfo {
-                channel: name.clone(),
+                channel: name.to_string(),
                 messages: msgs.len(),
                 last_id: msgs.back().map(|m| m.id),
                 last_ms: msgs.back().map(|m| m.time_ms),
@@ -479,5 +509,43 @@ impl Core {
             channel: channel.to_string(),
             removed: removed as u64,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: u64) -> Arc<Event> {
+        Arc::new(Event {
+            id,
+            time_ms: now_ms(),
+            kind: EventKind::ServiceClaim,
+            target: format!("app:{id}"),
+            actor: None,
+            details: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        })
+    }
+
+    /// What a retained event costs besides the event itself, which the
+    /// activity log's queue and the followers share.
+    #[test]
+    fn an_events_message_is_small() {
+        let size = std::mem::size_of::<Message>();
+        assert!(size <= 72, "a Message is {size} bytes");
+    }
+
+    #[test]
+    fn the_messages_of_a_channel_share_its_name() {
+        let cfg = CoordConfig::default();
+        let mut ps = PubSub::default();
+        ps.republish(&event(1), &cfg);
+        ps.republish(&event(2), &cfg);
+        let kept: Vec<_> = ps.channels["pb:service.claim"].iter().cloned().collect();
+        assert_eq!(kept.len(), 2);
+        assert!(Arc::ptr_eq(&kept[0].channel, &kept[1].channel));
+        let (name, _) = ps.channels.get_key_value("pb:service.claim").unwrap();
+        assert!(Arc::ptr_eq(name, &kept[0].channel));
+        assert_eq!(kept[1].info().channel, "pb:service.claim");
     }
 }
