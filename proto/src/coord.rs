@@ -259,8 +259,10 @@ pub struct Actor {
     pub pid: Option<u32>,
     #[serde(default)]
     pub uid: Option<u32>,
+    /// Shared: the broker keeps one copy per connection (and per lease's
+    /// owner), however many events and retained messages carry it.
     #[serde(default)]
-    pub command: Option<String>,
+    pub command: Option<std::sync::Arc<str>>,
 }
 
 /// One activity-log entry, which is also one event on the broker's bus.

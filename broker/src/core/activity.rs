@@ -238,7 +238,7 @@ fn entry(r: ActivityRow) -> ActivityEntry {
             agent: r.agent,
             pid: r.pid,
             uid: r.uid,
-            command: r.command,
+            command: r.command.map(Into::into),
         }),
         action: r.action,
         target: r.target,

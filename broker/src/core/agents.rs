@@ -236,7 +236,10 @@ impl Core {
                 .flatten();
             self.send_to_reaper(ReaperJob::Watch(p, watch));
         }
-        let agent = Agent { rec, command };
+        let agent = Agent {
+            rec,
+            command: command.as_deref().map(str::to_string),
+        };
         let info = self.agent_info(&agent);
         self.agents.map.insert(a.id.clone(), agent);
         self.emit_by(

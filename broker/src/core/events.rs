@@ -183,7 +183,7 @@ impl Event {
             agent: a.agent,
             pid: a.pid,
             uid: a.uid,
-            command: a.command,
+            command: a.command.as_deref().map(str::to_string),
             no_actor: self.actor.is_none(),
             details: self.details.get().to_string(),
         }

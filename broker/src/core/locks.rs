@@ -392,7 +392,7 @@ impl Core {
             ttl_ms,
             actor,
             watch,
-            command,
+            command: command.as_deref().map(str::to_string),
         })
     }
 

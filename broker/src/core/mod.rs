@@ -105,7 +105,7 @@ pub struct Caller {
     pub process: Option<ProcessId>,
     /// `process`'s command line, read when its connection was identified
     /// (once per connection), for the activity log and owners' commands.
-    pub command: Option<String>,
+    pub command: Option<Arc<str>>,
     /// The connection, for leases that end when it closes.
     pub session: Option<SessionId>,
     /// The peer's pidfd, taken from the connection (SO_PEERPIDFD) where the
@@ -216,7 +216,7 @@ struct Lease {
     /// reaper's last scan (`None` before the first).
     served: Option<bool>,
     /// The owner's command line, read when it became the owner.
-    owner_command: Option<String>,
+    owner_command: Option<Arc<str>>,
     /// Connections to the family the client does not serve, relayed to the
     /// one it does; stops when the lease ends.
     relay: Option<Relay>,
@@ -242,7 +242,7 @@ impl Lease {
         record: LeaseRecord,
         sockets: Option<LoopbackSockets>,
         session: Option<SessionId>,
-        owner_command: Option<String>,
+        owner_command: Option<Arc<str>>,
     ) -> Lease {
         Lease {
             record,
@@ -309,7 +309,7 @@ impl Lease {
             session: self.session.is_some(),
             metadata: r.metadata.clone(),
             served: self.served,
-            command: self.owner_command.clone(),
+            command: self.owner_command.as_deref().map(str::to_string),
             agent: r.agent.clone(),
             claimant: self.claimant.map(|p| p.pid),
             stack: None,
@@ -454,7 +454,7 @@ impl Core {
             let command = record
                 .owner_pid
                 .and_then(|pid| core.facts.process(pid).ok().flatten())
-                .and_then(|f| f.command.clone());
+                .and_then(|f| f.command.as_deref().map(Into::into));
             let id = record.id.clone();
             let mut lease = Lease::new(record, sockets, None, command);
             lease.hosts = core.hosts_for(&id, &lease.record.aliases);
@@ -533,7 +533,7 @@ impl Core {
             port: lease.record.port,
             uid: lease.record.uid,
             pid: lease.record.owner_pid,
-            command: lease.owner_command.clone(),
+            command: lease.owner_command.as_deref().map(str::to_string),
             created_ms: lease.record.created_ms,
         })
     }
@@ -970,7 +970,7 @@ impl Core {
         lease.record.owner_pid = Some(p.pid);
         lease.record.owner_start = Some(p.start_time);
         lease.adopted = adopted;
-        lease.owner_command = facts.command;
+        lease.owner_command = facts.command.map(Into::into);
         tracing::info!(
             "{id} {how} pid {} ({})",
             p.pid,
@@ -1511,14 +1511,14 @@ impl Core {
 
     /// The command of `p`, a process this request's checks asked about
     /// (or the caller itself).
-    pub(crate) fn command_of(&self, caller: &Caller, p: ProcessId) -> Option<String> {
+    pub(crate) fn command_of(&self, caller: &Caller, p: ProcessId) -> Option<Arc<str>> {
         if caller.process == Some(p) {
             return caller.command.clone();
         }
         self.facts
             .known(p.pid)
             .filter(|f| f.id == p)
-            .and_then(|f| f.command.clone())
+            .and_then(|f| f.command.as_deref().map(Into::into))
     }
 
     /// Finds and binds a free port for `id` in `range`: its sticky port

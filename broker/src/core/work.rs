@@ -173,7 +173,7 @@ fn note_info(n: NoteRecord) -> NoteInfo {
         agent: n.agent,
         pid: n.pid,
         uid: n.uid,
-        command: n.command,
+        command: n.command.map(Into::into),
     });
     NoteInfo {
         session: n.session,
@@ -299,7 +299,7 @@ impl Core {
             agent: actor.as_ref().and_then(|a| a.agent.clone()),
             pid: actor.as_ref().and_then(|a| a.pid),
             uid: actor.as_ref().and_then(|a| a.uid),
-            command: actor.and_then(|a| a.command),
+            command: actor.and_then(|a| a.command).as_deref().map(str::to_string),
         }
     }
 
@@ -438,7 +438,10 @@ impl Core {
                 takeovers: 0,
                 notes: 0,
             },
-            command: process.and_then(|p| self.command_of(caller, p)),
+            command: process
+                .and_then(|p| self.command_of(caller, p))
+                .as_deref()
+                .map(str::to_string),
             files: BTreeMap::new(),
         };
         let claims = if a.files.is_empty() {
@@ -608,7 +611,7 @@ impl Core {
             self.send_to_reaper(ReaperJob::Watch(p, watch));
         }
         let s = self.work.map.get_mut(id).expect("checked above");
-        s.command = command;
+        s.command = command.as_deref().map(str::to_string);
         let info = s.info();
         self.emit_by(
             EventKind::SessionTakeover,

@@ -70,7 +70,8 @@ async fn connection(mut stream: UnixStream, core: SharedCore, shutdown: Arc<Noti
         // Read once for the connection, never under the core's mutex.
         command: peer
             .process
-            .and_then(|p| pb_platform::process::command_of(p.pid)),
+            .and_then(|p| pb_platform::process::command_of(p.pid))
+            .map(Into::into),
         session: Some(session),
         exit_watch: ExitWatch::of_unix_peer(&stream).map(Arc::new),
     };
