@@ -11,6 +11,7 @@
 //! in a test that owns it) answers its questions on the spot.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use pb_platform::ProcessId;
 use pb_proto::{ErrorCode, WireError};
@@ -25,7 +26,8 @@ pub const MAX_ROUNDS: usize = 4;
 pub struct ProcessFacts {
     pub id: ProcessId,
     pub uid: Option<u32>,
-    pub command: Option<String>,
+    /// Shared by every event, message and lease that names it.
+    pub command: Option<Arc<str>>,
 }
 
 impl ProcessFacts {
@@ -35,7 +37,7 @@ impl ProcessFacts {
         Some(ProcessFacts {
             id,
             uid: pb_platform::process::uid_of(pid),
-            command: pb_platform::process::command_of(pid),
+            command: pb_platform::process::command_of(pid).map(Into::into),
         })
     }
 

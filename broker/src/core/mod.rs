@@ -454,7 +454,7 @@ impl Core {
             let command = record
                 .owner_pid
                 .and_then(|pid| core.facts.process(pid).ok().flatten())
-                .and_then(|f| f.command.as_deref().map(Into::into));
+                .and_then(|f| f.command.clone());
             let id = record.id.clone();
             let mut lease = Lease::new(record, sockets, None, command);
             lease.hosts = core.hosts_for(&id, &lease.record.aliases);
@@ -970,7 +970,7 @@ impl Core {
         lease.record.owner_pid = Some(p.pid);
         lease.record.owner_start = Some(p.start_time);
         lease.adopted = adopted;
-        lease.owner_command = facts.command.map(Into::into);
+        lease.owner_command = facts.command;
         tracing::info!(
             "{id} {how} pid {} ({})",
             p.pid,
@@ -1518,7 +1518,7 @@ impl Core {
         self.facts
             .known(p.pid)
             .filter(|f| f.id == p)
-            .and_then(|f| f.command.as_deref().map(Into::into))
+            .and_then(|f| f.command.clone())
     }
 
     /// Finds and binds a free port for `id` in `range`: its sticky port

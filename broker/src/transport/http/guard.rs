@@ -63,8 +63,7 @@ pub async fn admit(
     // own user (and root): a token holder's processes are another user's.
     let mut caller = caller;
     if changes && caller.uid == conn.peer_uid {
-        let (process, command) = conn.process(state).await;
-        (caller.process, caller.command) = (process, command.map(Into::into));
+        (caller.process, caller.command) = conn.process(state).await;
     }
     parts.extensions.insert(caller);
     parts.extensions.insert(conn.clone());

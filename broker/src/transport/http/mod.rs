@@ -84,7 +84,7 @@ pub struct Conn {
     pub peer_uid: u32,
     /// The process holding the peer's socket and its command line, looked
     /// up at most once.
-    process: tokio::sync::OnceCell<(Option<pb_platform::ProcessId>, Option<String>)>,
+    process: tokio::sync::OnceCell<(Option<pb_platform::ProcessId>, Option<Arc<str>>)>,
     /// The connection's socket (shared with hyper, not duplicated: every
     /// connection costs one descriptor), to see whether the client hung up
     /// while a call waits ([`Conn::hung_up`]).
@@ -150,7 +150,7 @@ impl Conn {
     pub async fn process(
         &self,
         state: &HttpState,
-    ) -> (Option<pb_platform::ProcessId>, Option<String>) {
+    ) -> (Option<pb_platform::ProcessId>, Option<Arc<str>>) {
         self.process
             .get_or_init(|| async {
                 let Ok(_permit) = state.pid_lookups.acquire().await else {
@@ -166,7 +166,8 @@ impl Conn {
                         // SO_PEERCRED named it when it connected.
                         Err(process) => process,
                     };
-                    (p, p.and_then(|p| pb_platform::process::command_of(p.pid)))
+                    let command = p.and_then(|p| pb_platform::process::command_of(p.pid));
+                    (p, command.map(Into::into))
                 })
                 .await
                 .unwrap_or_default()

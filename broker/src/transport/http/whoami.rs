@@ -43,6 +43,6 @@ pub async fn whoami(
         peer_uid: conn.peer_uid,
         uid: caller.uid,
         pid: process.map(|p| p.pid),
-        command,
+        command: command.as_deref().map(str::to_string),
     })
 }
