@@ -3,7 +3,8 @@
 //! end-to-end suite cannot: limit edges, undo, expiry against renewal, and
 //! the order in which a lock's queue is served.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pb_proto::{
@@ -35,6 +36,63 @@ fn core_with(tune: impl FnOnce(&mut Config)) -> Core {
 
 pub(crate) fn core() -> Core {
     core_with(|_| {})
+}
+
+/// A core whose range no other core of this process shares, for a test
+/// that frees a port and then looks at it: in the shared range, a test
+/// running beside it takes the lowest free port the moment it is freed.
+fn core_alone() -> Core {
+    static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
+    let block = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
+    assert!(block < 20, "blocks of 25_800-25_999 are used up");
+    let low = 25_800 + block * 10;
+    core_with(|c| c.range = (low, low + 9))
+}
+
+/// Held while this process forks, and while a test frees a port and looks
+/// at it: a child that has forked but not yet exec'd holds a copy of every
+/// socket open at the fork, close-on-exec or not.
+fn forks() -> std::sync::MutexGuard<'static, ()> {
+    static FORKS: Mutex<()> = Mutex::new(());
+    FORKS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A child of this test process, once it holds none of its sockets.
+/// `spawn` returns when the child execs, but the kernel closes the
+/// child's close-on-exec files a moment after that.
+pub(crate) fn spawned(command: &mut std::process::Command) -> std::process::Child {
+    let _forking = forks();
+    let child = command.spawn().unwrap();
+    let sockets = |pid: &str, close_on_exec_only: bool| -> Vec<std::path::PathBuf> {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter(|fd| {
+                !close_on_exec_only || {
+                    let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+                    std::fs::read_to_string(info).is_ok_and(|text| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix("flags:"))
+                            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                            .is_some_and(|f| f & libc::O_CLOEXEC as u32 != 0)
+                    })
+                }
+            })
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|to| to.to_string_lossy().starts_with("socket:"))
+            .collect()
+    };
+    let pid = child.id().to_string();
+    let holds_ours = || {
+        let ours = sockets("self", true);
+        sockets(&pid, false).iter().any(|s| ours.contains(s))
+    };
+    let by = std::time::Instant::now() + Duration::from_secs(10);
+    while holds_ours() && std::time::Instant::now() < by {
+        std::thread::yield_now();
+    }
+    child
 }
 
 pub(crate) fn me() -> Caller {
@@ -117,7 +175,7 @@ fn bindable(port: u16) -> bool {
 
 #[test]
 fn a_claim_is_held_found_repeated_and_released() {
-    let mut core = core();
+    let mut core = core_alone();
     let first: ClaimReply = reply(claim(&mut core, "app:web"));
     let port = first.lease.port;
     assert!(!first.existing);
@@ -126,6 +184,7 @@ fn a_claim_is_held_found_repeated_and_released() {
     assert!(again.existing);
     assert_eq!(again.lease.port, port);
     assert_eq!(ids(&mut core), ["app:web"]);
+    let _no_forks = forks();
     let gone = release(&mut core, "app:web");
     assert_eq!(gone.released.len(), 1);
     assert!(ids(&mut core).is_empty());
@@ -152,13 +211,11 @@ fn the_one_claim_too_many_is_refused_and_changes_nothing() {
 
 #[test]
 fn an_undelivered_claim_is_undone_entirely() {
-    // A range of its own: another test running beside this one would take
-    // the lowest free port of the shared range the moment it is let go,
-    // and `bindable` below would see that test's socket, not this one's.
-    let mut core = core_with(|c| c.range = (25_900, 25_909));
+    let mut core = core_alone();
     let mut out = claim(&mut core, "app:api").unwrap();
     let undo = out.undo.take().expect("a new claim can be taken back");
     let port: ClaimReply = out.result.into_reply().unwrap();
+    let _no_forks = forks();
     core.undo(undo);
     assert!(ids(&mut core).is_empty());
     assert!(bindable(port.lease.port));
@@ -672,10 +729,7 @@ fn sessions_are_bounded_per_user_and_the_longest_ended_are_forgotten_first() {
 /// A lease claimed with its sockets by a process that then exited (a
 /// `sleep` this test started and reaped), and the claim's port.
 fn lease_of_a_dead_owner(core: &mut Core, id: &str) -> (pb_platform::ProcessId, u16) {
-    let mut child = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
+    let mut child = spawned(std::process::Command::new("sleep").arg("60"));
     let owner = pb_platform::ProcessId::of(child.id()).unwrap();
     let mut caller = me();
     caller.process = Some(owner);
@@ -703,9 +757,10 @@ fn verdict(holder: Option<super::facts::ProcessFacts>, let_go: bool) -> super::j
 
 #[test]
 fn a_let_go_lease_frees_its_port_and_takes_only_the_verdict_of_its_let_go() {
-    let mut core = core();
+    let mut core = core_alone();
     let (dead, port) = lease_of_a_dead_owner(&mut core, "gone");
     assert!(!bindable(port));
+    let _no_forks = forks();
     assert!(core.let_go("gone", dead));
     // Nobody else held the sockets: they closed with the broker's copies.
     assert!(bindable(port), "the port is free once the broker lets go");
@@ -719,8 +774,9 @@ fn a_let_go_lease_frees_its_port_and_takes_only_the_verdict_of_its_let_go() {
 
 #[test]
 fn a_let_go_lease_that_a_claim_bound_again_is_left_to_the_scan() {
-    let mut core = core();
+    let mut core = core_alone();
     let (dead, port) = lease_of_a_dead_owner(&mut core, "again");
+    let _no_forks = forks();
     assert!(core.let_go("again", dead));
     let again: ClaimReply = reply(core.apply(
         &me(),

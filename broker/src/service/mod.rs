@@ -92,15 +92,12 @@ mod tests {
     use pb_proto::{ClaimArgs, ClaimReply, ErrorCode, FindReply, Op};
 
     use super::dispatch;
-    use crate::core::tests::{core, me, on_runtime, reply};
+    use crate::core::tests::{core, me, on_runtime, reply, spawned};
     use crate::core::{lock, Shared, SharedCore};
     #[test]
     fn a_shared_core_asks_nothing_itself_and_dispatch_asks_for_it() {
         let core: SharedCore = Shared::new(core());
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = spawned(std::process::Command::new("sleep").arg("30"));
         let pid = child.id();
         // Until the child has exec'd, its command line is not yet `sleep 30`.
         let exec_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
