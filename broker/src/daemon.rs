@@ -147,6 +147,7 @@ pub fn run(cfg: Config, ready: &Notifier) -> Result<()> {
         let stop_accepting = Arc::new(Notify::new());
         tokio::spawn(expiry_timer(core.clone()));
         tokio::spawn(coord::ticker(core.clone()));
+        tokio::spawn(crate::service::awake::keep(core.clone()));
         lock(&core).daemon_started();
         tokio::spawn(reaper::run(core.clone(), reaper_rx, scan_interval));
         tokio::spawn(deliver::run(core.clone(), tls));

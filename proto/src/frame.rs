@@ -5,6 +5,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use crate::MAX_REPLY;
 
@@ -35,6 +36,11 @@ pub fn payload_len(header: [u8; 4], limit: usize) -> Result<usize, String> {
 ///
 /// Descriptors are credited to the frame being assembled when they arrive,
 /// which is exact for a client with one request in flight at a time.
+///
+/// Before it sleeps in a read, a reader polls for up to [`AWAIT_AWAKE`]:
+/// an answer usually comes within it, and a sleeping reader's wake-up can
+/// cost more than the whole round trip (`broker/src/service/awake.rs`
+/// keeps the broker's side awake the same way).
 #[derive(Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
@@ -59,7 +65,10 @@ impl FrameReader {
                     return Ok((payload, fds));
                 }
             }
-            let n = pb_fdpass::recv_with_fds(stream, &mut chunk, &mut fds)?;
+            let n = match receive_soon(stream, &mut chunk, &mut fds)? {
+                Some(n) => n,
+                None => pb_fdpass::recv_with_fds(stream, &mut chunk, &mut fds)?,
+            };
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -69,6 +78,27 @@ impl FrameReader {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// How long a reader polls before it sleeps in a read: the most CPU time
+/// one wait for an answer spends polling.
+pub const AWAIT_AWAKE: Duration = Duration::from_micros(100);
+
+/// A read of what arrives within [`AWAIT_AWAKE`], polling with the CPU
+/// yielded between polls; `None` if nothing did.
+fn receive_soon(
+    stream: &UnixStream,
+    chunk: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<Option<usize>> {
+    let until = Instant::now() + AWAIT_AWAKE;
+    while Instant::now() < until {
+        match pb_fdpass::try_recv_with_fds(stream, chunk, fds) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            r => return r.map(Some),
+        }
+    }
+    Ok(None)
 }
 
 /// Reads one reply frame (for callers that read a single frame).

@@ -277,3 +277,53 @@ fn heartbeat_renews_a_ttl() {
         matches!(e, pb_proto::client::ClientError::Wire(w) if w.code == pb_proto::ErrorCode::InvalidRequest)
     );
 }
+
+/// The CPU time (user and system, in clock ticks) process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the broker's stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // After the command: state (0), ..., utime (11), stime (12).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// After answering, the broker polls for a moment instead of sleeping
+/// (`service/awake.rs`), and then sleeps: a second after a burst of
+/// requests it uses next to no CPU, where a broker that kept polling
+/// would use the whole second.
+#[test]
+fn a_broker_polls_only_a_moment_after_its_answers() {
+    let broker = Broker::start();
+    let mut c = broker.client();
+    for i in 0..500 {
+        let id = format!("app:awake{}", i % 5);
+        broker_claim_release(&mut c, &id);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = cpu_ticks(broker.pid());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = cpu_ticks(broker.pid()) - before;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        used * 20 <= hz,
+        "the broker used {used} of {hz} ticks in an idle second (at most 5%)"
+    );
+}
+
+fn broker_claim_release(c: &mut pb_proto::Client, id: &str) {
+    c.call(pb_proto::Op::Claim(pb_proto::ClaimArgs {
+        id: id.into(),
+        fds: true,
+        ..Default::default()
+    }))
+    .expect("claim");
+    c.call(pb_proto::Op::Release {
+        target: id.into(),
+        more: Vec::new(),
+    })
+    .expect("release");
+}

@@ -68,6 +68,9 @@ use crate::store::{LeaseRecord, Store, StoreError};
 pub struct Shared {
     core: std::sync::Mutex<Core>,
     pub(crate) listener_feed: Arc<crate::core::stream::ListenerFeed>,
+    /// Told of every answer, to keep the broker awake a moment after it
+    /// (`service/awake.rs`).
+    pub(crate) answered: tokio::sync::Notify,
 }
 
 pub type SharedCore = Arc<Shared>;
@@ -80,6 +83,7 @@ impl Shared {
         Arc::new(Shared {
             core: std::sync::Mutex::new(core),
             listener_feed: Arc::default(),
+            answered: tokio::sync::Notify::new(),
         })
     }
 }

@@ -9,6 +9,7 @@
 //! are stored before it is answered. `metrics` reads the core's counts
 //! under the mutex and the process's memory after it.
 
+pub mod awake;
 pub mod inspect;
 pub mod readiness;
 
@@ -20,6 +21,12 @@ use crate::core::{lock, SharedCore};
 use crate::core::{Caller, Outcome};
 
 pub async fn dispatch(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
+    let out = answer(core, caller, op).await;
+    core.answered.notify_one();
+    out
+}
+
+async fn answer(core: &SharedCore, caller: &Caller, op: Op) -> Result<Outcome, WireError> {
     match op {
         Op::Who { port } => inspect::who(core, port).await,
         Op::Listeners { follow } => inspect::listeners(core, follow).await,

@@ -38,11 +38,35 @@ pub fn recv_with_fds(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
+    recv(stream, buf, fds, MsgFlags::empty())
+}
+
+/// [`recv_with_fds`], but `WouldBlock` instead of waiting when nothing has
+/// arrived, on a blocking stream too.
+pub fn try_recv_with_fds(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    recv(stream, buf, fds, MsgFlags::MSG_DONTWAIT)
+}
+
+fn recv(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    wait: MsgFlags,
+) -> io::Result<usize> {
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [IoSliceMut::new(buf)];
-    let flags = cloexec_flag();
+    let cloexec = cloexec_flag();
     let msg = loop {
-        match recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+        match recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            cloexec | wait,
+        ) {
             Err(nix::Error::EINTR) => continue,
             r => break r?,
         }
@@ -53,7 +77,7 @@ pub fn recv_with_fds(
             for fd in raw {
                 // SAFETY: the kernel just installed this descriptor for us.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                if flags.is_empty() {
+                if cloexec.is_empty() {
                     set_cloexec(&owned)?;
                 }
                 fds.push(owned);
