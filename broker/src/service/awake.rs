@@ -22,22 +22,27 @@ use crate::core::SharedCore;
 pub const AWAKE_FOR: Duration = Duration::from_micros(200);
 
 /// Runs for the broker's life on its runtime: after each answer, yields to
-/// the runtime until [`AWAKE_FOR`] has passed with no answer. A yield asks
-/// the runtime to poll for events without sleeping and to come back.
+/// the runtime until [`AWAKE_FOR`] has passed with no answer. A yield asks the runtime to poll for events without sleeping
+/// and to come back.
 pub async fn keep(core: SharedCore) {
     loop {
         core.answered.notified().await;
         let mut until = Instant::now() + AWAKE_FOR;
         loop {
             tokio::task::yield_now().await;
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
             // Answers meanwhile left a permit: each one moves the end.
             if core.answered.notified().now_or_never().is_some() {
-                until = now + AWAKE_FOR;
+                until = Instant::now() + AWAKE_FOR;
+                continue;
             }
+            if Instant::now() >= until {
+                break;
+            }
+            // Polling with nothing to answer: yield to the kernel too, so
+            // that a thread woken onto this CPU (a client handed a lock,
+            // the activity log's writer) runs now, not when the polling
+            // ends. While answers keep coming the broker keeps the CPU.
+            std::thread::yield_now();
         }
     }
 }
