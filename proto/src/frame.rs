@@ -82,10 +82,8 @@ impl FrameReader {
 
 /// How long a reader polls before it sleeps in a read: the most CPU time
 /// one wait for an answer spends polling. Long enough for a busy broker's
-/// turn to come round: with 8 clients on this 2-core machine an answer
-/// takes about 200 µs, and with 100 µs here each client slept and had to
-/// be woken (25% of the broker's CPU went to those wake-ups; 8 clients
-/// made 18 000 pairs/s, and 24 000 with 300 µs).
+/// turn to come round to this client (ARCHITECTURE.md, "Both ends stay
+/// awake a moment").
 pub const AWAIT_AWAKE: Duration = Duration::from_micros(300);
 
 /// A read of what arrives within [`AWAIT_AWAKE`], polling with the CPU

@@ -72,6 +72,10 @@ const BLOCKS: u16 = 200;
 /// 19000-19002, Vite's HMR 24678, MongoDB's 27017: `DEV_DEFAULT_PORTS` in
 /// broker/src/rules.rs), so that tests may expect a block's ports in order.
 const AVOIDED_BLOCKS: [u16; 3] = [70, 126, 150];
+/// Blocks that pb-broker's own unit tests bind from in-process cores
+/// (25 800-26 999: broker/src/core/tests.rs), should a runner start both
+/// test binaries at once.
+const BROKER_UNIT_TEST_BLOCKS: std::ops::Range<u16> = 138..150;
 
 /// A range of ports reserved for one test broker. Tests run in parallel
 /// threads and processes; each block is claimed with an flock on a file in
@@ -95,7 +99,9 @@ impl PortBlock {
                 .subsec_nanos() as u16;
         for attempt in 0..BLOCKS {
             let first = (seed.wrapping_add(attempt)) % (BLOCKS - n + 1);
-            if (first..first + n).any(|b| AVOIDED_BLOCKS.contains(&b)) {
+            if (first..first + n)
+                .any(|b| AVOIDED_BLOCKS.contains(&b) || BROKER_UNIT_TEST_BLOCKS.contains(&b))
+            {
                 continue;
             }
             let mut locks = Vec::new();
@@ -978,12 +984,25 @@ pub fn process_tree(root: u32) -> Vec<(u32, u64)> {
     out
 }
 
-/// (parent pid, start time) of a live, non-zombie process.
-fn stat_parent_start(pid: u32) -> Option<(u32, u64)> {
+/// The CPU time (user and system, in clock ticks) process `pid` has used.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let fields = stat_fields(pid)?;
+    // After the command: state (0), ..., utime (11), stime (12).
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The fields of /proc/`pid`/stat after the command (whose parentheses
+/// may hold anything), from the state on.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// (parent pid, start time) of a live, non-zombie process.
+fn stat_parent_start(pid: u32) -> Option<(u32, u64)> {
+    let fields = stat_fields(pid)?;
+    if matches!(fields.first().map(String::as_str), Some("Z") | Some("X")) {
         return None;
     }
     // After the command: state (0), ppid (1), ..., starttime (19).

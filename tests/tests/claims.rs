@@ -1,5 +1,6 @@
 //! Claims against a real broker: distinct, kernel-held ports under heavy
-//! concurrency; foreign listeners skipped; sticky ports; the CLI's views.
+//! concurrency; foreign listeners skipped; sticky ports; the CLI's views;
+//! and a broker that, once its claims stop, stops polling.
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -278,19 +279,6 @@ fn heartbeat_renews_a_ttl() {
     );
 }
 
-/// The CPU time (user and system, in clock ticks) process `pid` has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the broker's stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // After the command: state (0), ..., utime (11), stime (12).
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 /// After answering, the broker polls for a moment instead of sleeping
 /// (`service/awake.rs`), and then sleeps: a second after a burst of
 /// requests it uses next to no CPU, where a broker that kept polling
@@ -304,9 +292,9 @@ fn a_broker_polls_only_a_moment_after_its_answers() {
         broker_claim_release(&mut c, &id);
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let before = cpu_ticks(broker.pid());
+    let before = cpu_ticks(broker.pid()).expect("the broker's stat");
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let used = cpu_ticks(broker.pid()) - before;
+    let used = cpu_ticks(broker.pid()).expect("the broker's stat") - before;
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     assert!(
         used * 20 <= hz,

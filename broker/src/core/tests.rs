@@ -57,7 +57,8 @@ fn forks() -> std::sync::MutexGuard<'static, ()> {
     FORKS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A child of this test process, once it holds none of its sockets.
+/// A child of this test process, once it holds none of its sockets and
+/// sleeps in its own program (a command that sleeps, then: `sleep N`).
 /// `spawn` returns when the child execs, but the kernel closes the
 /// child's close-on-exec files a moment after that.
 pub(crate) fn spawned(command: &mut std::process::Command) -> std::process::Child {
@@ -88,8 +89,23 @@ pub(crate) fn spawned(command: &mut std::process::Command) -> std::process::Chil
         let ours = sockets("self", true);
         sockets(&pid, false).iter().any(|s| ours.contains(s))
     };
+    // Asleep in its own program (`sleep`, say): exec is over, and the
+    // sockets the kernel took from it are released too.
+    let asleep = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('S'))
+            })
+            .unwrap_or(false)
+    };
     let by = std::time::Instant::now() + Duration::from_secs(10);
-    while holds_ours() && std::time::Instant::now() < by {
+    while holds_ours() || !asleep() {
+        assert!(
+            std::time::Instant::now() < by,
+            "child {pid} still holds our sockets, or never slept, after 10 s"
+        );
         std::thread::yield_now();
     }
     child
