@@ -105,14 +105,9 @@ mod tests {
     fn a_shared_core_asks_nothing_itself_and_dispatch_asks_for_it() {
         let core: SharedCore = Shared::new(core());
         let mut child = spawned(std::process::Command::new("sleep").arg("30"));
+        // `spawned` returns once the child sleeps in `sleep 30`: its command
+        // line is the one the claim reads.
         let pid = child.id();
-        // Until the child has exec'd, its command line is not yet `sleep 30`.
-        let exec_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while pb_platform::process::command_of(pid).is_none_or(|c| !c.starts_with("sleep"))
-            && std::time::Instant::now() < exec_by
-        {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         let owned = |id: &str| {
             Op::Claim(ClaimArgs {
                 id: id.into(),
