@@ -405,7 +405,18 @@ fn sessions_notes_and_file_claims_pass_from_a_killed_agent_to_another_and_surviv
     let closed = b.answer("add_note", json!({ "session": s, "text": "mine now?" }));
     assert_eq!(closed["result"]["code"], "closed", "{closed}");
 
-    // Everything survives a restart of the broker.
+    // Everything survives a restart of the broker. The restart is a kill
+    // -9, which may lose the activity log's last 100 ms (ARCHITECTURE.md);
+    // a query hands the writer what is pending, so the abandonment is on
+    // disk once a query has seen it.
+    let logged = wait_until(Duration::from_secs(10), || {
+        broker
+            .activity(&["--target", &s])
+            .iter()
+            .any(|e| e["action"] == "session.abandoned")
+            .then_some(())
+    });
+    logged.expect("the abandonment is in the activity log");
     b.exit();
     broker.restart();
     let mut b = Agent::start_in(&broker, &dir, &[("PB_MCP_TOOLS", "all")]);
