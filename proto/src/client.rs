@@ -69,14 +69,31 @@ impl Client {
     /// Sends `op` and returns its result and descriptors, or the broker's
     /// error.
     pub fn call(&mut self, op: Op) -> Result<(serde_json::Value, Vec<OwnedFd>), ClientError> {
+        self.call_as(op)
+    }
+
+    /// `call`, with the result decoded into `T`.
+    pub fn call_as<T: DeserializeOwned>(
+        &mut self,
+        op: Op,
+    ) -> Result<(T, Vec<OwnedFd>), ClientError> {
+        let tag = self.send(op)?;
+        let (reply, fds) = self.read_reply()?;
+        Self::check_tag(&reply, tag)?;
+        Ok((Self::result_of(reply)?, fds))
+    }
+
+    fn send(&mut self, op: Op) -> Result<u64, ClientError> {
         let tag = self.next_tag;
         self.next_tag += 1;
         let req = Request { tag: Some(tag), op };
         self.stream.write_all(&frame::encode(&req.to_json()))?;
-        let (reply, fds) = self.read_reply()?;
-        Self::check_tag(&reply, tag)?;
+        Ok(tag)
+    }
+
+    fn result_of<T: DeserializeOwned>(reply: Reply) -> Result<T, ClientError> {
         match (reply.ok, reply.result, reply.error) {
-            (true, Some(result), _) => Ok((result, fds)),
+            (true, Some(result), _) => decode(&result),
             (false, _, Some(e)) => Err(ClientError::Wire(e)),
             _ => Err(ClientError::Protocol(
                 "reply has neither result nor error".into(),
@@ -88,20 +105,11 @@ impl Client {
     /// the stream's items with [`Client::next_item`] until it returns
     /// `Ok(None)`; until then this connection carries nothing else.
     pub fn open_stream(&mut self, op: Op) -> Result<serde_json::Value, ClientError> {
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        let req = Request { tag: Some(tag), op };
-        self.stream.write_all(&frame::encode(&req.to_json()))?;
+        let tag = self.send(op)?;
         let (reply, _) = self.read_reply()?;
         self.stream_tag = Some(tag).filter(|_| reply.more);
         Self::check_tag(&reply, tag)?;
-        match (reply.ok, reply.result, reply.error) {
-            (true, Some(result), _) => Ok(result),
-            (false, _, Some(e)) => Err(ClientError::Wire(e)),
-            _ => Err(ClientError::Protocol(
-                "reply has neither result nor error".into(),
-            )),
-        }
+        Self::result_of(reply)
     }
 
     /// The next item of the open stream; `Ok(None)` when it ended normally,
@@ -119,10 +127,10 @@ impl Client {
                 None => Ok(None),
             };
         }
-        reply
-            .item
-            .map(Some)
-            .ok_or_else(|| ClientError::Protocol("stream frame without an item".into()))
+        match reply.item {
+            Some(item) => decode(&item).map(Some),
+            None => Err(ClientError::Protocol("stream frame without an item".into())),
+        }
     }
 
     fn check_tag(reply: &Reply, tag: u64) -> Result<(), ClientError> {
@@ -139,14 +147,8 @@ impl Client {
         }
         Ok(())
     }
+}
 
-    /// `call`, with the result decoded into `T`.
-    pub fn call_as<T: DeserializeOwned>(
-        &mut self,
-        op: Op,
-    ) -> Result<(T, Vec<OwnedFd>), ClientError> {
-        let (value, fds) = self.call(op)?;
-        let t = serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok((t, fds))
-    }
+fn decode<T: DeserializeOwned>(json: &serde_json::value::RawValue) -> Result<T, ClientError> {
+    serde_json::from_str(json.get()).map_err(|e| ClientError::Protocol(e.to_string()))
 }

@@ -124,8 +124,9 @@ impl Answer {
         })
     }
 
-    /// The JSON a frame carries.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("replies serialize")
+    /// The JSON text a frame carries, written straight from the typed
+    /// reply.
+    pub fn to_json(&self) -> Box<serde_json::value::RawValue> {
+        serde_json::value::to_raw_value(self).expect("replies serialize")
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use pb_platform::{ExitWatch, PeerIdentity};
 use pb_proto::frame;
 use pb_proto::{ErrorCode, Reply, Request, WireError, PROTOCOL_VERSION};
+use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
@@ -283,7 +284,11 @@ async fn send_stream(
         }
         if let Some(e) = end {
             let reply = match e {
-                None => Reply::ok(tag, serde_json::json!({ "end": true }), 0),
+                None => Reply::ok(
+                    tag,
+                    RawValue::from_string(r#"{"end":true}"#.into()).expect("valid JSON"),
+                    0,
+                ),
                 Some(e) => Reply::err(tag, e),
             };
             return write_reply(stream, &reply, None).await.is_ok();
