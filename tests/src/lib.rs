@@ -77,6 +77,13 @@ const AVOIDED_BLOCKS: [u16; 3] = [70, 126, 150];
 /// test binaries at once.
 const BROKER_UNIT_TEST_BLOCKS: std::ops::Range<u16> = 138..150;
 
+/// Whether the broker could bind `port` exclusively now (no socket on it
+/// at all, TIME_WAIT remnants included).
+fn exclusively_free(port: u16) -> bool {
+    use pb_platform::net::{BindMode, LoopbackSockets, SocketPool};
+    LoopbackSockets::bind(port, false, BindMode::Exclusive, &mut SocketPool::default()).is_ok()
+}
+
 /// A range of ports reserved for one test broker. Tests run in parallel
 /// threads and processes; each block is claimed with an flock on a file in
 /// the temp dir, held until this value is dropped, so no two running tests
@@ -118,8 +125,11 @@ impl PortBlock {
                 }
                 locks.push(f);
             }
-            if locks.len() == n as usize {
-                let start = BLOCKS_START + first * BLOCK;
+            let start = BLOCKS_START + first * BLOCK;
+            // A block a test used a moment ago may still have ports in
+            // TIME_WAIT, which the broker's exclusive binds avoid; a test
+            // expecting its range's first port would then see the next.
+            if locks.len() == n as usize && (start..start + n * BLOCK).all(exclusively_free) {
                 return PortBlock {
                     range: (start, start + size - 1),
                     _locks: locks,
