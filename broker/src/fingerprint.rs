@@ -40,8 +40,19 @@ impl Fingerprint {
             .fold(Fingerprint::default(), |f, id| f.with(id, true))
     }
 
-    fn text(self) -> String {
-        format!("{:020} {:016x}", self.count, self.xor)
+    /// Writes `count xor` as 20 decimal and 16 hex digits (`FIELD`
+    /// bytes). By hand: `format!` with widths was 3% of the broker's time
+    /// under load, for two numbers a commit.
+    fn put(self, out: &mut [u8; FIELD]) {
+        let mut c = self.count;
+        for b in out[..20].iter_mut().rev() {
+            *b = b'0' + (c % 10) as u8;
+            c /= 10;
+        }
+        out[20] = b' ';
+        for (i, b) in out[21..].iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[(self.xor >> (60 - 4 * i) & 0xf) as usize];
+        }
     }
 
     fn parse(text: &str) -> Option<Fingerprint> {
@@ -85,8 +96,10 @@ pub struct WitnessFile {
     file: File,
 }
 
-/// One record: "before after\n", each `count xor`, fixed width.
-const RECORD: usize = 2 * 37 + 2;
+/// One fingerprint's text: `count xor`, fixed width.
+const FIELD: usize = 37;
+/// One record: "before after\n".
+const RECORD: usize = 2 * FIELD + 2;
 
 impl WitnessFile {
     /// Opens (or creates, 0600, never through a link) the file, and reads
@@ -116,9 +129,15 @@ impl WitnessFile {
     /// before the commit that makes the change. A failed write changes
     /// nothing in the database (the caller does not commit).
     pub fn record(&self, before: Fingerprint, after: Fingerprint) -> std::io::Result<()> {
-        let text = format!("{} {}\n", before.text(), after.text());
-        debug_assert_eq!(text.len(), RECORD);
-        self.file.write_all_at(text.as_bytes(), 0)
+        let mut text = [b' '; RECORD];
+        before.put((&mut text[..FIELD]).try_into().expect("FIELD bytes"));
+        after.put(
+            (&mut text[FIELD + 1..2 * FIELD + 1])
+                .try_into()
+                .expect("FIELD bytes"),
+        );
+        text[RECORD - 1] = b'\n';
+        self.file.write_all_at(&text, 0)
     }
 }
 
@@ -140,6 +159,23 @@ mod tests {
         f.record(Fingerprint::default(), a).unwrap();
         f.record(a, a.with("w", true)).unwrap();
         drop(f);
+        let max = Fingerprint {
+            count: u64::MAX,
+            xor: 0x0123_4567_89ab_cdef,
+        };
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!(
+                "{:020} {:016x} {:020} {:016x}\n",
+                a.count,
+                a.xor,
+                a.count + 1,
+                a.with("w", true).xor
+            )
+        );
+        let mut field = [0; FIELD];
+        max.put(&mut field);
+        assert_eq!(&field, b"18446744073709551615 0123456789abcdef");
         let (_, said) = WitnessFile::open(&p).unwrap();
         let w = said.unwrap();
         assert!(w.accepts(a) && w.accepts(a.with("w", true)));
