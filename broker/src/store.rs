@@ -1135,8 +1135,14 @@ impl ActivityDb {
         Ok(ActivityDb { conn })
     }
 
-    /// Appends activity rows in one transaction.
-    pub fn append_activity(&mut self, rows: &[ActivityRow]) -> Result<(), StoreError> {
+    /// Appends activity rows in one transaction, calling `between` after
+    /// every `step` rows.
+    pub fn append_activity(
+        &mut self,
+        rows: &[ActivityRow],
+        step: usize,
+        mut between: impl FnMut(),
+    ) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -1146,7 +1152,10 @@ impl ActivityDb {
                 "INSERT OR REPLACE INTO activity (id, time_ms, action, target, agent, pid, uid,
                     command, no_actor, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
-            for r in rows {
+            for (i, r) in rows.iter().enumerate() {
+                if i > 0 && i % step == 0 {
+                    between();
+                }
                 st.execute(params![
                     r.id as i64,
                     r.time_ms as i64,
