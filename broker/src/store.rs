@@ -1135,15 +1135,15 @@ impl ActivityDb {
         Ok(ActivityDb { conn })
     }
 
-    /// Appends activity rows in one transaction, calling `between` after
-    /// every `step` rows.
+    /// Appends activity rows in one transaction, calling `after_row` after
+    /// each.
     pub fn append_activity(
         &mut self,
-        rows: &[ActivityRow],
-        step: usize,
-        mut between: impl FnMut(),
+        rows: impl IntoIterator<Item = ActivityRow>,
+        mut after_row: impl FnMut(),
     ) -> Result<(), StoreError> {
-        if rows.is_empty() {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
@@ -1152,10 +1152,7 @@ impl ActivityDb {
                 "INSERT OR REPLACE INTO activity (id, time_ms, action, target, agent, pid, uid,
                     command, no_actor, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
-            for (i, r) in rows.iter().enumerate() {
-                if i > 0 && i % step == 0 {
-                    between();
-                }
+            for r in rows {
                 st.execute(params![
                     r.id as i64,
                     r.time_ms as i64,
@@ -1168,6 +1165,7 @@ impl ActivityDb {
                     r.no_actor,
                     r.details,
                 ])?;
+                after_row();
             }
         }
         tx.commit()?;

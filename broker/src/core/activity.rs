@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pb_proto::{
     ActivityArgs, ActivityEntry, ActivityReply, Actor, ErrorCode, FollowReply, WireError,
@@ -99,33 +99,42 @@ impl ActivityLog {
     }
 }
 
-/// Rows the writer appends before it yields the CPU. Where the scheduler
-/// packs threads onto one CPU (the KVM guest of BENCHMARKS.md does), a
-/// batch written in one go holds a request up for its whole length: 512
-/// rows took 0.4 ms, and the writer ran on the broker's CPU 146 times a
-/// second under the `claim` bench. 32 rows take about 40 µs.
-const ROWS_PER_STEP: usize = 32;
+/// How long the writer works before it yields the CPU. Where the
+/// scheduler packs threads onto one CPU (the KVM guest of BENCHMARKS.md
+/// does), a batch written in one go holds a request up for its whole
+/// length: a batch of 512 rows ran 0.4 ms on the CPU the broker and its
+/// client shared, 146 times a second under the `claim` bench. Steps of 32
+/// rows (about 48 µs) took the claim pair's p99 down but the lock pair's
+/// (25 µs at p50) up, 68 → 137 µs; steps of 5 µs keep both short.
+const STEP: Duration = Duration::from_micros(5);
 
 /// The writer thread: everything queued at once goes into one
-/// transaction, written in steps of [`ROWS_PER_STEP`] rows with the CPU
-/// yielded between them; barriers are answered after it.
+/// transaction, row by row, with the CPU yielded every [`STEP`] of work;
+/// barriers are answered after it.
 fn writer(mut db: ActivityDb, rx: Receiver<Job>) {
     while let Ok(first) = rx.recv() {
-        let mut rows: Vec<ActivityRow> = Vec::new();
+        let mut events: Vec<Arc<Event>> = Vec::new();
         let mut done: Vec<Job> = Vec::new();
         let mut trims = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                Job::Append(evs) => rows.extend(evs.iter().map(|e| e.row())),
+                Job::Append(evs) => events.extend(evs),
                 Job::Trim { keep, before_ms } => trims.push((keep, before_ms)),
                 j => done.push(j),
             }
-            if rows.len() < 50_000 {
+            if events.len() < 50_000 {
                 next = rx.try_recv().ok();
             }
         }
-        if let Err(e) = db.append_activity(&rows, ROWS_PER_STEP, std::thread::yield_now) {
+        let mut worked_since = Instant::now();
+        let yield_each_step = || {
+            if worked_since.elapsed() >= STEP {
+                std::thread::yield_now();
+                worked_since = Instant::now();
+            }
+        };
+        if let Err(e) = db.append_activity(events.iter().map(|e| e.row()), yield_each_step) {
             tracing::error!("cannot write the activity log: {e}");
         }
         for (keep, before_ms) in trims {
